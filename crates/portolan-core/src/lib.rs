@@ -1,0 +1,25 @@
+//! Portolan's domain: sockets, processes, exposure scopes, inventories, deltas and flows.
+//!
+//! Everything here is pure: no I/O, no async, no clock. The agent builds an
+//! [`Inventory`] from a scan, [`diff`] turns two inventories into a [`Delta`], and
+//! [`apply`] turns the older inventory and the delta back into the newer one (the law the
+//! property tests check). [`wire`] converts to and from the `portolan.v1` protocol,
+//! validating everything that comes from the network.
+#![forbid(unsafe_code)]
+
+pub mod delta;
+pub mod flow;
+pub mod host;
+pub mod inventory;
+pub mod process;
+pub mod scope;
+pub mod socket;
+pub mod wire;
+
+pub use delta::{Delta, apply, diff};
+pub use flow::{Direction, Flow, FlowKey, fold_connections};
+pub use host::{HostState, InterfaceAddress, ScanStats};
+pub use inventory::Inventory;
+pub use process::Process;
+pub use scope::{Scope, classify, exposure};
+pub use socket::{Attribution, Protocol, Socket, SocketKey, SocketState};

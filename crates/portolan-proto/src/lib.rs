@@ -1,0 +1,17 @@
+//! Portolan's gRPC protocol, package `portolan.v1`.
+//!
+//! The Rust code is generated from `proto/portolan/v1/*.proto` and checked in under
+//! `src/generated/`, so that building Portolan never needs `protoc`. The test
+//! `generated_code_is_current` regenerates it (with a vendored `protoc`) and fails when the
+//! checked-in code differs; run it with `PORTOLAN_BLESS=1` to rewrite the files.
+
+/// Version 1 of the protocol.
+#[allow(
+    missing_docs,
+    missing_debug_implementations,
+    clippy::all,
+    clippy::pedantic
+)]
+pub mod v1 {
+    include!("generated/portolan.v1.rs");
+}
