@@ -1,0 +1,358 @@
+//! `portolan pki`: a development CA that issues collector, agent and operator certificates.
+
+use std::io::{self, Write};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context as _;
+use clap::{Args, Subcommand, ValueEnum};
+use portolan_tls::OperatorRole;
+use portolan_tls::pki::{Ca, IssuedCert, PkiError, WriteMode};
+
+use crate::usage::usage;
+
+/// File name (without extension) of the CA certificate and key in the PKI directory.
+const CA_NAME: &str = "ca";
+
+#[derive(Debug, Args)]
+pub struct PkiArgs {
+    #[command(subcommand)]
+    command: PkiCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum PkiCommand {
+    /// Create a CA: writes `ca.pem` (give it to every participant as `tls.ca`) and `ca.key`.
+    #[command(after_help = "\
+Example:
+  portolan pki init --dir ./pki
+
+Writes ./pki/ca.pem and ./pki/ca.key (mode 0600). Refuses to replace an existing CA
+unless --force is given: certificates issued by the old CA stop being trusted.")]
+    Init(InitArgs),
+
+    /// Issue a collector (server) certificate, for the names agents use to reach it.
+    #[command(after_help = "\
+Example:
+  portolan pki issue-collector --name c0 --dns collector.example --ip 10.0.0.5 --validity 30d
+
+Writes ./pki/collector-c0.pem and ./pki/collector-c0.key, with the identity
+spiffe://portolan/collector/c0. Agents verify the collector against the host of their
+endpoint, so list every DNS name and IP address they use. Without --dns and --ip the
+certificate is for localhost, 127.0.0.1 and ::1.")]
+    IssueCollector(IssueCollectorArgs),
+
+    /// Issue an agent (client) certificate for one host.
+    #[command(after_help = "\
+Example:
+  portolan pki issue-agent --host-id \"$(cat /etc/machine-id)\" --validity 90d
+
+Writes ./pki/agent-<host-id>.pem and ./pki/agent-<host-id>.key, with the identity
+spiffe://portolan/host/<host-id>. The collector refuses a stream whose host_id differs
+from the certificate's.")]
+    IssueAgent(IssueAgentArgs),
+
+    /// Issue an operator (client) certificate for the query API.
+    #[command(after_help = "\
+Example:
+  portolan pki issue-operator --name alice --role reader
+
+Writes ./pki/operator-alice.pem and ./pki/operator-alice.key, with the identity
+spiffe://portolan/operator/reader/alice.")]
+    IssueOperator(IssueOperatorArgs),
+}
+
+/// Options every verb shares.
+#[derive(Debug, Args)]
+struct DirArgs {
+    /// Directory holding `ca.pem` and `ca.key`, where certificates are written.
+    #[arg(long, value_name = "DIR", default_value = "./pki")]
+    dir: PathBuf,
+
+    /// Replace existing files.
+    #[arg(long)]
+    force: bool,
+}
+
+/// How long an issued certificate is valid.
+#[derive(Debug, Args)]
+struct ValidityArgs {
+    /// How long the certificate is valid, e.g. `90d`, `12h`, `1h 30m`.
+    #[arg(long, value_name = "DURATION", default_value = "90d", value_parser = parse_validity)]
+    validity: Duration,
+}
+
+#[derive(Debug, Args)]
+struct InitArgs {
+    #[command(flatten)]
+    dir: DirArgs,
+
+    /// How long the CA is valid.
+    #[arg(long, value_name = "DURATION", default_value = "10y", value_parser = parse_validity)]
+    validity: Duration,
+
+    /// Common name of the CA certificate.
+    #[arg(long, value_name = "NAME", default_value = "Portolan development CA")]
+    common_name: String,
+}
+
+#[derive(Debug, Args)]
+struct IssueCollectorArgs {
+    /// The collector's name (`[A-Za-z0-9._-]`, at most 128 characters).
+    #[arg(long, value_name = "NAME")]
+    name: String,
+
+    /// A DNS name agents use to reach the collector (repeatable).
+    #[arg(long = "dns", value_name = "NAME")]
+    dns: Vec<String>,
+
+    /// An IP address agents use to reach the collector (repeatable).
+    #[arg(long = "ip", value_name = "IP")]
+    ips: Vec<IpAddr>,
+
+    #[command(flatten)]
+    dir: DirArgs,
+
+    #[command(flatten)]
+    validity: ValidityArgs,
+}
+
+#[derive(Debug, Args)]
+struct IssueAgentArgs {
+    /// The host's stable id (`[A-Za-z0-9._-]`, at most 128 characters), as its agent
+    /// reports it (`/etc/machine-id` by default).
+    #[arg(long, value_name = "ID")]
+    host_id: String,
+
+    #[command(flatten)]
+    dir: DirArgs,
+
+    #[command(flatten)]
+    validity: ValidityArgs,
+}
+
+#[derive(Debug, Args)]
+struct IssueOperatorArgs {
+    /// The operator's name (`[A-Za-z0-9._-]`, at most 128 characters).
+    #[arg(long, value_name = "NAME")]
+    name: String,
+
+    /// What the operator may do.
+    #[arg(long, value_enum)]
+    role: Role,
+
+    #[command(flatten)]
+    dir: DirArgs,
+
+    #[command(flatten)]
+    validity: ValidityArgs,
+}
+
+/// Operator roles as the command line spells them.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Role {
+    /// Read inventories, flows and findings.
+    Reader,
+    /// Read, and change rules and findings.
+    Admin,
+}
+
+impl From<Role> for OperatorRole {
+    fn from(role: Role) -> Self {
+        match role {
+            Role::Reader => OperatorRole::Reader,
+            Role::Admin => OperatorRole::Admin,
+        }
+    }
+}
+
+fn parse_validity(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (e.g. `90d`, `12h`)"))?;
+    if d < Duration::from_secs(1) {
+        return Err("must be at least 1s".to_owned());
+    }
+    Ok(d)
+}
+
+/// Runs a `portolan pki` verb, printing each written path on `out`.
+pub fn run(args: PkiArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    match args.command {
+        PkiCommand::Init(args) => init(args, out),
+        PkiCommand::IssueCollector(args) => {
+            let ca = load_ca(&args.dir.dir)?;
+            let (dns, ips) = if args.dns.is_empty() && args.ips.is_empty() {
+                (
+                    vec!["localhost".to_owned()],
+                    vec![
+                        IpAddr::from([127, 0, 0, 1]),
+                        IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1]),
+                    ],
+                )
+            } else {
+                (args.dns, args.ips)
+            };
+            let cert = ca
+                .issue_collector(&args.name, &dns, &ips, args.validity.validity)
+                .map_err(pki_error)?;
+            let names: Vec<String> = dns
+                .iter()
+                .cloned()
+                .chain(ips.iter().map(IpAddr::to_string))
+                .collect();
+            let what = format!(
+                "spiffe://portolan/collector/{} for {}",
+                args.name,
+                names.join(", ")
+            );
+            write(
+                &cert,
+                &args.dir,
+                &format!("collector-{}", args.name),
+                &what,
+                out,
+            )
+        }
+        PkiCommand::IssueAgent(args) => {
+            let ca = load_ca(&args.dir.dir)?;
+            let cert = ca
+                .issue_agent(&args.host_id, args.validity.validity)
+                .map_err(pki_error)?;
+            let what = format!("spiffe://portolan/host/{}", args.host_id);
+            write(
+                &cert,
+                &args.dir,
+                &format!("agent-{}", args.host_id),
+                &what,
+                out,
+            )
+        }
+        PkiCommand::IssueOperator(args) => {
+            let ca = load_ca(&args.dir.dir)?;
+            let role = OperatorRole::from(args.role);
+            let cert = ca
+                .issue_operator(&args.name, role, args.validity.validity)
+                .map_err(pki_error)?;
+            let what = format!("spiffe://portolan/operator/{role}/{}", args.name);
+            write(
+                &cert,
+                &args.dir,
+                &format!("operator-{}", args.name),
+                &what,
+                out,
+            )
+        }
+    }
+}
+
+fn init(args: InitArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    let ca = Ca::generate_with_validity(&args.common_name, args.validity).map_err(pki_error)?;
+    let written = ca
+        .write_files(&args.dir.dir, CA_NAME, write_mode(&args.dir))
+        .map_err(|e| match e {
+            PkiError::Exists(path) => usage(format!(
+                "{} exists already: a CA is there (pass `--force` to replace it; certificates it issued will no longer be trusted)",
+                path.display()
+            )),
+            e => pki_error(e),
+        })?;
+    print_paths(out, &[&written.cert, &written.key])?;
+    eprintln!(
+        "created CA `{}`, valid until {}",
+        args.common_name,
+        rfc3339(ca.not_after())
+    );
+    Ok(())
+}
+
+/// Loads `<dir>/ca.pem` and `<dir>/ca.key`.
+fn load_ca(dir: &Path) -> anyhow::Result<Ca> {
+    let read = |file: &str| {
+        let path = dir.join(file);
+        std::fs::read_to_string(&path).map_err(|e| {
+            let reason = match e.kind() {
+                io::ErrorKind::NotFound => format!(
+                    "no such file (create the CA first with `portolan pki init --dir {}`)",
+                    dir.display()
+                ),
+                io::ErrorKind::PermissionDenied => {
+                    "permission denied (check the file's owner and mode)".to_owned()
+                }
+                _ => e.to_string(),
+            };
+            usage(format!("cannot read {}: {reason}", path.display()))
+        })
+    };
+    let cert = read(&format!("{CA_NAME}.pem"))?;
+    let key = read(&format!("{CA_NAME}.key"))?;
+    Ca::from_pem(&cert, &key)
+        .map_err(pki_error)
+        .with_context(|| format!("cannot use the CA in {}", dir.display()))
+}
+
+/// Writes `<dir>/<name>.pem` and `.key` and reports what was issued.
+fn write(
+    cert: &IssuedCert,
+    dir: &DirArgs,
+    name: &str,
+    what: &str,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let written = cert
+        .write_files(&dir.dir, name, write_mode(dir))
+        .map_err(pki_error)?;
+    print_paths(out, &[&written.cert, &written.key])?;
+    eprintln!("issued {what}, valid until {}", rfc3339(cert.not_after));
+    Ok(())
+}
+
+fn write_mode(dir: &DirArgs) -> WriteMode {
+    if dir.force {
+        WriteMode::Overwrite
+    } else {
+        WriteMode::CreateNew
+    }
+}
+
+fn print_paths(out: &mut dyn Write, paths: &[&Path]) -> anyhow::Result<()> {
+    for path in paths {
+        writeln!(out, "{}", path.display())?;
+    }
+    Ok(())
+}
+
+/// Errors the user fixes (bad names, existing files, an unusable CA) exit with 64.
+fn pki_error(e: PkiError) -> anyhow::Error {
+    match e {
+        PkiError::Generate { .. } | PkiError::Write { .. } => anyhow::Error::new(e),
+        e => usage(e),
+    }
+}
+
+fn rfc3339(t: SystemTime) -> humantime::Rfc3339Timestamp {
+    humantime::format_rfc3339_seconds(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validity_parses_human_durations() {
+        assert_eq!(parse_validity("90d"), Ok(Duration::from_secs(90 * 86400)));
+        assert_eq!(parse_validity("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_validity("0s").is_err());
+        assert!(parse_validity("soon").is_err());
+    }
+
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        #[derive(Debug, clap::Parser)]
+        struct Probe {
+            #[command(subcommand)]
+            command: PkiCommand,
+        }
+        Probe::command().debug_assert();
+    }
+}

@@ -1,0 +1,348 @@
+//! Layered configuration for Portolan's binaries.
+//!
+//! Precedence, highest first: flags > `PORTOLAN_*` environment > TOML file > defaults.
+//! Every layer is merged as a TOML tree before the result is deserialised once, so every
+//! layer is checked by the same `deny_unknown_fields` structs. The environment is passed
+//! in as a map: nothing here reads the process environment.
+//!
+//! Environment names are the key path in upper case joined by `_` after the prefix:
+//! `[clickhouse] url` is `PORTOLAN_CLICKHOUSE_URL`. Only keys present in the defaults can
+//! be set from the environment (so that `_` in key names stays unambiguous), and the
+//! value is parsed as the default's type (a table or array is given as inline TOML).
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use toml::{Table, Value};
+
+/// A configuration that cannot be loaded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or does not fit the configuration.
+    #[error("config file {path} is invalid: {message}")]
+    File {
+        /// The file.
+        path: String,
+        /// What is wrong, with line and column when known.
+        message: String,
+    },
+    /// An environment variable's value does not fit the key's type.
+    #[error("environment variable `{name}`: {message}")]
+    Env {
+        /// The variable.
+        name: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The merged configuration does not fit (a flag, or a combination).
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// Loads a configuration of type `T`.
+///
+/// `file` is the TOML file (optional), `env` the environment (pass
+/// `std::env::vars().collect()` from `main`), `prefix` e.g. `PORTOLAN_`, `flags` a TOML
+/// table of values given on the command line.
+pub fn load<T>(
+    file: Option<&Path>,
+    env: &BTreeMap<String, String>,
+    prefix: &str,
+    flags: Table,
+) -> Result<T, ConfigError>
+where
+    T: Serialize + DeserializeOwned + Default,
+{
+    let defaults = to_table(&T::default())?;
+    let mut merged = defaults.clone();
+    if let Some(path) = file {
+        let display = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: display.clone(),
+            source,
+        })?;
+        let table: Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::File {
+                path: display.clone(),
+                message: e.to_string(),
+            })?;
+        // Check the file alone first so that its errors name the file.
+        toml::Value::Table(table.clone())
+            .try_into::<T>()
+            .map_err(|e| ConfigError::File {
+                path: display.clone(),
+                message: e.to_string(),
+            })?;
+        merge(&mut merged, table);
+    }
+    let env_table = env_overrides(&defaults, env, prefix)?;
+    merge(&mut merged, env_table);
+    merge(&mut merged, flags);
+    Value::Table(merged)
+        .try_into::<T>()
+        .map_err(|e| ConfigError::Invalid(e.to_string()))
+}
+
+/// Renders a configuration as TOML (for `--print-config`).
+pub fn to_toml<T: Serialize>(config: &T) -> Result<String, ConfigError> {
+    toml::to_string_pretty(config).map_err(|e| ConfigError::Invalid(e.to_string()))
+}
+
+fn to_table<T: Serialize>(value: &T) -> Result<Table, ConfigError> {
+    match Value::try_from(value) {
+        Ok(Value::Table(t)) => Ok(t),
+        Ok(_) => Err(ConfigError::Invalid("configuration is not a table".into())),
+        Err(e) => Err(ConfigError::Invalid(e.to_string())),
+    }
+}
+
+/// Deep-merges `over` into `base`: tables merge key by key, anything else replaces.
+pub fn merge(base: &mut Table, over: Table) {
+    for (key, value) in over {
+        match (base.get_mut(&key), value) {
+            (Some(Value::Table(b)), Value::Table(o)) => merge(b, o),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
+fn env_overrides(
+    defaults: &Table,
+    env: &BTreeMap<String, String>,
+    prefix: &str,
+) -> Result<Table, ConfigError> {
+    let mut out = Table::new();
+    let mut paths = Vec::new();
+    collect_paths(defaults, &mut Vec::new(), &mut paths);
+    for (path, default) in paths {
+        let name = format!("{prefix}{}", path.join("_").to_uppercase());
+        let Some(raw) = env.get(&name) else { continue };
+        let value = parse_like(&default, raw).map_err(|message| ConfigError::Env {
+            name: name.clone(),
+            message,
+        })?;
+        insert_path(&mut out, &path, value);
+    }
+    Ok(out)
+}
+
+fn collect_paths(table: &Table, prefix: &mut Vec<String>, out: &mut Vec<(Vec<String>, Value)>) {
+    for (key, value) in table {
+        prefix.push(key.clone());
+        match value {
+            Value::Table(t) => collect_paths(t, prefix, out),
+            other => out.push((prefix.clone(), other.clone())),
+        }
+        prefix.pop();
+    }
+}
+
+fn parse_like(default: &Value, raw: &str) -> Result<Value, String> {
+    Ok(match default {
+        Value::String(_) => Value::String(raw.to_string()),
+        Value::Integer(_) => Value::Integer(
+            raw.trim()
+                .parse()
+                .map_err(|_| format!("`{raw}` is not an integer"))?,
+        ),
+        Value::Float(_) => Value::Float(
+            raw.trim()
+                .parse()
+                .map_err(|_| format!("`{raw}` is not a number"))?,
+        ),
+        Value::Boolean(_) => Value::Boolean(match raw.trim() {
+            "true" | "1" | "yes" => true,
+            "false" | "0" | "no" => false,
+            _ => return Err(format!("`{raw}` is not a boolean (true or false)")),
+        }),
+        Value::Array(_) | Value::Table(_) | Value::Datetime(_) => {
+            let doc: Table = format!("v = {raw}")
+                .parse()
+                .map_err(|e: toml::de::Error| format!("`{raw}` is not a TOML value: {e}"))?;
+            doc.get("v")
+                .cloned()
+                .ok_or_else(|| format!("`{raw}` is empty"))?
+        }
+    })
+}
+
+fn insert_path(table: &mut Table, path: &[String], value: Value) {
+    match path {
+        [] => {}
+        [last] => {
+            table.insert(last.clone(), value);
+        }
+        [first, rest @ ..] => {
+            let entry = table
+                .entry(first.clone())
+                .or_insert_with(|| Value::Table(Table::new()));
+            if let Value::Table(t) = entry {
+                insert_path(t, rest, value);
+            }
+        }
+    }
+}
+
+/// Sets `path` (dotted, e.g. `clickhouse.url`) in a flags table, for flags given on the
+/// command line.
+pub fn set_flag(flags: &mut Table, dotted: &str, value: impl Into<Value>) {
+    let path: Vec<String> = dotted.split('.').map(str::to_string).collect();
+    insert_path(flags, &path, value.into());
+}
+
+/// Serde helpers for durations written as `"10s"`, `"5m"`, `"250ms"`.
+pub mod duration {
+    use super::Duration;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Serialises as humantime text.
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    /// Parses humantime text.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "`{text}` is not a duration like \"10s\" or \"5m\": {e}"
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Serialize, Deserialize, PartialEq)]
+    #[serde(deny_unknown_fields, default)]
+    struct Conf {
+        version: u32,
+        name: String,
+        #[serde(with = "duration")]
+        interval: Duration,
+        click: Click,
+    }
+
+    #[derive(Debug, Serialize, Deserialize, PartialEq)]
+    #[serde(deny_unknown_fields, default)]
+    struct Click {
+        url: String,
+        port: u16,
+        labels: BTreeMap<String, String>,
+    }
+
+    impl Default for Conf {
+        fn default() -> Self {
+            Conf {
+                version: 1,
+                name: "a".into(),
+                interval: Duration::from_secs(10),
+                click: Click::default(),
+            }
+        }
+    }
+
+    impl Default for Click {
+        fn default() -> Self {
+            Click {
+                url: String::new(),
+                port: 8123,
+                labels: BTreeMap::new(),
+            }
+        }
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn precedence_flag_env_file_default() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile_dir()?;
+        let file = dir.join("c.toml");
+        std::fs::write(
+            &file,
+            "name = \"file\"\n[click]\nurl = \"http://file\"\nport = 1\n",
+        )?;
+        let mut flags = Table::new();
+        set_flag(&mut flags, "click.port", 3);
+        let c: Conf = load(
+            Some(&file),
+            &env(&[
+                ("P_CLICK_URL", "http://env"),
+                ("P_CLICK_PORT", "2"),
+                ("P_INTERVAL", "30s"),
+                ("P_CLICK_LABELS", "{ env = \"prod\" }"),
+            ]),
+            "P_",
+            flags,
+        )?;
+        assert_eq!(c.name, "file");
+        assert_eq!(c.click.url, "http://env");
+        assert_eq!(c.click.port, 3);
+        assert_eq!(c.interval, Duration::from_secs(30));
+        assert_eq!(c.click.labels.get("env").map(String::as_str), Some("prod"));
+        Ok(())
+    }
+
+    #[test]
+    fn unknown_key_in_file_names_the_file() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile_dir()?;
+        let file = dir.join("bad.toml");
+        std::fs::write(&file, "nmae = \"x\"\n")?;
+        let err = load::<Conf>(Some(&file), &BTreeMap::new(), "P_", Table::new())
+            .expect_err("unknown key");
+        let text = err.to_string();
+        assert!(text.contains("bad.toml") && text.contains("nmae"), "{text}");
+        Ok(())
+    }
+
+    #[test]
+    fn bad_env_value_names_the_variable() {
+        let err = load::<Conf>(None, &env(&[("P_CLICK_PORT", "many")]), "P_", Table::new())
+            .expect_err("bad port");
+        assert_eq!(
+            err.to_string(),
+            "environment variable `P_CLICK_PORT`: `many` is not an integer"
+        );
+    }
+
+    #[test]
+    fn bad_duration_is_explained() {
+        let err = load::<Conf>(None, &env(&[("P_INTERVAL", "soon")]), "P_", Table::new())
+            .expect_err("bad duration");
+        assert!(err.to_string().contains("not a duration"), "{err}");
+    }
+
+    fn tempfile_dir() -> std::io::Result<std::path::PathBuf> {
+        let dir = std::env::temp_dir().join(format!(
+            "portolan-config-test-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::create_dir_all(&dir)?;
+        Ok(dir)
+    }
+}
