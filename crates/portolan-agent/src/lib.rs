@@ -1,1 +1,8 @@
-//! placeholder
+//! The Portolan agent: scans the host's sockets ([`scan`]), renders them for people
+//! ([`output`]) and streams them to a collector ([`stream`]) as [`config`] says.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod output;
+pub mod scan;
+pub mod stream;

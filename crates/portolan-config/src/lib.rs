@@ -146,7 +146,8 @@ fn collect_paths(table: &Table, prefix: &mut Vec<String>, out: &mut Vec<(Vec<Str
     for (key, value) in table {
         prefix.push(key.clone());
         match value {
-            Value::Table(t) => collect_paths(t, prefix, out),
+            // An empty table is a map (labels): settable as a whole, as inline TOML.
+            Value::Table(t) if !t.is_empty() => collect_paths(t, prefix, out),
             other => out.push((prefix.clone(), other.clone())),
         }
         prefix.pop();

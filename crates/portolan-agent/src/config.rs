@@ -1,0 +1,172 @@
+//! The agent's configuration: `portolan-agent.toml`, `PORTOLAN_*` variables, flags.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Everything the agent can be configured with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// Configuration format version; 1.
+    pub version: u32,
+    /// Stable host identity; must equal the host_id in the agent's certificate. Empty:
+    /// the content of `/etc/machine-id`.
+    pub host_id: String,
+    /// Host name reported to the collector; empty: the kernel's hostname.
+    pub hostname: String,
+    /// How often the sockets are scanned.
+    #[serde(with = "portolan_config::duration")]
+    pub scan_interval: Duration,
+    /// Where procfs is mounted (a container may mount the host's at `/host/proc`).
+    pub proc_root: PathBuf,
+    /// Attribute sockets to processes (needs CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE to
+    /// see other users' processes).
+    pub attribute_processes: bool,
+    /// Labels of this host (`env = "prod"`, `role = "db"`).
+    pub labels: BTreeMap<String, String>,
+    /// Where to send inventories.
+    pub collector: CollectorSection,
+    /// The agent's certificate.
+    pub tls: TlsSection,
+}
+
+/// `[collector]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CollectorSection {
+    /// `https://host:port` of the collector (or its load balancer).
+    pub endpoint: String,
+    /// Name to verify in the collector's certificate; empty: the endpoint's host.
+    pub server_name: String,
+    /// How long to wait for the collector to acknowledge a snapshot or delta.
+    #[serde(with = "portolan_config::duration")]
+    pub ack_timeout: Duration,
+    /// Longest wait between reconnection attempts (backoff doubles up to it, with jitter).
+    #[serde(with = "portolan_config::duration")]
+    pub max_backoff: Duration,
+}
+
+/// `[tls]`: the agent's client certificate (SAN URI `spiffe://portolan/host/<host_id>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSection {
+    /// PEM file with the CA certificates the collector's certificate must chain to.
+    pub ca: PathBuf,
+    /// PEM certificate chain of this agent.
+    pub cert: PathBuf,
+    /// PEM private key of `cert`.
+    pub key: PathBuf,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            version: 1,
+            host_id: String::new(),
+            hostname: String::new(),
+            scan_interval: Duration::from_secs(10),
+            proc_root: PathBuf::from("/proc"),
+            attribute_processes: true,
+            labels: BTreeMap::new(),
+            collector: CollectorSection::default(),
+            tls: TlsSection::default(),
+        }
+    }
+}
+
+impl Default for CollectorSection {
+    fn default() -> Self {
+        CollectorSection {
+            endpoint: "https://localhost:7443".into(),
+            server_name: String::new(),
+            ack_timeout: Duration::from_secs(60),
+            max_backoff: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Default for TlsSection {
+    fn default() -> Self {
+        TlsSection {
+            ca: PathBuf::from("/etc/portolan/ca.pem"),
+            cert: PathBuf::from("/etc/portolan/agent.pem"),
+            key: PathBuf::from("/etc/portolan/agent.key"),
+        }
+    }
+}
+
+impl AgentConfig {
+    /// Checks what types alone cannot, reporting every problem at once.
+    pub fn validate(&self) -> Result<(), Vec<String>> {
+        let mut problems = Vec::new();
+        if self.version != 1 {
+            problems.push(format!(
+                "`version` is {}; this agent reads version 1",
+                self.version
+            ));
+        }
+        if self.scan_interval < Duration::from_millis(100) {
+            problems.push(format!(
+                "`scan_interval` is {}; use at least 100ms",
+                humantime::format_duration(self.scan_interval)
+            ));
+        }
+        if !(self.collector.endpoint.starts_with("https://")) {
+            problems.push(format!(
+                "`collector.endpoint` is `{}`; it must start with https:// (Portolan speaks mutual TLS only)",
+                self.collector.endpoint
+            ));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// The TLS files as portolan-tls wants them.
+    pub fn tls_files(&self) -> portolan_tls::TlsFiles {
+        portolan_tls::TlsFiles {
+            ca: self.tls.ca.clone(),
+            cert: self.tls.cert.clone(),
+            key: self.tls.key.clone(),
+        }
+    }
+
+    /// `host_id`, or `/etc/machine-id` when empty.
+    pub fn resolve_host_id(&self) -> Result<String, String> {
+        if !self.host_id.is_empty() {
+            return Ok(self.host_id.clone());
+        }
+        read_trimmed(Path::new("/etc/machine-id"))
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| "`host_id` is empty and /etc/machine-id is unreadable: set `host_id` (or PORTOLAN_HOST_ID)".into())
+    }
+
+    /// `hostname`, or the kernel's hostname when empty.
+    pub fn resolve_hostname(&self) -> String {
+        if !self.hostname.is_empty() {
+            return self.hostname.clone();
+        }
+        read_trimmed(&self.proc_root.join("sys/kernel/hostname")).unwrap_or_default()
+    }
+}
+
+/// Reads a small text file, trimmed; `None` when unreadable.
+pub fn read_trimmed(path: &Path) -> Option<String> {
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+/// `PRETTY_NAME` of /etc/os-release, empty when unknown.
+pub fn os_pretty_name() -> String {
+    let text = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+        .map(|v| v.trim_matches('"').to_string())
+        .unwrap_or_default()
+}

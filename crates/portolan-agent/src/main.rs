@@ -1,0 +1,232 @@
+//! `portolan-agent`: scans the host's sockets.
+
+use std::io::{self, Write};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use portolan_agent::config::AgentConfig;
+use portolan_agent::output::{self, View};
+use portolan_agent::scan::{ScanOptions, Scanner};
+use portolan_agent::stream::{self, HostFacts};
+use std::collections::BTreeMap;
+
+/// The Portolan agent: inventories every socket on this host.
+#[derive(Debug, Parser)]
+#[command(name = "portolan-agent", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Scan this host once and print every TCP and UDP socket with its owner and exposure.
+    Scan(ScanArgs),
+    /// Stream this host's inventory to a collector: a snapshot, then deltas every scan interval.
+    #[command(
+        after_help = "Examples:\n  portolan-agent run --config /etc/portolan/agent.toml\n  PORTOLAN_COLLECTOR_ENDPOINT=https://collector:7443 portolan-agent run --config agent.toml\n  portolan-agent run --config agent.toml --print-config"
+    )]
+    Run(RunArgs),
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// TOML configuration file.
+    #[arg(long, short, env = "PORTOLAN_CONFIG")]
+    config: Option<std::path::PathBuf>,
+    /// Collector endpoint, `https://host:port` (overrides `collector.endpoint`).
+    #[arg(long)]
+    collector: Option<String>,
+    /// Scan interval, e.g. `10s` (overrides `scan_interval`).
+    #[arg(long)]
+    scan_interval: Option<String>,
+    /// Print the effective configuration and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+#[derive(Debug, Args)]
+struct ScanArgs {
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+    output: OutputFormat,
+    /// Show listeners only (TCP LISTEN, bound unconnected UDP).
+    #[arg(long)]
+    listening: bool,
+    /// Do not walk /proc to find the processes that own sockets.
+    #[arg(long)]
+    no_processes: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum OutputFormat {
+    /// Aligned columns for people.
+    Table,
+    /// One JSON document for programs.
+    Json,
+}
+
+/// Exit code for bad usage (sysexits `EX_USAGE`).
+const EXIT_USAGE: u8 = 64;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(EXIT_USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            if e.chain().any(|c| c.is::<UsageError>()) {
+                ExitCode::from(EXIT_USAGE)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Scan(args) => scan(&args),
+        Command::Run(args) => run_agent(&args),
+    }
+}
+
+/// A configuration problem: exit code 64.
+#[derive(Debug)]
+struct UsageError(String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+fn load_config(args: &RunArgs) -> anyhow::Result<AgentConfig> {
+    let env: BTreeMap<String, String> = std::env::vars().collect();
+    let mut flags = toml::Table::new();
+    if let Some(endpoint) = &args.collector {
+        portolan_config::set_flag(&mut flags, "collector.endpoint", endpoint.clone());
+    }
+    if let Some(interval) = &args.scan_interval {
+        portolan_config::set_flag(&mut flags, "scan_interval", interval.clone());
+    }
+    let config: AgentConfig =
+        portolan_config::load(args.config.as_deref(), &env, "PORTOLAN_", flags)
+            .map_err(|e| UsageError(e.to_string()))?;
+    if let Err(problems) = config.validate() {
+        return Err(UsageError(format!(
+            "invalid configuration:\n  {}",
+            problems.join("\n  ")
+        ))
+        .into());
+    }
+    Ok(config)
+}
+
+fn run_agent(args: &RunArgs) -> anyhow::Result<()> {
+    let config = load_config(args)?;
+    if args.print_config {
+        print!("{}", portolan_config::to_toml(&config)?);
+        return Ok(());
+    }
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PORTOLAN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(io::stderr)
+        .init();
+    let host_id = config.resolve_host_id().map_err(UsageError)?;
+    portolan_tls::identity::validate_name("host_id", &host_id)
+        .map_err(|e| UsageError(e.to_string()))?;
+    // Check the certificates now: a typo should stop the agent at once, not loop.
+    portolan_tls::client_config(&config.tls_files()).map_err(|e| UsageError(e.to_string()))?;
+    let facts = HostFacts {
+        host_id: host_id.clone(),
+        hostname: config.resolve_hostname(),
+        kernel: portolan_agent::config::read_trimmed(
+            &config.proc_root.join("sys/kernel/osrelease"),
+        )
+        .unwrap_or_default(),
+        os: portolan_agent::config::os_pretty_name(),
+    };
+    tracing::info!(host_id = %host_id, collector = %config.collector.endpoint, interval = ?config.scan_interval, "agent starting");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            let _ = stop.send(true);
+        });
+        stream::run(config, facts, stopped).await
+    })?;
+    tracing::info!("agent stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn scan(args: &ScanArgs) -> anyhow::Result<()> {
+    let mut scanner = Scanner::new(ScanOptions {
+        attribute_processes: !args.no_processes,
+        ..ScanOptions::default()
+    });
+    let scan = scanner.scan().context("cannot scan this host's sockets")?;
+    let view = View {
+        listening_only: args.listening,
+    };
+    let stdout = io::stdout();
+    let mut out = io::BufWriter::new(stdout.lock());
+    match args.output {
+        OutputFormat::Table => {
+            output::write_table(&mut out, &scan, view).context("cannot write to stdout")?;
+            for warning in &scan.warnings {
+                eprintln!("warning: {warning}");
+            }
+        }
+        OutputFormat::Json => {
+            output::write_json(&mut out, &scan, view).context("cannot write to stdout")?;
+        }
+    }
+    out.flush().context("cannot write to stdout")?;
+    Ok(())
+}
+
+/// A closed stdout (`portolan-agent scan | head`) is how the reader says it has enough.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<io::Error>()
+            .is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)
+    })
+}

@@ -1,0 +1,61 @@
+# Portolan: the commands people run. Recipe names are the CI steps.
+#
+#   just demo    build, start a local ClickHouse, the collector and an agent, show this host's exposure
+#   just test    everything the project checks
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+venv := justfile_directory() / ".venv"
+
+# List the recipes.
+default:
+    @just --list
+
+# Build, start a managed local ClickHouse, a collector and an agent for this host, and print this host's listeners as read back from ClickHouse.
+demo *ARGS: setup build
+    ./target/debug/portolan demo {{ARGS}}
+
+# Everything the project checks: format, lints, unit, store, end-to-end and SQL-on-modern-ClickHouse tests.
+test: setup setup-python lint build
+    cargo nextest run --workspace --no-fail-fast
+    {{venv}}/bin/python tools/chdb/check.py
+
+# Build every binary (the end-to-end tests run the real binaries).
+build:
+    cargo build --workspace --bins
+
+# cargo fmt and clippy, warnings are errors.
+lint:
+    cargo fmt --all --check
+    cargo clippy --workspace --all-targets -- -D warnings
+
+# The scan benchmark: 20,000 loopback sockets, agent scan time as a ratio to `ss -tanp` in the same run.
+bench-scan: setup
+    cargo bench -p portolan-agent --bench scan
+
+# Install what the demo and the tests need from Debian's packages, when missing.
+setup:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    missing=()
+    command -v clickhouse-server >/dev/null || { [ -n "${PORTOLAN_CLICKHOUSE_URL:-}" ] || missing+=(clickhouse-server clickhouse-client); }
+    command -v ss >/dev/null || missing+=(iproute2)
+    command -v ip >/dev/null || missing+=(iproute2)
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "installing ${missing[*]} from the distribution's packages"
+        sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+    command -v cargo-nextest >/dev/null || cargo install cargo-nextest --locked
+
+# Python tools in a project-local virtualenv (chdb-core: a modern ClickHouse to check our SQL against).
+setup-python:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    [ -x "{{venv}}/bin/python" ] || python3 -m venv "{{venv}}"
+    "{{venv}}/bin/pip" install -q -r tools/requirements.txt
+
+# Regenerate the checked-in gRPC code after editing proto/.
+proto:
+    PORTOLAN_BLESS=1 cargo test -p portolan-proto --test generated
