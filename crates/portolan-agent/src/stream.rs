@@ -97,6 +97,7 @@ pub async fn run(
         config: Arc::new(config),
         facts,
         scanner: Some(scanner),
+        acked: None,
     };
     let mut failures: u32 = 0;
     loop {
@@ -143,6 +144,10 @@ struct Agent {
     facts: HostFacts,
     /// Taken while a scan runs on a blocking thread.
     scanner: Option<Scanner>,
+    /// The last inventory a collector acknowledged, and its seq. Kept across
+    /// reconnections: when the collector's stored seq is this one, the agent goes on with
+    /// deltas instead of a full snapshot (no snapshot storm after a collector restart).
+    acked: Option<(u64, Inventory)>,
 }
 
 impl Agent {
@@ -210,7 +215,13 @@ impl Agent {
         let max_items = max_items.max(1);
 
         let mut seq = welcome.last_seq;
-        let mut acked: Option<Inventory> = None;
+        if self
+            .acked
+            .as_ref()
+            .is_some_and(|(acked_seq, _)| *acked_seq != welcome.last_seq)
+        {
+            self.acked = None;
+        }
         let mut next_scan = tokio::time::Instant::now();
         loop {
             tokio::select! {
@@ -227,7 +238,7 @@ impl Agent {
             let at = unix_nanos(SystemTime::now());
             let stats = scan.stats.clone();
             let inventory = scan.inventory();
-            let outcome = match &acked {
+            let outcome = match &self.acked {
                 None => {
                     let next = seq + 1;
                     let parts = snapshot_parts(&inventory, next, at, &stats, max_items);
@@ -244,7 +255,7 @@ impl Agent {
                     );
                     await_ack(&mut inbound, next, config.collector.ack_timeout).await?
                 }
-                Some(base) => {
+                Some((_, base)) => {
                     let delta = diff(base, &inventory);
                     if delta.is_empty() {
                         heartbeat(&tx, seq, at, &stats).await?;
@@ -270,12 +281,12 @@ impl Agent {
             match outcome {
                 Outcome::Acked(s) => {
                     seq = s;
-                    acked = Some(inventory);
+                    self.acked = Some((s, inventory));
                 }
                 Outcome::Resync(r) => {
                     info!(reason = %r.reason, last_seq = r.last_seq, "collector asked for a full snapshot");
                     seq = r.last_seq;
-                    acked = None;
+                    self.acked = None;
                     next_scan = tokio::time::Instant::now();
                 }
             }

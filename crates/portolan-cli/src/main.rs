@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod demo;
 mod pki;
 mod usage;
 
@@ -22,6 +23,8 @@ struct Cli {
 enum Command {
     /// Run a development certificate authority (CA and certificates for mutual TLS).
     Pki(pki::PkiArgs),
+    /// Start a local ClickHouse, a collector and an agent for this host, and show this host's listeners as stored.
+    Demo(demo::DemoArgs),
 }
 
 /// Exit code for bad usage or configuration (`EX_USAGE`).
@@ -45,6 +48,7 @@ fn main() -> ExitCode {
     let mut out = stdout.lock();
     let result = match cli.command {
         Command::Pki(args) => pki::run(args, &mut out),
+        Command::Demo(args) => demo::run(args, &mut out),
     }
     .and_then(|()| out.flush().map_err(anyhow::Error::from));
     match result {

@@ -1,0 +1,396 @@
+//! The ingest service: one stream per agent, Hello → Snapshot → Deltas/Heartbeats.
+//!
+//! The collector keeps no fleet state: everything a stream needs is read from ClickHouse
+//! when the stream starts (the host's last stored seq, its current inventory). Within a
+//! stream it keeps the host's current inventory to validate deltas strictly; any replica
+//! can take over a host at its next connection.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use portolan_core::wire::{SnapshotAssembly, delta_from_wire};
+use portolan_core::{Inventory, ScanStats, apply, diff};
+use portolan_proto::v1 as pb;
+use portolan_proto::v1::ingest_service_server::IngestService;
+use portolan_proto::v1::stream_inventory_request::Message as AgentMessage;
+use portolan_proto::v1::stream_inventory_response::Message as CollectorMessage;
+use portolan_tls::{Identity, peer_info};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{debug, info, warn};
+
+use crate::config::LimitsSection;
+use crate::error::IngestError;
+use crate::store::{ChangeKind, HostRecord, Store};
+
+/// Longest host_id, hostname, label key or value, version or OS string in a Hello.
+const MAX_HELLO_STRING: usize = 256;
+/// Most labels a host may carry.
+const MAX_LABELS: usize = 64;
+
+/// The `IngestService` implementation.
+#[derive(Debug, Clone)]
+pub struct Ingest {
+    store: Arc<Store>,
+    limits: LimitsSection,
+    collector_name: Arc<str>,
+}
+
+impl Ingest {
+    /// A service storing into `store`, enforcing `limits`, naming itself `collector_name`.
+    pub fn new(store: Arc<Store>, limits: LimitsSection, collector_name: &str) -> Ingest {
+        Ingest {
+            store,
+            limits,
+            collector_name: collector_name.into(),
+        }
+    }
+}
+
+type ResponseStream = ReceiverStream<Result<pb::StreamInventoryResponse, Status>>;
+
+#[tonic::async_trait]
+impl IngestService for Ingest {
+    type StreamInventoryStream = ResponseStream;
+
+    async fn stream_inventory(
+        &self,
+        request: Request<Streaming<pb::StreamInventoryRequest>>,
+    ) -> Result<Response<ResponseStream>, Status> {
+        let peer = peer_info(&request)
+            .ok_or_else(|| Status::unauthenticated("no client certificate on this connection"))?;
+        let remote = peer.remote_addr;
+        let host_id = match &peer.identity {
+            Ok(Identity::Agent { host_id }) => host_id.clone(),
+            Ok(other) => {
+                warn!(%remote, identity = %other, "refused ingest stream: not an agent certificate");
+                return Err(IngestError::NotAnAgent(other.uri()).into());
+            }
+            Err(e) => {
+                warn!(%remote, error = %e, "refused ingest stream: no identity in certificate");
+                return Err(IngestError::NoIdentity(e.to_string()).into());
+            }
+        };
+        let (tx, rx) = mpsc::channel(8);
+        let session = Session {
+            store: self.store.clone(),
+            limits: self.limits.clone(),
+            collector_name: self.collector_name.clone(),
+            host_id,
+            tx: tx.clone(),
+            hello: None,
+            last_seq: 0,
+            current: None,
+            assembly: SnapshotAssembly::default(),
+            assembly_stats: None,
+        };
+        tokio::spawn(async move {
+            let host = session.host_id.clone();
+            match session.run(request.into_inner()).await {
+                Ok(()) => info!(host = %host, %remote, "agent stream closed"),
+                Err(e) => {
+                    warn!(host = %host, %remote, error = %e, "agent stream ended with an error");
+                    let _ = tx.send(Err(e.into())).await;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+struct Session {
+    store: Arc<Store>,
+    limits: LimitsSection,
+    collector_name: Arc<str>,
+    host_id: String,
+    tx: mpsc::Sender<Result<pb::StreamInventoryResponse, Status>>,
+    hello: Option<pb::Hello>,
+    last_seq: u64,
+    /// The host's inventory at `last_seq`, once known in this stream.
+    current: Option<Inventory>,
+    assembly: SnapshotAssembly,
+    /// Scan statistics of the snapshot being assembled (from its first part).
+    assembly_stats: Option<ScanStats>,
+}
+
+impl Session {
+    async fn run(
+        mut self,
+        mut inbound: Streaming<pb::StreamInventoryRequest>,
+    ) -> Result<(), IngestError> {
+        loop {
+            let message = match inbound.message().await {
+                Ok(Some(m)) => m,
+                Ok(None) => return Ok(()),
+                Err(status) => {
+                    return Err(match status.code() {
+                        tonic::Code::OutOfRange | tonic::Code::ResourceExhausted => {
+                            IngestError::TooLarge(format!(
+                                "message refused: {} (limit {} bytes; see `limits.max_message_bytes`)",
+                                status.message(),
+                                self.limits.max_message_bytes
+                            ))
+                        }
+                        _ => IngestError::Protocol(format!("stream broke: {}", status.message())),
+                    });
+                }
+            };
+            let Some(message) = message.message else {
+                return Err(IngestError::Protocol("empty message".into()));
+            };
+            match (message, self.hello.is_some()) {
+                (AgentMessage::Hello(hello), false) => self.on_hello(hello).await?,
+                (AgentMessage::Hello(_), true) => {
+                    return Err(IngestError::Protocol("second Hello on one stream".into()));
+                }
+                (_, false) => {
+                    return Err(IngestError::Protocol(
+                        "the first message of a stream must be Hello".into(),
+                    ));
+                }
+                (AgentMessage::Snapshot(part), true) => self.on_snapshot_part(part).await?,
+                (AgentMessage::Delta(delta), true) => self.on_delta(delta).await?,
+                (AgentMessage::Heartbeat(hb), true) => self.on_heartbeat(hb).await?,
+            }
+        }
+    }
+
+    async fn send(&self, message: CollectorMessage) -> Result<(), IngestError> {
+        self.tx
+            .send(Ok(pb::StreamInventoryResponse {
+                message: Some(message),
+            }))
+            .await
+            .map_err(|_| IngestError::Protocol("agent went away".into()))
+    }
+
+    async fn on_hello(&mut self, hello: pb::Hello) -> Result<(), IngestError> {
+        if hello.host_id != self.host_id {
+            return Err(IngestError::HostMismatch {
+                certificate: self.host_id.clone(),
+                claimed: hello.host_id,
+            });
+        }
+        validate_hello(&hello)?;
+        // Rolls back what a crashed or interrupted write of this host left uncommitted, so
+        // that the agent's next seq continues from what is really stored.
+        let recovery = self.store.recover(&self.host_id).await?;
+        if recovery.rolled_back_rows > 0 || recovery.restored_rows > 0 {
+            warn!(host = %self.host_id, ?recovery, "rolled back an interrupted write of this host");
+        }
+        self.last_seq = recovery.last_seq;
+        info!(host = %self.host_id, hostname = %hello.hostname, agent = %hello.agent_version, last_seq = self.last_seq, "agent connected");
+        self.hello = Some(hello);
+        self.send(CollectorMessage::Welcome(pb::Welcome {
+            last_seq: self.last_seq,
+            collector_version: env!("CARGO_PKG_VERSION").into(),
+            max_message_bytes: self.limits.max_message_bytes,
+            max_sockets_per_message: self.limits.max_sockets_per_message,
+        }))
+        .await
+    }
+
+    fn check_message_size(&self, what: &str, items: usize) -> Result<(), IngestError> {
+        let limit = self.limits.max_sockets_per_message as usize;
+        if items > limit {
+            return Err(IngestError::TooLarge(format!(
+                "{what} carries {items} sockets, flows and processes, over the limit of {limit} per message (`limits.max_sockets_per_message`)"
+            )));
+        }
+        Ok(())
+    }
+
+    async fn on_snapshot_part(&mut self, part: pb::Snapshot) -> Result<(), IngestError> {
+        self.check_message_size(
+            "snapshot part",
+            part.sockets.len() + part.flows.len() + part.processes.len(),
+        )?;
+        let scanned_at = time_from_nanos(part.scanned_at_unix_nanos);
+        let stats = part.stats.clone().map(ScanStats::from);
+        if let Some(stats) = stats {
+            self.assembly_stats = Some(stats);
+        }
+        let done = self
+            .assembly
+            .push(part, self.limits.max_snapshot_items as usize)
+            .map_err(|e| IngestError::Invalid(e.to_string()))?;
+        let Some((seq, inventory)) = done else {
+            return Ok(());
+        };
+        let stats = self.assembly_stats.take().unwrap_or_default();
+        if seq <= self.last_seq && self.current.is_some() {
+            debug!(host = %self.host_id, seq, "snapshot already stored; acknowledging the replay");
+            return self.send(CollectorMessage::Ack(pb::Ack { seq })).await;
+        }
+        if seq <= self.last_seq {
+            // A snapshot below what is stored cannot be placed in history.
+            return self
+                .resync(format!(
+                    "snapshot seq {seq} is not after the stored seq {}",
+                    self.last_seq
+                ))
+                .await;
+        }
+        let stored = self.store.load_current(&self.host_id).await?;
+        let change = diff(&stored, &inventory);
+        self.store
+            .upsert_host(&self.host_record(&inventory))
+            .await?;
+        let receipt = self
+            .store
+            .write_change(
+                &self.host_id,
+                seq,
+                ChangeKind::Snapshot,
+                scanned_at,
+                &change,
+                &stats,
+            )
+            .await?;
+        info!(host = %self.host_id, seq, sockets = inventory.sockets.len(), flows = inventory.flows.len(), ?receipt, "snapshot stored");
+        self.last_seq = seq;
+        self.current = Some(inventory);
+        self.send(CollectorMessage::Ack(pb::Ack { seq })).await
+    }
+
+    async fn on_delta(&mut self, delta: pb::Delta) -> Result<(), IngestError> {
+        let items = delta.added.len()
+            + delta.removed.len()
+            + delta.changed.len()
+            + delta.flows_upserted.len()
+            + delta.flows_removed.len()
+            + delta.processes.len();
+        self.check_message_size("delta", items)?;
+        let (seq, base_seq) = (delta.seq, delta.base_seq);
+        if seq <= self.last_seq {
+            debug!(host = %self.host_id, seq, "delta already stored; acknowledging the replay");
+            return self.send(CollectorMessage::Ack(pb::Ack { seq })).await;
+        }
+        if base_seq != self.last_seq || seq != base_seq + 1 {
+            return self
+                .resync(format!(
+                    "delta {base_seq}→{seq} does not follow the stored seq {}",
+                    self.last_seq
+                ))
+                .await;
+        }
+        // A delta on a fresh stream (the agent reconnected, perhaps to another replica)
+        // applies to what ClickHouse holds: no snapshot needed when the seqs line up.
+        if self.current.is_none() {
+            self.current = Some(self.store.load_current(&self.host_id).await?);
+        }
+        let Some(current) = &self.current else {
+            return self.resync("no current inventory".into()).await;
+        };
+        let scanned_at = time_from_nanos(delta.scanned_at_unix_nanos);
+        let stats = delta.stats.clone().map(ScanStats::from).unwrap_or_default();
+        let change = delta_from_wire(delta).map_err(|e| IngestError::Invalid(e.to_string()))?;
+        let next = match apply(current, &change) {
+            Ok(next) => next,
+            Err(e) => {
+                return self
+                    .resync(format!("delta {seq} does not apply: {e}"))
+                    .await;
+            }
+        };
+        if change.host.is_some() {
+            self.store.upsert_host(&self.host_record(&next)).await?;
+        }
+        let receipt = self
+            .store
+            .write_change(
+                &self.host_id,
+                seq,
+                ChangeKind::Delta,
+                scanned_at,
+                &change,
+                &stats,
+            )
+            .await?;
+        debug!(host = %self.host_id, seq, ?receipt, "delta stored");
+        self.last_seq = seq;
+        self.current = Some(next);
+        self.send(CollectorMessage::Ack(pb::Ack { seq })).await
+    }
+
+    async fn on_heartbeat(&mut self, hb: pb::Heartbeat) -> Result<(), IngestError> {
+        let stats = hb.stats.map(ScanStats::from).unwrap_or_default();
+        self.store
+            .write_heartbeat(
+                &self.host_id,
+                self.last_seq,
+                time_from_nanos(hb.at_unix_nanos),
+                &stats,
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn resync(&mut self, reason: String) -> Result<(), IngestError> {
+        info!(host = %self.host_id, %reason, last_seq = self.last_seq, "asking the agent for a full snapshot");
+        self.current = None;
+        self.assembly = SnapshotAssembly::default();
+        self.assembly_stats = None;
+        self.send(CollectorMessage::Resync(pb::Resync {
+            reason,
+            last_seq: self.last_seq,
+        }))
+        .await
+    }
+
+    fn host_record(&self, inventory: &Inventory) -> HostRecord {
+        let hello = self.hello.clone().unwrap_or_default();
+        HostRecord {
+            host_id: self.host_id.clone(),
+            hostname: hello.hostname,
+            labels: hello.labels.into_iter().collect::<BTreeMap<_, _>>(),
+            agent_version: hello.agent_version,
+            kernel: hello.kernel,
+            os: hello.os,
+            scan_interval_ms: hello.scan_interval_ms,
+            collector: self.collector_name.to_string(),
+            host: inventory.host.clone(),
+        }
+    }
+}
+
+fn validate_hello(hello: &pb::Hello) -> Result<(), IngestError> {
+    let strings = [
+        ("hostname", &hello.hostname),
+        ("agent_version", &hello.agent_version),
+        ("kernel", &hello.kernel),
+        ("os", &hello.os),
+    ];
+    for (field, value) in strings {
+        if value.len() > MAX_HELLO_STRING {
+            return Err(IngestError::Invalid(format!(
+                "Hello `{field}` is {} bytes, over {MAX_HELLO_STRING}",
+                value.len()
+            )));
+        }
+    }
+    if hello.labels.len() > MAX_LABELS {
+        return Err(IngestError::Invalid(format!(
+            "Hello carries {} labels, over {MAX_LABELS}",
+            hello.labels.len()
+        )));
+    }
+    for (k, v) in &hello.labels {
+        let valid_key = !k.is_empty()
+            && k.len() <= MAX_HELLO_STRING
+            && k.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '/'));
+        if !valid_key || v.len() > MAX_HELLO_STRING {
+            return Err(IngestError::Invalid(format!(
+                "label `{k}` is invalid: keys are 1-{MAX_HELLO_STRING} characters of letters, digits, `_-./`, values at most {MAX_HELLO_STRING} bytes"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn time_from_nanos(nanos: i64) -> SystemTime {
+    u64::try_from(nanos).map_or(UNIX_EPOCH, |n| UNIX_EPOCH + Duration::from_nanos(n))
+}

@@ -1,0 +1,199 @@
+//! `portolan-collector`: the collector binary.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use portolan_collector::config::CollectorConfig;
+use portolan_collector::managed_clickhouse::{ManagedClickHouse, ManagedOptions};
+use portolan_collector::store::{ClickHouseConfig, Store};
+use tracing::info;
+
+/// Receives socket inventories from Portolan agents over mutual TLS and stores them in
+/// ClickHouse.
+#[derive(Debug, Parser)]
+#[command(
+    name = "portolan-collector",
+    version,
+    after_help = "Example:\n  portolan-collector --config /etc/portolan/collector.toml\n  PORTOLAN_CLICKHOUSE_URL=http://clickhouse:8123 portolan-collector --listen 0.0.0.0:7443"
+)]
+struct Cli {
+    /// TOML configuration file.
+    #[arg(long, short, env = "PORTOLAN_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on (overrides `listen`).
+    #[arg(long)]
+    listen: Option<String>,
+    /// ClickHouse HTTP URL (overrides `clickhouse.url`); empty runs a managed local server.
+    #[arg(long)]
+    clickhouse_url: Option<String>,
+    /// State directory (overrides `state_dir`).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Print the effective configuration and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let config = match load_config(&cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(64);
+        }
+    };
+    if cli.print_config {
+        return match portolan_config::to_toml(&config) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PORTOLAN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn load_config(cli: &Cli) -> Result<CollectorConfig> {
+    let env: BTreeMap<String, String> = std::env::vars().collect();
+    let mut flags = toml::Table::new();
+    if let Some(listen) = &cli.listen {
+        portolan_config::set_flag(&mut flags, "listen", listen.clone());
+    }
+    if let Some(url) = &cli.clickhouse_url {
+        portolan_config::set_flag(&mut flags, "clickhouse.url", url.clone());
+    }
+    if let Some(dir) = &cli.state_dir {
+        portolan_config::set_flag(&mut flags, "state_dir", dir.display().to_string());
+    }
+    let config: CollectorConfig =
+        portolan_config::load(cli.config.as_deref(), &env, "PORTOLAN_", flags)?;
+    if let Err(problems) = config.validate() {
+        bail!("invalid configuration:\n  {}", problems.join("\n  "));
+    }
+    Ok(config)
+}
+
+async fn run(config: CollectorConfig) -> Result<()> {
+    let name = if config.name.is_empty() {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "collector".into())
+    } else {
+        config.name.clone()
+    };
+    // Check the certificates before anything slow starts.
+    portolan_tls::server_config(&config.tls_files())
+        .context("cannot load the collector's TLS files (see `[tls]`)")?;
+
+    let mut managed = None;
+    let url = if config.clickhouse.url.is_empty() {
+        let options = ManagedOptions {
+            state_dir: config.state_dir.clone(),
+            binary: (!config.clickhouse.binary.is_empty())
+                .then(|| PathBuf::from(&config.clickhouse.binary)),
+        };
+        let server = ManagedClickHouse::start(options)
+            .await
+            .context("cannot start the managed local ClickHouse")?;
+        info!(url = %server.url(), "managed local clickhouse is up (set `clickhouse.url` to use your own server)");
+        let url = server.url().to_string();
+        // Tools on this machine (`portolan demo`, scripts) find the managed server here.
+        let url_file = config.state_dir.join("clickhouse.url");
+        std::fs::write(&url_file, format!("{url}\n"))
+            .with_context(|| format!("cannot write {}", url_file.display()))?;
+        managed = Some(server);
+        url
+    } else {
+        config.clickhouse.url.clone()
+    };
+    let ch = ClickHouseConfig {
+        url,
+        database: config.clickhouse.database.clone(),
+        user: (!config.clickhouse.user.is_empty()).then(|| config.clickhouse.user.clone()),
+        password: (!config.clickhouse.password.is_empty())
+            .then(|| config.clickhouse.password.clone()),
+    };
+    let store = Store::connect(&ch)
+        .await
+        .context("cannot connect to ClickHouse")?;
+    store
+        .migrate()
+        .await
+        .context("cannot create or migrate the ClickHouse schema")?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (is another collector running? change `listen`)",
+                config.listen
+            )
+        })?;
+    let local = listener
+        .local_addr()
+        .context("cannot read the listening address")?;
+    info!(listen = %local, collector = %name, "collector ready");
+    let result = portolan_collector::server::serve(
+        &config,
+        &name,
+        Arc::new(store),
+        listener,
+        shutdown_signal(),
+    )
+    .await;
+    if let Some(server) = managed
+        && let Err(e) = server.shutdown().await
+    {
+        tracing::warn!(error = %e, "the managed clickhouse did not stop cleanly");
+    }
+    result.context("collector server failed")?;
+    info!("collector stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    info!("shutting down");
+}

@@ -1,0 +1,47 @@
+//! The collector's gRPC server: mutual TLS in front, the ingest service behind.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use portolan_proto::v1::ingest_service_server::IngestServiceServer;
+use portolan_tls::TlsIncoming;
+use tokio::net::TcpListener;
+
+use crate::config::CollectorConfig;
+use crate::ingest::Ingest;
+use crate::store::Store;
+
+/// Why the server could not run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// The TLS files are unusable.
+    #[error(transparent)]
+    Tls(#[from] portolan_tls::TlsError),
+    /// The HTTP/2 server failed.
+    #[error("grpc server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Serves ingest on `listener` until `shutdown` resolves. Only clients presenting a
+/// certificate that chains to `tls.ca` get past the handshake.
+pub async fn serve(
+    config: &CollectorConfig,
+    collector_name: &str,
+    store: Arc<Store>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let tls = portolan_tls::server_config(&config.tls_files())?;
+    let incoming = TlsIncoming::new(listener, tls);
+    let ingest =
+        IngestServiceServer::new(Ingest::new(store, config.limits.clone(), collector_name))
+            .max_decoding_message_size(config.limits.max_message_bytes as usize);
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
+        .add_service(ingest)
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await?;
+    Ok(())
+}

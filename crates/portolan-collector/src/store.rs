@@ -1,0 +1,1545 @@
+//! The ClickHouse store: everything the stateless collector knows lives here.
+//!
+//! # Tables
+//!
+//! See [`schema`] for the DDL. In short:
+//!
+//! - `hosts` — Hello facts and host facts (interfaces, ephemeral ports); the latest row
+//!   per host wins (`FINAL`, or `ORDER BY updated_ns DESC LIMIT 1`).
+//! - `host_reports` — one row per stored snapshot, delta and heartbeat with the scan
+//!   statistics. The snapshot/delta row of a seq is written last, after all other data of
+//!   that seq: it is the **commit marker**, and [`Store::last_seq`] is the highest of them.
+//! - `socket_events` / `flow_events` — history: one row per added, removed or changed
+//!   socket (per upserted or removed flow) per seq, with the content and the owning
+//!   processes.
+//! - `sockets_current` / `flows_current` — current state: the latest row per socket (flow)
+//!   with `present` = 0 for removed ones. A host's current sockets are
+//!   `FROM sockets_current FINAL WHERE host_id = ? AND present = 1`.
+//!
+//! # Idempotency
+//!
+//! Every table is a `ReplacingMergeTree` whose sorting key identifies what a row is
+//! about, and every row of a change is a function of the change alone (times are the scan
+//! time, not the write time; `hosts` and `host_reports.received_at` excepted). Writing the
+//! same (host, seq, change) twice therefore leaves what `FINAL` queries see unchanged:
+//! events collapse on (host, seq, event, key), current rows on (host, key) with the
+//! highest seq winning, reports on (host, seq, kind, scan time).
+//!
+//! # Failed writes
+//!
+//! A change is several INSERTs, and ClickHouse has no transaction across them: a write
+//! that fails half-way leaves rows of an uncommitted seq. [`Store::recover`] removes them
+//! (and restores current rows their removal would lose); call it when a stream starts,
+//! before answering Hello. The store also remembers hosts whose write failed in this
+//! process and recovers them before their next read or write.
+
+pub mod queries;
+mod rows;
+pub mod schema;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::fmt;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use clickhouse::sql::Identifier;
+use clickhouse::{Client, Row, RowOwned, RowRead, RowWrite};
+use portolan_core::{Delta, Flow, HostState, Inventory, Process, ScanStats, Socket};
+
+use self::rows::{
+    FlowCols, FlowCurrentRow, FlowEventRow, HostFactsCols, HostRow, MigrationRow, ReportRow,
+    SocketCols, SocketCurrentRow, SocketEventRow, from_datetime, to_datetime, to_nanos,
+};
+pub use self::schema::Flavor;
+use self::schema::table;
+
+/// Where the store's ClickHouse is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClickHouseConfig {
+    /// HTTP URL, e.g. `http://127.0.0.1:8123`.
+    pub url: String,
+    /// Database; created when missing. Letters, digits and `_`.
+    pub database: String,
+    /// User; `None`: the server's `default` user.
+    pub user: Option<String>,
+    /// Password.
+    pub password: Option<String>,
+}
+
+/// What the server is, detected once at [`Store::connect`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerInfo {
+    /// `SELECT version()`, first three components.
+    pub version: (u32, u32, u32),
+    /// True for servers before [`schema::MODERN_SINCE`]: legacy schema, row validation
+    /// off.
+    pub legacy: bool,
+}
+
+impl ServerInfo {
+    /// Which schema dialect the server gets.
+    pub fn flavor(&self) -> Flavor {
+        if self.legacy {
+            Flavor::Legacy
+        } else {
+            Flavor::Modern
+        }
+    }
+
+    fn describe(&self) -> String {
+        let (a, b, c) = self.version;
+        if self.legacy {
+            format!(
+                "clickhouse {a}.{b}.{c}: legacy schema path (no TTL, no LowCardinality, row validation off)"
+            )
+        } else {
+            format!(
+                "clickhouse {a}.{b}.{c}: modern schema path (LowCardinality, TTL on history, row validation on)"
+            )
+        }
+    }
+}
+
+/// Parses `18.16.1`, `24.8.4.13`, `25.3.1.2703-lts` into the first three components.
+pub fn parse_version(text: &str) -> Option<(u32, u32, u32)> {
+    let mut parts = text.trim().split('.').map(|p| {
+        let digits: String = p.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse::<u32>().ok()
+    });
+    let major = parts.next()??;
+    let minor = parts.next()??;
+    let patch = parts.next().flatten().unwrap_or(0);
+    Some((major, minor, patch))
+}
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The server could not be reached.
+    #[error(
+        "cannot reach ClickHouse at {url}: {error} (is the server running? check `clickhouse.url`)"
+    )]
+    Unreachable {
+        /// The configured URL.
+        url: String,
+        /// The client's error.
+        error: clickhouse::error::Error,
+    },
+    /// The server refused or failed a statement.
+    #[error("cannot {op} `{table}`: {error}")]
+    Query {
+        /// What was being done (`insert into`, `read`, `create`…).
+        op: &'static str,
+        /// The table (or database) concerned.
+        table: String,
+        /// The client's error, with the server's message.
+        error: clickhouse::error::Error,
+    },
+    /// A stored value cannot be read back.
+    #[error(
+        "`{table}.{column}` holds `{value}`, which this collector cannot read (was it written by a newer version?)"
+    )]
+    Corrupt {
+        /// The table.
+        table: &'static str,
+        /// The column.
+        column: &'static str,
+        /// The value.
+        value: String,
+    },
+    /// `SELECT version()` answered something unexpected.
+    #[error("cannot read the server version from `{0}` (is `clickhouse.url` a ClickHouse server?)")]
+    Version(String),
+    /// The database name is not a plain identifier.
+    #[error(
+        "`{0}` is not a valid database name: use letters, digits and `_` (check `clickhouse.database`)"
+    )]
+    InvalidDatabase(String),
+    /// Rolling back an uncommitted write did not finish.
+    #[error(
+        "rolling back the uncommitted rows of host `{host_id}` did not finish within {secs} s (see `system.mutations` on the server)"
+    )]
+    RollbackTimeout {
+        /// The host.
+        host_id: String,
+        /// The deadline.
+        secs: u64,
+    },
+}
+
+/// Whether a change is a full snapshot (diffed against the stored state) or a delta.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ChangeKind {
+    /// A snapshot, stored as its difference from the stored state.
+    Snapshot,
+    /// A delta from the agent.
+    Delta,
+}
+
+impl ChangeKind {
+    /// `snapshot` or `delta`, as in `host_reports.kind`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeKind::Snapshot => "snapshot",
+            ChangeKind::Delta => "delta",
+        }
+    }
+}
+
+/// Rows written per table by one call.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteReceipt {
+    /// Rows into `socket_events`.
+    pub socket_events: u64,
+    /// Rows into `sockets_current`.
+    pub sockets_current: u64,
+    /// Rows into `flow_events`.
+    pub flow_events: u64,
+    /// Rows into `flows_current`.
+    pub flows_current: u64,
+    /// Rows into `hosts`.
+    pub hosts: u64,
+    /// Rows into `host_reports` (the commit marker).
+    pub host_reports: u64,
+}
+
+impl WriteReceipt {
+    /// All rows.
+    pub fn total(&self) -> u64 {
+        self.socket_events
+            + self.sockets_current
+            + self.flow_events
+            + self.flows_current
+            + self.hosts
+            + self.host_reports
+    }
+}
+
+/// The facts of a host's Hello, for [`Store::upsert_host`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostRecord {
+    /// Stable host identity.
+    pub host_id: String,
+    /// Host name.
+    pub hostname: String,
+    /// Operator-given labels.
+    pub labels: BTreeMap<String, String>,
+    /// Agent version.
+    pub agent_version: String,
+    /// Kernel release.
+    pub kernel: String,
+    /// OS description.
+    pub os: String,
+    /// The agent's scan interval.
+    pub scan_interval_ms: u64,
+    /// The collector replica serving the host.
+    pub collector: String,
+    /// Host facts. Stored only for a host the store has no row of yet: afterwards host
+    /// facts change only through [`Store::write_change`] (a delta's `host`), so that they
+    /// are committed and rolled back with the rest of a change.
+    pub host: HostState,
+}
+
+/// A host as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredHost {
+    /// Stable host identity.
+    pub host_id: String,
+    /// Host name.
+    pub hostname: String,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Agent version.
+    pub agent_version: String,
+    /// Kernel release.
+    pub kernel: String,
+    /// OS description.
+    pub os: String,
+    /// Scan interval.
+    pub scan_interval_ms: u64,
+    /// The collector replica that wrote the Hello facts.
+    pub collector: String,
+    /// When a collector last recorded the Hello facts ([`Store::upsert_host`], at the
+    /// snapshot that starts every stream), second precision.
+    pub connected_at: SystemTime,
+    /// Host facts.
+    pub state: HostState,
+    /// The seq of the change that set the host facts (0: none yet).
+    pub seq: u64,
+}
+
+/// A current socket with its owning processes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSocket {
+    /// The socket.
+    pub socket: Socket,
+    /// The known processes among its pids, in pid order.
+    pub processes: Vec<Process>,
+    /// The seq that last changed it.
+    pub seq: u64,
+    /// The scan time of that seq (second precision).
+    pub updated_at: SystemTime,
+}
+
+impl StoredSocket {
+    /// The first owner's name, when known.
+    pub fn process_name(&self) -> Option<&str> {
+        let first = *self.socket.pids.first()?;
+        self.processes
+            .iter()
+            .find(|p| p.pid == first)
+            .map(|p| p.name.as_str())
+    }
+}
+
+/// A current flow with its process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredFlow {
+    /// The flow.
+    pub flow: Flow,
+    /// Its process, when known.
+    pub process: Option<Process>,
+    /// The seq that last changed it.
+    pub seq: u64,
+    /// The scan time of that seq (second precision).
+    pub updated_at: SystemTime,
+}
+
+/// What happened to a socket in one change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SocketEventKind {
+    /// It appeared.
+    Added,
+    /// It disappeared (last content).
+    Removed,
+    /// Its content or owning process changed (new content).
+    Changed,
+}
+
+impl SocketEventKind {
+    /// `added`, `removed`, `changed`, as in `socket_events.event`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SocketEventKind::Added => "added",
+            SocketEventKind::Removed => "removed",
+            SocketEventKind::Changed => "changed",
+        }
+    }
+}
+
+/// What happened to a flow in one change. A delta does not say whether an upserted flow
+/// is new or has a new count, so neither does the history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum FlowEventKind {
+    /// It appeared, or its count or process changed (new content).
+    Upserted,
+    /// It disappeared (last count).
+    Removed,
+}
+
+impl FlowEventKind {
+    /// `upserted`, `removed`, as in `flow_events.event`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FlowEventKind::Upserted => "upserted",
+            FlowEventKind::Removed => "removed",
+        }
+    }
+}
+
+/// One row of socket history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketEvent {
+    /// The change.
+    pub seq: u64,
+    /// Its scan time (second precision).
+    pub at: SystemTime,
+    /// What happened.
+    pub event: SocketEventKind,
+    /// The socket (new content; last content when removed).
+    pub socket: Socket,
+    /// Its known processes.
+    pub processes: Vec<Process>,
+}
+
+/// One row of flow history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowEvent {
+    /// The change.
+    pub seq: u64,
+    /// Its scan time (second precision).
+    pub at: SystemTime,
+    /// What happened.
+    pub event: FlowEventKind,
+    /// The flow.
+    pub flow: Flow,
+    /// Its process, when known.
+    pub process: Option<Process>,
+}
+
+/// One row of `host_reports`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostReport {
+    /// The seq (for heartbeats: the agent's last sent seq).
+    pub seq: u64,
+    /// `snapshot`, `delta` or `heartbeat`.
+    pub kind: String,
+    /// Scan (or heartbeat) time.
+    pub at: SystemTime,
+    /// The scan statistics.
+    pub stats: ScanStats,
+}
+
+/// What [`Store::recover`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recovery {
+    /// The host's last committed seq.
+    pub last_seq: u64,
+    /// Uncommitted rows removed (0: nothing to do).
+    pub rolled_back_rows: u64,
+    /// Current rows restored from history because their committed version had been
+    /// merged away with an uncommitted one.
+    pub restored_rows: u64,
+}
+
+/// What [`Store::migrate`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrationReport {
+    /// Versions applied by this call (empty: the schema was current).
+    pub applied: Vec<u32>,
+    /// The schema version now.
+    pub version: u32,
+}
+
+/// How long [`Store::recover`] waits for its deletions.
+const ROLLBACK_DEADLINE: Duration = Duration::from_secs(120);
+
+/// The ClickHouse store. Cheap to share behind an `Arc`; all methods take `&self`.
+pub struct Store {
+    client: Client,
+    url: String,
+    database: String,
+    info: ServerInfo,
+    /// Hosts whose last write failed in this process: recovered before their next
+    /// read or write.
+    dirty: Mutex<HashSet<String>>,
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("url", &self.url)
+            .field("database", &self.database)
+            .field("info", &self.info)
+            .finish_non_exhaustive()
+    }
+}
+
+fn is_connect_error(error: &clickhouse::error::Error) -> bool {
+    use std::error::Error as _;
+    if !matches!(error, clickhouse::error::Error::Network(_)) {
+        return false;
+    }
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = error.source();
+    while let Some(e) = cause {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionRefused
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::NotConnected
+                    | std::io::ErrorKind::AddrNotAvailable
+                    | std::io::ErrorKind::TimedOut
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof
+            )
+        {
+            return true;
+        }
+        cause = e.source();
+    }
+    let text = error.to_string();
+    text.contains("connect") || text.contains("Connection")
+}
+
+fn valid_identifier(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && !name.as_bytes()[0].is_ascii_digit()
+}
+
+fn this_host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+impl Store {
+    /// Connects: detects the server version (and logs which schema path it takes),
+    /// creates the database when missing. Does not create tables: see
+    /// [`Store::migrate`].
+    pub async fn connect(config: &ClickHouseConfig) -> Result<Store, StoreError> {
+        if !valid_identifier(&config.database) {
+            return Err(StoreError::InvalidDatabase(config.database.clone()));
+        }
+        let mut base = Client::default()
+            .with_url(&config.url)
+            .with_validation(false);
+        if let Some(user) = &config.user {
+            base = base.with_user(user);
+        }
+        if let Some(password) = &config.password {
+            base = base.with_password(password);
+        }
+        let map = |op: &'static str, table: &str| {
+            let url = config.url.clone();
+            let table = table.to_string();
+            move |error: clickhouse::error::Error| {
+                if is_connect_error(&error) {
+                    StoreError::Unreachable { url, error }
+                } else {
+                    StoreError::Query { op, table, error }
+                }
+            }
+        };
+        let text: String = base
+            .query(queries::VERSION)
+            .fetch_one()
+            .await
+            .map_err(map("read the version of", "server"))?;
+        let version = parse_version(&text).ok_or_else(|| StoreError::Version(text.clone()))?;
+        let info = ServerInfo {
+            version,
+            legacy: Flavor::for_version(version) == Flavor::Legacy,
+        };
+        tracing::info!(url = %config.url, database = %config.database, "{}", info.describe());
+        base.query(queries::CREATE_DATABASE)
+            .bind(Identifier(&config.database))
+            .execute()
+            .await
+            .map_err(map("create database", &config.database))?;
+        let client = base
+            .with_database(&config.database)
+            .with_validation(!info.legacy);
+        Ok(Store {
+            client,
+            url: config.url.clone(),
+            database: config.database.clone(),
+            info,
+            dirty: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// The server's version and path.
+    pub fn server(&self) -> ServerInfo {
+        self.info
+    }
+
+    /// The database.
+    pub fn database(&self) -> &str {
+        &self.database
+    }
+
+    /// The underlying client (database selected), for the rule engine and tests.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    fn map_err(
+        &self,
+        op: &'static str,
+        table: &str,
+    ) -> impl FnOnce(clickhouse::error::Error) -> StoreError {
+        let url = self.url.clone();
+        let table = table.to_string();
+        move |error| {
+            if is_connect_error(&error) {
+                StoreError::Unreachable { url, error }
+            } else {
+                StoreError::Query { op, table, error }
+            }
+        }
+    }
+
+    /// Creates or migrates the schema. Idempotent, and safe to run from several
+    /// collectors at once: every statement is `CREATE … IF NOT EXISTS`, and applied
+    /// versions are recorded in `schema_migrations`.
+    pub async fn migrate(&self) -> Result<MigrationReport, StoreError> {
+        let flavor = self.info.flavor();
+        self.ddl(&schema::migrations_table(flavor), table::SCHEMA_MIGRATIONS)
+            .await?;
+        let applied: BTreeSet<u32> = self
+            .client
+            .query(queries::APPLIED_MIGRATIONS)
+            .fetch_all::<u32>()
+            .await
+            .map_err(self.map_err("read", table::SCHEMA_MIGRATIONS))?
+            .into_iter()
+            .collect();
+        let mut report = MigrationReport {
+            applied: Vec::new(),
+            version: applied.last().copied().unwrap_or(0),
+        };
+        for migration in schema::migrations(flavor) {
+            if applied.contains(&migration.version) {
+                continue;
+            }
+            for statement in &migration.statements {
+                self.ddl(statement, statement_table(statement)).await?;
+            }
+            let row = MigrationRow {
+                version: migration.version,
+                name: migration.name.to_string(),
+                applied_at: to_datetime(SystemTime::now()),
+                collector: this_host(),
+            };
+            self.insert(table::SCHEMA_MIGRATIONS, std::slice::from_ref(&row))
+                .await?;
+            tracing::info!(
+                version = migration.version,
+                name = migration.name,
+                database = %self.database,
+                "schema migration applied"
+            );
+            report.applied.push(migration.version);
+            report.version = report.version.max(migration.version);
+        }
+        Ok(report)
+    }
+
+    /// Runs one DDL statement; a concurrent creator winning the race is success.
+    async fn ddl(&self, statement: &str, table: &str) -> Result<(), StoreError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.client.query(statement).execute().await {
+                Ok(()) => return Ok(()),
+                Err(e) if e.to_string().contains("already exists") => return Ok(()),
+                // Old servers can report a table that another session is creating.
+                Err(e) if attempt < 5 && e.to_string().contains("is being created") => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(self.map_err("create", table)(e)),
+            }
+        }
+    }
+
+    async fn insert<T>(&self, table: &'static str, rows: &[T]) -> Result<u64, StoreError>
+    where
+        T: Row + RowOwned + RowWrite,
+    {
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let mut insert = self
+            .client
+            .insert::<T>(table)
+            .await
+            .map_err(self.map_err("insert into", table))?;
+        for row in rows {
+            insert
+                .write(row)
+                .await
+                .map_err(self.map_err("insert into", table))?;
+        }
+        insert
+            .end()
+            .await
+            .map_err(self.map_err("insert into", table))?;
+        Ok(rows.len() as u64)
+    }
+
+    async fn fetch<T>(
+        &self,
+        table: &'static str,
+        query: clickhouse::query::Query,
+    ) -> Result<Vec<T>, StoreError>
+    where
+        T: Row + RowOwned + RowRead,
+    {
+        query
+            .fetch_all::<T>()
+            .await
+            .map_err(self.map_err("read", table))
+    }
+
+    fn mark_dirty(&self, host_id: &str) {
+        self.dirty
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(host_id.to_string());
+    }
+
+    async fn recover_if_dirty(&self, host_id: &str) -> Result<(), StoreError> {
+        let dirty = self
+            .dirty
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(host_id);
+        if dirty {
+            self.recover(host_id).await?;
+        }
+        Ok(())
+    }
+
+    /// The highest committed seq of a host (its latest stored snapshot or delta); 0 when
+    /// none.
+    pub async fn last_seq(&self, host_id: &str) -> Result<u64, StoreError> {
+        self.client
+            .query(queries::LAST_SEQ)
+            .bind(host_id)
+            .fetch_one::<u64>()
+            .await
+            .map_err(self.map_err("read", table::HOST_REPORTS))
+    }
+
+    /// Removes the rows of uncommitted seqs (written by a change whose commit marker
+    /// was never written) and returns the last committed seq. Cheap when there is
+    /// nothing to do (one query). Call it when a host's stream starts.
+    ///
+    /// History rows of uncommitted seqs are deleted. Current rows are deleted too, and
+    /// where the committed version of a socket or flow had already been merged away with
+    /// the uncommitted one, it is restored from its latest committed history row.
+    pub async fn recover(&self, host_id: &str) -> Result<Recovery, StoreError> {
+        let last_seq = self.last_seq(host_id).await?;
+        let mut uncommitted = 0;
+        for t in queries::SEQ_TABLES {
+            uncommitted += self.count_uncommitted(t, host_id, last_seq).await?;
+        }
+        if uncommitted == 0 {
+            self.dirty
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(host_id);
+            return Ok(Recovery {
+                last_seq,
+                rolled_back_rows: 0,
+                restored_rows: 0,
+            });
+        }
+        tracing::warn!(
+            host_id,
+            last_seq,
+            rows = uncommitted,
+            "rolling back rows of an uncommitted write"
+        );
+        let socket_keys: Vec<String> = self
+            .fetch(
+                table::SOCKETS_CURRENT,
+                self.client
+                    .query(queries::UNCOMMITTED_SOCKET_KEYS)
+                    .bind(host_id)
+                    .bind(last_seq),
+            )
+            .await?;
+        let flow_keys: Vec<String> = self
+            .fetch(
+                table::FLOWS_CURRENT,
+                self.client
+                    .query(queries::UNCOMMITTED_FLOW_KEYS)
+                    .bind(host_id)
+                    .bind(last_seq),
+            )
+            .await?;
+        let host_touched = self
+            .count_uncommitted(table::HOSTS, host_id, last_seq)
+            .await?
+            > 0;
+        for t in queries::SEQ_TABLES {
+            self.client
+                .query(queries::ROLLBACK)
+                .bind(Identifier(t))
+                .bind(host_id)
+                .bind(last_seq)
+                .execute()
+                .await
+                .map_err(self.map_err("roll back", t))?;
+        }
+        let deadline = Instant::now() + ROLLBACK_DEADLINE;
+        for t in queries::SEQ_TABLES {
+            while self.count_uncommitted(t, host_id, last_seq).await? > 0 {
+                if Instant::now() > deadline {
+                    return Err(StoreError::RollbackTimeout {
+                        host_id: host_id.to_string(),
+                        secs: ROLLBACK_DEADLINE.as_secs(),
+                    });
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        let mut restored = 0;
+        restored += self
+            .restore_sockets(host_id, last_seq, &socket_keys)
+            .await?;
+        restored += self.restore_flows(host_id, last_seq, &flow_keys).await?;
+        if host_touched {
+            restored += self.restore_host(host_id, last_seq).await?;
+        }
+        self.dirty
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(host_id);
+        Ok(Recovery {
+            last_seq,
+            rolled_back_rows: uncommitted,
+            restored_rows: restored,
+        })
+    }
+
+    async fn count_uncommitted(
+        &self,
+        table: &'static str,
+        host_id: &str,
+        last_seq: u64,
+    ) -> Result<u64, StoreError> {
+        self.client
+            .query(queries::COUNT_UNCOMMITTED)
+            .bind(Identifier(table))
+            .bind(host_id)
+            .bind(last_seq)
+            .fetch_one::<u64>()
+            .await
+            .map_err(self.map_err("read", table))
+    }
+
+    async fn restore_sockets(
+        &self,
+        host_id: &str,
+        last_seq: u64,
+        keys: &[String],
+    ) -> Result<u64, StoreError> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let surviving: HashSet<String> = self
+            .socket_rows_by_key(host_id, keys)
+            .await?
+            .into_keys()
+            .collect();
+        let missing: Vec<String> = keys
+            .iter()
+            .filter(|k| !surviving.contains(*k))
+            .cloned()
+            .collect();
+        if missing.is_empty() {
+            return Ok(0);
+        }
+        let events: Vec<SocketEventRow> = self
+            .fetch(
+                table::SOCKET_EVENTS,
+                self.client
+                    .query(queries::LAST_SOCKET_EVENTS)
+                    .bind(host_id)
+                    .bind(last_seq)
+                    .bind(&missing)
+                    .with_setting("max_query_size", queries::MAX_QUERY_SIZE),
+            )
+            .await?;
+        // Ordered by seq: the last row per key is its committed content.
+        let latest: BTreeMap<String, SocketEventRow> = events
+            .into_iter()
+            .map(|e| (e.socket_key.clone(), e))
+            .collect();
+        let rows: Vec<SocketCurrentRow> = latest
+            .into_values()
+            .map(|e| {
+                SocketCurrentRow::with_cols(
+                    e.host_id.clone(),
+                    e.socket_key.clone(),
+                    e.seq,
+                    u8::from(e.event != SocketEventKind::Removed.as_str()),
+                    e.at,
+                    e.cols(),
+                )
+            })
+            .collect();
+        self.insert(table::SOCKETS_CURRENT, &rows).await
+    }
+
+    async fn restore_flows(
+        &self,
+        host_id: &str,
+        last_seq: u64,
+        keys: &[String],
+    ) -> Result<u64, StoreError> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let surviving: HashSet<String> = self
+            .flow_rows_by_key(host_id, keys)
+            .await?
+            .into_keys()
+            .collect();
+        let missing: Vec<String> = keys
+            .iter()
+            .filter(|k| !surviving.contains(*k))
+            .cloned()
+            .collect();
+        if missing.is_empty() {
+            return Ok(0);
+        }
+        let events: Vec<FlowEventRow> = self
+            .fetch(
+                table::FLOW_EVENTS,
+                self.client
+                    .query(queries::LAST_FLOW_EVENTS)
+                    .bind(host_id)
+                    .bind(last_seq)
+                    .bind(&missing)
+                    .with_setting("max_query_size", queries::MAX_QUERY_SIZE),
+            )
+            .await?;
+        let latest: BTreeMap<String, FlowEventRow> = events
+            .into_iter()
+            .map(|e| (e.flow_key.clone(), e))
+            .collect();
+        let rows: Vec<FlowCurrentRow> = latest
+            .into_values()
+            .map(|e| {
+                FlowCurrentRow::with_cols(
+                    e.host_id.clone(),
+                    e.flow_key.clone(),
+                    e.seq,
+                    u8::from(e.event != FlowEventKind::Removed.as_str()),
+                    e.at,
+                    e.cols(),
+                )
+            })
+            .collect();
+        self.insert(table::FLOWS_CURRENT, &rows).await
+    }
+
+    async fn restore_host(&self, host_id: &str, last_seq: u64) -> Result<u64, StoreError> {
+        let latest = self.latest_host_row(host_id).await?;
+        let facts: Option<ReportRow> = self
+            .fetch(
+                table::HOST_REPORTS,
+                self.client
+                    .query(queries::LAST_HOST_FACTS)
+                    .bind(host_id)
+                    .bind(last_seq),
+            )
+            .await?
+            .into_iter()
+            .next();
+        let want = facts.as_ref().map_or(0, |r| r.seq);
+        if latest.as_ref().map(|h| h.seq) == Some(want) || (latest.is_none() && facts.is_none()) {
+            return Ok(0);
+        }
+        let mut row = latest.clone().unwrap_or_else(|| empty_host_row(host_id));
+        row.set_facts(facts.map(|r| r.facts()).unwrap_or_default());
+        row.seq = want;
+        stamp(&mut row, latest.as_ref());
+        self.insert(table::HOSTS, &[row]).await
+    }
+
+    async fn latest_host_row(&self, host_id: &str) -> Result<Option<HostRow>, StoreError> {
+        Ok(self
+            .fetch::<HostRow>(
+                table::HOSTS,
+                self.client.query(queries::LATEST_HOST).bind(host_id),
+            )
+            .await?
+            .into_iter()
+            .next())
+    }
+
+    async fn socket_rows_by_key(
+        &self,
+        host_id: &str,
+        keys: &[String],
+    ) -> Result<HashMap<String, SocketCurrentRow>, StoreError> {
+        if keys.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let rows: Vec<SocketCurrentRow> = self
+            .fetch(
+                table::SOCKETS_CURRENT,
+                self.client
+                    .query(queries::SOCKETS_BY_KEY)
+                    .bind(host_id)
+                    .bind(keys)
+                    .with_setting("max_query_size", queries::MAX_QUERY_SIZE),
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.socket_key.clone(), r))
+            .collect())
+    }
+
+    async fn flow_rows_by_key(
+        &self,
+        host_id: &str,
+        keys: &[String],
+    ) -> Result<HashMap<String, FlowCurrentRow>, StoreError> {
+        if keys.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let rows: Vec<FlowCurrentRow> = self
+            .fetch(
+                table::FLOWS_CURRENT,
+                self.client
+                    .query(queries::FLOWS_BY_KEY)
+                    .bind(host_id)
+                    .bind(keys)
+                    .with_setting("max_query_size", queries::MAX_QUERY_SIZE),
+            )
+            .await?;
+        Ok(rows.into_iter().map(|r| (r.flow_key.clone(), r)).collect())
+    }
+
+    /// The stored host, or `None` when it never said Hello nor sent host facts.
+    pub async fn host(&self, host_id: &str) -> Result<Option<StoredHost>, StoreError> {
+        let Some(row) = self.latest_host_row(host_id).await? else {
+            return Ok(None);
+        };
+        Ok(Some(StoredHost {
+            labels: row.labels()?,
+            state: row.facts().decode(table::HOSTS)?,
+            host_id: row.host_id,
+            hostname: row.hostname,
+            agent_version: row.agent_version,
+            kernel: row.kernel,
+            os: row.os,
+            scan_interval_ms: row.scan_interval_ms,
+            collector: row.collector,
+            connected_at: from_datetime(row.connected_at),
+            seq: row.seq,
+        }))
+    }
+
+    /// Records a host's Hello facts, keeping the stored host facts; `record.host` is
+    /// used only when the host has no row yet (see [`HostRecord::host`]).
+    pub async fn upsert_host(&self, record: &HostRecord) -> Result<(), StoreError> {
+        self.recover_if_dirty(&record.host_id).await?;
+        let latest = self.latest_host_row(&record.host_id).await?;
+        let mut row = HostRow {
+            host_id: record.host_id.clone(),
+            hostname: record.hostname.clone(),
+            label_keys: record.labels.keys().cloned().collect(),
+            label_values: record.labels.values().cloned().collect(),
+            agent_version: record.agent_version.clone(),
+            kernel: record.kernel.clone(),
+            os: record.os.clone(),
+            scan_interval_ms: record.scan_interval_ms,
+            collector: record.collector.clone(),
+            connected_at: to_datetime(SystemTime::now()),
+            ..empty_host_row(&record.host_id)
+        };
+        match &latest {
+            Some(prev) => {
+                row.set_facts(prev.facts());
+                row.seq = prev.seq;
+            }
+            None => row.set_facts(HostFactsCols::encode(&record.host)),
+        }
+        stamp(&mut row, latest.as_ref());
+        self.insert(table::HOSTS, &[row]).await?;
+        Ok(())
+    }
+
+    /// The current sockets of a host, ordered by key.
+    pub async fn current_sockets(&self, host_id: &str) -> Result<Vec<StoredSocket>, StoreError> {
+        self.recover_if_dirty(host_id).await?;
+        let rows: Vec<SocketCurrentRow> = self
+            .fetch(
+                table::SOCKETS_CURRENT,
+                self.client.query(queries::CURRENT_SOCKETS).bind(host_id),
+            )
+            .await?;
+        rows.into_iter()
+            .map(|r| {
+                let (socket, processes) = r.cols().decode(table::SOCKETS_CURRENT)?;
+                Ok(StoredSocket {
+                    socket,
+                    processes,
+                    seq: r.seq,
+                    updated_at: from_datetime(r.updated_at),
+                })
+            })
+            .collect()
+    }
+
+    /// The current flows of a host, ordered by key.
+    pub async fn current_flows(&self, host_id: &str) -> Result<Vec<StoredFlow>, StoreError> {
+        self.recover_if_dirty(host_id).await?;
+        let rows: Vec<FlowCurrentRow> = self
+            .fetch(
+                table::FLOWS_CURRENT,
+                self.client.query(queries::CURRENT_FLOWS).bind(host_id),
+            )
+            .await?;
+        rows.into_iter()
+            .map(|r| {
+                let (flow, process) = r.cols().decode(table::FLOWS_CURRENT)?;
+                Ok(StoredFlow {
+                    flow,
+                    process,
+                    seq: r.seq,
+                    updated_at: from_datetime(r.updated_at),
+                })
+            })
+            .collect()
+    }
+
+    /// The stored inventory of a host: host facts from its latest `hosts` row, current
+    /// sockets and flows, and the processes they reference. Equal to the inventory whose
+    /// changes were written (the collector diffs snapshots against it).
+    pub async fn load_current(&self, host_id: &str) -> Result<Inventory, StoreError> {
+        self.recover_if_dirty(host_id).await?;
+        let host = match self.latest_host_row(host_id).await? {
+            Some(row) => row.facts().decode(table::HOSTS)?,
+            None => HostState::default(),
+        };
+        let mut inventory = Inventory {
+            host,
+            ..Inventory::default()
+        };
+        // Every row that references a pid is rewritten when the process changes, so all
+        // present rows agree; the newest wins should they not.
+        let mut newest: BTreeMap<u32, u64> = BTreeMap::new();
+        let mut keep = |inventory: &mut Inventory, seq: u64, p: Process| {
+            if newest.get(&p.pid).is_none_or(|s| *s <= seq) {
+                newest.insert(p.pid, seq);
+                inventory.processes.insert(p.pid, p);
+            }
+        };
+        for s in self.current_sockets(host_id).await? {
+            for p in s.processes {
+                keep(&mut inventory, s.seq, p);
+            }
+            inventory.sockets.insert(s.socket.key, s.socket);
+        }
+        for f in self.current_flows(host_id).await? {
+            if let Some(p) = f.process.filter(|p| p.pid != 0) {
+                keep(&mut inventory, f.seq, p);
+            }
+            inventory.flows.insert(f.flow.key, f.flow.connections);
+        }
+        Ok(inventory)
+    }
+
+    /// Stores one change of a host: history rows, current rows, host facts when
+    /// `delta.host` is set, and last the `host_reports` row that commits `seq`.
+    ///
+    /// `delta` must apply to the stored state ([`Store::load_current`]): the history is
+    /// the sequence of deltas, and removed sockets and flows take their last-known
+    /// processes from the stored rows.
+    ///
+    /// Idempotent: writing the same change again leaves what queries see unchanged.
+    /// When it fails, the rows it wrote are rolled back before the host's next read or
+    /// write (see [`Store::recover`]).
+    pub async fn write_change(
+        &self,
+        host_id: &str,
+        seq: u64,
+        kind: ChangeKind,
+        scanned_at: SystemTime,
+        delta: &Delta,
+        stats: &ScanStats,
+    ) -> Result<WriteReceipt, StoreError> {
+        self.recover_if_dirty(host_id).await?;
+        let result = self
+            .write_change_inner(host_id, seq, kind, scanned_at, delta, stats)
+            .await;
+        if result.is_err() {
+            self.mark_dirty(host_id);
+        }
+        result
+    }
+
+    async fn write_change_inner(
+        &self,
+        host_id: &str,
+        seq: u64,
+        kind: ChangeKind,
+        scanned_at: SystemTime,
+        delta: &Delta,
+        stats: &ScanStats,
+    ) -> Result<WriteReceipt, StoreError> {
+        let at = to_datetime(scanned_at);
+        let known: BTreeMap<u32, &Process> = delta.processes.iter().map(|p| (p.pid, p)).collect();
+
+        // Removed sockets and flows carry their last-known processes, which the delta
+        // does not have: they come from the stored rows.
+        let removed_keys: Vec<String> = delta.removed.iter().map(|s| s.key.to_string()).collect();
+        let stored_sockets = self.socket_rows_by_key(host_id, &removed_keys).await?;
+        let removed_flow_keys: Vec<String> = delta
+            .flows_removed
+            .iter()
+            .map(|f| f.key.to_string())
+            .collect();
+        let stored_flows = self.flow_rows_by_key(host_id, &removed_flow_keys).await?;
+
+        let mut socket_events = Vec::new();
+        let mut sockets_current = Vec::new();
+        let mut push_socket = |socket: &Socket, event: SocketEventKind, cols: SocketCols| {
+            let key = socket.key.to_string();
+            socket_events.push(SocketEventRow::with_cols(
+                host_id.to_string(),
+                seq,
+                at,
+                event.as_str().to_string(),
+                key.clone(),
+                cols.clone(),
+            ));
+            sockets_current.push(SocketCurrentRow::with_cols(
+                host_id.to_string(),
+                key,
+                seq,
+                u8::from(event != SocketEventKind::Removed),
+                at,
+                cols,
+            ));
+        };
+        for (socket, key) in delta.removed.iter().zip(&removed_keys) {
+            let last: BTreeMap<u32, Process> = match stored_sockets.get(key) {
+                Some(row) => row
+                    .cols()
+                    .decode(table::SOCKETS_CURRENT)?
+                    .1
+                    .into_iter()
+                    .map(|p| (p.pid, p))
+                    .collect(),
+                None => BTreeMap::new(),
+            };
+            let cols = SocketCols::encode(socket, |pid| {
+                last.get(&pid).or_else(|| known.get(&pid).copied())
+            });
+            push_socket(socket, SocketEventKind::Removed, cols);
+        }
+        for socket in &delta.changed {
+            let cols = SocketCols::encode(socket, |pid| known.get(&pid).copied());
+            push_socket(socket, SocketEventKind::Changed, cols);
+        }
+        for socket in &delta.added {
+            let cols = SocketCols::encode(socket, |pid| known.get(&pid).copied());
+            push_socket(socket, SocketEventKind::Added, cols);
+        }
+
+        let mut flow_events = Vec::new();
+        let mut flows_current = Vec::new();
+        let mut push_flow = |flow: &Flow, event: FlowEventKind, cols: FlowCols| {
+            let key = flow.key.to_string();
+            flow_events.push(FlowEventRow::with_cols(
+                host_id.to_string(),
+                seq,
+                at,
+                event.as_str().to_string(),
+                key.clone(),
+                cols.clone(),
+            ));
+            flows_current.push(FlowCurrentRow::with_cols(
+                host_id.to_string(),
+                key,
+                seq,
+                u8::from(event != FlowEventKind::Removed),
+                at,
+                cols,
+            ));
+        };
+        for (flow, key) in delta.flows_removed.iter().zip(&removed_flow_keys) {
+            let last = match stored_flows.get(key) {
+                Some(row) => row.cols().decode(table::FLOWS_CURRENT)?.1,
+                None => None,
+            };
+            let process = last.or_else(|| known.get(&flow.key.pid).map(|p| (*p).clone()));
+            push_flow(
+                flow,
+                FlowEventKind::Removed,
+                FlowCols::encode(flow, process.as_ref()),
+            );
+        }
+        for flow in &delta.flows_upserted {
+            let process = known.get(&flow.key.pid).copied();
+            push_flow(
+                flow,
+                FlowEventKind::Upserted,
+                FlowCols::encode(flow, process),
+            );
+        }
+
+        let mut receipt = WriteReceipt {
+            socket_events: self.insert(table::SOCKET_EVENTS, &socket_events).await?,
+            flow_events: self.insert(table::FLOW_EVENTS, &flow_events).await?,
+            sockets_current: self
+                .insert(table::SOCKETS_CURRENT, &sockets_current)
+                .await?,
+            flows_current: self.insert(table::FLOWS_CURRENT, &flows_current).await?,
+            ..WriteReceipt::default()
+        };
+
+        if let Some(state) = &delta.host {
+            let latest = self.latest_host_row(host_id).await?;
+            // A replay of an older change must not overwrite newer host facts.
+            if latest.as_ref().is_none_or(|h| h.seq <= seq) {
+                let mut row = latest.clone().unwrap_or_else(|| empty_host_row(host_id));
+                row.set_facts(HostFactsCols::encode(state));
+                row.seq = seq;
+                stamp(&mut row, latest.as_ref());
+                receipt.hosts = self.insert(table::HOSTS, &[row]).await?;
+            }
+        }
+
+        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        let mut report = report_row(host_id, seq, kind.as_str(), scanned_at, stats);
+        report.added = count(delta.added.len());
+        report.removed = count(delta.removed.len());
+        report.changed = count(delta.changed.len());
+        report.flows_upserted = count(delta.flows_upserted.len());
+        report.flows_removed = count(delta.flows_removed.len());
+        if let Some(state) = &delta.host {
+            let facts = HostFactsCols::encode(state);
+            report.has_host = 1;
+            report.interface_names = facts.interface_names;
+            report.interfaces = facts.interfaces;
+            report.ephemeral_known = facts.ephemeral_known;
+            report.ephemeral_min = facts.ephemeral_min;
+            report.ephemeral_max = facts.ephemeral_max;
+        }
+        receipt.host_reports = self.insert(table::HOST_REPORTS, &[report]).await?;
+        tracing::debug!(
+            host_id,
+            seq,
+            kind = kind.as_str(),
+            rows = receipt.total(),
+            "change stored"
+        );
+        Ok(receipt)
+    }
+
+    /// Records a heartbeat: `seq` is the agent's last sent seq. Does not commit anything:
+    /// [`Store::last_seq`] ignores heartbeats.
+    pub async fn write_heartbeat(
+        &self,
+        host_id: &str,
+        seq: u64,
+        at: SystemTime,
+        stats: &ScanStats,
+    ) -> Result<(), StoreError> {
+        let row = report_row(host_id, seq, "heartbeat", at, stats);
+        self.insert(table::HOST_REPORTS, &[row]).await?;
+        Ok(())
+    }
+
+    /// The socket history of a host, ordered by seq (deduplicated with `FINAL`).
+    pub async fn socket_events(&self, host_id: &str) -> Result<Vec<SocketEvent>, StoreError> {
+        let rows: Vec<SocketEventRow> = self
+            .fetch(
+                table::SOCKET_EVENTS,
+                self.client.query(queries::SOCKET_EVENTS).bind(host_id),
+            )
+            .await?;
+        rows.into_iter()
+            .map(|r| {
+                let (socket, processes) = r.cols().decode(table::SOCKET_EVENTS)?;
+                let event = [
+                    SocketEventKind::Added,
+                    SocketEventKind::Removed,
+                    SocketEventKind::Changed,
+                ]
+                .into_iter()
+                .find(|e| e.as_str() == r.event)
+                .ok_or_else(|| StoreError::Corrupt {
+                    table: table::SOCKET_EVENTS,
+                    column: "event",
+                    value: r.event.clone(),
+                })?;
+                Ok(SocketEvent {
+                    seq: r.seq,
+                    at: from_datetime(r.at),
+                    event,
+                    socket,
+                    processes,
+                })
+            })
+            .collect()
+    }
+
+    /// The flow history of a host, ordered by seq (deduplicated with `FINAL`).
+    pub async fn flow_events(&self, host_id: &str) -> Result<Vec<FlowEvent>, StoreError> {
+        let rows: Vec<FlowEventRow> = self
+            .fetch(
+                table::FLOW_EVENTS,
+                self.client.query(queries::FLOW_EVENTS).bind(host_id),
+            )
+            .await?;
+        rows.into_iter()
+            .map(|r| {
+                let (flow, process) = r.cols().decode(table::FLOW_EVENTS)?;
+                let event = [FlowEventKind::Upserted, FlowEventKind::Removed]
+                    .into_iter()
+                    .find(|e| e.as_str() == r.event)
+                    .ok_or_else(|| StoreError::Corrupt {
+                        table: table::FLOW_EVENTS,
+                        column: "event",
+                        value: r.event.clone(),
+                    })?;
+                Ok(FlowEvent {
+                    seq: r.seq,
+                    at: from_datetime(r.at),
+                    event,
+                    flow,
+                    process,
+                })
+            })
+            .collect()
+    }
+
+    /// The reports of a host (snapshots, deltas, heartbeats), ordered by seq and time
+    /// (deduplicated with `FINAL`).
+    pub async fn reports(&self, host_id: &str) -> Result<Vec<HostReport>, StoreError> {
+        let rows: Vec<ReportRow> = self
+            .fetch(
+                table::HOST_REPORTS,
+                self.client.query(queries::REPORTS).bind(host_id),
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| HostReport {
+                seq: r.seq,
+                kind: r.kind,
+                at: from_datetime(r.at),
+                stats: ScanStats {
+                    sockets: r.sockets,
+                    listeners: r.listeners,
+                    connections: r.connections,
+                    unattributed_no_permission: r.unattributed_no_permission,
+                    unattributed_process_gone: r.unattributed_process_gone,
+                    unattributed_unknown: r.unattributed_unknown,
+                    kernel_owned: r.kernel_owned,
+                    scan_duration_micros: r.scan_duration_micros,
+                    state_counts: r.state_names.into_iter().zip(r.state_counts).collect(),
+                },
+            })
+            .collect())
+    }
+}
+
+/// The statement's table, for error messages: the word after `TABLE IF NOT EXISTS`.
+fn statement_table(statement: &str) -> &str {
+    statement
+        .split_whitespace()
+        .skip_while(|w| *w != "EXISTS")
+        .nth(1)
+        .unwrap_or("schema")
+}
+
+fn empty_host_row(host_id: &str) -> HostRow {
+    HostRow {
+        host_id: host_id.to_string(),
+        hostname: String::new(),
+        label_keys: Vec::new(),
+        label_values: Vec::new(),
+        agent_version: String::new(),
+        kernel: String::new(),
+        os: String::new(),
+        scan_interval_ms: 0,
+        collector: String::new(),
+        connected_at: 0,
+        interface_names: Vec::new(),
+        interfaces: Vec::new(),
+        ephemeral_known: 0,
+        ephemeral_min: 0,
+        ephemeral_max: 0,
+        seq: 0,
+        updated_at: 0,
+        updated_ns: 0,
+    }
+}
+
+/// Sets the row's write time, strictly after the previous row's even when clocks of
+/// collector replicas disagree.
+fn stamp(row: &mut HostRow, previous: Option<&HostRow>) {
+    let now = SystemTime::now();
+    row.updated_at = to_datetime(now);
+    row.updated_ns = to_nanos(now).max(previous.map_or(0, |p| p.updated_ns.saturating_add(1)));
+}
+
+fn report_row(host_id: &str, seq: u64, kind: &str, at: SystemTime, stats: &ScanStats) -> ReportRow {
+    ReportRow {
+        host_id: host_id.to_string(),
+        seq,
+        kind: kind.to_string(),
+        at: to_datetime(at),
+        received_at: to_datetime(SystemTime::now()),
+        sockets: stats.sockets,
+        listeners: stats.listeners,
+        connections: stats.connections,
+        unattributed_no_permission: stats.unattributed_no_permission,
+        unattributed_process_gone: stats.unattributed_process_gone,
+        unattributed_unknown: stats.unattributed_unknown,
+        kernel_owned: stats.kernel_owned,
+        scan_duration_micros: stats.scan_duration_micros,
+        state_names: stats.state_counts.keys().cloned().collect(),
+        state_counts: stats.state_counts.values().copied().collect(),
+        added: 0,
+        removed: 0,
+        changed: 0,
+        flows_upserted: 0,
+        flows_removed: 0,
+        has_host: 0,
+        interface_names: Vec::new(),
+        interfaces: Vec::new(),
+        ephemeral_known: 0,
+        ephemeral_min: 0,
+        ephemeral_max: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The gRPC handlers spawn these futures: they must be `Send` (checked at compile
+    /// time, never run).
+    #[allow(dead_code, clippy::let_underscore_future)]
+    fn futures_are_send(store: &Store, delta: &Delta, stats: &ScanStats, record: &HostRecord) {
+        fn send<T: Send>(_: T) {}
+        let now = SystemTime::now();
+        send(store.write_change("h", 1, ChangeKind::Delta, now, delta, stats));
+        send(store.write_heartbeat("h", 1, now, stats));
+        send(store.load_current("h"));
+        send(store.last_seq("h"));
+        send(store.recover("h"));
+        send(store.upsert_host(record));
+        send(store.migrate());
+        send(Store::connect(&ClickHouseConfig {
+            url: String::new(),
+            database: String::new(),
+            user: None,
+            password: None,
+        }));
+    }
+
+    #[test]
+    fn versions_parse() {
+        assert_eq!(parse_version("18.16.1"), Some((18, 16, 1)));
+        assert_eq!(parse_version("24.8.4.13\n"), Some((24, 8, 4)));
+        assert_eq!(parse_version("25.3.1.2703-lts"), Some((25, 3, 1)));
+        assert_eq!(parse_version("26.1"), Some((26, 1, 0)));
+        assert_eq!(parse_version("nope"), None);
+    }
+
+    #[test]
+    fn database_names_are_identifiers() {
+        assert!(valid_identifier("portolan"));
+        assert!(valid_identifier("test_write_change_2"));
+        assert!(!valid_identifier("a-b"));
+        assert!(!valid_identifier("1abc"));
+        assert!(!valid_identifier("x; DROP TABLE y"));
+        assert!(!valid_identifier(""));
+    }
+
+    #[test]
+    fn statement_tables_are_named() {
+        let s = schema::statements(Flavor::Legacy);
+        assert_eq!(statement_table(&s[0]), "schema_migrations");
+        assert_eq!(statement_table(&s[1]), "hosts");
+    }
+}

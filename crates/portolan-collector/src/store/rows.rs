@@ -1,0 +1,679 @@
+//! Row types of the tables and their conversions to and from the domain.
+//!
+//! Field names and types match the columns of [`super::schema`]; every conversion from
+//! storage validates what it reads and fails with [`StoreError::Corrupt`] naming the
+//! table and column.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use portolan_core::{
+    Attribution, Direction, Flow, FlowKey, HostState, InterfaceAddress, Process, Protocol, Scope,
+    Socket, SocketKey, SocketState,
+};
+use serde::{Deserialize, Serialize};
+
+use super::StoreError;
+
+/// Seconds since the epoch, as ClickHouse `DateTime` holds them (saturating).
+pub(crate) fn to_datetime(t: SystemTime) -> u32 {
+    let secs = t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    u32::try_from(secs).unwrap_or(u32::MAX)
+}
+
+/// The inverse of [`to_datetime`].
+pub(crate) fn from_datetime(secs: u32) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(u64::from(secs))
+}
+
+/// Nanoseconds since the epoch (saturating).
+pub(crate) fn to_nanos(t: SystemTime) -> u64 {
+    let nanos = t.duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos();
+    u64::try_from(nanos).unwrap_or(u64::MAX)
+}
+
+fn corrupt(table: &'static str, column: &'static str, value: impl ToString) -> StoreError {
+    StoreError::Corrupt {
+        table,
+        column,
+        value: value.to_string(),
+    }
+}
+
+fn family(addr: IpAddr) -> u8 {
+    match addr {
+        IpAddr::V4(_) => 4,
+        IpAddr::V6(_) => 6,
+    }
+}
+
+fn parse_addr(table: &'static str, column: &'static str, s: &str) -> Result<IpAddr, StoreError> {
+    s.parse().map_err(|_| corrupt(table, column, s))
+}
+
+fn parse_protocol(table: &'static str, s: &str) -> Result<Protocol, StoreError> {
+    [Protocol::Tcp, Protocol::Udp]
+        .into_iter()
+        .find(|p| p.as_str() == s)
+        .ok_or_else(|| corrupt(table, "protocol", s))
+}
+
+fn parse_state(table: &'static str, s: &str) -> Result<SocketState, StoreError> {
+    SocketState::ALL
+        .into_iter()
+        .find(|p| p.as_str() == s)
+        .ok_or_else(|| corrupt(table, "state", s))
+}
+
+fn parse_attribution(table: &'static str, s: &str) -> Result<Attribution, StoreError> {
+    [
+        Attribution::Owned,
+        Attribution::Kernel,
+        Attribution::NoPermission,
+        Attribution::ProcessGone,
+        Attribution::Unknown,
+    ]
+    .into_iter()
+    .find(|p| p.as_str() == s)
+    .ok_or_else(|| corrupt(table, "attribution", s))
+}
+
+fn parse_scope(table: &'static str, column: &'static str, s: &str) -> Result<Scope, StoreError> {
+    [
+        Scope::Loopback,
+        Scope::LinkLocal,
+        Scope::Private,
+        Scope::Public,
+        Scope::Wildcard,
+    ]
+    .into_iter()
+    .find(|p| p.as_str() == s)
+    .ok_or_else(|| corrupt(table, column, s))
+}
+
+fn parse_direction(table: &'static str, s: &str) -> Result<Direction, StoreError> {
+    [Direction::Inbound, Direction::Outbound]
+        .into_iter()
+        .find(|p| p.as_str() == s)
+        .ok_or_else(|| corrupt(table, "direction", s))
+}
+
+/// `schema_migrations`.
+#[derive(Debug, Clone, clickhouse::Row, Serialize, Deserialize)]
+pub(crate) struct MigrationRow {
+    pub version: u32,
+    pub name: String,
+    pub applied_at: u32,
+    pub collector: String,
+}
+
+/// Host facts columns, shared by `hosts` and `host_reports`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct HostFactsCols {
+    pub interface_names: Vec<String>,
+    pub interfaces: Vec<String>,
+    pub ephemeral_known: u8,
+    pub ephemeral_min: u16,
+    pub ephemeral_max: u16,
+}
+
+impl HostFactsCols {
+    pub fn encode(state: &HostState) -> HostFactsCols {
+        let (min, max) = state.ephemeral_ports.unwrap_or((0, 0));
+        HostFactsCols {
+            interface_names: state
+                .interfaces
+                .iter()
+                .map(|i| i.interface.clone())
+                .collect(),
+            interfaces: state
+                .interfaces
+                .iter()
+                .map(|i| format!("{}/{}", i.address, i.prefix_len))
+                .collect(),
+            ephemeral_known: u8::from(state.ephemeral_ports.is_some()),
+            ephemeral_min: min,
+            ephemeral_max: max,
+        }
+    }
+
+    pub fn decode(&self, table: &'static str) -> Result<HostState, StoreError> {
+        if self.interface_names.len() != self.interfaces.len() {
+            return Err(corrupt(
+                table,
+                "interface_names",
+                "an array as long as `interfaces`",
+            ));
+        }
+        let interfaces = self
+            .interface_names
+            .iter()
+            .zip(&self.interfaces)
+            .map(|(name, cidr)| {
+                let (addr, prefix) = cidr
+                    .rsplit_once('/')
+                    .ok_or_else(|| corrupt(table, "interfaces", cidr))?;
+                Ok(InterfaceAddress {
+                    interface: name.clone(),
+                    address: parse_addr(table, "interfaces", addr)?,
+                    prefix_len: prefix
+                        .parse()
+                        .map_err(|_| corrupt(table, "interfaces", cidr))?,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok(HostState {
+            interfaces,
+            ephemeral_ports: (self.ephemeral_known != 0)
+                .then_some((self.ephemeral_min, self.ephemeral_max)),
+        })
+    }
+}
+
+/// `hosts`.
+#[derive(Debug, Clone, PartialEq, clickhouse::Row, Serialize, Deserialize)]
+pub(crate) struct HostRow {
+    pub host_id: String,
+    pub hostname: String,
+    pub label_keys: Vec<String>,
+    pub label_values: Vec<String>,
+    pub agent_version: String,
+    pub kernel: String,
+    pub os: String,
+    pub scan_interval_ms: u64,
+    pub collector: String,
+    pub connected_at: u32,
+    pub interface_names: Vec<String>,
+    pub interfaces: Vec<String>,
+    pub ephemeral_known: u8,
+    pub ephemeral_min: u16,
+    pub ephemeral_max: u16,
+    pub seq: u64,
+    pub updated_at: u32,
+    pub updated_ns: u64,
+}
+
+impl HostRow {
+    pub fn facts(&self) -> HostFactsCols {
+        HostFactsCols {
+            interface_names: self.interface_names.clone(),
+            interfaces: self.interfaces.clone(),
+            ephemeral_known: self.ephemeral_known,
+            ephemeral_min: self.ephemeral_min,
+            ephemeral_max: self.ephemeral_max,
+        }
+    }
+
+    pub fn set_facts(&mut self, f: HostFactsCols) {
+        self.interface_names = f.interface_names;
+        self.interfaces = f.interfaces;
+        self.ephemeral_known = f.ephemeral_known;
+        self.ephemeral_min = f.ephemeral_min;
+        self.ephemeral_max = f.ephemeral_max;
+    }
+
+    pub fn labels(&self) -> Result<BTreeMap<String, String>, StoreError> {
+        if self.label_keys.len() != self.label_values.len() {
+            return Err(corrupt(
+                "hosts",
+                "label_values",
+                "an array as long as `label_keys`",
+            ));
+        }
+        Ok(self
+            .label_keys
+            .iter()
+            .cloned()
+            .zip(self.label_values.iter().cloned())
+            .collect())
+    }
+}
+
+/// `host_reports`.
+#[derive(Debug, Clone, PartialEq, clickhouse::Row, Serialize, Deserialize)]
+pub(crate) struct ReportRow {
+    pub host_id: String,
+    pub seq: u64,
+    pub kind: String,
+    pub at: u32,
+    pub received_at: u32,
+    pub sockets: u32,
+    pub listeners: u32,
+    pub connections: u32,
+    pub unattributed_no_permission: u32,
+    pub unattributed_process_gone: u32,
+    pub unattributed_unknown: u32,
+    pub kernel_owned: u32,
+    pub scan_duration_micros: u64,
+    pub state_names: Vec<String>,
+    pub state_counts: Vec<u32>,
+    pub added: u32,
+    pub removed: u32,
+    pub changed: u32,
+    pub flows_upserted: u32,
+    pub flows_removed: u32,
+    pub has_host: u8,
+    pub interface_names: Vec<String>,
+    pub interfaces: Vec<String>,
+    pub ephemeral_known: u8,
+    pub ephemeral_min: u16,
+    pub ephemeral_max: u16,
+}
+
+impl ReportRow {
+    pub fn facts(&self) -> HostFactsCols {
+        HostFactsCols {
+            interface_names: self.interface_names.clone(),
+            interfaces: self.interfaces.clone(),
+            ephemeral_known: self.ephemeral_known,
+            ephemeral_min: self.ephemeral_min,
+            ephemeral_max: self.ephemeral_max,
+        }
+    }
+}
+
+/// The socket columns shared by `socket_events` and `sockets_current`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct SocketCols {
+    pub protocol: String,
+    pub family: u8,
+    pub local_address: String,
+    pub local_port: u16,
+    pub remote_address: String,
+    pub remote_port: u16,
+    pub state: String,
+    pub inode: u64,
+    pub uid: u32,
+    pub listener: u8,
+    pub attribution: String,
+    pub scope: String,
+    pub exposure: String,
+    pub pids: Vec<u32>,
+    pub process_known: Vec<u8>,
+    pub process_names: Vec<String>,
+    pub process_executables: Vec<String>,
+    pub process_command_lines: Vec<String>,
+    pub process_uids: Vec<u32>,
+    pub process_users: Vec<String>,
+    pub process_units: Vec<String>,
+    pub process_containers: Vec<String>,
+    pub process_cgroups: Vec<String>,
+    pub process: String,
+    pub executable: String,
+    pub systemd_unit: String,
+    pub container_id: String,
+}
+
+impl SocketCols {
+    /// Encodes a socket; `process` says what is known of each pid.
+    pub fn encode<'a>(socket: &Socket, process: impl Fn(u32) -> Option<&'a Process>) -> Self {
+        let k = &socket.key;
+        let mut c = SocketCols {
+            protocol: k.protocol.as_str().into(),
+            family: family(k.local_address),
+            local_address: k.local_address.to_string(),
+            local_port: k.local_port,
+            remote_address: k.remote_address.to_string(),
+            remote_port: k.remote_port,
+            state: socket.state.as_str().into(),
+            inode: k.inode,
+            uid: socket.uid,
+            listener: u8::from(socket.is_listener()),
+            attribution: socket.attribution.as_str().into(),
+            scope: socket.scope.as_str().into(),
+            exposure: socket.exposure.as_str().into(),
+            pids: socket.pids.clone(),
+            ..SocketCols::default()
+        };
+        for pid in &socket.pids {
+            let p = process(*pid);
+            let empty = Process::default();
+            let q = p.unwrap_or(&empty);
+            c.process_known.push(u8::from(p.is_some()));
+            c.process_names.push(q.name.clone());
+            c.process_executables.push(q.executable.clone());
+            c.process_command_lines.push(q.command_line.clone());
+            c.process_uids.push(q.uid);
+            c.process_users.push(q.user.clone());
+            c.process_units.push(q.systemd_unit.clone());
+            c.process_containers.push(q.container_id.clone());
+            c.process_cgroups.push(q.cgroup.clone());
+        }
+        if let Some(first) = socket.pids.first().and_then(|pid| process(*pid)) {
+            c.process = first.name.clone();
+            c.executable = first.executable.clone();
+            c.systemd_unit = first.systemd_unit.clone();
+            c.container_id = first.container_id.clone();
+        }
+        c
+    }
+
+    /// The socket and the known processes of its pids, in pid order.
+    pub fn decode(&self, table: &'static str) -> Result<(Socket, Vec<Process>), StoreError> {
+        let key = SocketKey {
+            protocol: parse_protocol(table, &self.protocol)?,
+            local_address: parse_addr(table, "local_address", &self.local_address)?,
+            local_port: self.local_port,
+            remote_address: parse_addr(table, "remote_address", &self.remote_address)?,
+            remote_port: self.remote_port,
+            inode: self.inode,
+        };
+        let socket = Socket {
+            key,
+            state: parse_state(table, &self.state)?,
+            uid: self.uid,
+            pids: self.pids.clone(),
+            attribution: parse_attribution(table, &self.attribution)?,
+            scope: parse_scope(table, "scope", &self.scope)?,
+            exposure: parse_scope(table, "exposure", &self.exposure)?,
+        };
+        let n = self.pids.len();
+        let lengths = [
+            self.process_known.len(),
+            self.process_names.len(),
+            self.process_executables.len(),
+            self.process_command_lines.len(),
+            self.process_uids.len(),
+            self.process_users.len(),
+            self.process_units.len(),
+            self.process_containers.len(),
+            self.process_cgroups.len(),
+        ];
+        if lengths.iter().any(|l| *l != n) {
+            return Err(corrupt(table, "process_*", "arrays as long as `pids`"));
+        }
+        let processes = (0..n)
+            .filter(|i| self.process_known[*i] != 0)
+            .map(|i| Process {
+                pid: self.pids[i],
+                name: self.process_names[i].clone(),
+                executable: self.process_executables[i].clone(),
+                command_line: self.process_command_lines[i].clone(),
+                uid: self.process_uids[i],
+                user: self.process_users[i].clone(),
+                systemd_unit: self.process_units[i].clone(),
+                container_id: self.process_containers[i].clone(),
+                cgroup: self.process_cgroups[i].clone(),
+            })
+            .collect();
+        Ok((socket, processes))
+    }
+}
+
+/// The flow columns shared by `flow_events` and `flows_current`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct FlowCols {
+    pub protocol: String,
+    pub direction: String,
+    pub family: u8,
+    pub local_address: String,
+    pub remote_address: String,
+    pub service_port: u16,
+    pub state: String,
+    pub pid: u32,
+    pub connections: u32,
+    pub process_known: u8,
+    pub process: String,
+    pub executable: String,
+    pub command_line: String,
+    pub process_uid: u32,
+    pub user: String,
+    pub systemd_unit: String,
+    pub container_id: String,
+    pub cgroup: String,
+}
+
+impl FlowCols {
+    /// Encodes a flow with what is known of its process.
+    pub fn encode(flow: &Flow, process: Option<&Process>) -> Self {
+        let k = &flow.key;
+        let empty = Process::default();
+        let p = process.unwrap_or(&empty);
+        FlowCols {
+            protocol: k.protocol.as_str().into(),
+            direction: k.direction.as_str().into(),
+            family: family(k.local_address),
+            local_address: k.local_address.to_string(),
+            remote_address: k.remote_address.to_string(),
+            service_port: k.service_port,
+            state: k.state.as_str().into(),
+            pid: k.pid,
+            connections: flow.connections,
+            process_known: u8::from(process.is_some()),
+            process: p.name.clone(),
+            executable: p.executable.clone(),
+            command_line: p.command_line.clone(),
+            process_uid: p.uid,
+            user: p.user.clone(),
+            systemd_unit: p.systemd_unit.clone(),
+            container_id: p.container_id.clone(),
+            cgroup: p.cgroup.clone(),
+        }
+    }
+
+    /// The flow and its process when known.
+    pub fn decode(&self, table: &'static str) -> Result<(Flow, Option<Process>), StoreError> {
+        let key = FlowKey {
+            protocol: parse_protocol(table, &self.protocol)?,
+            direction: parse_direction(table, &self.direction)?,
+            local_address: parse_addr(table, "local_address", &self.local_address)?,
+            remote_address: parse_addr(table, "remote_address", &self.remote_address)?,
+            service_port: self.service_port,
+            state: parse_state(table, &self.state)?,
+            pid: self.pid,
+        };
+        let process = (self.process_known != 0).then(|| Process {
+            pid: self.pid,
+            name: self.process.clone(),
+            executable: self.executable.clone(),
+            command_line: self.command_line.clone(),
+            uid: self.process_uid,
+            user: self.user.clone(),
+            systemd_unit: self.systemd_unit.clone(),
+            container_id: self.container_id.clone(),
+            cgroup: self.cgroup.clone(),
+        });
+        Ok((
+            Flow {
+                key,
+                connections: self.connections,
+            },
+            process,
+        ))
+    }
+}
+
+/// Declares a row struct: its own leading columns, then the shared columns of `$cols`,
+/// with `cols()` / `with_cols()` to move the shared part in and out.
+macro_rules! shared_row {
+    (
+        $(#[$meta:meta])*
+        $name:ident { $($head:ident : $hty:ty),* $(,)? }
+        $cols:ident { $($col:ident : $cty:ty),* $(,)? }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, PartialEq, clickhouse::Row, Serialize, Deserialize)]
+        pub(crate) struct $name {
+            $(pub $head: $hty,)*
+            $(pub $col: $cty,)*
+        }
+
+        impl $name {
+            #[allow(clippy::too_many_arguments)]
+            pub fn with_cols($($head: $hty,)* c: $cols) -> Self {
+                $name { $($head,)* $($col: c.$col,)* }
+            }
+
+            #[allow(dead_code)]
+            pub fn cols(&self) -> $cols {
+                $cols { $($col: self.$col.clone(),)* }
+            }
+        }
+    };
+}
+
+macro_rules! socket_row {
+    ($(#[$meta:meta])* $name:ident { $($head:ident : $hty:ty),* $(,)? }) => {
+        shared_row! {
+            $(#[$meta])*
+            $name { $($head: $hty),* }
+            SocketCols {
+                protocol: String,
+                family: u8,
+                local_address: String,
+                local_port: u16,
+                remote_address: String,
+                remote_port: u16,
+                state: String,
+                inode: u64,
+                uid: u32,
+                listener: u8,
+                attribution: String,
+                scope: String,
+                exposure: String,
+                pids: Vec<u32>,
+                process_known: Vec<u8>,
+                process_names: Vec<String>,
+                process_executables: Vec<String>,
+                process_command_lines: Vec<String>,
+                process_uids: Vec<u32>,
+                process_users: Vec<String>,
+                process_units: Vec<String>,
+                process_containers: Vec<String>,
+                process_cgroups: Vec<String>,
+                process: String,
+                executable: String,
+                systemd_unit: String,
+                container_id: String,
+            }
+        }
+    };
+}
+
+macro_rules! flow_row {
+    ($(#[$meta:meta])* $name:ident { $($head:ident : $hty:ty),* $(,)? }) => {
+        shared_row! {
+            $(#[$meta])*
+            $name { $($head: $hty),* }
+            FlowCols {
+                protocol: String,
+                direction: String,
+                family: u8,
+                local_address: String,
+                remote_address: String,
+                service_port: u16,
+                state: String,
+                pid: u32,
+                connections: u32,
+                process_known: u8,
+                process: String,
+                executable: String,
+                command_line: String,
+                process_uid: u32,
+                user: String,
+                systemd_unit: String,
+                container_id: String,
+                cgroup: String,
+            }
+        }
+    };
+}
+
+socket_row! {
+    /// `socket_events`.
+    SocketEventRow { host_id: String, seq: u64, at: u32, event: String, socket_key: String }
+}
+
+socket_row! {
+    /// `sockets_current`.
+    SocketCurrentRow { host_id: String, socket_key: String, seq: u64, present: u8, updated_at: u32 }
+}
+
+flow_row! {
+    /// `flow_events`.
+    FlowEventRow { host_id: String, seq: u64, at: u32, event: String, flow_key: String }
+}
+
+flow_row! {
+    /// `flows_current`.
+    FlowCurrentRow { host_id: String, flow_key: String, seq: u64, present: u8, updated_at: u32 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    fn socket() -> Socket {
+        Socket {
+            key: SocketKey {
+                protocol: Protocol::Udp,
+                local_address: IpAddr::V6(Ipv6Addr::LOCALHOST),
+                local_port: 53,
+                remote_address: IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+                remote_port: 0,
+                inode: 77,
+            },
+            state: SocketState::Close,
+            uid: 101,
+            pids: vec![3, 9],
+            attribution: Attribution::Owned,
+            scope: Scope::Loopback,
+            exposure: Scope::Loopback,
+        }
+    }
+
+    #[test]
+    fn socket_columns_round_trip_with_an_unknown_process() {
+        let known = Process {
+            pid: 9,
+            name: "dnsmasq".into(),
+            cgroup: "/system.slice/dnsmasq.service".into(),
+            ..Process::default()
+        };
+        let cols = SocketCols::encode(&socket(), |pid| (pid == 9).then_some(&known));
+        assert_eq!(cols.process_known, vec![0, 1]);
+        assert_eq!(cols.process, "", "the first pid is unknown");
+        let (back, processes) = cols.decode("t").expect("decodes");
+        assert_eq!(back, socket());
+        assert_eq!(processes, vec![known]);
+    }
+
+    #[test]
+    fn host_facts_round_trip() {
+        let state = HostState {
+            interfaces: vec![
+                InterfaceAddress {
+                    interface: "eth0".into(),
+                    address: IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3)),
+                    prefix_len: 24,
+                },
+                InterfaceAddress {
+                    interface: "eth0".into(),
+                    address: "fe80::1".parse().expect("addr"),
+                    prefix_len: 64,
+                },
+            ],
+            ephemeral_ports: Some((0, 0)),
+        };
+        let cols = HostFactsCols::encode(&state);
+        assert_eq!(cols.interfaces, vec!["10.1.2.3/24", "fe80::1/64"]);
+        assert_eq!(cols.decode("hosts").expect("decodes"), state);
+        let none = HostState::default();
+        assert_eq!(
+            HostFactsCols::encode(&none)
+                .decode("hosts")
+                .expect("decodes"),
+            none
+        );
+    }
+
+    #[test]
+    fn unknown_enum_values_name_the_column() {
+        let mut cols = SocketCols::encode(&socket(), |_| None);
+        cols.state = "ESTAB".into();
+        let err = cols.decode("sockets_current").expect_err("bad state");
+        assert!(err.to_string().contains("sockets_current.state"), "{err}");
+    }
+}

@@ -1,0 +1,399 @@
+//! The ClickHouse schema, as data.
+//!
+//! Two flavors of the same tables: [`Flavor::Legacy`] for old servers (Debian's 18.16: no
+//! TTL, no LowCardinality without an experimental setting) and [`Flavor::Modern`] for
+//! servers from [`MODERN_SINCE`] on, which get `LowCardinality(String)` for
+//! low-cardinality columns and TTLs on history. Column names and order are the same in
+//! both, so every query works on both.
+//!
+//! Every statement is idempotent (`CREATE … IF NOT EXISTS`), so two collectors migrating
+//! at once both succeed.
+
+use std::fmt::Write as _;
+
+/// The first server version on the modern path. It is also the first version on which the
+/// `clickhouse` crate's row validation works: before each insert it runs `DESCRIBE TABLE`
+/// with the setting `describe_include_subcolumns`, added in 21.10, and it reads and writes
+/// `RowBinaryWithNamesAndTypes`.
+pub const MODERN_SINCE: (u32, u32) = (21, 10);
+
+/// How long the event history (`socket_events`, `flow_events`) is kept on the modern path.
+pub const HISTORY_RETENTION_DAYS: u32 = 365;
+
+/// How long heartbeat rows of `host_reports` are kept on the modern path. Snapshot and
+/// delta rows are kept: the latest of them is a host's commit marker.
+pub const HEARTBEAT_RETENTION_DAYS: u32 = 30;
+
+/// Which dialect of the schema a server gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Flavor {
+    /// Servers before [`MODERN_SINCE`]: plain `String`, no TTL.
+    Legacy,
+    /// Servers from [`MODERN_SINCE`] on: `LowCardinality(String)`, TTL on history.
+    Modern,
+}
+
+impl Flavor {
+    /// The flavor for a server version.
+    pub fn for_version(version: (u32, u32, u32)) -> Flavor {
+        if (version.0, version.1) >= MODERN_SINCE {
+            Flavor::Modern
+        } else {
+            Flavor::Legacy
+        }
+    }
+}
+
+/// Table names.
+pub mod table {
+    /// Applied migrations.
+    pub const SCHEMA_MIGRATIONS: &str = "schema_migrations";
+    /// Host facts, latest row per host.
+    pub const HOSTS: &str = "hosts";
+    /// One row per stored snapshot, delta and heartbeat; the commit markers.
+    pub const HOST_REPORTS: &str = "host_reports";
+    /// Socket history.
+    pub const SOCKET_EVENTS: &str = "socket_events";
+    /// Current sockets per host.
+    pub const SOCKETS_CURRENT: &str = "sockets_current";
+    /// Flow history.
+    pub const FLOW_EVENTS: &str = "flow_events";
+    /// Current flows per host.
+    pub const FLOWS_CURRENT: &str = "flows_current";
+}
+
+/// One migration: a version, a name and idempotent statements.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Migration {
+    /// Increasing from 1.
+    pub version: u32,
+    /// What it does.
+    pub name: &'static str,
+    /// Its statements, in order.
+    pub statements: Vec<String>,
+}
+
+#[derive(Clone, Copy)]
+enum Ty {
+    Str,
+    /// `LowCardinality(String)` on the modern path.
+    Lc,
+    U8,
+    U16,
+    U32,
+    U64,
+    DateTime,
+    ArrStr,
+    ArrU8,
+    ArrU32,
+}
+
+impl Ty {
+    fn sql(self, flavor: Flavor) -> &'static str {
+        match (self, flavor) {
+            (Ty::Str, _) | (Ty::Lc, Flavor::Legacy) => "String",
+            (Ty::Lc, Flavor::Modern) => "LowCardinality(String)",
+            (Ty::U8, _) => "UInt8",
+            (Ty::U16, _) => "UInt16",
+            (Ty::U32, _) => "UInt32",
+            (Ty::U64, _) => "UInt64",
+            (Ty::DateTime, _) => "DateTime",
+            (Ty::ArrStr, _) => "Array(String)",
+            (Ty::ArrU8, _) => "Array(UInt8)",
+            (Ty::ArrU32, _) => "Array(UInt32)",
+        }
+    }
+}
+
+type Columns = &'static [(&'static str, Ty)];
+
+const MIGRATIONS_COLUMNS: Columns = &[
+    ("version", Ty::U32),
+    ("name", Ty::Str),
+    ("applied_at", Ty::DateTime),
+    ("collector", Ty::Str),
+];
+
+const HOST_FACTS: Columns = &[
+    // Parallel arrays: interface name and "address/prefix_len", in the agent's order.
+    ("interface_names", Ty::ArrStr),
+    ("interfaces", Ty::ArrStr),
+    // 0: the ephemeral port range is unknown (min and max are then 0).
+    ("ephemeral_known", Ty::U8),
+    ("ephemeral_min", Ty::U16),
+    ("ephemeral_max", Ty::U16),
+];
+
+const HOSTS_COLUMNS: Columns = &[
+    ("host_id", Ty::Str),
+    ("hostname", Ty::Str),
+    ("label_keys", Ty::ArrStr),
+    ("label_values", Ty::ArrStr),
+    ("agent_version", Ty::Lc),
+    ("kernel", Ty::Lc),
+    ("os", Ty::Lc),
+    ("scan_interval_ms", Ty::U64),
+    ("collector", Ty::Lc),
+    ("connected_at", Ty::DateTime),
+];
+
+const HOSTS_TAIL: Columns = &[
+    // The seq of the change whose host facts this row carries.
+    ("seq", Ty::U64),
+    ("updated_at", Ty::DateTime),
+    ("updated_ns", Ty::U64),
+];
+
+const REPORT_COLUMNS: Columns = &[
+    ("host_id", Ty::Str),
+    ("seq", Ty::U64),
+    ("kind", Ty::Lc),
+    ("at", Ty::DateTime),
+    ("received_at", Ty::DateTime),
+    ("sockets", Ty::U32),
+    ("listeners", Ty::U32),
+    ("connections", Ty::U32),
+    ("unattributed_no_permission", Ty::U32),
+    ("unattributed_process_gone", Ty::U32),
+    ("unattributed_unknown", Ty::U32),
+    ("kernel_owned", Ty::U32),
+    ("scan_duration_micros", Ty::U64),
+    ("state_names", Ty::ArrStr),
+    ("state_counts", Ty::ArrU32),
+    ("added", Ty::U32),
+    ("removed", Ty::U32),
+    ("changed", Ty::U32),
+    ("flows_upserted", Ty::U32),
+    ("flows_removed", Ty::U32),
+    // 1: this change carried new host facts (below); the history of host facts.
+    ("has_host", Ty::U8),
+];
+
+const SOCKET_COLUMNS: Columns = &[
+    ("protocol", Ty::Lc),
+    ("family", Ty::U8),
+    ("local_address", Ty::Str),
+    ("local_port", Ty::U16),
+    ("remote_address", Ty::Str),
+    ("remote_port", Ty::U16),
+    ("state", Ty::Lc),
+    ("inode", Ty::U64),
+    ("uid", Ty::U32),
+    ("listener", Ty::U8),
+    ("attribution", Ty::Lc),
+    ("scope", Ty::Lc),
+    ("exposure", Ty::Lc),
+    // Owning pids and, parallel to them, what is known of each process.
+    ("pids", Ty::ArrU32),
+    ("process_known", Ty::ArrU8),
+    ("process_names", Ty::ArrStr),
+    ("process_executables", Ty::ArrStr),
+    ("process_command_lines", Ty::ArrStr),
+    ("process_uids", Ty::ArrU32),
+    ("process_users", Ty::ArrStr),
+    ("process_units", Ty::ArrStr),
+    ("process_containers", Ty::ArrStr),
+    ("process_cgroups", Ty::ArrStr),
+    // The first pid's process, for convenience.
+    ("process", Ty::Lc),
+    ("executable", Ty::Str),
+    ("systemd_unit", Ty::Lc),
+    ("container_id", Ty::Str),
+];
+
+const FLOW_COLUMNS: Columns = &[
+    ("protocol", Ty::Lc),
+    ("direction", Ty::Lc),
+    ("family", Ty::U8),
+    ("local_address", Ty::Str),
+    ("remote_address", Ty::Str),
+    ("service_port", Ty::U16),
+    ("state", Ty::Lc),
+    ("pid", Ty::U32),
+    ("connections", Ty::U32),
+    // The owning process (pid 0: the kernel); process_known = 0 when unknown.
+    ("process_known", Ty::U8),
+    ("process", Ty::Lc),
+    ("executable", Ty::Str),
+    ("command_line", Ty::Str),
+    ("process_uid", Ty::U32),
+    ("user", Ty::Str),
+    ("systemd_unit", Ty::Lc),
+    ("container_id", Ty::Str),
+    ("cgroup", Ty::Str),
+];
+
+const SOCKET_EVENT_HEAD: Columns = &[
+    ("host_id", Ty::Str),
+    ("seq", Ty::U64),
+    ("at", Ty::DateTime),
+    ("event", Ty::Lc),
+    ("socket_key", Ty::Str),
+];
+
+const SOCKET_CURRENT_HEAD: Columns = &[
+    ("host_id", Ty::Str),
+    ("socket_key", Ty::Str),
+    ("seq", Ty::U64),
+    ("present", Ty::U8),
+    ("updated_at", Ty::DateTime),
+];
+
+const FLOW_EVENT_HEAD: Columns = &[
+    ("host_id", Ty::Str),
+    ("seq", Ty::U64),
+    ("at", Ty::DateTime),
+    ("event", Ty::Lc),
+    ("flow_key", Ty::Str),
+];
+
+const FLOW_CURRENT_HEAD: Columns = &[
+    ("host_id", Ty::Str),
+    ("flow_key", Ty::Str),
+    ("seq", Ty::U64),
+    ("present", Ty::U8),
+    ("updated_at", Ty::DateTime),
+];
+
+fn create(
+    flavor: Flavor,
+    name: &str,
+    parts: &[Columns],
+    engine: &str,
+    tail: &str,
+    modern_tail: &str,
+) -> String {
+    let mut sql = format!("CREATE TABLE IF NOT EXISTS {name}\n(\n");
+    let columns: Vec<String> = parts
+        .iter()
+        .flat_map(|p| p.iter())
+        .map(|(c, t)| format!("    {c} {}", t.sql(flavor)))
+        .collect();
+    sql.push_str(&columns.join(",\n"));
+    let _ = write!(sql, "\n)\nENGINE = {engine}\n{tail}");
+    if flavor == Flavor::Modern && !modern_tail.is_empty() {
+        let _ = write!(sql, "\n{modern_tail}");
+    }
+    sql
+}
+
+/// The statement that creates `schema_migrations`; run before anything else.
+pub fn migrations_table(flavor: Flavor) -> String {
+    create(
+        flavor,
+        table::SCHEMA_MIGRATIONS,
+        &[MIGRATIONS_COLUMNS],
+        "ReplacingMergeTree()",
+        "ORDER BY version",
+        "",
+    )
+}
+
+/// Every migration, in order.
+pub fn migrations(flavor: Flavor) -> Vec<Migration> {
+    let history_ttl = format!("TTL at + toIntervalDay({HISTORY_RETENTION_DAYS})");
+    let heartbeat_ttl = format!(
+        "TTL at + toIntervalDay({HEARTBEAT_RETENTION_DAYS}) DELETE WHERE kind = 'heartbeat'"
+    );
+    vec![Migration {
+        version: 1,
+        name: "initial schema: hosts, host_reports, socket and flow history and current state",
+        statements: vec![
+            create(
+                flavor,
+                table::HOSTS,
+                &[HOSTS_COLUMNS, HOST_FACTS, HOSTS_TAIL],
+                "ReplacingMergeTree(updated_ns)",
+                "ORDER BY host_id",
+                "",
+            ),
+            create(
+                flavor,
+                table::HOST_REPORTS,
+                &[REPORT_COLUMNS, HOST_FACTS],
+                "ReplacingMergeTree()",
+                "PARTITION BY toYYYYMM(at)\nORDER BY (host_id, seq, kind, at)",
+                &heartbeat_ttl,
+            ),
+            create(
+                flavor,
+                table::SOCKET_EVENTS,
+                &[SOCKET_EVENT_HEAD, SOCKET_COLUMNS],
+                "ReplacingMergeTree()",
+                "PARTITION BY toYYYYMM(at)\nORDER BY (host_id, seq, event, socket_key)",
+                &history_ttl,
+            ),
+            create(
+                flavor,
+                table::SOCKETS_CURRENT,
+                &[SOCKET_CURRENT_HEAD, SOCKET_COLUMNS],
+                "ReplacingMergeTree(seq)",
+                "ORDER BY (host_id, socket_key)",
+                "",
+            ),
+            create(
+                flavor,
+                table::FLOW_EVENTS,
+                &[FLOW_EVENT_HEAD, FLOW_COLUMNS],
+                "ReplacingMergeTree()",
+                "PARTITION BY toYYYYMM(at)\nORDER BY (host_id, seq, event, flow_key)",
+                &history_ttl,
+            ),
+            create(
+                flavor,
+                table::FLOWS_CURRENT,
+                &[FLOW_CURRENT_HEAD, FLOW_COLUMNS],
+                "ReplacingMergeTree(seq)",
+                "ORDER BY (host_id, flow_key)",
+                "",
+            ),
+        ],
+    }]
+}
+
+/// Every DDL statement of the schema for `flavor`, in the order a fresh database gets
+/// them: `schema_migrations` first, then each migration's statements.
+pub fn statements(flavor: Flavor) -> Vec<String> {
+    std::iter::once(migrations_table(flavor))
+        .chain(migrations(flavor).into_iter().flat_map(|m| m.statements))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flavor_follows_the_version() {
+        assert_eq!(Flavor::for_version((18, 16, 1)), Flavor::Legacy);
+        assert_eq!(Flavor::for_version((21, 9, 9)), Flavor::Legacy);
+        assert_eq!(Flavor::for_version((21, 10, 0)), Flavor::Modern);
+        assert_eq!(Flavor::for_version((25, 8, 2)), Flavor::Modern);
+    }
+
+    #[test]
+    fn legacy_has_no_modern_features() {
+        for s in statements(Flavor::Legacy) {
+            assert!(s.starts_with("CREATE TABLE IF NOT EXISTS "), "{s}");
+            assert!(!s.contains("LowCardinality"), "{s}");
+            assert!(!s.contains("TTL"), "{s}");
+        }
+    }
+
+    #[test]
+    fn modern_differs_only_in_types_and_ttl() {
+        let legacy = statements(Flavor::Legacy);
+        let modern = statements(Flavor::Modern);
+        assert_eq!(legacy.len(), modern.len());
+        for (l, m) in legacy.iter().zip(&modern) {
+            let stripped: Vec<&str> = m.lines().filter(|line| !line.starts_with("TTL ")).collect();
+            assert_eq!(
+                stripped
+                    .join("\n")
+                    .replace("LowCardinality(String)", "String"),
+                *l
+            );
+        }
+        assert!(modern.iter().any(|s| s.contains("TTL at")));
+    }
+}

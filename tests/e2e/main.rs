@@ -1,0 +1,13 @@
+//! End-to-end tests: real binaries, real ClickHouse, real mutual TLS, hosts in network
+//! namespaces with real sockets between them; `ss` is the oracle of what the kernel holds.
+//!
+//! - `pipeline`: three hosts stream their inventories; ClickHouse equals `ss` in each
+//!   host; listeners opened and closed show up within two scan intervals.
+//! - `refusals`: no client certificate, another CA, a certificate for another host, a
+//!   non-agent certificate, oversized and malformed messages: refused with a clear status,
+//!   nothing stored, other agents unaffected.
+
+mod pipeline;
+mod refusals;
+mod replicas;
+mod support;

@@ -1,0 +1,341 @@
+//! The cluster under test: a managed ClickHouse, a development CA, a collector process,
+//! and agents in lab hosts.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use portolan_collector::managed_clickhouse::{ManagedClickHouse, ManagedOptions};
+use portolan_collector::store::{ClickHouseConfig, Store};
+use portolan_core::inventory::ScannedSocket;
+use portolan_core::{Attribution, FlowKey, HostState, Inventory, SocketKey, SocketState};
+use portolan_testkit::{ChildGuard, NetnsHost, SsSocket, TempState};
+use portolan_tls::pki::{Ca, WriteMode};
+
+/// A binary of this workspace, built next to the test executable's profile directory.
+pub fn binary(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    // target/<profile>/deps/e2e-<hash> → target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("test executable has no profile directory")?;
+    let path = dir.join(name);
+    if !path.is_file() {
+        bail!(
+            "{} is missing: build the binaries first (`cargo build --workspace --bins`; `just test` does)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// Development PKI in a directory.
+pub struct Pki {
+    pub ca: Ca,
+    pub dir: PathBuf,
+}
+
+impl Pki {
+    pub fn new(dir: PathBuf, collector_ips: &[IpAddr]) -> Result<Pki> {
+        let ca = Ca::generate("portolan e2e CA")?;
+        ca.write_files(&dir, "ca", WriteMode::Overwrite)?;
+        ca.issue_collector(
+            "e2e",
+            &["localhost".into()],
+            collector_ips,
+            Duration::from_secs(3600),
+        )?
+        .write_files(&dir, "collector", WriteMode::Overwrite)?;
+        Ok(Pki { ca, dir })
+    }
+
+    /// Issues an agent certificate; returns (cert, key) paths.
+    pub fn agent(&self, host_id: &str) -> Result<(PathBuf, PathBuf)> {
+        let written = self
+            .ca
+            .issue_agent(host_id, Duration::from_secs(3600))?
+            .write_files(&self.dir, &format!("agent-{host_id}"), WriteMode::Overwrite)?;
+        Ok((written.cert, written.key))
+    }
+
+    pub fn ca_path(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+}
+
+/// ClickHouse, PKI and a running collector.
+pub struct Cluster {
+    pub state: TempState,
+    /// Kept for the cluster's lifetime: dropping it stops the server.
+    _clickhouse: ManagedClickHouse,
+    pub clickhouse_url: String,
+    pub database: String,
+    pub store: Store,
+    pub pki: Pki,
+    pub collector_port: u16,
+    limits: Limits,
+    collectors: Vec<Option<ChildGuard>>,
+}
+
+/// Collector limits for a test.
+pub struct Limits {
+    pub max_message_bytes: u32,
+    pub max_sockets_per_message: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message_bytes: 16 * 1024 * 1024,
+            max_sockets_per_message: 20_000,
+        }
+    }
+}
+
+impl Cluster {
+    /// Starts ClickHouse and a collector listening on every address (the lab's hosts
+    /// reach it at the bridge address) with a certificate for `collector_ips`.
+    pub async fn start(name: &str, collector_ips: &[IpAddr], limits: Limits) -> Result<Cluster> {
+        let state = TempState::new(name)?;
+        let clickhouse = ManagedClickHouse::start(ManagedOptions {
+            state_dir: state.subdir("clickhouse")?,
+            binary: None,
+        })
+        .await?;
+        let database = format!("e2e_{name}");
+        let store = Store::connect(&ClickHouseConfig {
+            url: clickhouse.url(),
+            database: database.clone(),
+            user: None,
+            password: None,
+        })
+        .await?;
+        store.migrate().await?;
+        let mut ips = vec![IpAddr::V4(Ipv4Addr::LOCALHOST)];
+        ips.extend_from_slice(collector_ips);
+        let pki = Pki::new(state.subdir("pki")?, &ips)?;
+        let clickhouse_url = clickhouse.url();
+        let mut cluster = Cluster {
+            state,
+            _clickhouse: clickhouse,
+            clickhouse_url,
+            database,
+            store,
+            pki,
+            limits,
+            collector_port: 0,
+            collectors: Vec::new(),
+        };
+        cluster.collector_port = cluster.add_collector().await?;
+        Ok(cluster)
+    }
+
+    /// Starts one more collector replica against the same ClickHouse database; returns
+    /// its port. Replica `n` logs to `collector-n.log` (the first to `collector.log`).
+    pub async fn add_collector(&mut self) -> Result<u16> {
+        let n = self.collectors.len();
+        let suffix = if n == 0 {
+            String::new()
+        } else {
+            format!("-{n}")
+        };
+        let port = portolan_testkit::free_port()?;
+        let config = self.state.path().join(format!("collector{suffix}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "version = 1\nname = \"e2e{suffix}\"\nlisten = \"0.0.0.0:{port}\"\nstate_dir = {state:?}\n\n[tls]\nca = {ca:?}\ncert = {cert:?}\nkey = {key:?}\n\n[clickhouse]\nurl = {url:?}\ndatabase = {database:?}\n\n[limits]\nmax_message_bytes = {mmb}\nmax_sockets_per_message = {msm}\n",
+                state = self
+                    .state
+                    .subdir(&format!("collector{suffix}"))?
+                    .display()
+                    .to_string(),
+                ca = self.pki.ca_path().display().to_string(),
+                cert = self.pki.dir.join("collector.pem").display().to_string(),
+                key = self.pki.dir.join("collector.key").display().to_string(),
+                url = self.clickhouse_url,
+                database = self.database,
+                mmb = self.limits.max_message_bytes,
+                msm = self.limits.max_sockets_per_message,
+            ),
+        )?;
+        let log_path = self.state.path().join(format!("collector{suffix}.log"));
+        let log = std::fs::File::create(&log_path)?;
+        let collector = ChildGuard::spawn(
+            Command::new(binary("portolan-collector")?)
+                .arg("--config")
+                .arg(&config)
+                .env("PORTOLAN_LOG", "info,portolan_collector=debug")
+                .stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log),
+        )?;
+        self.collectors.push(Some(collector));
+        let started = std::time::Instant::now();
+        while std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err() {
+            if started.elapsed() > Duration::from_secs(60) {
+                bail!(
+                    "collector did not listen within 60 s; log:\n{}",
+                    std::fs::read_to_string(&log_path).unwrap_or_default()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(port)
+    }
+
+    /// Stops collector replica `n` (SIGKILL).
+    pub fn kill_collector(&mut self, n: usize) {
+        if let Some(slot) = self.collectors.get_mut(n) {
+            drop(slot.take());
+        }
+    }
+
+    pub fn collector_log(&self) -> String {
+        std::fs::read_to_string(self.state.path().join("collector.log")).unwrap_or_default()
+    }
+
+    /// Starts an agent as `host_id` inside `host` (`None`: the root namespace),
+    /// streaming to the collector at `collector`.
+    pub fn spawn_agent(
+        &self,
+        host: Option<&NetnsHost>,
+        host_id: &str,
+        collector: SocketAddr,
+        interval: Duration,
+        labels: &[(&str, &str)],
+    ) -> Result<ChildGuard> {
+        let (cert, key) = self.pki.agent(host_id)?;
+        let endpoint = format!("https://{collector}");
+        let labels: String = labels
+            .iter()
+            .map(|(k, v)| format!("{k} = {v:?}\n"))
+            .collect();
+        let config = self.state.path().join(format!("agent-{host_id}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "version = 1\nhost_id = {host_id:?}\nhostname = {host_id:?}\nscan_interval = \"{ms}ms\"\n\n[labels]\n{labels}\n[collector]\nendpoint = {endpoint:?}\nack_timeout = \"20s\"\nmax_backoff = \"2s\"\n\n[tls]\nca = {ca:?}\ncert = {cert:?}\nkey = {key:?}\n",
+                ms = interval.as_millis(),
+                ca = self.pki.ca_path().display().to_string(),
+                cert = cert.display().to_string(),
+                key = key.display().to_string(),
+            ),
+        )?;
+        let log = std::fs::File::create(self.state.path().join(format!("agent-{host_id}.log")))?;
+        let mut command = match host {
+            Some(host) => host.command(binary("portolan-agent")?),
+            None => Command::new(binary("portolan-agent")?),
+        };
+        command
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("PORTOLAN_LOG", "info,portolan_agent=debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        Ok(ChildGuard::spawn(&mut command)?)
+    }
+
+    pub fn agent_log(&self, host_id: &str) -> String {
+        std::fs::read_to_string(self.state.path().join(format!("agent-{host_id}.log")))
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.collectors.clear();
+        if std::thread::panicking() {
+            eprintln!("--- collector log ---\n{}", self.collector_log());
+        }
+    }
+}
+
+/// What `ss` shows, folded exactly as the agent folds a scan: the oracle inventory.
+/// Interfaces are taken from `host` (scopes are compared separately).
+pub fn inventory_from_ss(ss: &[SsSocket], host: HostState) -> Inventory {
+    let scanned = ss.iter().map(|s| {
+        let local = s.local;
+        let (remote_address, remote_port) = match s.remote {
+            Some(r) => (r.ip(), r.port()),
+            None => (unspecified_like(local.ip()), 0),
+        };
+        ScannedSocket {
+            key: SocketKey {
+                protocol: s.protocol,
+                local_address: local.ip(),
+                local_port: local.port(),
+                remote_address,
+                remote_port,
+                inode: s.inode.unwrap_or(0),
+            },
+            state: s.state,
+            uid: s.uid,
+            pids: s.pids.clone(),
+            attribution: if s.pids.is_empty() {
+                Attribution::Kernel
+            } else {
+                Attribution::Owned
+            },
+        }
+    });
+    Inventory::from_scan(host, scanned, [])
+}
+
+fn unspecified_like(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+    }
+}
+
+/// The comparable view of an inventory: each unconnected socket with its state and
+/// owners; each flow with its count.
+pub type View = (
+    BTreeMap<SocketKey, (SocketState, Vec<u32>)>,
+    BTreeMap<FlowKey, u32>,
+);
+
+pub fn view(inventory: &Inventory) -> View {
+    (
+        inventory
+            .sockets
+            .iter()
+            .map(|(k, s)| (*k, (s.state, s.pids.clone())))
+            .collect(),
+        inventory.flows.clone(),
+    )
+}
+
+/// Lines describing how two views differ, for failure messages.
+pub fn describe_difference(stored: &View, kernel: &View) -> String {
+    let mut lines = Vec::new();
+    for (k, v) in &kernel.0 {
+        match stored.0.get(k) {
+            None => lines.push(format!("missing in ClickHouse: {k} {v:?}")),
+            Some(s) if s != v => lines.push(format!("differs: {k} stored {s:?} kernel {v:?}")),
+            _ => {}
+        }
+    }
+    for (k, v) in &stored.0 {
+        if !kernel.0.contains_key(k) {
+            lines.push(format!("only in ClickHouse: {k} {v:?}"));
+        }
+    }
+    for (k, n) in &kernel.1 {
+        if stored.1.get(k) != Some(n) {
+            lines.push(format!("flow {k}: stored {:?} kernel {n}", stored.1.get(k)));
+        }
+    }
+    for (k, n) in &stored.1 {
+        if !kernel.1.contains_key(k) {
+            lines.push(format!("flow only in ClickHouse: {k} ({n})"));
+        }
+    }
+    lines.join("\n")
+}
