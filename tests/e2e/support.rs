@@ -78,7 +78,15 @@ pub struct Cluster {
     pub pki: Pki,
     pub collector_port: u16,
     limits: Limits,
-    collectors: Vec<Option<ChildGuard>>,
+    collectors: Vec<CollectorProcess>,
+}
+
+/// One collector replica: its port and files, and its process while it runs.
+struct CollectorProcess {
+    port: u16,
+    config: PathBuf,
+    log: PathBuf,
+    child: Option<ChildGuard>,
 }
 
 /// Collector limits for a test.
@@ -163,35 +171,53 @@ impl Cluster {
                 msm = self.limits.max_sockets_per_message,
             ),
         )?;
-        let log_path = self.state.path().join(format!("collector{suffix}.log"));
-        let log = std::fs::File::create(&log_path)?;
-        let collector = ChildGuard::spawn(
+        let log = self.state.path().join(format!("collector{suffix}.log"));
+        self.collectors.push(CollectorProcess {
+            port,
+            config,
+            log,
+            child: None,
+        });
+        self.start_collector(n).await?;
+        Ok(port)
+    }
+
+    /// (Re)starts collector replica `n` with its configuration, on its port, and waits
+    /// until it listens. Its log is appended to.
+    pub async fn start_collector(&mut self, n: usize) -> Result<()> {
+        let Some(replica) = self.collectors.get_mut(n) else {
+            bail!("no collector replica {n}")
+        };
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&replica.log)?;
+        replica.child = Some(ChildGuard::spawn(
             Command::new(binary("portolan-collector")?)
                 .arg("--config")
-                .arg(&config)
+                .arg(&replica.config)
                 .env("PORTOLAN_LOG", "info,portolan_collector=debug")
                 .stdin(Stdio::null())
                 .stdout(log.try_clone()?)
                 .stderr(log),
-        )?;
-        self.collectors.push(Some(collector));
+        )?);
         let started = std::time::Instant::now();
-        while std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err() {
+        while std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, replica.port)).is_err() {
             if started.elapsed() > Duration::from_secs(60) {
                 bail!(
                     "collector did not listen within 60 s; log:\n{}",
-                    std::fs::read_to_string(&log_path).unwrap_or_default()
+                    std::fs::read_to_string(&replica.log).unwrap_or_default()
                 );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        Ok(port)
+        Ok(())
     }
 
-    /// Stops collector replica `n` (SIGKILL).
+    /// Stops collector replica `n` with SIGKILL, as a crash would.
     pub fn kill_collector(&mut self, n: usize) {
-        if let Some(slot) = self.collectors.get_mut(n) {
-            drop(slot.take());
+        if let Some(replica) = self.collectors.get_mut(n) {
+            drop(replica.child.take());
         }
     }
 

@@ -242,7 +242,7 @@ fn print_listeners(
                 .first()
                 .and_then(|pid| s.processes.iter().find(|p| p.pid == *pid));
             let owner = match first {
-                Some(p) => format!("{}/{}", p.pid, p.name),
+                Some(p) => format!("{}/{}", p.pid, display_name(p)),
                 None => format!("({})", s.socket.attribution.as_str()),
             };
             let user = first.map(|p| p.user.clone()).unwrap_or_default();
@@ -317,6 +317,17 @@ fn print_listeners(
         flows.len()
     )?;
     Ok(())
+}
+
+/// The process's name, untruncated: `comm` is cut at 15 bytes, so when the executable's
+/// file name extends it, the file name is shown.
+fn display_name(p: &portolan_core::Process) -> &str {
+    let base = p.executable.rsplit('/').next().unwrap_or("");
+    if p.name.len() >= 15 && base.starts_with(&p.name) {
+        base
+    } else {
+        &p.name
+    }
 }
 
 fn make_certificates(pki: &Path, host_id: &str) -> Result<()> {
