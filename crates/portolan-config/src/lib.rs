@@ -207,6 +207,50 @@ pub fn set_flag(flags: &mut Table, dotted: &str, value: impl Into<Value>) {
     insert_path(flags, &path, value.into());
 }
 
+/// Checks a documented example configuration against the code: it must load (so every
+/// key exists), hold exactly the defaults, and show every key the defaults have (so a
+/// new key cannot go undocumented). For drift tests of `deploy/config/*.toml`.
+pub fn check_example<T>(path: &Path) -> Result<(), String>
+where
+    T: Serialize + DeserializeOwned + Default + PartialEq + std::fmt::Debug,
+{
+    let loaded: T =
+        load(Some(path), &BTreeMap::new(), "", Table::new()).map_err(|e| e.to_string())?;
+    if loaded != T::default() {
+        return Err(format!(
+            "{} differs from the defaults:\n{loaded:#?}",
+            path.display()
+        ));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    let example: Table = text.parse().map_err(|e: toml::de::Error| e.to_string())?;
+    let defaults = to_table(&T::default()).map_err(|e| e.to_string())?;
+    let mut missing = Vec::new();
+    missing_keys(&defaults, &example, "", &mut missing);
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} does not show {}",
+            path.display(),
+            missing.join(", ")
+        ))
+    }
+}
+
+fn missing_keys(defaults: &Table, example: &Table, prefix: &str, out: &mut Vec<String>) {
+    for (key, value) in defaults {
+        let path = format!("{prefix}{key}");
+        match (value, example.get(key)) {
+            (_, None) => out.push(format!("`{path}`")),
+            (Value::Table(d), Some(Value::Table(e))) => {
+                missing_keys(d, e, &format!("{path}."), out)
+            }
+            _ => {}
+        }
+    }
+}
+
 /// Serde helpers for durations written as `"10s"`, `"5m"`, `"250ms"`.
 pub mod duration {
     use super::Duration;
