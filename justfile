@@ -16,7 +16,7 @@ demo *ARGS: setup build
     ./target/debug/portolan demo {{ARGS}}
 
 # Everything the project checks: format, lints, unit, store, end-to-end and SQL-on-modern-ClickHouse tests.
-test: setup setup-python lint build
+test: setup setup-test lint build
     cargo nextest run --workspace --no-fail-fast
     {{venv}}/bin/python tools/chdb/check.py
 
@@ -46,6 +46,17 @@ setup:
         sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
         $sudo apt-get update -qq
         DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+
+# What only the tests need: cargo-nextest, and Python tools in a project-local virtualenv.
+setup-test: setup-python
+    #!/usr/bin/env bash
+    set -euo pipefail
+    # The store and end-to-end tests always run a managed local ClickHouse.
+    if ! command -v clickhouse-server >/dev/null; then
+        sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq clickhouse-server clickhouse-client >/dev/null
     fi
     command -v cargo-nextest >/dev/null || cargo install cargo-nextest --locked
 
