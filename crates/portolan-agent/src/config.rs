@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use portolan_tls::TlsFiles;
 use serde::{Deserialize, Serialize};
 
 /// Everything the agent can be configured with.
@@ -30,7 +31,7 @@ pub struct AgentConfig {
     /// Where to send inventories.
     pub collector: CollectorSection,
     /// The agent's certificate.
-    pub tls: TlsSection,
+    pub tls: TlsFiles,
 }
 
 /// `[collector]`.
@@ -49,18 +50,6 @@ pub struct CollectorSection {
     pub max_backoff: Duration,
 }
 
-/// `[tls]`: the agent's client certificate (SAN URI `spiffe://portolan/host/<host_id>`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TlsSection {
-    /// PEM file with the CA certificates the collector's certificate must chain to.
-    pub ca: PathBuf,
-    /// PEM certificate chain of this agent.
-    pub cert: PathBuf,
-    /// PEM private key of `cert`.
-    pub key: PathBuf,
-}
-
 impl Default for AgentConfig {
     fn default() -> Self {
         AgentConfig {
@@ -72,7 +61,11 @@ impl Default for AgentConfig {
             attribute_processes: true,
             labels: BTreeMap::new(),
             collector: CollectorSection::default(),
-            tls: TlsSection::default(),
+            tls: TlsFiles {
+                ca: PathBuf::from("/etc/portolan/ca.pem"),
+                cert: PathBuf::from("/etc/portolan/agent.pem"),
+                key: PathBuf::from("/etc/portolan/agent.key"),
+            },
         }
     }
 }
@@ -84,16 +77,6 @@ impl Default for CollectorSection {
             server_name: String::new(),
             ack_timeout: Duration::from_secs(60),
             max_backoff: Duration::from_secs(60),
-        }
-    }
-}
-
-impl Default for TlsSection {
-    fn default() -> Self {
-        TlsSection {
-            ca: PathBuf::from("/etc/portolan/ca.pem"),
-            cert: PathBuf::from("/etc/portolan/agent.pem"),
-            key: PathBuf::from("/etc/portolan/agent.key"),
         }
     }
 }
@@ -128,12 +111,8 @@ impl AgentConfig {
     }
 
     /// The TLS files as portolan-tls wants them.
-    pub fn tls_files(&self) -> portolan_tls::TlsFiles {
-        portolan_tls::TlsFiles {
-            ca: self.tls.ca.clone(),
-            cert: self.tls.cert.clone(),
-            key: self.tls.key.clone(),
-        }
+    pub fn tls_files(&self) -> TlsFiles {
+        self.tls.clone()
     }
 
     /// `host_id`, or `/etc/machine-id` when empty.

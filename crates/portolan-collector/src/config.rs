@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use portolan_tls::TlsFiles;
 use serde::{Deserialize, Serialize};
 
 /// Everything the collector can be configured with.
@@ -18,24 +19,11 @@ pub struct CollectorConfig {
     /// Directory for the managed ClickHouse and other local state.
     pub state_dir: PathBuf,
     /// Certificates.
-    pub tls: TlsSection,
+    pub tls: TlsFiles,
     /// Where inventories are stored.
     pub clickhouse: ClickHouseSection,
     /// Bounds on what an agent may send.
     pub limits: LimitsSection,
-}
-
-/// `[tls]`: the collector's certificate and the CAs its clients must chain to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TlsSection {
-    /// PEM file with the CA certificates clients must chain to (several during a CA
-    /// rotation).
-    pub ca: PathBuf,
-    /// PEM certificate chain of this collector (with DNS/IP SANs agents connect to).
-    pub cert: PathBuf,
-    /// PEM private key of `cert`.
-    pub key: PathBuf,
 }
 
 /// `[clickhouse]`.
@@ -74,19 +62,13 @@ impl Default for CollectorConfig {
             name: String::new(),
             listen: SocketAddr::from(([0, 0, 0, 0], 7443)),
             state_dir: PathBuf::from("/var/lib/portolan-collector"),
-            tls: TlsSection::default(),
+            tls: TlsFiles {
+                ca: PathBuf::from("/etc/portolan/ca.pem"),
+                cert: PathBuf::from("/etc/portolan/collector.pem"),
+                key: PathBuf::from("/etc/portolan/collector.key"),
+            },
             clickhouse: ClickHouseSection::default(),
             limits: LimitsSection::default(),
-        }
-    }
-}
-
-impl Default for TlsSection {
-    fn default() -> Self {
-        TlsSection {
-            ca: PathBuf::from("/etc/portolan/ca.pem"),
-            cert: PathBuf::from("/etc/portolan/collector.pem"),
-            key: PathBuf::from("/etc/portolan/collector.key"),
         }
     }
 }
@@ -155,11 +137,7 @@ impl CollectorConfig {
     }
 
     /// The TLS files as portolan-tls wants them.
-    pub fn tls_files(&self) -> portolan_tls::TlsFiles {
-        portolan_tls::TlsFiles {
-            ca: self.tls.ca.clone(),
-            cert: self.tls.cert.clone(),
-            key: self.tls.key.clone(),
-        }
+    pub fn tls_files(&self) -> TlsFiles {
+        self.tls.clone()
     }
 }
