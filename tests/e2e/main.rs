@@ -8,6 +8,7 @@
 //!   nothing stored, other agents unaffected.
 
 mod pipeline;
+mod query;
 mod reconnect;
 mod refusals;
 mod replicas;

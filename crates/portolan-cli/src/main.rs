@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 mod demo;
 mod pki;
+mod query;
 mod usage;
 
 /// Portolan: a chart of every listening port and connection across a fleet.
@@ -17,6 +18,8 @@ mod usage;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    connection: query::Connection,
 }
 
 #[derive(Debug, Subcommand)]
@@ -25,6 +28,34 @@ enum Command {
     Pki(pki::PkiArgs),
     /// Start a local ClickHouse, a collector and an agent for this host, and show this host's listeners as stored.
     Demo(demo::DemoArgs),
+    /// List the fleet's hosts with their labels, counts and when they last reported.
+    Hosts(query::HostsArgs),
+    /// Show one host's facts.
+    Host(query::HostArgsOne),
+    /// List current sockets across the fleet (filters: host, label, port, protocol, exposure, process).
+    Sockets(query::SocketsArgs),
+    /// Which hosts and processes listen on a port.
+    WhoListens(query::WhoListensArgs),
+}
+
+/// Exit code when the collector is unreachable (`EX_UNAVAILABLE`).
+const EXIT_UNAVAILABLE: u8 = 69;
+/// Exit code when the certificate may not do this (`EX_NOPERM`).
+const EXIT_NOPERM: u8 = 77;
+
+/// The exit code for a failed query.
+fn query_exit_code(e: &anyhow::Error) -> Option<ExitCode> {
+    let call = e
+        .chain()
+        .find_map(|c| c.downcast_ref::<query::CallError>())?;
+    Some(match call.code {
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => {
+            ExitCode::from(EXIT_UNAVAILABLE)
+        }
+        tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => ExitCode::from(EXIT_NOPERM),
+        tonic::Code::InvalidArgument => ExitCode::from(EXIT_USAGE),
+        _ => ExitCode::FAILURE,
+    })
 }
 
 /// Exit code for bad usage or configuration (`EX_USAGE`).
@@ -46,20 +77,29 @@ fn main() -> ExitCode {
     };
     let stdout = io::stdout();
     let mut out = stdout.lock();
+    let connection = &cli.connection;
     let result = match cli.command {
-        Command::Pki(args) => pki::run(args, &mut out),
-        Command::Demo(args) => demo::run(args, &mut out),
+        Command::Pki(args) => pki::run(args, &mut out).map(|()| true),
+        Command::Demo(args) => demo::run(args, &mut out).map(|()| true),
+        Command::Hosts(args) => query::run(connection, query::Verb::Hosts(args), &mut out),
+        Command::Host(args) => query::run(connection, query::Verb::Host(args), &mut out),
+        Command::Sockets(args) => query::run(connection, query::Verb::Sockets(args), &mut out),
+        Command::WhoListens(args) => {
+            query::run(connection, query::Verb::WhoListens(args), &mut out)
+        }
     }
-    .and_then(|()| out.flush().map_err(anyhow::Error::from));
+    .and_then(|found| out.flush().map(|()| found).map_err(anyhow::Error::from));
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(true) => ExitCode::SUCCESS,
+        // Nothing found where scripts care (`who-listens`), like grep.
+        Ok(false) => ExitCode::FAILURE,
         Err(e) if usage::is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             if usage::is_usage(&e) {
                 ExitCode::from(EXIT_USAGE)
             } else {
-                ExitCode::FAILURE
+                query_exit_code(&e).unwrap_or(ExitCode::FAILURE)
             }
         }
     }

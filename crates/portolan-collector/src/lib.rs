@@ -10,5 +10,6 @@ pub mod config;
 pub mod error;
 pub mod ingest;
 pub mod managed_clickhouse;
+pub mod query;
 pub mod server;
 pub mod store;

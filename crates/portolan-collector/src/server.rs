@@ -1,14 +1,16 @@
-//! The collector's gRPC server: mutual TLS in front, the ingest service behind.
+//! The collector's gRPC server: mutual TLS in front, the ingest and query services behind.
 
 use std::future::Future;
 use std::sync::Arc;
 
 use portolan_proto::v1::ingest_service_server::IngestServiceServer;
+use portolan_proto::v1::query_service_server::QueryServiceServer;
 use portolan_tls::TlsIncoming;
 use tokio::net::TcpListener;
 
 use crate::config::CollectorConfig;
 use crate::ingest::Ingest;
+use crate::query::Query;
 use crate::store::Store;
 
 /// Why the server could not run.
@@ -34,6 +36,7 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let tls = portolan_tls::server_config(&config.tls_files())?;
     let incoming = TlsIncoming::new(listener, tls);
+    let query = QueryServiceServer::new(Query::new(store.clone()));
     let ingest =
         IngestServiceServer::new(Ingest::new(store, config.limits.clone(), collector_name))
             .max_decoding_message_size(config.limits.max_message_bytes as usize);
@@ -41,6 +44,7 @@ pub async fn serve(
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
         .add_service(ingest)
+        .add_service(query)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())

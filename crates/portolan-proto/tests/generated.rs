@@ -9,7 +9,10 @@ fn workspace_root() -> PathBuf {
 #[test]
 fn generated_code_is_current() -> Result<(), Box<dyn std::error::Error>> {
     let root = workspace_root();
-    let protos = [root.join("proto/portolan/v1/ingest.proto")];
+    let protos = [
+        root.join("proto/portolan/v1/ingest.proto"),
+        root.join("proto/portolan/v1/query.proto"),
+    ];
     let out = tempfile::tempdir()?;
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
     let mut config = prost_build::Config::new();

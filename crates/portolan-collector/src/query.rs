@@ -1,0 +1,271 @@
+//! The query service: operators' questions, answered from ClickHouse.
+//!
+//! Only operator certificates (reader or admin) may ask; agent certificates are refused,
+//! so a compromised host cannot read the fleet's inventory.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use portolan_core::{Protocol, Scope};
+use portolan_proto::v1 as pb;
+use portolan_proto::v1::query_service_server::QueryService;
+use portolan_tls::{Identity, peer_info};
+use tonic::{Request, Response, Status};
+use tracing::warn;
+
+use crate::store::fleet::{FleetSocket, HostFilter, HostSummary, SocketFilter};
+use crate::store::{Store, StoreError};
+
+/// Rows returned when a request sets no limit.
+pub const DEFAULT_LIMIT: u32 = 10_000;
+/// The most rows one answer may hold.
+pub const MAX_LIMIT: u32 = 100_000;
+/// A host is stale when it has not reported for this many scan intervals.
+pub const STALE_AFTER_INTERVALS: u32 = 3;
+
+/// The `QueryService` implementation.
+#[derive(Debug, Clone)]
+pub struct Query {
+    store: Arc<Store>,
+}
+
+impl Query {
+    /// A service answering from `store`.
+    pub fn new(store: Arc<Store>) -> Query {
+        Query { store }
+    }
+}
+
+/// Refuses anyone but operators.
+fn authorize<T>(request: &Request<T>) -> Result<(), Status> {
+    let peer = peer_info(request)
+        .ok_or_else(|| Status::unauthenticated("no client certificate on this connection"))?;
+    match &peer.identity {
+        Ok(Identity::Operator { .. }) => Ok(()),
+        Ok(other) => {
+            warn!(remote = %peer.remote_addr, identity = %other, "refused query: not an operator certificate");
+            Err(Status::permission_denied(format!(
+                "`{}` is not an operator certificate; queries need one (spiffe://portolan/operator/<reader|admin>/<name>, `portolan pki issue-operator`)",
+                other.uri()
+            )))
+        }
+        Err(e) => Err(Status::unauthenticated(format!(
+            "client certificate has no valid portolan identity: {e}"
+        ))),
+    }
+}
+
+fn store_error(e: StoreError) -> Status {
+    Status::unavailable(format!("cannot read ClickHouse: {e}"))
+}
+
+fn host_filter(selector: Option<pb::HostSelector>) -> HostFilter {
+    let selector = selector.unwrap_or_default();
+    HostFilter {
+        host_ids: selector.host_ids,
+        labels: selector.labels.into_iter().collect(),
+    }
+}
+
+fn protocol(value: i32) -> Result<Option<Protocol>, Status> {
+    match pb::Protocol::try_from(value) {
+        Ok(pb::Protocol::Unspecified) => Ok(None),
+        Ok(pb::Protocol::Tcp) => Ok(Some(Protocol::Tcp)),
+        Ok(pb::Protocol::Udp) => Ok(Some(Protocol::Udp)),
+        Err(_) => Err(Status::invalid_argument(format!(
+            "`protocol` {value} is not a protocol"
+        ))),
+    }
+}
+
+fn scope(value: i32) -> Result<Scope, Status> {
+    Ok(match pb::Scope::try_from(value) {
+        Ok(pb::Scope::Loopback) => Scope::Loopback,
+        Ok(pb::Scope::LinkLocal) => Scope::LinkLocal,
+        Ok(pb::Scope::Private) => Scope::Private,
+        Ok(pb::Scope::Public) => Scope::Public,
+        Ok(pb::Scope::Wildcard) => Scope::Wildcard,
+        _ => {
+            return Err(Status::invalid_argument(format!(
+                "`exposures` holds {value}, which is not a scope"
+            )));
+        }
+    })
+}
+
+fn port(field: &str, value: u32) -> Result<u16, Status> {
+    u16::try_from(value)
+        .map_err(|_| Status::invalid_argument(format!("`{field}` is {value}, over 65535")))
+}
+
+fn unix(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+fn summary(h: &HostSummary, now: SystemTime) -> pb::HostSummary {
+    let interval = Duration::from_millis(h.host.scan_interval_ms.max(1000));
+    let stale = match h.last_seen {
+        None => true,
+        Some(seen) => now
+            .duration_since(seen)
+            .is_ok_and(|age| age > interval * STALE_AFTER_INTERVALS),
+    };
+    pb::HostSummary {
+        host_id: h.host.host_id.clone(),
+        hostname: h.host.hostname.clone(),
+        labels: h.host.labels.clone().into_iter().collect(),
+        agent_version: h.host.agent_version.clone(),
+        kernel: h.host.kernel.clone(),
+        os: h.host.os.clone(),
+        collector: h.host.collector.clone(),
+        scan_interval_ms: h.host.scan_interval_ms,
+        last_seen_unix: h.last_seen.map_or(0, unix),
+        last_seq: h.last_seq,
+        stale,
+        listeners: h.listeners,
+        flows: h.flows,
+    }
+}
+
+fn host_socket(s: FleetSocket, hostnames: &HashMap<String, String>) -> pb::HostSocket {
+    pb::HostSocket {
+        hostname: hostnames.get(&s.host_id).cloned().unwrap_or_default(),
+        host_id: s.host_id,
+        socket: Some(pb::Socket::from(&s.socket.socket)),
+        processes: s.socket.processes.iter().map(pb::Process::from).collect(),
+        updated_unix: unix(s.socket.updated_at),
+    }
+}
+
+impl Query {
+    async fn hostnames(&self) -> Result<HashMap<String, String>, Status> {
+        let hosts = self
+            .store
+            .list_hosts(&HostFilter::default())
+            .await
+            .map_err(store_error)?;
+        Ok(hosts
+            .into_iter()
+            .map(|h| (h.host.host_id, h.host.hostname))
+            .collect())
+    }
+
+    async fn sockets(&self, filter: SocketFilter) -> Result<(Vec<pb::HostSocket>, bool), Status> {
+        let (sockets, truncated) = self
+            .store
+            .list_sockets(&filter)
+            .await
+            .map_err(store_error)?;
+        let hostnames = self.hostnames().await?;
+        Ok((
+            sockets
+                .into_iter()
+                .map(|s| host_socket(s, &hostnames))
+                .collect(),
+            truncated,
+        ))
+    }
+}
+
+#[tonic::async_trait]
+impl QueryService for Query {
+    async fn list_hosts(
+        &self,
+        request: Request<pb::ListHostsRequest>,
+    ) -> Result<Response<pb::ListHostsResponse>, Status> {
+        authorize(&request)?;
+        let filter = host_filter(request.into_inner().hosts);
+        let hosts = self.store.list_hosts(&filter).await.map_err(store_error)?;
+        let now = SystemTime::now();
+        Ok(Response::new(pb::ListHostsResponse {
+            hosts: hosts.iter().map(|h| summary(h, now)).collect(),
+        }))
+    }
+
+    async fn get_host(
+        &self,
+        request: Request<pb::GetHostRequest>,
+    ) -> Result<Response<pb::GetHostResponse>, Status> {
+        authorize(&request)?;
+        let host_id = request.into_inner().host_id;
+        let filter = HostFilter {
+            host_ids: vec![host_id.clone()],
+            labels: BTreeMap::new(),
+        };
+        let hosts = self.store.list_hosts(&filter).await.map_err(store_error)?;
+        let Some(host) = hosts.first() else {
+            return Err(Status::not_found(format!(
+                "no host `{host_id}` (`portolan hosts` lists the known ones)"
+            )));
+        };
+        Ok(Response::new(pb::GetHostResponse {
+            host: Some(summary(host, SystemTime::now())),
+            state: Some(pb::HostState::from(&host.host.state)),
+        }))
+    }
+
+    async fn list_sockets(
+        &self,
+        request: Request<pb::ListSocketsRequest>,
+    ) -> Result<Response<pb::ListSocketsResponse>, Status> {
+        authorize(&request)?;
+        let r = request.into_inner();
+        let ports = match (r.port_min, r.port_max) {
+            (0, 0) => None,
+            (lo, 0) => Some((port("port_min", lo)?, port("port_min", lo)?)),
+            (lo, hi) if lo <= hi => Some((port("port_min", lo)?, port("port_max", hi)?)),
+            (lo, hi) => {
+                return Err(Status::invalid_argument(format!(
+                    "`port_min` {lo} is over `port_max` {hi}"
+                )));
+            }
+        };
+        let filter = SocketFilter {
+            hosts: host_filter(r.hosts),
+            protocol: protocol(r.protocol)?,
+            ports,
+            listening: r.listening,
+            exposures: r
+                .exposures
+                .into_iter()
+                .map(scope)
+                .collect::<Result<_, _>>()?,
+            process: r.process,
+            limit: if r.limit == 0 {
+                DEFAULT_LIMIT
+            } else {
+                r.limit.min(MAX_LIMIT)
+            },
+        };
+        let (sockets, truncated) = self.sockets(filter).await?;
+        Ok(Response::new(pb::ListSocketsResponse {
+            sockets,
+            truncated,
+        }))
+    }
+
+    async fn who_listens(
+        &self,
+        request: Request<pb::WhoListensRequest>,
+    ) -> Result<Response<pb::WhoListensResponse>, Status> {
+        authorize(&request)?;
+        let r = request.into_inner();
+        if r.port == 0 {
+            return Err(Status::invalid_argument("`port` is required (1-65535)"));
+        }
+        let p = port("port", r.port)?;
+        let filter = SocketFilter {
+            hosts: host_filter(r.hosts),
+            protocol: protocol(r.protocol)?,
+            ports: Some((p, p)),
+            listening: true,
+            exposures: Vec::new(),
+            process: String::new(),
+            limit: MAX_LIMIT,
+        };
+        let (listeners, _) = self.sockets(filter).await?;
+        Ok(Response::new(pb::WhoListensResponse { listeners }))
+    }
+}

@@ -1,0 +1,261 @@
+//! Questions about the whole fleet, for the query API: hosts with their last report,
+//! and current sockets across hosts with filters.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::SystemTime;
+
+use clickhouse::Row;
+use portolan_core::{Protocol, Scope};
+use serde::Deserialize;
+
+use super::rows::{HostRow, SocketCurrentRow, from_datetime};
+use super::schema::table;
+use super::{Store, StoreError, StoredHost, StoredSocket};
+
+/// Which hosts a question is about.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostFilter {
+    /// Exact host ids; empty: every host.
+    pub host_ids: Vec<String>,
+    /// Labels every host must carry.
+    pub labels: BTreeMap<String, String>,
+}
+
+impl HostFilter {
+    fn matches(&self, host_id: &str, labels: &BTreeMap<String, String>) -> bool {
+        (self.host_ids.is_empty() || self.host_ids.iter().any(|h| h == host_id))
+            && self.labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+    }
+}
+
+/// Which current sockets a question is about.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SocketFilter {
+    /// The hosts.
+    pub hosts: HostFilter,
+    /// `None`: TCP and UDP.
+    pub protocol: Option<Protocol>,
+    /// Inclusive local port range; `None`: any port.
+    pub ports: Option<(u16, u16)>,
+    /// Only listeners.
+    pub listening: bool,
+    /// Exposures to keep; empty: all.
+    pub exposures: Vec<Scope>,
+    /// Glob on the first owner's process name (`*`, `?`); empty: any.
+    pub process: String,
+    /// Most rows.
+    pub limit: u32,
+}
+
+/// A host with what is known of its reporting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostSummary {
+    /// Facts from Hello and the last snapshot.
+    pub host: StoredHost,
+    /// When it last sent anything that was stored.
+    pub last_seen: Option<SystemTime>,
+    /// The last stored seq.
+    pub last_seq: u64,
+    /// Current listeners.
+    pub listeners: u32,
+    /// Current flows.
+    pub flows: u32,
+}
+
+/// A current socket of some host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetSocket {
+    /// The host.
+    pub host_id: String,
+    /// The socket and its processes.
+    pub socket: StoredSocket,
+}
+
+#[derive(Debug, Row, Deserialize)]
+struct LastReport {
+    host_id: String,
+    last_seen: u32,
+    last_seq: u64,
+}
+
+#[derive(Debug, Row, Deserialize)]
+struct Counts {
+    host_id: String,
+    n: u64,
+}
+
+const ALL_HOSTS: &str = "SELECT ?fields FROM hosts FINAL ORDER BY host_id";
+const LAST_REPORTS: &str = "SELECT host_id, toUInt32(max(received_at)) AS last_seen, \
+     maxIf(seq, kind IN ('snapshot', 'delta')) AS last_seq FROM host_reports GROUP BY host_id";
+const LISTENER_COUNTS: &str = "SELECT host_id, toUInt64(countIf(listener = 1)) AS n \
+     FROM sockets_current FINAL WHERE present = 1 GROUP BY host_id";
+const FLOW_COUNTS: &str = "SELECT host_id, toUInt64(count()) AS n FROM flows_current FINAL WHERE present = 1 GROUP BY host_id";
+
+/// A shell-style glob (`*`, `?`) as a LIKE pattern, LIKE's own wildcards escaped.
+pub fn glob_to_like(glob: &str) -> String {
+    let mut out = String::with_capacity(glob.len());
+    for c in glob.chars() {
+        match c {
+            '*' => out.push('%'),
+            '?' => out.push('_'),
+            '%' | '_' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+impl Store {
+    /// Every host matching `filter`, with its last report and current counts.
+    pub async fn list_hosts(&self, filter: &HostFilter) -> Result<Vec<HostSummary>, StoreError> {
+        let rows: Vec<HostRow> = self
+            .fetch(table::HOSTS, self.client.query(ALL_HOSTS))
+            .await?;
+        let reports: Vec<LastReport> = self
+            .fetch(table::HOST_REPORTS, self.client.query(LAST_REPORTS))
+            .await?;
+        let reports: HashMap<String, LastReport> = reports
+            .into_iter()
+            .map(|r| (r.host_id.clone(), r))
+            .collect();
+        let listeners = self.counts(table::SOCKETS_CURRENT, LISTENER_COUNTS).await?;
+        let flows = self.counts(table::FLOWS_CURRENT, FLOW_COUNTS).await?;
+        let mut out = Vec::new();
+        for row in rows {
+            let labels = row.labels()?;
+            if !filter.matches(&row.host_id, &labels) {
+                continue;
+            }
+            let report = reports.get(&row.host_id);
+            out.push(HostSummary {
+                last_seen: report
+                    .filter(|r| r.last_seen > 0)
+                    .map(|r| from_datetime(r.last_seen)),
+                last_seq: report.map_or(0, |r| r.last_seq),
+                listeners: listeners.get(&row.host_id).copied().unwrap_or(0),
+                flows: flows.get(&row.host_id).copied().unwrap_or(0),
+                host: StoredHost {
+                    state: row.facts().decode(table::HOSTS)?,
+                    labels,
+                    host_id: row.host_id,
+                    hostname: row.hostname,
+                    agent_version: row.agent_version,
+                    kernel: row.kernel,
+                    os: row.os,
+                    scan_interval_ms: row.scan_interval_ms,
+                    collector: row.collector,
+                    connected_at: from_datetime(row.connected_at),
+                    seq: row.seq,
+                },
+            });
+        }
+        Ok(out)
+    }
+
+    async fn counts(
+        &self,
+        table: &'static str,
+        sql: &str,
+    ) -> Result<HashMap<String, u32>, StoreError> {
+        let rows: Vec<Counts> = self.fetch(table, self.client.query(sql)).await?;
+        Ok(rows
+            .into_iter()
+            .map(|c| (c.host_id, u32::try_from(c.n).unwrap_or(u32::MAX)))
+            .collect())
+    }
+
+    /// Current sockets across the hosts of `filter.hosts`, ordered by host and socket.
+    /// Returns the sockets and whether more than `filter.limit` matched.
+    pub async fn list_sockets(
+        &self,
+        filter: &SocketFilter,
+    ) -> Result<(Vec<FleetSocket>, bool), StoreError> {
+        let host_ids: Option<Vec<String>> = if filter.hosts.labels.is_empty() {
+            (!filter.hosts.host_ids.is_empty()).then(|| filter.hosts.host_ids.clone())
+        } else {
+            Some(
+                self.list_hosts(&filter.hosts)
+                    .await?
+                    .into_iter()
+                    .map(|h| h.host.host_id)
+                    .collect(),
+            )
+        };
+        if host_ids.as_ref().is_some_and(Vec::is_empty) {
+            return Ok((Vec::new(), false));
+        }
+        let mut sql = String::from("SELECT ?fields FROM sockets_current FINAL WHERE present = 1");
+        if host_ids.is_some() {
+            sql.push_str(" AND has(?, host_id)");
+        }
+        if filter.protocol.is_some() {
+            sql.push_str(" AND protocol = ?");
+        }
+        if filter.ports.is_some() {
+            sql.push_str(" AND local_port >= ? AND local_port <= ?");
+        }
+        if filter.listening {
+            sql.push_str(" AND listener = 1");
+        }
+        if !filter.exposures.is_empty() {
+            sql.push_str(" AND has(?, exposure)");
+        }
+        if !filter.process.is_empty() {
+            sql.push_str(" AND process LIKE ?");
+        }
+        sql.push_str(" ORDER BY host_id, local_port, socket_key LIMIT ?");
+        let mut query = self.client.query(&sql);
+        if let Some(ids) = &host_ids {
+            query = query.bind(ids);
+        }
+        if let Some(p) = filter.protocol {
+            query = query.bind(p.as_str());
+        }
+        if let Some((lo, hi)) = filter.ports {
+            query = query.bind(lo).bind(hi);
+        }
+        if !filter.exposures.is_empty() {
+            let names: Vec<&str> = filter.exposures.iter().map(|s| s.as_str()).collect();
+            query = query.bind(names);
+        }
+        if !filter.process.is_empty() {
+            query = query.bind(glob_to_like(&filter.process));
+        }
+        let limit = filter.limit.max(1);
+        query = query.bind(u64::from(limit) + 1);
+        let rows: Vec<SocketCurrentRow> = self.fetch(table::SOCKETS_CURRENT, query).await?;
+        let truncated = rows.len() > limit as usize;
+        let sockets = rows
+            .into_iter()
+            .take(limit as usize)
+            .map(|r| {
+                let (socket, processes) = r.cols().decode(table::SOCKETS_CURRENT)?;
+                Ok(FleetSocket {
+                    host_id: r.host_id.clone(),
+                    socket: StoredSocket {
+                        socket,
+                        processes,
+                        seq: r.seq,
+                        updated_at: from_datetime(r.updated_at),
+                    },
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok((sockets, truncated))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs_become_like_patterns_with_like_wildcards_escaped() {
+        assert_eq!(glob_to_like("postgres*"), "postgres%");
+        assert_eq!(glob_to_like("a?c"), "a_c");
+        assert_eq!(glob_to_like("50%_off\\"), "50\\%\\_off\\\\");
+    }
+}

@@ -1,0 +1,265 @@
+//! The query API and the CLI's first verbs against a real collector, real ClickHouse and
+//! agents in namespace hosts: the answers equal the sockets the test opened.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use portolan_core::Protocol;
+use portolan_testkit::{Lab, SocketFixture, eventually_async, fixture_binary};
+use portolan_tls::OperatorRole;
+use portolan_tls::pki::WriteMode;
+use serde_json::Value;
+
+use crate::support::{Cluster, Limits, binary};
+
+struct Cli<'a> {
+    cluster: &'a Cluster,
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+    port: u16,
+}
+
+impl Cli<'_> {
+    /// Runs `portolan ARGS`; returns (exit code, stdout, stderr).
+    fn run(&self, args: &[&str]) -> Result<(i32, String, String)> {
+        let output = Command::new(binary("portolan")?)
+            .arg("--collector")
+            .arg(format!("https://127.0.0.1:{}", self.port))
+            .arg("--ca")
+            .arg(self.cluster.pki.ca_path())
+            .arg("--cert")
+            .arg(&self.cert)
+            .arg("--key")
+            .arg(&self.key)
+            .args(args)
+            .output()?;
+        Ok((
+            output.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        ))
+    }
+
+    fn json(&self, args: &[&str]) -> Result<Value> {
+        let (code, out, err) = self.run(args)?;
+        anyhow::ensure!(code == 0, "portolan {args:?} exited {code}: {err}");
+        serde_json::from_str(&out)
+            .with_context(|| format!("portolan {args:?} printed no JSON: {out}"))
+    }
+}
+
+fn listeners_of(doc: &Value) -> BTreeSet<(String, String, String, u64, Vec<u64>)> {
+    doc["sockets"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|s| {
+                    (
+                        s["host_id"].as_str().unwrap_or_default().to_string(),
+                        s["protocol"].as_str().unwrap_or_default().to_string(),
+                        s["local_address"].as_str().unwrap_or_default().to_string(),
+                        s["local_port"].as_u64().unwrap_or_default(),
+                        s["pids"]
+                            .as_array()
+                            .map(|p| p.iter().filter_map(Value::as_u64).collect())
+                            .unwrap_or_default(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_answers_equal_the_sockets_the_test_opened() -> Result<()> {
+    let lab = Lab::new("query")?;
+    let db = lab.add_host("db")?;
+    let app = lab.add_host("app")?;
+    let bridge = IpAddr::V4(lab.bridge_ipv4());
+    let cluster = Cluster::start("query", &[bridge], Limits::default()).await?;
+    let fixture = fixture_binary()?;
+    let on_db = SocketFixture::spawn(Some(&db), &fixture)?;
+    on_db.listen(Protocol::Tcp, "0.0.0.0:5432".parse()?)?;
+    on_db.listen(Protocol::Tcp, "127.0.0.1:6379".parse()?)?;
+    let on_app = SocketFixture::spawn(Some(&app), &fixture)?;
+    on_app.listen(Protocol::Tcp, "[::]:8080".parse()?)?;
+    on_app.listen(Protocol::Udp, app.ipv4_addr(5353))?;
+    on_app.connect(Protocol::Tcp, db.ipv4_addr(5432))?;
+
+    let collector = SocketAddr::new(bridge, cluster.collector_port);
+    let interval = Duration::from_secs(1);
+    let _a = cluster.spawn_agent(
+        Some(&db),
+        "host-db",
+        collector,
+        interval,
+        &[("env", "test"), ("role", "db")],
+    )?;
+    let _b = cluster.spawn_agent(
+        Some(&app),
+        "host-app",
+        collector,
+        interval,
+        &[("env", "test"), ("role", "app")],
+    )?;
+    for host in ["host-db", "host-app"] {
+        let store = &cluster.store;
+        eventually_async!(
+            timeout = Duration::from_secs(60),
+            interval = Duration::from_millis(250),
+            {
+                let n = store
+                    .current_sockets(host)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .len();
+                if n >= 2 {
+                    Ok(())
+                } else {
+                    Err(format!("{host}: {n} sockets stored"))
+                }
+            }
+        );
+    }
+
+    let op = cluster
+        .pki
+        .ca
+        .issue_operator("reader", OperatorRole::Reader, Duration::from_secs(3600))?
+        .write_files(&cluster.pki.dir, "operator-reader", WriteMode::Overwrite)?;
+    let cli = Cli {
+        cluster: &cluster,
+        cert: op.cert.clone(),
+        key: op.key.clone(),
+        port: cluster.collector_port,
+    };
+
+    // who-listens 5432: exactly the db host's wildcard listener, owned by its fixture.
+    let doc = cli.json(&["who-listens", "5432", "-o", "json"])?;
+    let found = listeners_of(&doc);
+    let want = BTreeSet::from([(
+        "host-db".to_string(),
+        "tcp".to_string(),
+        "0.0.0.0".to_string(),
+        5432,
+        vec![u64::from(on_db.pid())],
+    )]);
+    assert_eq!(found, want, "who-listens 5432");
+    assert_eq!(doc["sockets"][0]["exposure"], "private");
+    assert!(
+        doc["sockets"][0]["processes"][0]["name"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("portolan-socket"))
+    );
+    // Nobody listens on 5999: exit status 1, like grep.
+    let (code, out, _) = cli.run(&["who-listens", "5999"])?;
+    assert_eq!(code, 1, "who-listens on a free port: {out}");
+
+    // sockets --listening -l role=app equals the app host's listeners in `ss`.
+    let doc = cli.json(&["sockets", "--listening", "-l", "role=app", "-o", "json"])?;
+    let kernel: BTreeSet<_> = app
+        .sockets()?
+        .into_iter()
+        .filter(|s| s.is_listener())
+        .map(|s| {
+            (
+                "host-app".to_string(),
+                s.protocol.as_str().to_string(),
+                s.local.ip().to_string(),
+                u64::from(s.local.port()),
+                s.pids.iter().map(|p| u64::from(*p)).collect(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        listeners_of(&doc),
+        kernel,
+        "sockets --listening -l role=app"
+    );
+    // A filter on exposure and port range.
+    let doc = cli.json(&[
+        "sockets",
+        "--exposure",
+        "loopback",
+        "--port",
+        "6000-7000",
+        "-o",
+        "json",
+    ])?;
+    assert_eq!(
+        listeners_of(&doc)
+            .into_iter()
+            .map(|s| s.3)
+            .collect::<Vec<_>>(),
+        [6379]
+    );
+
+    // hosts: both, with their labels, fresh.
+    let doc = cli.json(&["hosts", "-o", "json"])?;
+    let hosts = doc["hosts"].as_array().context("hosts array")?;
+    assert_eq!(hosts.len(), 2, "{doc}");
+    for h in hosts {
+        assert_eq!(h["labels"]["env"], "test");
+        assert_eq!(h["stale"], false, "{h}");
+    }
+    let db_row = hosts
+        .iter()
+        .find(|h| h["host_id"] == "host-db")
+        .context("host-db listed")?;
+    assert_eq!(db_row["listeners"], 2);
+    let (code, table, _) = cli.run(&["host", "host-db"])?;
+    assert_eq!(code, 0);
+    assert!(
+        table.contains("role=db") && table.contains(&db.ipv4.to_string()),
+        "{table}"
+    );
+    let (code, table, _) = cli.run(&["hosts"])?;
+    assert_eq!(code, 0);
+    println!("portolan hosts:\n{table}");
+
+    // Refusals: an agent certificate cannot query.
+    let (agent_cert, agent_key) = cluster.pki.agent("host-db")?;
+    let as_agent = Cli {
+        cluster: &cluster,
+        cert: agent_cert,
+        key: agent_key,
+        port: cluster.collector_port,
+    };
+    let (code, _, err) = as_agent.run(&["hosts"])?;
+    println!("agent certificate: exit {code}: {err}");
+    assert_eq!(code, 77, "{err}");
+    assert!(
+        err.contains("operator") && err.lines().count() == 1,
+        "{err}"
+    );
+    // An unreachable collector.
+    let nowhere = Cli {
+        cluster: &cluster,
+        cert: op.cert.clone(),
+        key: op.key.clone(),
+        port: portolan_testkit::free_port()?,
+    };
+    let (code, _, err) = nowhere.run(&["hosts"])?;
+    println!("unreachable collector: exit {code}: {err}");
+    assert_eq!(code, 69, "{err}");
+    assert!(
+        err.contains("collector") && err.lines().count() == 1,
+        "{err}"
+    );
+    // A missing certificate file.
+    let bad = Cli {
+        cluster: &cluster,
+        cert: Path::new("/nonexistent/op.pem").to_path_buf(),
+        key: op.key.clone(),
+        port: cluster.collector_port,
+    };
+    let (code, _, err) = bad.run(&["hosts"])?;
+    println!("missing certificate: exit {code}: {err}");
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("/nonexistent/op.pem"), "{err}");
+    Ok(())
+}
