@@ -198,6 +198,40 @@ async fn cli_answers_equal_the_sockets_the_test_opened() -> Result<()> {
         [6379]
     );
 
+    // flows: app's connection to db:5432 is seen from both ends and joined across hosts.
+    let doc = cli.json(&["flows", "--port", "5432", "-o", "json"])?;
+    let flows = doc["flows"].as_array().context("flows array")?;
+    let find = |host: &str, dir: &str| {
+        flows
+            .iter()
+            .find(|f| f["host_id"] == host && f["direction"] == dir && f["state"] == "established")
+            .cloned()
+    };
+    let inbound = find("host-db", "inbound").context("db's inbound flow on 5432")?;
+    assert_eq!(inbound["peer"], "inside", "{inbound}");
+    assert_eq!(inbound["peer_host_id"], "host-app", "{inbound}");
+    assert_eq!(inbound["connections"], 1);
+    assert_eq!(inbound["remote_address"], app.ipv4.to_string());
+    let outbound = find("host-app", "outbound").context("app's outbound flow to 5432")?;
+    assert_eq!(outbound["peer_host_id"], "host-db", "{outbound}");
+    assert_eq!(outbound["pid"], u64::from(on_app.pid()));
+    // The agents' own streams go to the collector, which runs no agent: outside the fleet.
+    let doc = cli.json(&["flows", "--outside", "--direction", "out", "-o", "json"])?;
+    let outside: Vec<&Value> = doc["flows"]
+        .as_array()
+        .context("flows array")?
+        .iter()
+        .collect();
+    assert!(
+        !outside.is_empty()
+            && outside.iter().all(|f| f["peer"] == "outside"
+                && f["service_port"] == u64::from(cluster.collector_port)),
+        "{doc}"
+    );
+    let (code, table, _) = cli.run(&["flows", "--port", "5432"])?;
+    assert_eq!(code, 0);
+    println!("portolan flows --port 5432:\n{table}");
+
     // hosts: both, with their labels, fresh.
     let doc = cli.json(&["hosts", "-o", "json"])?;
     let hosts = doc["hosts"].as_array().context("hosts array")?;

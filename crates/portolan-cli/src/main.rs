@@ -36,6 +36,8 @@ enum Command {
     Sockets(query::SocketsArgs),
     /// Which hosts and processes listen on a port.
     WhoListens(query::WhoListensArgs),
+    /// List current flows (connections folded by endpoint), joined to the fleet host at the other end.
+    Flows(query::FlowsArgs),
 }
 
 /// Exit code when the collector is unreachable (`EX_UNAVAILABLE`).
@@ -84,6 +86,7 @@ fn main() -> ExitCode {
         Command::Hosts(args) => query::run(connection, query::Verb::Hosts(args), &mut out),
         Command::Host(args) => query::run(connection, query::Verb::Host(args), &mut out),
         Command::Sockets(args) => query::run(connection, query::Verb::Sockets(args), &mut out),
+        Command::Flows(args) => query::run(connection, query::Verb::Flows(args), &mut out),
         Command::WhoListens(args) => {
             query::run(connection, query::Verb::WhoListens(args), &mut out)
         }

@@ -149,6 +149,40 @@ pub struct WhoListensArgs {
     hosts: HostArgs,
 }
 
+/// `portolan flows`.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  portolan flows --port 5432 --direction in\n  portolan flows -l role=db --outside -o json\n\nEach flow is joined to the fleet host at its other end when the peer address belongs to one."
+)]
+pub struct FlowsArgs {
+    #[command(flatten)]
+    hosts: HostArgs,
+    /// Service port (the server's port).
+    #[arg(long)]
+    port: Option<u16>,
+    /// Only flows this host accepted (`in`) or opened (`out`).
+    #[arg(long, value_enum)]
+    direction: Option<DirectionArg>,
+    /// Only flows whose peer is a host of the fleet.
+    #[arg(long, conflicts_with = "outside")]
+    inside: bool,
+    /// Only flows whose peer is outside the fleet.
+    #[arg(long)]
+    outside: bool,
+    /// Most rows.
+    #[arg(long, default_value_t = 10_000)]
+    limit: u32,
+}
+
+/// Flow directions on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DirectionArg {
+    /// Accepted by the host.
+    In,
+    /// Opened by the host.
+    Out,
+}
+
 /// Protocols on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ProtocolArg {
@@ -220,6 +254,8 @@ pub enum Verb {
     Sockets(SocketsArgs),
     /// `who-listens`.
     WhoListens(WhoListensArgs),
+    /// `flows`.
+    Flows(FlowsArgs),
 }
 
 /// What a verb found, for the exit code: `Ok(false)` is "nothing found" where that
@@ -271,6 +307,31 @@ pub fn run(connection: &Connection, verb: Verb, out: &mut dyn Write) -> Result<b
                 print_sockets(out, connection.output, &r.listeners)?;
                 Ok(!r.listeners.is_empty())
             }
+            Verb::Flows(args) => {
+                let request = pb::ListFlowsRequest {
+                    hosts: Some(args.hosts.selector()),
+                    port: args.port.map_or(0, u32::from),
+                    direction: match args.direction {
+                        None => pb::FlowDirection::Unspecified,
+                        Some(DirectionArg::In) => pb::FlowDirection::Inbound,
+                        Some(DirectionArg::Out) => pb::FlowDirection::Outbound,
+                    } as i32,
+                    peer: if args.inside {
+                        pb::Peer::Inside
+                    } else if args.outside {
+                        pb::Peer::Outside
+                    } else {
+                        pb::Peer::Unspecified
+                    } as i32,
+                    limit: args.limit,
+                };
+                let r = call(client.list_flows(request).await, connection)?;
+                print_flows(out, connection.output, &r.flows)?;
+                if r.truncated {
+                    eprintln!("(more flows matched than --limit {}; narrow the question or raise --limit)", args.limit);
+                }
+                Ok(true)
+            }
         }
     })
 }
@@ -290,9 +351,6 @@ fn call<T>(
 ) -> Result<T> {
     result.map(tonic::Response::into_inner).map_err(|status| {
         let hint = match status.code() {
-            tonic::Code::PermissionDenied => {
-                " (use an operator certificate: `portolan pki issue-operator`)"
-            }
             tonic::Code::Unavailable => {
                 " (is the collector running and reachable? check --collector)"
             }
@@ -633,6 +691,105 @@ fn print_sockets(out: &mut dyn Write, output: Output, sockets: &[pb::HostSocket]
         out,
         &[
             "HOST", "PROTO", "STATE", "LOCAL", "PEER", "EXPOSURE", "PROCESS", "USER",
+        ],
+        &rows,
+    )
+}
+
+#[derive(Serialize)]
+struct FlowJson {
+    host_id: String,
+    hostname: String,
+    protocol: String,
+    direction: String,
+    local_address: String,
+    remote_address: String,
+    service_port: u32,
+    state: String,
+    connections: u32,
+    pid: u32,
+    process: Option<ProcessJson>,
+    peer: String,
+    peer_host_id: String,
+    peer_hostname: String,
+}
+
+fn flow_json(f: &pb::HostFlow) -> FlowJson {
+    let flow = f.flow.clone().unwrap_or_default();
+    let ip = |b: &[u8]| address(b).map(|a| a.to_string()).unwrap_or_default();
+    FlowJson {
+        host_id: f.host_id.clone(),
+        hostname: f.hostname.clone(),
+        protocol: name::<pb::Protocol>(flow.protocol),
+        direction: name::<pb::FlowDirection>(flow.direction),
+        local_address: ip(&flow.local_address),
+        remote_address: ip(&flow.remote_address),
+        service_port: flow.service_port,
+        state: name::<pb::SocketState>(flow.state),
+        connections: flow.connections,
+        pid: flow.pid,
+        process: f.process.as_ref().map(|p| ProcessJson {
+            pid: p.pid,
+            name: p.name.clone(),
+            executable: p.executable.clone(),
+            user: p.user.clone(),
+            systemd_unit: p.systemd_unit.clone(),
+            container_id: p.container_id.clone(),
+        }),
+        peer: name::<pb::Peer>(f.peer),
+        peer_host_id: f.peer_host_id.clone(),
+        peer_hostname: f.peer_hostname.clone(),
+    }
+}
+
+fn print_flows(out: &mut dyn Write, output: Output, flows: &[pb::HostFlow]) -> Result<()> {
+    let docs: Vec<FlowJson> = flows.iter().map(flow_json).collect();
+    if output == Output::Json {
+        serde_json::to_writer_pretty(&mut *out, &serde_json::json!({ "flows": docs }))?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = docs
+        .iter()
+        .map(|d| {
+            vec![
+                if d.hostname.is_empty() {
+                    d.host_id.clone()
+                } else {
+                    d.hostname.clone()
+                },
+                d.direction.clone(),
+                d.protocol.clone(),
+                d.local_address.clone(),
+                d.remote_address.clone(),
+                d.service_port.to_string(),
+                d.state.to_uppercase(),
+                d.connections.to_string(),
+                d.process.as_ref().map_or_else(
+                    || "(kernel)".to_string(),
+                    |p| format!("{}/{}", p.pid, p.name),
+                ),
+                if d.peer_host_id.is_empty() {
+                    format!("({})", d.peer)
+                } else {
+                    d.peer_host_id.clone()
+                },
+            ]
+        })
+        .collect();
+    table(
+        out,
+        &[
+            "HOST",
+            "DIR",
+            "PROTO",
+            "LOCAL",
+            "PEER",
+            "PORT",
+            "STATE",
+            "CONNS",
+            "PROCESS",
+            "PEER HOST",
         ],
         &rows,
     )

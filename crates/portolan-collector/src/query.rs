@@ -7,14 +7,18 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use portolan_core::{Protocol, Scope};
+use std::net::IpAddr;
+
+use portolan_core::{Direction, Protocol, Scope};
 use portolan_proto::v1 as pb;
 use portolan_proto::v1::query_service_server::QueryService;
 use portolan_tls::{Identity, peer_info};
 use tonic::{Request, Response, Status};
 use tracing::warn;
 
-use crate::store::fleet::{FleetSocket, HostFilter, HostSummary, SocketFilter};
+use crate::store::fleet::{
+    FleetFlow, FleetSocket, FlowFilter, HostFilter, HostSummary, SocketFilter,
+};
 use crate::store::{Store, StoreError};
 
 /// Rows returned when a request sets no limit.
@@ -136,6 +140,68 @@ fn host_socket(s: FleetSocket, hostnames: &HashMap<String, String>) -> pb::HostS
         socket: Some(pb::Socket::from(&s.socket.socket)),
         processes: s.socket.processes.iter().map(pb::Process::from).collect(),
         updated_unix: unix(s.socket.updated_at),
+    }
+}
+
+/// Which fleet host owns an address: every interface address of every host except
+/// loopback and link-local ones (those are the same on many hosts and mean "this host").
+#[derive(Debug, Default)]
+struct AddressBook {
+    owners: HashMap<IpAddr, (String, String)>,
+    hostnames: HashMap<String, String>,
+}
+
+fn canonical(addr: IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V6(a) => a.to_ipv4_mapped().map_or(addr, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+impl AddressBook {
+    fn new(hosts: &[HostSummary]) -> AddressBook {
+        let mut book = AddressBook::default();
+        for h in hosts {
+            book.hostnames
+                .insert(h.host.host_id.clone(), h.host.hostname.clone());
+            for i in &h.host.state.interfaces {
+                let scope = portolan_core::classify(i.address);
+                if scope != Scope::Loopback && scope != Scope::LinkLocal {
+                    book.owners.insert(
+                        canonical(i.address),
+                        (h.host.host_id.clone(), h.host.hostname.clone()),
+                    );
+                }
+            }
+        }
+        book
+    }
+
+    /// The peer of a flow of `host_id`: inside (with the owning host) or outside.
+    fn peer(&self, host_id: &str, remote: IpAddr) -> (pb::Peer, String, String) {
+        let remote = canonical(remote);
+        if matches!(portolan_core::classify(remote), Scope::Loopback) {
+            let hostname = self.hostnames.get(host_id).cloned().unwrap_or_default();
+            return (pb::Peer::Inside, host_id.to_string(), hostname);
+        }
+        match self.owners.get(&remote) {
+            Some((id, name)) => (pb::Peer::Inside, id.clone(), name.clone()),
+            None => (pb::Peer::Outside, String::new(), String::new()),
+        }
+    }
+}
+
+fn host_flow(f: FleetFlow, book: &AddressBook) -> pb::HostFlow {
+    let (peer, peer_host_id, peer_hostname) = book.peer(&f.host_id, f.flow.flow.key.remote_address);
+    pb::HostFlow {
+        hostname: book.hostnames.get(&f.host_id).cloned().unwrap_or_default(),
+        flow: Some(pb::Flow::from(&f.flow.flow)),
+        process: f.flow.process.as_ref().map(pb::Process::from),
+        peer: peer as i32,
+        peer_host_id,
+        peer_hostname,
+        updated_unix: unix(f.flow.updated_at),
+        host_id: f.host_id,
     }
 }
 
@@ -267,5 +333,61 @@ impl QueryService for Query {
         };
         let (listeners, _) = self.sockets(filter).await?;
         Ok(Response::new(pb::WhoListensResponse { listeners }))
+    }
+
+    async fn list_flows(
+        &self,
+        request: Request<pb::ListFlowsRequest>,
+    ) -> Result<Response<pb::ListFlowsResponse>, Status> {
+        authorize(&request)?;
+        let r = request.into_inner();
+        let direction = match pb::FlowDirection::try_from(r.direction) {
+            Ok(pb::FlowDirection::Unspecified) => None,
+            Ok(pb::FlowDirection::Inbound) => Some(Direction::Inbound),
+            Ok(pb::FlowDirection::Outbound) => Some(Direction::Outbound),
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "`direction` {} is not a direction",
+                    r.direction
+                )));
+            }
+        };
+        let wanted_peer = pb::Peer::try_from(r.peer)
+            .map_err(|_| Status::invalid_argument(format!("`peer` {} is not a peer", r.peer)))?;
+        let limit = if r.limit == 0 {
+            DEFAULT_LIMIT
+        } else {
+            r.limit.min(MAX_LIMIT)
+        };
+        let filter = FlowFilter {
+            hosts: host_filter(r.hosts),
+            port: if r.port == 0 {
+                None
+            } else {
+                Some(port("port", r.port)?)
+            },
+            direction,
+            // Filtering by peer happens after the join: ask for the most rows allowed.
+            limit: if wanted_peer == pb::Peer::Unspecified {
+                limit
+            } else {
+                MAX_LIMIT
+            },
+        };
+        let (flows, truncated) = self.store.list_flows(&filter).await.map_err(store_error)?;
+        let hosts = self
+            .store
+            .list_hosts(&HostFilter::default())
+            .await
+            .map_err(store_error)?;
+        let book = AddressBook::new(&hosts);
+        let mut flows: Vec<pb::HostFlow> = flows
+            .into_iter()
+            .map(|f| host_flow(f, &book))
+            .filter(|f| wanted_peer == pb::Peer::Unspecified || f.peer == wanted_peer as i32)
+            .collect();
+        let truncated = truncated || flows.len() > limit as usize;
+        flows.truncate(limit as usize);
+        Ok(Response::new(pb::ListFlowsResponse { flows, truncated }))
     }
 }

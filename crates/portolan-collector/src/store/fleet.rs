@@ -5,12 +5,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::SystemTime;
 
 use clickhouse::Row;
-use portolan_core::{Protocol, Scope};
+use portolan_core::{Direction, Protocol, Scope};
 use serde::Deserialize;
 
-use super::rows::{HostRow, SocketCurrentRow, from_datetime};
+use super::rows::{FlowCurrentRow, HostRow, SocketCurrentRow, from_datetime};
 use super::schema::table;
-use super::{Store, StoreError, StoredHost, StoredSocket};
+use super::{Store, StoreError, StoredFlow, StoredHost, StoredSocket};
 
 /// Which hosts a question is about.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -69,6 +69,28 @@ pub struct FleetSocket {
     pub host_id: String,
     /// The socket and its processes.
     pub socket: StoredSocket,
+}
+
+/// Which current flows a question is about.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FlowFilter {
+    /// The hosts.
+    pub hosts: HostFilter,
+    /// Service port; `None`: any.
+    pub port: Option<u16>,
+    /// `None`: both directions.
+    pub direction: Option<Direction>,
+    /// Most rows.
+    pub limit: u32,
+}
+
+/// A current flow of some host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetFlow {
+    /// The host.
+    pub host_id: String,
+    /// The flow and its process.
+    pub flow: StoredFlow,
 }
 
 #[derive(Debug, Row, Deserialize)]
@@ -245,6 +267,72 @@ impl Store {
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
         Ok((sockets, truncated))
+    }
+}
+
+impl Store {
+    /// Current flows across the hosts of `filter.hosts`, ordered by host and port.
+    /// Returns the flows and whether more than `filter.limit` matched.
+    pub async fn list_flows(
+        &self,
+        filter: &FlowFilter,
+    ) -> Result<(Vec<FleetFlow>, bool), StoreError> {
+        let host_ids: Option<Vec<String>> = if filter.hosts.labels.is_empty() {
+            (!filter.hosts.host_ids.is_empty()).then(|| filter.hosts.host_ids.clone())
+        } else {
+            Some(
+                self.list_hosts(&filter.hosts)
+                    .await?
+                    .into_iter()
+                    .map(|h| h.host.host_id)
+                    .collect(),
+            )
+        };
+        if host_ids.as_ref().is_some_and(Vec::is_empty) {
+            return Ok((Vec::new(), false));
+        }
+        let mut sql = String::from("SELECT ?fields FROM flows_current FINAL WHERE present = 1");
+        if host_ids.is_some() {
+            sql.push_str(" AND has(?, host_id)");
+        }
+        if filter.port.is_some() {
+            sql.push_str(" AND service_port = ?");
+        }
+        if filter.direction.is_some() {
+            sql.push_str(" AND direction = ?");
+        }
+        sql.push_str(" ORDER BY host_id, service_port, flow_key LIMIT ?");
+        let mut query = self.client.query(&sql);
+        if let Some(ids) = &host_ids {
+            query = query.bind(ids);
+        }
+        if let Some(port) = filter.port {
+            query = query.bind(port);
+        }
+        if let Some(direction) = filter.direction {
+            query = query.bind(direction.as_str());
+        }
+        let limit = filter.limit.max(1);
+        query = query.bind(u64::from(limit) + 1);
+        let rows: Vec<FlowCurrentRow> = self.fetch(table::FLOWS_CURRENT, query).await?;
+        let truncated = rows.len() > limit as usize;
+        let flows = rows
+            .into_iter()
+            .take(limit as usize)
+            .map(|r| {
+                let (flow, process) = r.cols().decode(table::FLOWS_CURRENT)?;
+                Ok(FleetFlow {
+                    host_id: r.host_id.clone(),
+                    flow: StoredFlow {
+                        flow,
+                        process,
+                        seq: r.seq,
+                        updated_at: from_datetime(r.updated_at),
+                    },
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok((flows, truncated))
     }
 }
 

@@ -976,6 +976,89 @@ pub struct WhoListensResponse {
     #[prost(message, repeated, tag = "1")]
     pub listeners: ::prost::alloc::vec::Vec<HostSocket>,
 }
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ListFlowsRequest {
+    #[prost(message, optional, tag = "1")]
+    pub hosts: ::core::option::Option<HostSelector>,
+    /// Service port; 0: any.
+    #[prost(uint32, tag = "2")]
+    pub port: u32,
+    /// FLOW_DIRECTION_UNSPECIFIED: both.
+    #[prost(enumeration = "FlowDirection", tag = "3")]
+    pub direction: i32,
+    /// PEER_UNSPECIFIED: both.
+    #[prost(enumeration = "Peer", tag = "4")]
+    pub peer: i32,
+    /// Most rows; 0: the server's default (10,000).
+    #[prost(uint32, tag = "5")]
+    pub limit: u32,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ListFlowsResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub flows: ::prost::alloc::vec::Vec<HostFlow>,
+    #[prost(bool, tag = "2")]
+    pub truncated: bool,
+}
+/// A current flow of a host, with its process and, when the peer is in the fleet, the
+/// peer host.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct HostFlow {
+    #[prost(string, tag = "1")]
+    pub host_id: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub hostname: ::prost::alloc::string::String,
+    #[prost(message, optional, tag = "3")]
+    pub flow: ::core::option::Option<Flow>,
+    /// The owning process; absent when unknown or held by the kernel.
+    #[prost(message, optional, tag = "4")]
+    pub process: ::core::option::Option<Process>,
+    #[prost(enumeration = "Peer", tag = "5")]
+    pub peer: i32,
+    /// The fleet host owning the peer address; empty when outside the fleet.
+    #[prost(string, tag = "6")]
+    pub peer_host_id: ::prost::alloc::string::String,
+    #[prost(string, tag = "7")]
+    pub peer_hostname: ::prost::alloc::string::String,
+    #[prost(int64, tag = "8")]
+    pub updated_unix: i64,
+}
+/// Where the other end of a flow is.
+#[allow(clippy::all)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum Peer {
+    Unspecified = 0,
+    /// The peer address belongs to a host of the fleet (or is this host's loopback).
+    Inside = 1,
+    /// The peer address belongs to no host of the fleet.
+    Outside = 2,
+}
+impl Peer {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "PEER_UNSPECIFIED",
+            Self::Inside => "PEER_INSIDE",
+            Self::Outside => "PEER_OUTSIDE",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "PEER_UNSPECIFIED" => Some(Self::Unspecified),
+            "PEER_INSIDE" => Some(Self::Inside),
+            "PEER_OUTSIDE" => Some(Self::Outside),
+            _ => None,
+        }
+    }
+}
 /// Generated client implementations.
 pub mod query_service_client {
     #![allow(
@@ -1168,6 +1251,32 @@ pub mod query_service_client {
                 .insert(GrpcMethod::new("portolan.v1.QueryService", "WhoListens"));
             self.inner.unary(req, path, codec).await
         }
+        /// Current flows across hosts, each joined to the fleet host at its other end when
+        /// the peer address belongs to one.
+        pub async fn list_flows(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ListFlowsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListFlowsResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/portolan.v1.QueryService/ListFlows",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("portolan.v1.QueryService", "ListFlows"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -1210,6 +1319,15 @@ pub mod query_service_server {
             request: tonic::Request<super::WhoListensRequest>,
         ) -> std::result::Result<
             tonic::Response<super::WhoListensResponse>,
+            tonic::Status,
+        >;
+        /// Current flows across hosts, each joined to the fleet host at its other end when
+        /// the peer address belongs to one.
+        async fn list_flows(
+            &self,
+            request: tonic::Request<super::ListFlowsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListFlowsResponse>,
             tonic::Status,
         >;
     }
@@ -1455,6 +1573,51 @@ pub mod query_service_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = WhoListensSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/portolan.v1.QueryService/ListFlows" => {
+                    #[allow(non_camel_case_types)]
+                    struct ListFlowsSvc<T: QueryService>(pub Arc<T>);
+                    impl<
+                        T: QueryService,
+                    > tonic::server::UnaryService<super::ListFlowsRequest>
+                    for ListFlowsSvc<T> {
+                        type Response = super::ListFlowsResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ListFlowsRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as QueryService>::list_flows(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ListFlowsSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
