@@ -8,7 +8,11 @@ on the ClickHouse that the `chdb-core` package embeds:
 
     python3 -m venv .venv && .venv/bin/pip install chdb-core
     cargo test -p portolan-collector --test store_chdb_dump
+    cargo test -p portolan-rules --test chdb_dump
     .venv/bin/python tools/chdb/check.py [target/chdb]
+
+The compiled default rule pack (`rules.sql`, from the second command) runs after each
+schema's statements, on the tables they created; it is skipped with a note when missing.
 
 Both schema flavors are checked, each in its own database: the modern one (what a
 current server gets) and the legacy one (what a database created on an old server
@@ -63,6 +67,15 @@ def main():
         "legacy": [dump / "schema_legacy.sql", dump / "queries_legacy.sql"],
     }
     missing = [str(p) for files in flavors.values() for p in files if not p.exists()]
+    rules = dump / "rules.sql"
+    if rules.exists():
+        for files in flavors.values():
+            files.append(rules)
+    else:
+        print(
+            f"chdb: {rules} missing, rules not checked "
+            "(run `cargo test -p portolan-rules --test chdb_dump`)"
+        )
     if missing:
         sys.exit(
             "tools/chdb/check.py: missing "

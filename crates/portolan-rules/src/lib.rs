@@ -1,0 +1,65 @@
+//! Portolan exposure rules: a YAML rule language, validated with precise errors and
+//! compiled to ClickHouse SQL.
+//!
+//! Pure: this crate does no I/O and talks to no server. A caller reads a rule file,
+//! [`parse`]s it into a [`RuleSet`], [`compile`]s each [`Rule`] to one SQL query and runs
+//! the query on the store's database; every query returns rows of the [finding
+//! contract](FINDING_COLUMNS).
+//!
+//! # A rule file
+//!
+//! ```yaml
+//! version: 1
+//! rules:
+//!   - id: db-exposed-prod
+//!     kind: listener
+//!     severity: high
+//!     description: a database listens on a public or wildcard address in production
+//!     hosts:
+//!       labels: {env: prod}       # every label must match (values are globs)
+//!       hostname: ["db-*"]        # any glob may match
+//!       host_id: [h1, h2]         # any id may match
+//!     sockets:
+//!       protocol: tcp
+//!       ports: [5432, 3306, "9200-9300"]
+//!       exposure: [public, wildcard]
+//!       process: "postgres*"      # globs on any owning process: process, executable,
+//!                                 # user, unit, container
+//! ```
+//!
+//! Kinds and their parameters are described on [`Kind`]. The SQL avoids everything that
+//! Debian's `clickhouse-server` 18.16 lacks (no window functions, no CTEs, one JOIN per
+//! SELECT with an explicit `ALL` strictness, no `Map`, no `DateTime64`), so the same
+//! text runs there and on current servers.
+//!
+//! # The finding contract
+//!
+//! Every compiled query returns the columns of [`FINDING_COLUMNS`], in that order, all
+//! of type `String`:
+//!
+//! | column | meaning |
+//! |---|---|
+//! | `rule_id` | the rule's id |
+//! | `host_id` | the host the finding is about; empty for a fleet-wide finding (a scan of several hosts) |
+//! | `fingerprint` | 16 upper-case hex digits of `cityHash64` over the rule id and the finding's identity (never pids, inodes, counts or times): the same situation gives the same fingerprint at every evaluation |
+//! | `severity` | the rule's severity: `info`, `low`, `medium`, `high` or `critical` |
+//! | `subject` | what the finding is about, for a human: `tcp 0.0.0.0:5432`, `tcp port 8080`, `203.0.113.7` |
+//! | `evidence` | space-separated `key=value` pairs; values are comma-separated lists where several |
+//!
+//! Rows are ordered by `host_id`, then `subject`.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod error;
+mod model;
+mod parse;
+mod sql;
+
+pub use error::{Problem, RuleError};
+pub use model::{
+    BaselineScope, DriftParams, EphemeralPer, Glob, HostSelector, Kind, NewListenerParams,
+    PortRange, Rule, RuleSet, ScanBy, Severity, SharedBy, SocketPredicate,
+};
+pub use parse::parse;
+pub use sql::{FINDING_COLUMNS, compile, glob_regex, sql_string};
