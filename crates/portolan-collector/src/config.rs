@@ -24,6 +24,32 @@ pub struct CollectorConfig {
     pub clickhouse: ClickHouseSection,
     /// Bounds on what an agent may send.
     pub limits: LimitsSection,
+    /// Exposure rules.
+    pub rules: RulesSection,
+}
+
+/// `[rules]`: the exposure rules this replica evaluates.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RulesSection {
+    /// Whether this replica evaluates the rules. One evaluating replica is enough: set it
+    /// on exactly one collector.
+    pub evaluate: bool,
+    /// Rule files (YAML), e.g. the default pack `deploy/rules/default.yaml`.
+    pub files: Vec<PathBuf>,
+    /// How often the rules run.
+    #[serde(with = "portolan_config::duration")]
+    pub interval: std::time::Duration,
+}
+
+impl Default for RulesSection {
+    fn default() -> Self {
+        RulesSection {
+            evaluate: false,
+            files: Vec::new(),
+            interval: std::time::Duration::from_secs(30),
+        }
+    }
 }
 
 /// `[clickhouse]`.
@@ -69,6 +95,7 @@ impl Default for CollectorConfig {
             },
             clickhouse: ClickHouseSection::default(),
             limits: LimitsSection::default(),
+            rules: RulesSection::default(),
         }
     }
 }
@@ -128,6 +155,12 @@ impl CollectorConfig {
                 "`limits.max_sockets_per_message` and `limits.max_snapshot_items` must be positive"
                     .into(),
             );
+        }
+        if self.rules.evaluate && self.rules.files.is_empty() {
+            problems.push("`rules.evaluate` is true but `rules.files` names no rule file".into());
+        }
+        if self.rules.interval < std::time::Duration::from_secs(1) {
+            problems.push("`rules.interval` is under 1s".into());
         }
         if problems.is_empty() {
             Ok(())

@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod error;
+pub mod evaluate;
 pub mod ingest;
 pub mod managed_clickhouse;
 pub mod query;

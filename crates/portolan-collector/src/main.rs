@@ -8,6 +8,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use portolan_collector::config::CollectorConfig;
+use portolan_collector::evaluate::{CompiledRule, Evaluator};
 use portolan_collector::managed_clickhouse::{ManagedClickHouse, ManagedOptions};
 use portolan_collector::store::{ClickHouseConfig, Store};
 use tracing::info;
@@ -67,7 +68,18 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config)) {
+    let rules = if config.rules.evaluate {
+        match portolan_collector::evaluate::load_rules(&config.rules.files) {
+            Ok(rules) => rules,
+            Err(problems) => {
+                eprintln!("error: invalid rule files (see `rules.files`):\n{problems}");
+                return ExitCode::from(64);
+            }
+        }
+    } else {
+        Vec::new()
+    };
+    match runtime.block_on(run(config, rules)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -105,7 +117,7 @@ fn load_config(cli: &Cli) -> Result<CollectorConfig> {
     Ok(config)
 }
 
-async fn run(config: CollectorConfig) -> Result<()> {
+async fn run(config: CollectorConfig, rules: Vec<CompiledRule>) -> Result<()> {
     let name = if config.name.is_empty() {
         std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_string())
@@ -164,14 +176,24 @@ async fn run(config: CollectorConfig) -> Result<()> {
         .local_addr()
         .context("cannot read the listening address")?;
     info!(listen = %local, collector = %name, "collector ready");
-    let result = portolan_collector::server::serve(
-        &config,
-        &name,
-        Arc::new(store),
-        listener,
-        shutdown_signal(),
-    )
+    let store = Arc::new(store);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop.send(true);
+    });
+    let evaluator = config.rules.evaluate.then(|| {
+        let evaluator = Evaluator::new(store.clone(), rules);
+        tokio::spawn(evaluator.run(config.rules.interval, stopped.clone()))
+    });
+    let mut server_stop = stopped.clone();
+    let result = portolan_collector::server::serve(&config, &name, store, listener, async move {
+        let _ = server_stop.changed().await;
+    })
     .await;
+    if let Some(task) = evaluator {
+        task.abort();
+    }
     if let Some(server) = managed
         && let Err(e) = server.shutdown().await
     {

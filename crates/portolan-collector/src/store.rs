@@ -33,6 +33,7 @@
 //! before answering Hello. The store also remembers hosts whose write failed in this
 //! process and recovers them before their next read or write.
 
+pub mod findings;
 pub mod fleet;
 pub mod queries;
 mod rows;

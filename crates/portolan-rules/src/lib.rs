@@ -52,6 +52,7 @@
 #![warn(missing_docs)]
 
 mod error;
+pub mod lifecycle;
 mod model;
 mod parse;
 mod sql;

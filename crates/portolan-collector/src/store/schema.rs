@@ -60,6 +60,8 @@ pub mod table {
     pub const FLOW_EVENTS: &str = "flow_events";
     /// Current flows per host.
     pub const FLOWS_CURRENT: &str = "flows_current";
+    /// Findings of the exposure rules, latest row per fingerprint.
+    pub const FINDINGS: &str = "findings";
 }
 
 /// One migration: a version, a name and idempotent statements.
@@ -255,6 +257,24 @@ const FLOW_CURRENT_HEAD: Columns = &[
     ("updated_at", Ty::DateTime),
 ];
 
+const FINDING_COLUMNS: Columns = &[
+    ("fingerprint", Ty::Str),
+    ("rule_id", Ty::Lc),
+    ("host_id", Ty::Str),
+    ("severity", Ty::Lc),
+    ("subject", Ty::Str),
+    ("evidence", Ty::Str),
+    // `open` or `resolved`.
+    ("status", Ty::Lc),
+    ("first_seen", Ty::DateTime),
+    ("last_seen", Ty::DateTime),
+    // 0 (1970) while open.
+    ("resolved_at", Ty::DateTime),
+    ("reopened", Ty::U32),
+    // Nanoseconds of the evaluation that wrote the row: the latest row wins.
+    ("version", Ty::U64),
+];
+
 fn create(
     flavor: Flavor,
     name: &str,
@@ -295,60 +315,74 @@ pub fn migrations(flavor: Flavor) -> Vec<Migration> {
     let heartbeat_ttl = format!(
         "TTL at + toIntervalDay({HEARTBEAT_RETENTION_DAYS}) DELETE WHERE kind = 'heartbeat'"
     );
-    vec![Migration {
-        version: 1,
-        name: "initial schema: hosts, host_reports, socket and flow history and current state",
-        statements: vec![
-            create(
+    vec![
+        Migration {
+            version: 1,
+            name: "initial schema: hosts, host_reports, socket and flow history and current state",
+            statements: vec![
+                create(
+                    flavor,
+                    table::HOSTS,
+                    &[HOSTS_COLUMNS, HOST_FACTS, HOSTS_TAIL],
+                    "ReplacingMergeTree(updated_ns)",
+                    "ORDER BY host_id",
+                    "",
+                ),
+                create(
+                    flavor,
+                    table::HOST_REPORTS,
+                    &[REPORT_COLUMNS, HOST_FACTS],
+                    "ReplacingMergeTree()",
+                    "PARTITION BY toYYYYMM(at)\nORDER BY (host_id, seq, kind, at)",
+                    &heartbeat_ttl,
+                ),
+                create(
+                    flavor,
+                    table::SOCKET_EVENTS,
+                    &[SOCKET_EVENT_HEAD, SOCKET_COLUMNS],
+                    "ReplacingMergeTree()",
+                    "PARTITION BY toYYYYMM(at)\nORDER BY (host_id, seq, event, socket_key)",
+                    &history_ttl,
+                ),
+                create(
+                    flavor,
+                    table::SOCKETS_CURRENT,
+                    &[SOCKET_CURRENT_HEAD, SOCKET_COLUMNS],
+                    "ReplacingMergeTree(seq)",
+                    "ORDER BY (host_id, socket_key)",
+                    "",
+                ),
+                create(
+                    flavor,
+                    table::FLOW_EVENTS,
+                    &[FLOW_EVENT_HEAD, FLOW_COLUMNS],
+                    "ReplacingMergeTree()",
+                    "PARTITION BY toYYYYMM(at)\nORDER BY (host_id, seq, event, flow_key)",
+                    &history_ttl,
+                ),
+                create(
+                    flavor,
+                    table::FLOWS_CURRENT,
+                    &[FLOW_CURRENT_HEAD, FLOW_COLUMNS],
+                    "ReplacingMergeTree(seq)",
+                    "ORDER BY (host_id, flow_key)",
+                    "",
+                ),
+            ],
+        },
+        Migration {
+            version: 2,
+            name: "findings of the exposure rules",
+            statements: vec![create(
                 flavor,
-                table::HOSTS,
-                &[HOSTS_COLUMNS, HOST_FACTS, HOSTS_TAIL],
-                "ReplacingMergeTree(updated_ns)",
-                "ORDER BY host_id",
+                table::FINDINGS,
+                &[FINDING_COLUMNS],
+                "ReplacingMergeTree(version)",
+                "ORDER BY fingerprint",
                 "",
-            ),
-            create(
-                flavor,
-                table::HOST_REPORTS,
-                &[REPORT_COLUMNS, HOST_FACTS],
-                "ReplacingMergeTree()",
-                "PARTITION BY toYYYYMM(at)\nORDER BY (host_id, seq, kind, at)",
-                &heartbeat_ttl,
-            ),
-            create(
-                flavor,
-                table::SOCKET_EVENTS,
-                &[SOCKET_EVENT_HEAD, SOCKET_COLUMNS],
-                "ReplacingMergeTree()",
-                "PARTITION BY toYYYYMM(at)\nORDER BY (host_id, seq, event, socket_key)",
-                &history_ttl,
-            ),
-            create(
-                flavor,
-                table::SOCKETS_CURRENT,
-                &[SOCKET_CURRENT_HEAD, SOCKET_COLUMNS],
-                "ReplacingMergeTree(seq)",
-                "ORDER BY (host_id, socket_key)",
-                "",
-            ),
-            create(
-                flavor,
-                table::FLOW_EVENTS,
-                &[FLOW_EVENT_HEAD, FLOW_COLUMNS],
-                "ReplacingMergeTree()",
-                "PARTITION BY toYYYYMM(at)\nORDER BY (host_id, seq, event, flow_key)",
-                &history_ttl,
-            ),
-            create(
-                flavor,
-                table::FLOWS_CURRENT,
-                &[FLOW_CURRENT_HEAD, FLOW_COLUMNS],
-                "ReplacingMergeTree(seq)",
-                "ORDER BY (host_id, flow_key)",
-                "",
-            ),
-        ],
-    }]
+            )],
+        },
+    ]
 }
 
 /// Every DDL statement of the schema for `flavor`, in the order a fresh database gets
