@@ -80,7 +80,12 @@ async fn cli_answers_equal_the_sockets_the_test_opened() -> Result<()> {
     let db = lab.add_host("db")?;
     let app = lab.add_host("app")?;
     let bridge = IpAddr::V4(lab.bridge_ipv4());
-    let cluster = Cluster::start("query", &[bridge], Limits::default()).await?;
+    let rules = "rules:\n  - id: db-wildcard\n    kind: listener\n    severity: high\n    hosts: {labels: {role: db}}\n    sockets: {ports: [5432], exposure: [wildcard, public]}\n";
+    let limits = Limits {
+        rules: Some(rules.into()),
+        ..Limits::default()
+    };
+    let cluster = Cluster::start("query", &[bridge], limits).await?;
     let fixture = fixture_binary()?;
     let on_db = SocketFixture::spawn(Some(&db), &fixture)?;
     on_db.listen(Protocol::Tcp, "0.0.0.0:5432".parse()?)?;
@@ -254,6 +259,43 @@ async fn cli_answers_equal_the_sockets_the_test_opened() -> Result<()> {
     let (code, table, _) = cli.run(&["hosts"])?;
     assert_eq!(code, 0);
     println!("portolan hosts:\n{table}");
+
+    // findings: the rule the collector evaluates opened one finding, for the db host.
+    let doc = eventually_async!(
+        timeout = Duration::from_secs(30),
+        interval = Duration::from_millis(500),
+        {
+            let doc = cli
+                .json(&["findings", "-o", "json"])
+                .map_err(|e| e.to_string())?;
+            if doc["findings"].as_array().is_some_and(|a| !a.is_empty()) {
+                Ok(doc)
+            } else {
+                Err(format!("no findings yet: {doc}"))
+            }
+        }
+    );
+    let findings = doc["findings"].as_array().context("findings array")?;
+    assert_eq!(findings.len(), 1, "{doc}");
+    let f = &findings[0];
+    assert_eq!(
+        (
+            f["rule_id"].as_str(),
+            f["host_id"].as_str(),
+            f["status"].as_str()
+        ),
+        (Some("db-wildcard"), Some("host-db"), Some("open")),
+        "{f}"
+    );
+    assert!(
+        f["subject"].as_str().is_some_and(|s| s.contains("5432")),
+        "{f}"
+    );
+    let (code, _, _) = cli.run(&["findings", "--severity", "critical"])?;
+    assert_eq!(code, 1, "no critical findings: exit 1");
+    let (code, table, _) = cli.run(&["findings"])?;
+    assert_eq!(code, 0);
+    println!("portolan findings:\n{table}");
 
     // Refusals: an agent certificate cannot query.
     let (agent_cert, agent_key) = cluster.pki.agent("host-db")?;

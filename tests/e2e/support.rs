@@ -93,6 +93,8 @@ struct CollectorProcess {
 pub struct Limits {
     pub max_message_bytes: u32,
     pub max_sockets_per_message: u32,
+    /// A rule file (YAML) the first collector evaluates every second.
+    pub rules: Option<String>,
 }
 
 impl Default for Limits {
@@ -100,6 +102,7 @@ impl Default for Limits {
         Limits {
             max_message_bytes: 16 * 1024 * 1024,
             max_sockets_per_message: 20_000,
+            rules: None,
         }
     }
 }
@@ -171,6 +174,16 @@ impl Cluster {
                 msm = self.limits.max_sockets_per_message,
             ),
         )?;
+        if let (0, Some(rules)) = (n, &self.limits.rules) {
+            let file = self.state.path().join("rules.yaml");
+            std::fs::write(&file, rules)?;
+            let mut text = std::fs::read_to_string(&config)?;
+            text.push_str(&format!(
+                "\n[rules]\nevaluate = true\nfiles = [{:?}]\ninterval = \"1s\"\n",
+                file.display().to_string()
+            ));
+            std::fs::write(&config, text)?;
+        }
         let log = self.state.path().join(format!("collector{suffix}.log"));
         self.collectors.push(CollectorProcess {
             port,

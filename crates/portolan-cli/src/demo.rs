@@ -82,6 +82,9 @@ pub fn run(args: DemoArgs, out: &mut dyn Write) -> Result<()> {
     let pki = dir.join("pki");
     make_certificates(&pki, &host_id)?;
 
+    // The default rule pack, evaluated by the demo's collector.
+    let rules_file = dir.join("rules.yaml");
+    write_file(&rules_file, DEFAULT_RULES)?;
     let port = free_port()?;
     let state_dir = dir.join("collector-state");
     let clickhouse_url = args.clickhouse_url.clone().unwrap_or_default();
@@ -89,7 +92,8 @@ pub fn run(args: DemoArgs, out: &mut dyn Write) -> Result<()> {
     write_file(
         &dir.join("collector.toml"),
         &format!(
-            "version = 1\nname = \"demo-collector\"\nlisten = \"127.0.0.1:{port}\"\nstate_dir = {state:?}\n\n[tls]\nca = {ca:?}\ncert = {cert:?}\nkey = {key:?}\n\n[clickhouse]\nurl = {clickhouse_url:?}\ndatabase = \"{database}\"\n",
+            "version = 1\nname = \"demo-collector\"\nlisten = \"127.0.0.1:{port}\"\nstate_dir = {state:?}\n\n[tls]\nca = {ca:?}\ncert = {cert:?}\nkey = {key:?}\n\n[clickhouse]\nurl = {clickhouse_url:?}\ndatabase = \"{database}\"\n\n[rules]\nevaluate = true\nfiles = [{rules:?}]\ninterval = \"2s\"\n",
+            rules = rules_file.display().to_string(),
             state = state_dir.display().to_string(),
             ca = pki.join("ca.pem").display().to_string(),
             cert = pki.join("collector-demo.pem").display().to_string(),
@@ -199,6 +203,38 @@ pub fn run(args: DemoArgs, out: &mut dyn Write) -> Result<()> {
         .block_on(store.current_flows(&host_id))
         .context("cannot read this host's flows")?;
     print_listeners(out, &host_id, &url, database, &sockets, &flows)?;
+    out.flush()?;
+    // Findings: wait for an evaluation that ran after the inventory was stored.
+    let collector_log = dir.join("collector.log");
+    let evaluations_before = std::fs::read_to_string(&collector_log)
+        .unwrap_or_default()
+        .matches("rules evaluated")
+        .count();
+    let evaluated = wait_for(
+        Duration::from_secs(30),
+        "a rule evaluation",
+        &mut children,
+        &collector_log,
+        || {
+            let n = std::fs::read_to_string(&collector_log)
+                .unwrap_or_default()
+                .matches("rules evaluated")
+                .count();
+            (n > evaluations_before).then_some(())
+        },
+    );
+    if evaluated.is_ok() {
+        let findings = runtime
+            .block_on(store.findings())
+            .context("cannot read the findings")?;
+        print_findings(out, &host_id, &findings)?;
+    } else {
+        writeln!(
+            out,
+            "\n(the rules have not been evaluated yet; see {})",
+            collector_log.display()
+        )?;
+    }
     out.flush()?;
 
     if args.keep_running {
@@ -328,6 +364,56 @@ fn display_name(p: &portolan_core::Process) -> &str {
     } else {
         &p.name
     }
+}
+
+/// The default rule pack, shipped in the binary.
+const DEFAULT_RULES: &str = include_str!("../../../deploy/rules/default.yaml");
+
+fn print_findings(
+    out: &mut dyn Write,
+    host_id: &str,
+    findings: &[portolan_rules::lifecycle::Finding],
+) -> Result<()> {
+    let open: Vec<_> = findings
+        .iter()
+        .filter(|f| f.status == portolan_rules::lifecycle::Status::Open)
+        .filter(|f| f.latest.host_id == host_id || f.latest.host_id.is_empty())
+        .collect();
+    if open.is_empty() {
+        writeln!(
+            out,
+            "\nNo open findings: nothing on this host breaks the default rule pack."
+        )?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "\nOpen findings of the default rule pack (deploy/rules/default.yaml):\n"
+    )?;
+    let mut widths = [8usize, 4, 7];
+    for f in &open {
+        widths[0] = widths[0].max(f.latest.severity.len());
+        widths[1] = widths[1].max(f.latest.rule_id.len());
+        widths[2] = widths[2].max(f.latest.subject.chars().count());
+    }
+    let [w0, w1, w2] = widths;
+    writeln!(
+        out,
+        "{:<w0$}  {:<w1$}  {:<w2$}  EVIDENCE",
+        "SEVERITY", "RULE", "SUBJECT"
+    )?;
+    for f in &open {
+        writeln!(
+            out,
+            "{:<w0$}  {:<w1$}  {:<w2$}  {}",
+            f.latest.severity.to_uppercase(),
+            f.latest.rule_id,
+            f.latest.subject,
+            f.latest.evidence
+        )?;
+    }
+    writeln!(out, "\n{} open findings.", open.len())?;
+    Ok(())
 }
 
 fn make_certificates(pki: &Path, host_id: &str) -> Result<()> {

@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 mod demo;
 mod pki;
 mod query;
+mod rules;
 mod usage;
 
 /// Portolan: a chart of every listening port and connection across a fleet.
@@ -38,6 +39,10 @@ enum Command {
     WhoListens(query::WhoListensArgs),
     /// List current flows (connections folded by endpoint), joined to the fleet host at the other end.
     Flows(query::FlowsArgs),
+    /// List the findings of the exposure rules (open ones by default).
+    Findings(query::FindingsArgs),
+    /// Work with rule files: `portolan rules check FILE`.
+    Rules(rules::RulesArgs),
 }
 
 /// Exit code when the collector is unreachable (`EX_UNAVAILABLE`).
@@ -87,6 +92,8 @@ fn main() -> ExitCode {
         Command::Host(args) => query::run(connection, query::Verb::Host(args), &mut out),
         Command::Sockets(args) => query::run(connection, query::Verb::Sockets(args), &mut out),
         Command::Flows(args) => query::run(connection, query::Verb::Flows(args), &mut out),
+        Command::Findings(args) => query::run(connection, query::Verb::Findings(args), &mut out),
+        Command::Rules(args) => rules::run(args, &mut out).map(|()| true),
         Command::WhoListens(args) => {
             query::run(connection, query::Verb::WhoListens(args), &mut out)
         }

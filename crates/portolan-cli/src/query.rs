@@ -174,6 +174,39 @@ pub struct FlowsArgs {
     limit: u32,
 }
 
+/// `portolan findings`.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  portolan findings\n  portolan findings --severity high -l env=prod\n  portolan findings --status all --rule database-exposed -o json\n\nExit status: 0 when findings are listed, 1 when none match."
+)]
+pub struct FindingsArgs {
+    #[command(flatten)]
+    hosts: HostArgs,
+    /// Which findings.
+    #[arg(long, value_enum, default_value_t = StatusArg::Open)]
+    status: StatusArg,
+    /// Only this rule.
+    #[arg(long)]
+    rule: Option<String>,
+    /// Lowest severity: info, low, medium, high, critical.
+    #[arg(long)]
+    severity: Option<String>,
+    /// Most rows.
+    #[arg(long, default_value_t = 10_000)]
+    limit: u32,
+}
+
+/// Finding statuses on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StatusArg {
+    /// The rule matches now.
+    Open,
+    /// No longer matching.
+    Resolved,
+    /// Both.
+    All,
+}
+
 /// Flow directions on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum DirectionArg {
@@ -256,6 +289,8 @@ pub enum Verb {
     WhoListens(WhoListensArgs),
     /// `flows`.
     Flows(FlowsArgs),
+    /// `findings`.
+    Findings(FindingsArgs),
 }
 
 /// What a verb found, for the exit code: `Ok(false)` is "nothing found" where that
@@ -306,6 +341,25 @@ pub fn run(connection: &Connection, verb: Verb, out: &mut dyn Write) -> Result<b
                 let r = call(client.who_listens(request).await, connection)?;
                 print_sockets(out, connection.output, &r.listeners)?;
                 Ok(!r.listeners.is_empty())
+            }
+            Verb::Findings(args) => {
+                let request = pb::ListFindingsRequest {
+                    hosts: Some(args.hosts.selector()),
+                    status: match args.status {
+                        StatusArg::Open => pb::FindingStatus::Open,
+                        StatusArg::Resolved => pb::FindingStatus::Resolved,
+                        StatusArg::All => pb::FindingStatus::Unspecified,
+                    } as i32,
+                    rule_id: args.rule.unwrap_or_default(),
+                    min_severity: args.severity.unwrap_or_default(),
+                    limit: args.limit,
+                };
+                let r = call(client.list_findings(request).await, connection)?;
+                print_findings(out, connection.output, &r.findings)?;
+                if r.truncated {
+                    eprintln!("(more findings matched than --limit {}; narrow the question or raise --limit)", args.limit);
+                }
+                Ok(!r.findings.is_empty())
             }
             Verb::Flows(args) => {
                 let request = pb::ListFlowsRequest {
@@ -790,6 +844,72 @@ fn print_flows(out: &mut dyn Write, output: Output, flows: &[pb::HostFlow]) -> R
             "CONNS",
             "PROCESS",
             "PEER HOST",
+        ],
+        &rows,
+    )
+}
+
+#[derive(Serialize)]
+struct FindingJson<'a> {
+    fingerprint: &'a str,
+    rule_id: &'a str,
+    host_id: &'a str,
+    hostname: &'a str,
+    severity: &'a str,
+    subject: &'a str,
+    evidence: &'a str,
+    status: String,
+    first_seen_unix: i64,
+    last_seen_unix: i64,
+    resolved_at_unix: i64,
+    reopened: u32,
+}
+
+fn print_findings(out: &mut dyn Write, output: Output, findings: &[pb::Finding]) -> Result<()> {
+    let docs: Vec<FindingJson<'_>> = findings
+        .iter()
+        .map(|f| FindingJson {
+            fingerprint: &f.fingerprint,
+            rule_id: &f.rule_id,
+            host_id: &f.host_id,
+            hostname: &f.hostname,
+            severity: &f.severity,
+            subject: &f.subject,
+            evidence: &f.evidence,
+            status: name::<pb::FindingStatus>(f.status),
+            first_seen_unix: f.first_seen_unix,
+            last_seen_unix: f.last_seen_unix,
+            resolved_at_unix: f.resolved_at_unix,
+            reopened: f.reopened,
+        })
+        .collect();
+    if output == Output::Json {
+        serde_json::to_writer_pretty(&mut *out, &serde_json::json!({ "findings": docs }))?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = docs
+        .iter()
+        .map(|d| {
+            vec![
+                d.severity.to_uppercase(),
+                d.rule_id.to_string(),
+                if d.hostname.is_empty() {
+                    d.host_id.to_string()
+                } else {
+                    d.hostname.to_string()
+                },
+                d.subject.to_string(),
+                d.status.clone(),
+                when(d.first_seen_unix),
+                d.evidence.to_string(),
+            ]
+        })
+        .collect();
+    table(
+        out,
+        &[
+            "SEVERITY", "RULE", "HOST", "SUBJECT", "STATUS", "SINCE", "EVIDENCE",
         ],
         &rows,
     )

@@ -205,6 +205,12 @@ fn host_flow(f: FleetFlow, book: &AddressBook) -> pb::HostFlow {
     }
 }
 
+fn severity_rank(s: &str) -> Option<usize> {
+    portolan_rules::Severity::ALL
+        .iter()
+        .position(|v| v.as_str() == s)
+}
+
 impl Query {
     async fn hostnames(&self) -> Result<HashMap<String, String>, Status> {
         let hosts = self
@@ -333,6 +339,113 @@ impl QueryService for Query {
         };
         let (listeners, _) = self.sockets(filter).await?;
         Ok(Response::new(pb::WhoListensResponse { listeners }))
+    }
+
+    async fn list_findings(
+        &self,
+        request: Request<pb::ListFindingsRequest>,
+    ) -> Result<Response<pb::ListFindingsResponse>, Status> {
+        authorize(&request)?;
+        let r = request.into_inner();
+        let status = match pb::FindingStatus::try_from(r.status) {
+            Ok(pb::FindingStatus::Unspecified) => None,
+            Ok(pb::FindingStatus::Open) => Some(portolan_rules::lifecycle::Status::Open),
+            Ok(pb::FindingStatus::Resolved) => Some(portolan_rules::lifecycle::Status::Resolved),
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "`status` {} is not a finding status",
+                    r.status
+                )));
+            }
+        };
+        let min_rank = if r.min_severity.is_empty() {
+            0
+        } else {
+            severity_rank(&r.min_severity).ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "`min_severity` is `{}`; use info, low, medium, high or critical",
+                    r.min_severity
+                ))
+            })?
+        };
+        let limit = if r.limit == 0 {
+            DEFAULT_LIMIT
+        } else {
+            r.limit.min(MAX_LIMIT)
+        } as usize;
+        let hosts = self
+            .store
+            .list_hosts(&HostFilter::default())
+            .await
+            .map_err(store_error)?;
+        let selector = host_filter(r.hosts);
+        let selected: Option<std::collections::HashSet<String>> = (!selector.host_ids.is_empty()
+            || !selector.labels.is_empty())
+        .then(|| {
+            hosts
+                .iter()
+                .filter(|h| {
+                    (selector.host_ids.is_empty() || selector.host_ids.contains(&h.host.host_id))
+                        && selector
+                            .labels
+                            .iter()
+                            .all(|(k, v)| h.host.labels.get(k) == Some(v))
+                })
+                .map(|h| h.host.host_id.clone())
+                .collect()
+        });
+        let hostnames: HashMap<&str, &str> = hosts
+            .iter()
+            .map(|h| (h.host.host_id.as_str(), h.host.hostname.as_str()))
+            .collect();
+        let mut findings: Vec<pb::Finding> = self
+            .store
+            .findings()
+            .await
+            .map_err(store_error)?
+            .into_iter()
+            .filter(|f| status.is_none_or(|s| f.status == s))
+            .filter(|f| r.rule_id.is_empty() || f.latest.rule_id == r.rule_id)
+            .filter(|f| severity_rank(&f.latest.severity).unwrap_or(0) >= min_rank)
+            .filter(|f| {
+                selected
+                    .as_ref()
+                    .is_none_or(|s| s.contains(&f.latest.host_id))
+            })
+            .map(|f| pb::Finding {
+                hostname: hostnames
+                    .get(f.latest.host_id.as_str())
+                    .map(|h| h.to_string())
+                    .unwrap_or_default(),
+                fingerprint: f.latest.fingerprint,
+                rule_id: f.latest.rule_id,
+                host_id: f.latest.host_id,
+                severity: f.latest.severity,
+                subject: f.latest.subject,
+                evidence: f.latest.evidence,
+                status: match f.status {
+                    portolan_rules::lifecycle::Status::Open => pb::FindingStatus::Open,
+                    portolan_rules::lifecycle::Status::Resolved => pb::FindingStatus::Resolved,
+                } as i32,
+                first_seen_unix: i64::try_from(f.first_seen).unwrap_or(i64::MAX),
+                last_seen_unix: i64::try_from(f.last_seen).unwrap_or(i64::MAX),
+                resolved_at_unix: i64::try_from(f.resolved_at).unwrap_or(i64::MAX),
+                reopened: f.reopened,
+            })
+            .collect();
+        // Most severe first, then by host and subject.
+        findings.sort_by(|a, b| {
+            severity_rank(&b.severity)
+                .cmp(&severity_rank(&a.severity))
+                .then_with(|| a.host_id.cmp(&b.host_id))
+                .then_with(|| a.subject.cmp(&b.subject))
+        });
+        let truncated = findings.len() > limit;
+        findings.truncate(limit);
+        Ok(Response::new(pb::ListFindingsResponse {
+            findings,
+            truncated,
+        }))
     }
 
     async fn list_flows(

@@ -1026,6 +1026,67 @@ pub struct HostFlow {
     #[prost(int64, tag = "8")]
     pub updated_unix: i64,
 }
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ListFindingsRequest {
+    /// Hosts the findings are about; fleet-wide findings (no host) match any selector
+    /// without host ids.
+    #[prost(message, optional, tag = "1")]
+    pub hosts: ::core::option::Option<HostSelector>,
+    /// FINDING_STATUS_UNSPECIFIED: open and resolved.
+    #[prost(enumeration = "FindingStatus", tag = "2")]
+    pub status: i32,
+    /// Only this rule; empty: every rule.
+    #[prost(string, tag = "3")]
+    pub rule_id: ::prost::alloc::string::String,
+    /// Lowest severity to show (`info`, `low`, `medium`, `high`, `critical`); empty: all.
+    #[prost(string, tag = "4")]
+    pub min_severity: ::prost::alloc::string::String,
+    /// Most rows; 0: the server's default (10,000).
+    #[prost(uint32, tag = "5")]
+    pub limit: u32,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ListFindingsResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub findings: ::prost::alloc::vec::Vec<Finding>,
+    #[prost(bool, tag = "2")]
+    pub truncated: bool,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Finding {
+    /// Stable identity of the situation: the same across evaluations and reopenings.
+    #[prost(string, tag = "1")]
+    pub fingerprint: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub rule_id: ::prost::alloc::string::String,
+    /// Empty for a fleet-wide finding.
+    #[prost(string, tag = "3")]
+    pub host_id: ::prost::alloc::string::String,
+    #[prost(string, tag = "4")]
+    pub hostname: ::prost::alloc::string::String,
+    #[prost(string, tag = "5")]
+    pub severity: ::prost::alloc::string::String,
+    #[prost(string, tag = "6")]
+    pub subject: ::prost::alloc::string::String,
+    /// `key=value` pairs.
+    #[prost(string, tag = "7")]
+    pub evidence: ::prost::alloc::string::String,
+    #[prost(enumeration = "FindingStatus", tag = "8")]
+    pub status: i32,
+    #[prost(int64, tag = "9")]
+    pub first_seen_unix: i64,
+    #[prost(int64, tag = "10")]
+    pub last_seen_unix: i64,
+    /// 0 while open.
+    #[prost(int64, tag = "11")]
+    pub resolved_at_unix: i64,
+    /// How many times it opened again after being resolved.
+    #[prost(uint32, tag = "12")]
+    pub reopened: u32,
+}
 /// Where the other end of a flow is.
 #[allow(clippy::all)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
@@ -1055,6 +1116,39 @@ impl Peer {
             "PEER_UNSPECIFIED" => Some(Self::Unspecified),
             "PEER_INSIDE" => Some(Self::Inside),
             "PEER_OUTSIDE" => Some(Self::Outside),
+            _ => None,
+        }
+    }
+}
+/// Where a finding is in its life.
+#[allow(clippy::all)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum FindingStatus {
+    Unspecified = 0,
+    /// The rule matches now.
+    Open = 1,
+    /// The rule matched before and does not now (kept, not deleted).
+    Resolved = 2,
+}
+impl FindingStatus {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "FINDING_STATUS_UNSPECIFIED",
+            Self::Open => "FINDING_STATUS_OPEN",
+            Self::Resolved => "FINDING_STATUS_RESOLVED",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "FINDING_STATUS_UNSPECIFIED" => Some(Self::Unspecified),
+            "FINDING_STATUS_OPEN" => Some(Self::Open),
+            "FINDING_STATUS_RESOLVED" => Some(Self::Resolved),
             _ => None,
         }
     }
@@ -1277,6 +1371,31 @@ pub mod query_service_client {
                 .insert(GrpcMethod::new("portolan.v1.QueryService", "ListFlows"));
             self.inner.unary(req, path, codec).await
         }
+        /// Findings of the exposure rules.
+        pub async fn list_findings(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ListFindingsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListFindingsResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/portolan.v1.QueryService/ListFindings",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("portolan.v1.QueryService", "ListFindings"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -1328,6 +1447,14 @@ pub mod query_service_server {
             request: tonic::Request<super::ListFlowsRequest>,
         ) -> std::result::Result<
             tonic::Response<super::ListFlowsResponse>,
+            tonic::Status,
+        >;
+        /// Findings of the exposure rules.
+        async fn list_findings(
+            &self,
+            request: tonic::Request<super::ListFindingsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListFindingsResponse>,
             tonic::Status,
         >;
     }
@@ -1618,6 +1745,51 @@ pub mod query_service_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = ListFlowsSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/portolan.v1.QueryService/ListFindings" => {
+                    #[allow(non_camel_case_types)]
+                    struct ListFindingsSvc<T: QueryService>(pub Arc<T>);
+                    impl<
+                        T: QueryService,
+                    > tonic::server::UnaryService<super::ListFindingsRequest>
+                    for ListFindingsSvc<T> {
+                        type Response = super::ListFindingsResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ListFindingsRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as QueryService>::list_findings(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ListFindingsSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
