@@ -670,6 +670,17 @@ struct ProcessJson {
     container_id: String,
 }
 
+fn process_json(p: &pb::Process) -> ProcessJson {
+    ProcessJson {
+        pid: p.pid,
+        name: p.name.clone(),
+        executable: p.executable.clone(),
+        user: p.user.clone(),
+        systemd_unit: p.systemd_unit.clone(),
+        container_id: p.container_id.clone(),
+    }
+}
+
 fn socket_json(s: &pb::HostSocket) -> SocketJson {
     let socket = s.socket.clone().unwrap_or_default();
     let ip = |b: &[u8]| address(b).map(|a| a.to_string()).unwrap_or_default();
@@ -686,18 +697,7 @@ fn socket_json(s: &pb::HostSocket) -> SocketJson {
         exposure: name::<pb::Scope>(socket.exposure),
         attribution: name::<pb::Attribution>(socket.attribution),
         pids: socket.pids.clone(),
-        processes: s
-            .processes
-            .iter()
-            .map(|p| ProcessJson {
-                pid: p.pid,
-                name: p.name.clone(),
-                executable: p.executable.clone(),
-                user: p.user.clone(),
-                systemd_unit: p.systemd_unit.clone(),
-                container_id: p.container_id.clone(),
-            })
-            .collect(),
+        processes: s.processes.iter().map(process_json).collect(),
     }
 }
 
@@ -782,14 +782,7 @@ fn flow_json(f: &pb::HostFlow) -> FlowJson {
         state: name::<pb::SocketState>(flow.state),
         connections: flow.connections,
         pid: flow.pid,
-        process: f.process.as_ref().map(|p| ProcessJson {
-            pid: p.pid,
-            name: p.name.clone(),
-            executable: p.executable.clone(),
-            user: p.user.clone(),
-            systemd_unit: p.systemd_unit.clone(),
-            container_id: p.container_id.clone(),
-        }),
+        process: f.process.as_ref().map(process_json),
         peer: name::<pb::Peer>(f.peer),
         peer_host_id: f.peer_host_id.clone(),
         peer_hostname: f.peer_hostname.clone(),

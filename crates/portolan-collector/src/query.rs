@@ -379,21 +379,14 @@ impl QueryService for Query {
             .await
             .map_err(store_error)?;
         let selector = host_filter(r.hosts);
-        let selected: Option<std::collections::HashSet<String>> = (!selector.host_ids.is_empty()
-            || !selector.labels.is_empty())
-        .then(|| {
-            hosts
-                .iter()
-                .filter(|h| {
-                    (selector.host_ids.is_empty() || selector.host_ids.contains(&h.host.host_id))
-                        && selector
-                            .labels
-                            .iter()
-                            .all(|(k, v)| h.host.labels.get(k) == Some(v))
-                })
-                .map(|h| h.host.host_id.clone())
-                .collect()
-        });
+        let selected: Option<std::collections::HashSet<String>> =
+            (!selector.host_ids.is_empty() || !selector.labels.is_empty()).then(|| {
+                hosts
+                    .iter()
+                    .filter(|h| selector.matches(&h.host.host_id, &h.host.labels))
+                    .map(|h| h.host.host_id.clone())
+                    .collect()
+            });
         let hostnames: HashMap<&str, &str> = hosts
             .iter()
             .map(|h| (h.host.host_id.as_str(), h.host.hostname.as_str()))

@@ -22,7 +22,8 @@ pub struct HostFilter {
 }
 
 impl HostFilter {
-    fn matches(&self, host_id: &str, labels: &BTreeMap<String, String>) -> bool {
+    /// Whether a host with `host_id` and `labels` is selected.
+    pub fn matches(&self, host_id: &str, labels: &BTreeMap<String, String>) -> bool {
         (self.host_ids.is_empty() || self.host_ids.iter().any(|h| h == host_id))
             && self.labels.iter().all(|(k, v)| labels.get(k) == Some(v))
     }
@@ -177,6 +178,15 @@ impl Store {
         Ok(out)
     }
 
+    /// The host ids a filter selects; `None` when it selects every host.
+    async fn resolve_hosts(&self, filter: &HostFilter) -> Result<Option<Vec<String>>, StoreError> {
+        if filter.labels.is_empty() {
+            return Ok((!filter.host_ids.is_empty()).then(|| filter.host_ids.clone()));
+        }
+        let hosts = self.list_hosts(filter).await?;
+        Ok(Some(hosts.into_iter().map(|h| h.host.host_id).collect()))
+    }
+
     async fn counts(
         &self,
         table: &'static str,
@@ -195,17 +205,7 @@ impl Store {
         &self,
         filter: &SocketFilter,
     ) -> Result<(Vec<FleetSocket>, bool), StoreError> {
-        let host_ids: Option<Vec<String>> = if filter.hosts.labels.is_empty() {
-            (!filter.hosts.host_ids.is_empty()).then(|| filter.hosts.host_ids.clone())
-        } else {
-            Some(
-                self.list_hosts(&filter.hosts)
-                    .await?
-                    .into_iter()
-                    .map(|h| h.host.host_id)
-                    .collect(),
-            )
-        };
+        let host_ids = self.resolve_hosts(&filter.hosts).await?;
         if host_ids.as_ref().is_some_and(Vec::is_empty) {
             return Ok((Vec::new(), false));
         }
@@ -277,17 +277,7 @@ impl Store {
         &self,
         filter: &FlowFilter,
     ) -> Result<(Vec<FleetFlow>, bool), StoreError> {
-        let host_ids: Option<Vec<String>> = if filter.hosts.labels.is_empty() {
-            (!filter.hosts.host_ids.is_empty()).then(|| filter.hosts.host_ids.clone())
-        } else {
-            Some(
-                self.list_hosts(&filter.hosts)
-                    .await?
-                    .into_iter()
-                    .map(|h| h.host.host_id)
-                    .collect(),
-            )
-        };
+        let host_ids = self.resolve_hosts(&filter.hosts).await?;
         if host_ids.as_ref().is_some_and(Vec::is_empty) {
             return Ok((Vec::new(), false));
         }
