@@ -297,6 +297,64 @@ async fn cli_answers_equal_the_sockets_the_test_opened() -> Result<()> {
     assert_eq!(code, 0);
     println!("portolan findings:\n{table}");
 
+    // gRPC health checking and reflection (what grpcurl and load balancers use).
+    let tls = portolan_tls::client_config(&portolan_tls::TlsFiles {
+        ca: cluster.pki.ca_path(),
+        cert: op.cert.clone(),
+        key: op.key.clone(),
+    })?;
+    let channel = portolan_tls::connect(
+        &format!("https://127.0.0.1:{}", cluster.collector_port),
+        tls,
+        portolan_tls::ConnectOptions::default(),
+    )
+    .await?;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    for service in ["portolan.v1.QueryService", "portolan.v1.IngestService"] {
+        let status = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
+            })
+            .await?
+            .into_inner()
+            .status;
+        assert_eq!(
+            status,
+            tonic_health::pb::health_check_response::ServingStatus::Serving as i32,
+            "{service}"
+        );
+    }
+    let mut reflection =
+        tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient::new(channel);
+    let request = tonic_reflection::pb::v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            tonic_reflection::pb::v1::server_reflection_request::MessageRequest::ListServices(
+                String::new(),
+            ),
+        ),
+    };
+    let mut answers = reflection
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await?
+        .into_inner();
+    let answer = answers.message().await?.context("no reflection answer")?;
+    let services: Vec<String> = match answer.message_response {
+        Some(tonic_reflection::pb::v1::server_reflection_response::MessageResponse::ListServicesResponse(list)) => {
+            list.service.into_iter().map(|s| s.name).collect()
+        }
+        other => anyhow::bail!("unexpected reflection answer {other:?}"),
+    };
+    println!("reflection lists: {services:?}");
+    assert!(
+        services.iter().any(|s| s == "portolan.v1.QueryService"),
+        "{services:?}"
+    );
+    assert!(
+        services.iter().any(|s| s == "portolan.v1.IngestService"),
+        "{services:?}"
+    );
+
     // Refusals: an agent certificate cannot query.
     let (agent_cert, agent_key) = cluster.pki.agent("host-db")?;
     let as_agent = Cli {

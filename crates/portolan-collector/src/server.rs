@@ -20,6 +20,9 @@ pub enum ServeError {
     /// The TLS files are unusable.
     #[error(transparent)]
     Tls(#[from] portolan_tls::TlsError),
+    /// The reflection service could not be built from the embedded descriptors.
+    #[error("cannot build the reflection service: {0}")]
+    Reflection(String),
     /// The HTTP/2 server failed.
     #[error("grpc server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -40,11 +43,27 @@ pub async fn serve(
     let ingest =
         IngestServiceServer::new(Ingest::new(store, config.limits.clone(), collector_name))
             .max_decoding_message_size(config.limits.max_message_bytes as usize);
+    // Health checking (grpc.health.v1) and reflection, for load balancers and grpcurl.
+    // Both still sit behind mutual TLS: any certificate of the fleet's CA may ask.
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<IngestServiceServer<Ingest>>()
+        .await;
+    health_reporter
+        .set_serving::<QueryServiceServer<Query>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(portolan_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServeError::Reflection(e.to_string()))?;
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
         .add_service(ingest)
         .add_service(query)
+        .add_service(health)
+        .add_service(reflection)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())

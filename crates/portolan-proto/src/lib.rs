@@ -15,3 +15,7 @@
 pub mod v1 {
     include!("generated/portolan.v1.rs");
 }
+
+/// The encoded `FileDescriptorSet` of every `portolan.v1` proto file, for gRPC server
+/// reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!("generated/portolan.v1.bin");

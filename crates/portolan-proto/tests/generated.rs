@@ -17,6 +17,8 @@ fn generated_code_is_current() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
     let mut config = prost_build::Config::new();
     config.protoc_executable(protoc);
+    // The encoded descriptors serve gRPC reflection (grpcurl works without .proto files).
+    config.file_descriptor_set_path(out.path().join("portolan.v1.bin"));
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
@@ -24,6 +26,20 @@ fn generated_code_is_current() -> Result<(), Box<dyn std::error::Error>> {
         .out_dir(out.path())
         .compile_with_config(config, &protos, &[root.join("proto")])?;
 
+    let descriptors = std::fs::read(out.path().join("portolan.v1.bin"))?;
+    let descriptors_path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("src/generated/portolan.v1.bin");
+    if std::fs::read(&descriptors_path).unwrap_or_default() != descriptors {
+        if std::env::var_os("PORTOLAN_BLESS").is_some() {
+            std::fs::write(&descriptors_path, &descriptors)?;
+        } else {
+            return Err(format!(
+                "{} is out of date with proto/: run `PORTOLAN_BLESS=1 cargo test -p portolan-proto --test generated` and commit the result",
+                descriptors_path.display()
+            )
+            .into());
+        }
+    }
     let generated = std::fs::read_to_string(out.path().join("portolan.v1.rs"))?;
     let checked_in_path =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("src/generated/portolan.v1.rs");
