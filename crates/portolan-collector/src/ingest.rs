@@ -295,9 +295,7 @@ impl Session {
                     .await;
             }
         };
-        if change.host.is_some() {
-            self.store.upsert_host(&self.host_record(&next)).await?;
-        }
+        // New host facts travel inside the change: `write_change` stores them with it.
         let receipt = self
             .store
             .write_change(

@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use std::net::IpAddr;
 
+use portolan_core::wire::{protocol_from_wire, scope_from_wire};
 use portolan_core::{Direction, Protocol, Scope};
 use portolan_proto::v1 as pb;
 use portolan_proto::v1::query_service_server::QueryService;
@@ -19,7 +20,7 @@ use tracing::warn;
 use crate::store::fleet::{
     FleetFlow, FleetSocket, FlowFilter, HostFilter, HostSummary, SocketFilter,
 };
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, StoredHost};
 
 /// Rows returned when a request sets no limit.
 pub const DEFAULT_LIMIT: u32 = 10_000;
@@ -72,30 +73,18 @@ fn host_filter(selector: Option<pb::HostSelector>) -> HostFilter {
     }
 }
 
+/// A protocol filter: unspecified means both.
 fn protocol(value: i32) -> Result<Option<Protocol>, Status> {
-    match pb::Protocol::try_from(value) {
-        Ok(pb::Protocol::Unspecified) => Ok(None),
-        Ok(pb::Protocol::Tcp) => Ok(Some(Protocol::Tcp)),
-        Ok(pb::Protocol::Udp) => Ok(Some(Protocol::Udp)),
-        Err(_) => Err(Status::invalid_argument(format!(
-            "`protocol` {value} is not a protocol"
-        ))),
+    if value == pb::Protocol::Unspecified as i32 {
+        return Ok(None);
     }
+    protocol_from_wire(value)
+        .map(Some)
+        .map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
 fn scope(value: i32) -> Result<Scope, Status> {
-    Ok(match pb::Scope::try_from(value) {
-        Ok(pb::Scope::Loopback) => Scope::Loopback,
-        Ok(pb::Scope::LinkLocal) => Scope::LinkLocal,
-        Ok(pb::Scope::Private) => Scope::Private,
-        Ok(pb::Scope::Public) => Scope::Public,
-        Ok(pb::Scope::Wildcard) => Scope::Wildcard,
-        _ => {
-            return Err(Status::invalid_argument(format!(
-                "`exposures` holds {value}, which is not a scope"
-            )));
-        }
-    })
+    scope_from_wire("exposures", value).map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
 fn port(field: &str, value: u32) -> Result<u16, Status> {
@@ -159,17 +148,16 @@ fn canonical(addr: IpAddr) -> IpAddr {
 }
 
 impl AddressBook {
-    fn new(hosts: &[HostSummary]) -> AddressBook {
+    fn new(hosts: &[StoredHost]) -> AddressBook {
         let mut book = AddressBook::default();
         for h in hosts {
-            book.hostnames
-                .insert(h.host.host_id.clone(), h.host.hostname.clone());
-            for i in &h.host.state.interfaces {
+            book.hostnames.insert(h.host_id.clone(), h.hostname.clone());
+            for i in &h.state.interfaces {
                 let scope = portolan_core::classify(i.address);
                 if scope != Scope::Loopback && scope != Scope::LinkLocal {
                     book.owners.insert(
                         canonical(i.address),
-                        (h.host.host_id.clone(), h.host.hostname.clone()),
+                        (h.host_id.clone(), h.hostname.clone()),
                     );
                 }
             }
@@ -215,13 +203,10 @@ impl Query {
     async fn hostnames(&self) -> Result<HashMap<String, String>, Status> {
         let hosts = self
             .store
-            .list_hosts(&HostFilter::default())
+            .hosts(&HostFilter::default())
             .await
             .map_err(store_error)?;
-        Ok(hosts
-            .into_iter()
-            .map(|h| (h.host.host_id, h.host.hostname))
-            .collect())
+        Ok(hosts.into_iter().map(|h| (h.host_id, h.hostname)).collect())
     }
 
     async fn sockets(&self, filter: SocketFilter) -> Result<(Vec<pb::HostSocket>, bool), Status> {
@@ -375,7 +360,7 @@ impl QueryService for Query {
         } as usize;
         let hosts = self
             .store
-            .list_hosts(&HostFilter::default())
+            .hosts(&HostFilter::default())
             .await
             .map_err(store_error)?;
         let selector = host_filter(r.hosts);
@@ -383,13 +368,13 @@ impl QueryService for Query {
             (!selector.host_ids.is_empty() || !selector.labels.is_empty()).then(|| {
                 hosts
                     .iter()
-                    .filter(|h| selector.matches(&h.host.host_id, &h.host.labels))
-                    .map(|h| h.host.host_id.clone())
+                    .filter(|h| selector.matches(&h.host_id, &h.labels))
+                    .map(|h| h.host_id.clone())
                     .collect()
             });
         let hostnames: HashMap<&str, &str> = hosts
             .iter()
-            .map(|h| (h.host.host_id.as_str(), h.host.hostname.as_str()))
+            .map(|h| (h.host_id.as_str(), h.hostname.as_str()))
             .collect();
         let mut findings: Vec<pb::Finding> = self
             .store
@@ -483,7 +468,7 @@ impl QueryService for Query {
         let (flows, truncated) = self.store.list_flows(&filter).await.map_err(store_error)?;
         let hosts = self
             .store
-            .list_hosts(&HostFilter::default())
+            .hosts(&HostFilter::default())
             .await
             .map_err(store_error)?;
         let book = AddressBook::new(&hosts);

@@ -271,6 +271,23 @@ pub struct StoredHost {
     pub seq: u64,
 }
 
+/// The stored view of a `hosts` row.
+fn stored_host(row: HostRow) -> Result<StoredHost, StoreError> {
+    Ok(StoredHost {
+        labels: row.labels()?,
+        state: row.facts().decode(table::HOSTS)?,
+        host_id: row.host_id,
+        hostname: row.hostname,
+        agent_version: row.agent_version,
+        kernel: row.kernel,
+        os: row.os,
+        scan_interval_ms: row.scan_interval_ms,
+        collector: row.collector,
+        connected_at: from_datetime(row.connected_at),
+        seq: row.seq,
+    })
+}
+
 /// A current socket with its owning processes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredSocket {
@@ -999,19 +1016,7 @@ impl Store {
         let Some(row) = self.latest_host_row(host_id).await? else {
             return Ok(None);
         };
-        Ok(Some(StoredHost {
-            labels: row.labels()?,
-            state: row.facts().decode(table::HOSTS)?,
-            host_id: row.host_id,
-            hostname: row.hostname,
-            agent_version: row.agent_version,
-            kernel: row.kernel,
-            os: row.os,
-            scan_interval_ms: row.scan_interval_ms,
-            collector: row.collector,
-            connected_at: from_datetime(row.connected_at),
-            seq: row.seq,
-        }))
+        stored_host(row).map(Some)
     }
 
     /// Records a host's Hello facts, keeping the stored host facts; `record.host` is

@@ -107,7 +107,8 @@ impl From<Protocol> for pb::Protocol {
     }
 }
 
-fn protocol_from_wire(value: i32) -> Result<Protocol, WireError> {
+/// Decodes a protocol; unspecified or unknown values are an error naming `protocol`.
+pub fn protocol_from_wire(value: i32) -> Result<Protocol, WireError> {
     match pb::Protocol::try_from(value) {
         Ok(pb::Protocol::Tcp) => Ok(Protocol::Tcp),
         Ok(pb::Protocol::Udp) => Ok(Protocol::Udp),
@@ -170,7 +171,8 @@ impl From<Scope> for pb::Scope {
     }
 }
 
-fn scope_from_wire(field: &'static str, value: i32) -> Result<Scope, WireError> {
+/// Decodes a scope; unspecified or unknown values are an error naming `field`.
+pub fn scope_from_wire(field: &'static str, value: i32) -> Result<Scope, WireError> {
     Ok(match pb::Scope::try_from(value) {
         Ok(pb::Scope::Loopback) => Scope::Loopback,
         Ok(pb::Scope::LinkLocal) => Scope::LinkLocal,

@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use super::rows::{FlowCurrentRow, HostRow, SocketCurrentRow, from_datetime};
 use super::schema::table;
-use super::{Store, StoreError, StoredFlow, StoredHost, StoredSocket};
+use super::{Store, StoreError, StoredFlow, StoredHost, StoredSocket, stored_host};
 
 /// Which hosts a question is about.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -132,11 +132,25 @@ pub fn glob_to_like(glob: &str) -> String {
 }
 
 impl Store {
-    /// Every host matching `filter`, with its last report and current counts.
-    pub async fn list_hosts(&self, filter: &HostFilter) -> Result<Vec<HostSummary>, StoreError> {
+    /// Every host matching `filter`: the `hosts` table alone, for callers that need
+    /// names, labels or interfaces and not the reporting figures of [`Store::list_hosts`].
+    pub async fn hosts(&self, filter: &HostFilter) -> Result<Vec<StoredHost>, StoreError> {
         let rows: Vec<HostRow> = self
             .fetch(table::HOSTS, self.client.query(ALL_HOSTS))
             .await?;
+        let mut out = Vec::new();
+        for row in rows {
+            let host = stored_host(row)?;
+            if filter.matches(&host.host_id, &host.labels) {
+                out.push(host);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every host matching `filter`, with its last report and current counts.
+    pub async fn list_hosts(&self, filter: &HostFilter) -> Result<Vec<HostSummary>, StoreError> {
+        let hosts = self.hosts(filter).await?;
         let reports: Vec<LastReport> = self
             .fetch(table::HOST_REPORTS, self.client.query(LAST_REPORTS))
             .await?;
@@ -146,36 +160,21 @@ impl Store {
             .collect();
         let listeners = self.counts(table::SOCKETS_CURRENT, LISTENER_COUNTS).await?;
         let flows = self.counts(table::FLOWS_CURRENT, FLOW_COUNTS).await?;
-        let mut out = Vec::new();
-        for row in rows {
-            let labels = row.labels()?;
-            if !filter.matches(&row.host_id, &labels) {
-                continue;
-            }
-            let report = reports.get(&row.host_id);
-            out.push(HostSummary {
-                last_seen: report
-                    .filter(|r| r.last_seen > 0)
-                    .map(|r| from_datetime(r.last_seen)),
-                last_seq: report.map_or(0, |r| r.last_seq),
-                listeners: listeners.get(&row.host_id).copied().unwrap_or(0),
-                flows: flows.get(&row.host_id).copied().unwrap_or(0),
-                host: StoredHost {
-                    state: row.facts().decode(table::HOSTS)?,
-                    labels,
-                    host_id: row.host_id,
-                    hostname: row.hostname,
-                    agent_version: row.agent_version,
-                    kernel: row.kernel,
-                    os: row.os,
-                    scan_interval_ms: row.scan_interval_ms,
-                    collector: row.collector,
-                    connected_at: from_datetime(row.connected_at),
-                    seq: row.seq,
-                },
-            });
-        }
-        Ok(out)
+        Ok(hosts
+            .into_iter()
+            .map(|host| {
+                let report = reports.get(&host.host_id);
+                HostSummary {
+                    last_seen: report
+                        .filter(|r| r.last_seen > 0)
+                        .map(|r| from_datetime(r.last_seen)),
+                    last_seq: report.map_or(0, |r| r.last_seq),
+                    listeners: listeners.get(&host.host_id).copied().unwrap_or(0),
+                    flows: flows.get(&host.host_id).copied().unwrap_or(0),
+                    host,
+                }
+            })
+            .collect())
     }
 
     /// The host ids a filter selects; `None` when it selects every host.
@@ -183,8 +182,8 @@ impl Store {
         if filter.labels.is_empty() {
             return Ok((!filter.host_ids.is_empty()).then(|| filter.host_ids.clone()));
         }
-        let hosts = self.list_hosts(filter).await?;
-        Ok(Some(hosts.into_iter().map(|h| h.host.host_id).collect()))
+        let hosts = self.hosts(filter).await?;
+        Ok(Some(hosts.into_iter().map(|h| h.host_id).collect()))
     }
 
     async fn counts(
