@@ -237,6 +237,24 @@ async fn refused_streams_store_nothing_and_disturb_nobody() -> Result<()> {
         "a foreign certificate was served: {ending:?}"
     );
     nothing_stored(&cluster, "host-a").await?;
+    // Both were refused by the collector's TLS layer, not lost on the client's side.
+    let refused = portolan_testkit::eventually_async!(
+        timeout = Duration::from_secs(10),
+        interval = Duration::from_millis(100),
+        {
+            let log = cluster.collector_log();
+            let n = log.matches("tls handshake from").count();
+            if n >= 2 {
+                Ok(log)
+            } else {
+                Err(format!("{n} refused handshakes in the collector log"))
+            }
+        }
+    );
+    assert!(
+        refused.contains("peer sent no certificates"),
+        "the collector logs why it refused the certificate-less client"
+    );
 
     // 3. A certificate for host-a whose Hello claims host-b.
     let ending = attempt(
