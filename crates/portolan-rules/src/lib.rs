@@ -59,8 +59,8 @@ mod sql;
 
 pub use error::{Problem, RuleError};
 pub use model::{
-    BaselineScope, DriftParams, EphemeralPer, Glob, HostSelector, Kind, NewListenerParams,
-    PortRange, Rule, RuleSet, ScanBy, Severity, SharedBy, SocketPredicate,
+    BaselineScope, Cidr, DriftParams, EphemeralPer, FlowPolicyParams, Glob, HostSelector, Kind,
+    NewListenerParams, PortRange, Rule, RuleSet, ScanBy, Severity, SharedBy, SocketPredicate,
 };
 pub use parse::parse;
-pub use sql::{FINDING_COLUMNS, compile, glob_regex, sql_string};
+pub use sql::{FINDING_COLUMNS, Sources, compile, compile_with, glob_regex, sql_string};

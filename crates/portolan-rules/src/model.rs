@@ -181,6 +181,24 @@ pub enum Kind {
         /// Seconds looked back.
         window_secs: u64,
     },
+    /// `flow_policy`: servers (the rule's `hosts`) accept connections on the matched
+    /// service ports (the rule's `sockets`: protocol, ports, process, executable, user,
+    /// unit, container) only from clients matching `clients`, from `networks`, and (with
+    /// `outside: allow`) from anywhere outside the fleet. A client address is joined to
+    /// the fleet host that holds it on an interface. One finding per (server, protocol,
+    /// port, client host or outside address). Parameters: `clients` (a host selector;
+    /// absent: no fleet host, `{}`: every fleet host),
+    /// `networks` (CIDRs), `outside` (`deny` or `allow`, default `deny`), `local` (`allow`
+    /// or `deny` loopback connections, default `allow`).
+    FlowPolicy(FlowPolicyParams),
+    /// `port_owner_change`: within `window`, the program owning a listener (its
+    /// executable, or its process name when the executable is unknown) went away and
+    /// another program now holds the same protocol, address and port. A restart of the
+    /// same program is not a change. Parameters: `window` (default `24h`).
+    PortOwnerChange {
+        /// Seconds looked back.
+        window_secs: u64,
+    },
 }
 
 impl Kind {
@@ -193,6 +211,8 @@ impl Kind {
             Kind::PeerDrift(_) => "peer_drift",
             Kind::NewListener(_) => "new_listener",
             Kind::Scan { .. } => "scan",
+            Kind::FlowPolicy(_) => "flow_policy",
+            Kind::PortOwnerChange { .. } => "port_owner_change",
         }
     }
 }
@@ -257,4 +277,159 @@ pub enum ScanBy {
     Ports,
     /// Distinct hosts.
     Hosts,
+}
+
+/// Parameters of `flow_policy`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FlowPolicyParams {
+    /// Fleet hosts allowed as clients: `None` (no `clients` key) allows no fleet host
+    /// (unless `networks` covers it); an empty selector (`clients: {}`) allows every
+    /// fleet host.
+    pub clients: Option<HostSelector>,
+    /// Client networks allowed whether or not their addresses belong to the fleet.
+    pub networks: Vec<Cidr>,
+    /// Clients outside the fleet are allowed.
+    pub allow_outside: bool,
+    /// Loopback clients (the server itself) are allowed.
+    pub allow_local: bool,
+}
+
+/// An IP network: an address and a prefix length, host bits cleared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Cidr {
+    /// The network address.
+    pub address: std::net::IpAddr,
+    /// The prefix length (at most 32 for IPv4, 128 for IPv6).
+    pub prefix_len: u8,
+}
+
+impl Cidr {
+    /// Parses `a.b.c.d/n`, `x::y/n` or a bare address (a host route); the host bits
+    /// of the address must be zero.
+    pub fn parse(text: &str) -> Result<Cidr, String> {
+        let (addr, len) = match text.split_once('/') {
+            Some((a, l)) => (a, Some(l)),
+            None => (text, None),
+        };
+        let address: std::net::IpAddr = addr
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{addr}` is not an IP address"))?;
+        let max = if address.is_ipv4() { 32 } else { 128 };
+        let prefix_len = match len {
+            Some(l) => l
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|n| *n <= max)
+                .ok_or_else(|| format!("`/{l}` is not a prefix length (0-{max})"))?,
+            None => max,
+        };
+        let cidr = Cidr {
+            address,
+            prefix_len,
+        };
+        if cidr.first() != address {
+            return Err(format!(
+                "`{text}` has host bits set; the network is `{}/{prefix_len}`",
+                cidr.first()
+            ));
+        }
+        Ok(cidr)
+    }
+
+    /// The first address of the network.
+    pub fn first(&self) -> std::net::IpAddr {
+        self.bounds().0
+    }
+
+    /// The last address of the network.
+    pub fn last(&self) -> std::net::IpAddr {
+        self.bounds().1
+    }
+
+    fn bounds(&self) -> (std::net::IpAddr, std::net::IpAddr) {
+        use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+        match self.address {
+            IpAddr::V4(a) => {
+                let host_bits = 32 - u32::from(self.prefix_len);
+                let mask = u32::MAX.checked_shl(host_bits).unwrap_or(0);
+                let n = u32::from(a);
+                (
+                    IpAddr::V4(Ipv4Addr::from(n & mask)),
+                    IpAddr::V4(Ipv4Addr::from(n | !mask)),
+                )
+            }
+            IpAddr::V6(a) => {
+                let host_bits = 128 - u32::from(self.prefix_len);
+                let mask = u128::MAX.checked_shl(host_bits).unwrap_or(0);
+                let n = u128::from(a);
+                (
+                    IpAddr::V6(Ipv6Addr::from(n & mask)),
+                    IpAddr::V6(Ipv6Addr::from(n | !mask)),
+                )
+            }
+        }
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.address, self.prefix_len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn networks_parse_with_their_bounds() {
+        let n = Cidr::parse("192.168.4.0/22").expect("a network");
+        assert_eq!(n.first().to_string(), "192.168.4.0");
+        assert_eq!(n.last().to_string(), "192.168.7.255");
+        let host = Cidr::parse("203.0.113.9").expect("a host");
+        assert_eq!((host.first(), host.last()), (host.address, host.address));
+        assert_eq!(
+            Cidr::parse("0.0.0.0/0").expect("all").last().to_string(),
+            "255.255.255.255"
+        );
+        assert_eq!(
+            Cidr::parse("fd00::/8").expect("v6").last().to_string(),
+            "fdff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"
+        );
+        assert!(
+            Cidr::parse("10.0.0.1/8")
+                .err()
+                .unwrap_or_default()
+                .contains("host bits")
+        );
+        assert!(
+            Cidr::parse("10.0.0.0/33")
+                .err()
+                .unwrap_or_default()
+                .contains("prefix length")
+        );
+        assert!(
+            Cidr::parse("ten/8")
+                .err()
+                .unwrap_or_default()
+                .contains("not an IP address")
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn an_address_is_inside_the_networks_that_contain_it(a in any::<u32>(), len in 0u8..=32) {
+            let addr = std::net::Ipv4Addr::from(a);
+            let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+            let net = Cidr::parse(&format!("{}/{len}", std::net::Ipv4Addr::from(a & mask))).expect("a network");
+            let (std::net::IpAddr::V4(first), std::net::IpAddr::V4(last)) = (net.first(), net.last()) else {
+                panic!("v4 bounds");
+            };
+            prop_assert!(first <= addr && addr <= last);
+            prop_assert_eq!(u64::from(u32::from(last)) - u64::from(u32::from(first)) + 1, 1u64 << (32 - u32::from(len)));
+        }
+    }
 }

@@ -7,8 +7,8 @@ use marked_yaml::{LoadError, LoaderOptions, Node, Span};
 
 use crate::error::{Problem, RuleError};
 use crate::model::{
-    BaselineScope, DriftParams, EphemeralPer, Glob, HostSelector, Kind, NewListenerParams,
-    PortRange, Rule, RuleSet, ScanBy, Severity, SharedBy, SocketPredicate,
+    BaselineScope, Cidr, DriftParams, EphemeralPer, FlowPolicyParams, Glob, HostSelector, Kind,
+    NewListenerParams, PortRange, Rule, RuleSet, ScanBy, Severity, SharedBy, SocketPredicate,
 };
 
 const SCOPES: [&str; 5] = ["loopback", "link_local", "private", "public", "wildcard"];
@@ -26,13 +26,15 @@ const STATES: [&str; 11] = [
     "LISTEN",
     "CLOSING",
 ];
-const KINDS: [&str; 6] = [
+const KINDS: [&str; 8] = [
     "listener",
     "shared_port",
     "ephemeral_exhaustion",
     "peer_drift",
     "new_listener",
     "scan",
+    "flow_policy",
+    "port_owner_change",
 ];
 const COMMON_KEYS: [&str; 6] = ["id", "kind", "severity", "description", "hosts", "sockets"];
 const HOST_KEYS: [&str; 3] = ["labels", "hostname", "host_id"];
@@ -388,7 +390,7 @@ impl Cx<'_> {
             .unwrap_or_default();
         let hosts = map
             .get_node("hosts")
-            .map(|n| self.hosts(n))
+            .map(|n| self.hosts(n, "hosts"))
             .unwrap_or_default();
         let sockets = map
             .get_node("sockets")
@@ -409,14 +411,14 @@ impl Cx<'_> {
         })
     }
 
-    fn hosts(&mut self, node: &Node) -> HostSelector {
+    fn hosts(&mut self, node: &Node, what: &str) -> HostSelector {
         let mut sel = HostSelector::default();
-        let Some(map) = self.mapping(node, "`hosts`") else {
+        let Some(map) = self.mapping(node, &format!("`{what}`")) else {
             return sel;
         };
-        self.known_keys(map, "`hosts`", &HOST_KEYS);
+        self.known_keys(map, &format!("`{what}`"), &HOST_KEYS);
         if let Some(labels) = map.get_node("labels")
-            && let Some(lm) = self.mapping(labels, "`hosts.labels`")
+            && let Some(lm) = self.mapping(labels, &format!("`{what}.labels`"))
         {
             for (k, v) in lm.iter() {
                 if let Some(value) = self.string(v, &format!("label `{}`", k.as_str())) {
@@ -497,6 +499,8 @@ impl Cx<'_> {
             "peer_drift" => &["label", "rare_share", "common_share", "min_peers"],
             "new_listener" => &["window", "scope", "allow"],
             "scan" => &["by", "min", "window"],
+            "flow_policy" => &["clients", "networks", "outside", "local"],
+            "port_owner_change" => &["window"],
             _ => &[],
         };
         let allowed: Vec<&str> = COMMON_KEYS.iter().chain(params).copied().collect();
@@ -510,6 +514,15 @@ impl Cx<'_> {
                 format!(
                     "`sockets` does not apply to `{name}` rules (they count connections, not listeners)"
                 ),
+            );
+        }
+        if name == "flow_policy"
+            && !sockets.exposure.is_empty()
+            && let Some(n) = map.get_node("sockets")
+        {
+            self.problem(
+                n.span(),
+                "`sockets.exposure` does not apply to `flow_policy` rules (they look at connections; select servers with `hosts` and ports with `sockets.ports`)".into(),
             );
         }
         let get = |k: &str| map.get_node(k);
@@ -648,6 +661,46 @@ impl Cx<'_> {
                     },
                 }
             }
+            "flow_policy" => {
+                let clients = get("clients").map(|n| self.hosts(n, "clients"));
+                let mut networks = Vec::new();
+                if let Some(n) = get("networks") {
+                    for s in self.list(n, "`networks`") {
+                        match Cidr::parse(s.as_str()) {
+                            Ok(c) => networks.push(c),
+                            Err(e) => self.problem(
+                                s.span(),
+                                format!("`networks` takes networks such as \"10.0.0.0/8\" or \"2001:db8::/32\": {e}"),
+                            ),
+                        }
+                    }
+                }
+                let allow_deny = |this: &mut Self, key: &str, default: bool| -> Option<bool> {
+                    match get(key) {
+                        Some(n) => {
+                            let s = this.scalar(n, &format!("`{key}`"))?;
+                            Some(
+                                this.choice(s, &format!("`{key}`"), &["allow", "deny"])? == "allow",
+                            )
+                        }
+                        None => Some(default),
+                    }
+                };
+                let allow_outside = allow_deny(self, "outside", false)?;
+                let allow_local = allow_deny(self, "local", true)?;
+                Kind::FlowPolicy(FlowPolicyParams {
+                    clients,
+                    networks,
+                    allow_outside,
+                    allow_local,
+                })
+            }
+            "port_owner_change" => Kind::PortOwnerChange {
+                window_secs: match get("window") {
+                    Some(n) => self.duration(n, "`window`")?,
+                    None => 86_400,
+                },
+            },
             _ => Kind::Listener,
         })
     }
@@ -745,6 +798,43 @@ mod tests {
         assert_eq!(
             problems(dup),
             vec!["rules.yaml:3:5: duplicate key `id` (first given on line 2)"]
+        );
+    }
+
+    #[test]
+    fn flow_policy_parameters_are_checked() {
+        let text = "rules:\n  - id: a\n    kind: flow_policy\n    severity: high\n    clients: {labels: {role: app}, rack: 3}\n    networks: [\"10.0.0.1/8\", \"fd00::/200\", nope]\n    outside: maybe\n    sockets: {ports: [5432], exposure: [public]}\n  - {id: b, kind: port_owner_change, severity: low, window: soon}\n";
+        let got = problems(text);
+        let expected = [
+            "rules.yaml:5:36: unknown key `rack` in `clients`",
+            "rules.yaml:6:16: `networks` takes networks such as \"10.0.0.0/8\" or \"2001:db8::/32\": `10.0.0.1/8` has host bits set; the network is `10.0.0.0/8`",
+            "`/200` is not a prefix length (0-128)",
+            "`nope` is not an IP address",
+            "rules.yaml:7:14: `outside` must be one of allow, deny; got `maybe`",
+            "`sockets.exposure` does not apply to `flow_policy` rules",
+            "rules.yaml:9:61: `window`",
+        ];
+        for e in expected {
+            assert!(
+                got.iter().any(|p| p.contains(e)),
+                "missing {e:?} in {got:#?}"
+            );
+        }
+        assert_eq!(got.len(), expected.len(), "{got:#?}");
+        let ok = "rules:\n  - {id: a, kind: flow_policy, severity: high, clients: {}, networks: [\"10.8.0.0/16\"], local: deny}\n  - {id: b, kind: port_owner_change, severity: low, window: 2h}\n";
+        let set = parse("rules.yaml", ok).expect("valid");
+        assert_eq!(
+            set.rules[0].kind,
+            Kind::FlowPolicy(FlowPolicyParams {
+                clients: Some(HostSelector::default()),
+                networks: vec![Cidr::parse("10.8.0.0/16").expect("a network")],
+                allow_outside: false,
+                allow_local: false,
+            })
+        );
+        assert_eq!(
+            set.rules[1].kind,
+            Kind::PortOwnerChange { window_secs: 7200 }
         );
     }
 

@@ -6,11 +6,67 @@
 //! placeholder.
 
 use std::fmt::Write as _;
+use std::net::IpAddr;
 
 use crate::model::{
-    BaselineScope, DriftParams, EphemeralPer, Glob, HostSelector, Kind, NewListenerParams, Rule,
-    ScanBy, SharedBy, SocketPredicate,
+    BaselineScope, Cidr, DriftParams, EphemeralPer, FlowPolicyParams, Glob, HostSelector, Kind,
+    NewListenerParams, PortRange, Rule, ScanBy, SharedBy, SocketPredicate,
 };
+
+/// The tables a compiled rule reads, as SQL table expressions, and the instant it
+/// evaluates at.
+///
+/// [`Sources::current`] reads the collector's tables as they are now. To evaluate a rule
+/// at a past instant (a dry run over history), the caller passes subqueries that rebuild
+/// the state of that instant with the same column names, and history tables cut at it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sources {
+    /// Current sockets: the columns of `sockets_current`, one row per socket.
+    pub sockets: String,
+    /// Current flows: the columns of `flows_current`, one row per flow.
+    pub flows: String,
+    /// Hosts: the columns of `hosts`, one row per host.
+    pub hosts: String,
+    /// Socket history: the columns of `socket_events`.
+    pub socket_events: String,
+    /// Flow history: the columns of `flow_events`.
+    pub flow_events: String,
+    /// Stored changes: the columns of `host_reports`.
+    pub host_reports: String,
+    /// The instant of evaluation, a `DateTime` expression.
+    pub now: String,
+}
+
+impl Sources {
+    /// The collector's tables as they are now.
+    pub fn current() -> Sources {
+        Sources {
+            sockets: "sockets_current FINAL".into(),
+            flows: "flows_current FINAL".into(),
+            hosts: "hosts FINAL".into(),
+            socket_events: "socket_events".into(),
+            flow_events: "flow_events".into(),
+            host_reports: "host_reports".into(),
+            now: "now()".into(),
+        }
+    }
+
+    /// The state at `at` (seconds since the Unix epoch): `sockets`, `flows` and `hosts`
+    /// must be table expressions that rebuild the state of that instant with the columns
+    /// of `sockets_current`, `flows_current` and `hosts`; history is cut at `at`.
+    pub fn as_of(at: u64, sockets: String, flows: String, hosts: String) -> Sources {
+        let cut = |table: &str| format!("(SELECT * FROM {table} WHERE at <= toDateTime({at}))");
+        Sources {
+            sockets,
+            flows,
+            hosts,
+            socket_events: cut("socket_events"),
+            flow_events: cut("flow_events"),
+            host_reports: cut("host_reports"),
+            now: format!("toDateTime({at})"),
+        }
+    }
+}
 
 /// The columns of every finding row, in order; all are `String` (see the crate
 /// documentation for their meaning).
@@ -122,10 +178,107 @@ fn host_cond(sel: &HostSelector) -> Option<String> {
 }
 
 /// ` AND host_id IN (…)` for a table with a `host_id` column, or nothing.
-fn host_filter(sel: &HostSelector) -> String {
+fn host_filter(sel: &HostSelector, src: &Sources) -> String {
     host_cond(sel)
-        .map(|c| format!(" AND host_id IN (SELECT host_id FROM hosts FINAL WHERE {c})"))
+        .map(|c| {
+            format!(
+                " AND host_id IN (SELECT host_id FROM {} WHERE {c})",
+                src.hosts
+            )
+        })
         .unwrap_or_default()
+}
+
+/// `column` is in one of `ports`.
+fn port_cond(column: &str, ports: &[PortRange]) -> String {
+    let ranges: Vec<String> = ports
+        .iter()
+        .map(|r| {
+            if r.first == r.last {
+                format!("{column} = {}", r.first)
+            } else {
+                format!("({column} >= {} AND {column} <= {})", r.first, r.last)
+            }
+        })
+        .collect();
+    format!("({})", ranges.join(" OR "))
+}
+
+/// A condition on the columns of `flows_current` / `flow_events`: the predicate's ports
+/// are the flow's service port, its process globs apply to the flow's process. Exposure
+/// does not apply to flows (the parser refuses it).
+fn flow_cond(p: &SocketPredicate) -> String {
+    let mut parts = Vec::new();
+    if !p.protocol.is_empty() {
+        parts.push(in_list("protocol", &p.protocol));
+    }
+    if !p.ports.is_empty() {
+        parts.push(port_cond("service_port", &p.ports));
+    }
+    if !p.state.is_empty() {
+        parts.push(in_list("state", &p.state));
+    }
+    for (column, globs) in [
+        ("process", &p.process),
+        ("executable", &p.executable),
+        ("user", &p.user),
+        ("systemd_unit", &p.unit),
+        ("container_id", &p.container),
+    ] {
+        if !globs.is_empty() {
+            parts.push(glob_cond(column, globs));
+        }
+    }
+    if parts.is_empty() {
+        "1".into()
+    } else {
+        parts.join(" AND ")
+    }
+}
+
+/// An address column with IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`) written as IPv4.
+fn unmapped(expr: &str) -> String {
+    format!("replaceRegexpOne({expr}, '^::ffff:([0-9.]+)$', '\\\\1')")
+}
+
+/// `addr` (unmapped) is a loopback address.
+fn is_loopback(addr: &str) -> String {
+    format!("(startsWith({addr}, '127.') OR {addr} = '::1')")
+}
+
+/// `addr` (unmapped) is a link-local address.
+fn is_link_local(addr: &str) -> String {
+    format!("(startsWith({addr}, '169.254.') OR startsWith(lower({addr}), 'fe80:'))")
+}
+
+/// `addr` (unmapped) is in one of `networks` (`0` when there are none).
+fn in_networks(addr: &str, networks: &[Cidr]) -> String {
+    if networks.is_empty() {
+        return "0".into();
+    }
+    let parts: Vec<String> = networks
+        .iter()
+        .map(|n| match (n.first(), n.last()) {
+            (IpAddr::V4(first), IpAddr::V4(last)) => format!(
+                "(match({addr}, '^[0-9]+[.][0-9]+[.][0-9]+[.][0-9]+$') AND IPv4StringToNum({addr}) >= {} AND IPv4StringToNum({addr}) <= {})",
+                u32::from(first),
+                u32::from(last)
+            ),
+            (first, last) => format!(
+                "(position({addr}, ':') > 0 AND hex(IPv6StringToNum({addr})) >= '{:032X}' AND hex(IPv6StringToNum({addr})) <= '{:032X}')",
+                ipv6_number(first),
+                ipv6_number(last)
+            ),
+        })
+        .collect();
+    format!("({})", parts.join(" OR "))
+}
+
+fn ipv6_number(addr: IpAddr) -> u128 {
+    match addr {
+        IpAddr::V6(a) => u128::from(a),
+        IpAddr::V4(a) => u128::from(a.to_ipv6_mapped()),
+    }
 }
 
 /// A condition on the columns of `sockets_current` / `socket_events`.
@@ -135,18 +288,7 @@ fn socket_cond(p: &SocketPredicate) -> String {
         parts.push(in_list("protocol", &p.protocol));
     }
     if !p.ports.is_empty() {
-        let ranges: Vec<String> = p
-            .ports
-            .iter()
-            .map(|r| {
-                if r.first == r.last {
-                    format!("local_port = {}", r.first)
-                } else {
-                    format!("(local_port >= {} AND local_port <= {})", r.first, r.last)
-                }
-            })
-            .collect();
-        parts.push(format!("({})", ranges.join(" OR ")));
+        parts.push(port_cond("local_port", &p.ports));
     }
     if !p.state.is_empty() {
         parts.push(in_list("state", &p.state));
@@ -205,17 +347,24 @@ fn join_numbers(array: &str) -> String {
 /// `host_id` then `subject`. The query reads the tables of the collector's schema in the
 /// current database and runs on ClickHouse 18.16 and on current servers.
 pub fn compile(rule: &Rule) -> String {
+    compile_with(rule, &Sources::current())
+}
+
+/// Compiles a rule like [`compile`], reading `src` instead of the current tables.
+pub fn compile_with(rule: &Rule, src: &Sources) -> String {
     let inner = match &rule.kind {
-        Kind::Listener => listener(rule),
-        Kind::SharedPort { distinct, min } => shared_port(rule, *distinct, *min),
-        Kind::EphemeralExhaustion { share, per } => ephemeral(rule, *share, *per),
-        Kind::PeerDrift(params) => peer_drift(rule, params),
-        Kind::NewListener(params) => new_listener(rule, params),
+        Kind::Listener => listener(rule, src),
+        Kind::SharedPort { distinct, min } => shared_port(rule, *distinct, *min, src),
+        Kind::EphemeralExhaustion { share, per } => ephemeral(rule, *share, *per, src),
+        Kind::PeerDrift(params) => peer_drift(rule, params, src),
+        Kind::NewListener(params) => new_listener(rule, params, src),
         Kind::Scan {
             by,
             min,
             window_secs,
-        } => scan(rule, *by, *min, *window_secs),
+        } => scan(rule, *by, *min, *window_secs, src),
+        Kind::FlowPolicy(params) => flow_policy(rule, params, src),
+        Kind::PortOwnerChange { window_secs } => port_owner_change(rule, *window_secs, src),
     };
     format!(
         "SELECT {id} AS rule_id, host_id, fingerprint, {severity} AS severity, subject, evidence\nFROM\n(\n{inner}\n)\nORDER BY host_id, subject",
@@ -224,15 +373,16 @@ pub fn compile(rule: &Rule) -> String {
     )
 }
 
-fn current_listeners(rule: &Rule, extra: &str) -> String {
+fn current_listeners(rule: &Rule, extra: &str, src: &Sources) -> String {
     format!(
-        "FROM sockets_current FINAL\nWHERE present = 1 AND listener = 1 AND {}{extra}{}",
+        "FROM {}\nWHERE present = 1 AND listener = 1 AND {}{extra}{}",
+        src.sockets,
         socket_cond(&rule.sockets),
-        host_filter(&rule.hosts)
+        host_filter(&rule.hosts, src)
     )
 }
 
-fn listener(rule: &Rule) -> String {
+fn listener(rule: &Rule, src: &Sources) -> String {
     format!(
         "SELECT host_id,\n    {fp} AS fingerprint,\n    concat(protocol, ' ', {ep}) AS subject,\n    concat('exposure=', any(exposure), ' scope=', any(scope), ' processes=', {names}, ' users=', {users}, ' units=', {units}, ' pids=', {pids}, ' sockets=', toString(count())) AS evidence\n{from}\nGROUP BY host_id, protocol, family, local_address, local_port",
         fp = fingerprint(
@@ -249,11 +399,11 @@ fn listener(rule: &Rule) -> String {
         users = join_strings("groupUniqArrayArray(process_users)"),
         units = join_strings("groupUniqArrayArray(process_units)"),
         pids = join_numbers("groupUniqArrayArray(pids)"),
-        from = current_listeners(rule, ""),
+        from = current_listeners(rule, "", src),
     )
 }
 
-fn shared_port(rule: &Rule, by: SharedBy, min: u32) -> String {
+fn shared_port(rule: &Rule, by: SharedBy, min: u32, src: &Sources) -> String {
     let counted = match by {
         SharedBy::Programs => "programs",
         SharedBy::Processes => "all_pids",
@@ -262,11 +412,11 @@ fn shared_port(rule: &Rule, by: SharedBy, min: u32) -> String {
     format!(
         "SELECT host_id,\n    {fp} AS fingerprint,\n    concat(protocol, ' port ', toString(local_port)) AS subject,\n    concat('programs=', arrayStringConcat(programs, ','), ' processes=', arrayStringConcat(names, ','), ' pids=', arrayStringConcat(arrayMap(x -> toString(x), all_pids), ','), ' sockets=', toString(length(inodes)), ' addresses=', arrayStringConcat(addresses, ',')) AS evidence\nFROM\n(\nSELECT host_id, protocol, local_port,\n    arraySort(arrayFilter(x -> x != '', groupUniqArrayArray(process_executables))) AS programs,\n    arraySort(groupUniqArrayArray(process_names)) AS names,\n    arraySort(groupUniqArrayArray(pids)) AS all_pids,\n    groupUniqArray(inode) AS inodes,\n    arraySort(groupUniqArray(local_address)) AS addresses\n{from}\nGROUP BY host_id, protocol, local_port\n)\nWHERE length({counted}) >= {min}",
         fp = fingerprint(&rule.id, &["host_id", "protocol", "toString(local_port)"]),
-        from = current_listeners(rule, ""),
+        from = current_listeners(rule, "", src),
     )
 }
 
-fn ephemeral(rule: &Rule, share: f64, per: EphemeralPer) -> String {
+fn ephemeral(rule: &Rule, share: f64, per: EphemeralPer, src: &Sources) -> String {
     let (group, fp, subject) = match per {
         EphemeralPer::Host => (
             "host_id".to_string(),
@@ -291,21 +441,25 @@ fn ephemeral(rule: &Rule, share: f64, per: EphemeralPer) -> String {
         ),
     };
     format!(
-        "SELECT host_id,\n    {fp} AS fingerprint,\n    {subject} AS subject,\n    concat('used=', toString(used), ' range=', toString(ephemeral_min), '-', toString(ephemeral_max), ' share=', toString(round(used / range_size, 3)), ' threshold={share}') AS evidence\nFROM\n(\nSELECT {group}, sum(connections) AS used\nFROM flows_current FINAL\nWHERE present = 1 AND direction = 'outbound'{hosts}\nGROUP BY {group}\n) AS joined_left\nALL INNER JOIN\n(\nSELECT host_id, ephemeral_min, ephemeral_max, toInt64(ephemeral_max) - toInt64(ephemeral_min) + 1 AS range_size\nFROM hosts FINAL\nWHERE ephemeral_known = 1 AND ephemeral_max >= ephemeral_min\n) AS joined_right USING host_id\nWHERE used >= {share} * range_size",
-        hosts = host_filter(&rule.hosts),
+        "SELECT host_id,\n    {fp} AS fingerprint,\n    {subject} AS subject,\n    concat('used=', toString(used), ' range=', toString(ephemeral_min), '-', toString(ephemeral_max), ' share=', toString(round(used / range_size, 3)), ' threshold={share}') AS evidence\nFROM\n(\nSELECT {group}, sum(connections) AS used\nFROM {flows_t}\nWHERE present = 1 AND direction = 'outbound'{hosts}\nGROUP BY {group}\n) AS joined_left\nALL INNER JOIN\n(\nSELECT host_id, ephemeral_min, ephemeral_max, toInt64(ephemeral_max) - toInt64(ephemeral_min) + 1 AS range_size\nFROM {hosts_t}\nWHERE ephemeral_known = 1 AND ephemeral_max >= ephemeral_min\n) AS joined_right USING host_id\nWHERE used >= {share} * range_size",
+        hosts = host_filter(&rule.hosts, src),
+        hosts_t = src.hosts,
+        flows_t = src.flows,
     )
 }
 
-fn peer_drift(rule: &Rule, p: &DriftParams) -> String {
+fn peer_drift(rule: &Rule, p: &DriftParams, src: &Sources) -> String {
     let label = sql_string(&p.label);
     let members = format!(
-        "SELECT host_id, label_values[indexOf(label_keys, {label})] AS peer_group\nFROM hosts FINAL\nWHERE has(label_keys, {label}){}",
+        "SELECT host_id, label_values[indexOf(label_keys, {label})] AS peer_group\nFROM {}\nWHERE has(label_keys, {label}){}",
+        src.hosts,
         host_cond(&rule.hosts)
             .map(|c| format!(" AND {c}"))
             .unwrap_or_default()
     );
     let listeners = format!(
-        "SELECT DISTINCT host_id, protocol, local_port\nFROM sockets_current FINAL\nWHERE present = 1 AND listener = 1 AND {}",
+        "SELECT DISTINCT host_id, protocol, local_port\nFROM {}\nWHERE present = 1 AND listener = 1 AND {}",
+        src.sockets,
         socket_cond(&rule.sockets)
     );
     format!(
@@ -325,31 +479,32 @@ fn peer_drift(rule: &Rule, p: &DriftParams) -> String {
     )
 }
 
-fn new_listener(rule: &Rule, p: &NewListenerParams) -> String {
+fn new_listener(rule: &Rule, p: &NewListenerParams, src: &Sources) -> String {
     let allow: String = p
         .allow
         .iter()
         .map(|a| format!(" AND NOT ({})", socket_cond(a)))
         .collect();
-    let since = format!("now() - {}", p.window_secs);
+    let since = format!("{} - {}", src.now, p.window_secs);
     let (identity, baseline_guard) = match p.scope {
         BaselineScope::Host => (
             "host_id, protocol, local_address, local_port, executable, systemd_unit",
             format!(
-                "host_id IN (SELECT host_id FROM host_reports GROUP BY host_id HAVING min(at) < {since})"
+                "host_id IN (SELECT host_id FROM {} GROUP BY host_id HAVING min(at) < {since})",
+                src.host_reports
             ),
         ),
         BaselineScope::Fleet => (
             "protocol, scope, local_port, executable, systemd_unit",
-            format!("(SELECT min(at) FROM host_reports) < {since}"),
+            format!("(SELECT min(at) FROM {}) < {since}", src.host_reports),
         ),
     };
     let event_hosts = match p.scope {
-        BaselineScope::Host => host_filter(&rule.hosts),
+        BaselineScope::Host => host_filter(&rule.hosts, src),
         BaselineScope::Fleet => String::new(),
     };
     format!(
-        "SELECT host_id,\n    {fp} AS fingerprint,\n    concat(protocol, ' ', {ep}) AS subject,\n    concat('first_seen=', toString(first_seen), ' process=', process_name, ' executable=', executable, ' unit=', systemd_unit, ' exposure=', exposure_seen) AS evidence\nFROM\n(\nSELECT host_id, protocol, family, local_address, local_port, scope, executable, systemd_unit, any(process) AS process_name, any(exposure) AS exposure_seen\n{from}\nGROUP BY host_id, protocol, family, local_address, local_port, scope, executable, systemd_unit\n) AS joined_left\nALL INNER JOIN\n(\nSELECT {identity}, min(at) AS first_seen\nFROM socket_events\nWHERE listener = 1{event_hosts}\nGROUP BY {identity}\n) AS joined_right USING ({identity})\nWHERE first_seen >= {since} AND {baseline_guard}",
+        "SELECT host_id,\n    {fp} AS fingerprint,\n    concat(protocol, ' ', {ep}) AS subject,\n    concat('first_seen=', toString(first_seen), ' process=', process_name, ' executable=', executable, ' unit=', systemd_unit, ' exposure=', exposure_seen) AS evidence\nFROM\n(\nSELECT host_id, protocol, family, local_address, local_port, scope, executable, systemd_unit, any(process) AS process_name, any(exposure) AS exposure_seen\n{from}\nGROUP BY host_id, protocol, family, local_address, local_port, scope, executable, systemd_unit\n) AS joined_left\nALL INNER JOIN\n(\nSELECT {identity}, min(at) AS first_seen\nFROM {events}\nWHERE listener = 1{event_hosts}\nGROUP BY {identity}\n) AS joined_right USING ({identity})\nWHERE first_seen >= {since} AND {baseline_guard}",
         fp = fingerprint(
             &rule.id,
             &[
@@ -362,14 +517,18 @@ fn new_listener(rule: &Rule, p: &NewListenerParams) -> String {
             ]
         ),
         ep = endpoint("family", "local_address", "local_port"),
-        from = current_listeners(rule, &allow),
+        from = current_listeners(rule, &allow, src),
+        events = src.socket_events,
     )
 }
 
-fn scan(rule: &Rule, by: ScanBy, min: u32, window_secs: u64) -> String {
+fn scan(rule: &Rule, by: ScanBy, min: u32, window_secs: u64, src: &Sources) -> String {
     let source = format!(
-        "SELECT host_id, replaceRegexpOne(remote_address, '^::ffff:([0-9.]+)$', '\\\\1') AS remote, service_port, at\nFROM flow_events\nWHERE direction = 'inbound' AND at >= now() - {window_secs}{}",
-        host_filter(&rule.hosts)
+        "SELECT host_id, {remote} AS remote, service_port, at\nFROM {events}\nWHERE direction = 'inbound' AND at >= {now} - {window_secs}{hosts}",
+        remote = unmapped("remote_address"),
+        events = src.flow_events,
+        now = src.now,
+        hosts = host_filter(&rule.hosts, src)
     );
     match by {
         ScanBy::Ports => format!(
@@ -381,6 +540,78 @@ fn scan(rule: &Rule, by: ScanBy, min: u32, window_secs: u64) -> String {
             fp = fingerprint(&rule.id, &["remote"]),
         ),
     }
+}
+
+fn flow_policy(rule: &Rule, p: &FlowPolicyParams, src: &Sources) -> String {
+    let client_cond = match &p.clients {
+        None => "0".to_string(),
+        Some(sel) => host_cond(sel).unwrap_or_else(|| "1".into()),
+    };
+    let deny_local = u8::from(!p.allow_local);
+    let deny_outside = u8::from(!p.allow_outside);
+    let allowed = {
+        let mut parts = Vec::new();
+        if p.clients.is_some() {
+            parts.push("clients".to_string());
+        }
+        parts.extend(p.networks.iter().map(Cidr::to_string));
+        if p.allow_outside {
+            parts.push("outside".into());
+        }
+        if p.allow_local {
+            parts.push("local".into());
+        }
+        if parts.is_empty() {
+            "none".to_string()
+        } else {
+            parts.join(",")
+        }
+    };
+    format!(
+        "SELECT host_id,\n    {fp} AS fingerprint,\n    concat(protocol, ' port ', toString(service_port), ' from ', client) AS subject,\n    concat('client_host=', client_host_id, ' addresses=', arrayStringConcat(arraySort(remotes), ','), ' connections=', toString(connections), ' server_processes=', arrayStringConcat(arraySort(server_processes), ','), ' allowed={allowed}') AS evidence\nFROM\n(\nSELECT host_id, protocol, service_port, client_host_id, client_key, any(client_desc) AS client, groupUniqArray(remote) AS remotes, sum(connections) AS connections, groupUniqArray(process) AS server_processes\nFROM\n(\nSELECT host_id, protocol, service_port, remote, connections, process, client_host_id, if(client_host_id != '', client_host_id, remote) AS client_key, multiIf(is_local, concat(remote, ' (this host)'), client_host_id != '', client_hostname, concat(remote, ' (outside the fleet)')) AS client_desc, is_local, client_allowed\nFROM\n(\nSELECT host_id, protocol, service_port, {remote} AS remote, {local} AS is_local, connections, process\nFROM {flows}\nWHERE present = 1 AND direction = 'inbound' AND {cond}{hosts}\n) AS joined_left\nALL LEFT JOIN\n(\nSELECT remote, min(holder) AS client_host_id, any(holder_name) AS client_hostname, min(allowed) AS client_allowed\nFROM\n(\nSELECT {iface_addr} AS remote, host_id AS holder, hostname AS holder_name, toUInt8({client_cond}) AS allowed\nFROM {hosts_t}\nARRAY JOIN interfaces AS iface\n)\nWHERE NOT {loopback} AND NOT {link_local}\nGROUP BY remote\n) AS joined_right USING remote\nWHERE if(is_local, {deny_local}, if(client_host_id != '', client_allowed = 0, {deny_outside})) AND NOT {networks}\n)\nGROUP BY host_id, protocol, service_port, client_host_id, client_key\n)",
+        fp = fingerprint(
+            &rule.id,
+            &[
+                "host_id",
+                "protocol",
+                "toString(service_port)",
+                "client_key"
+            ]
+        ),
+        remote = unmapped("remote_address"),
+        local = is_loopback(&unmapped("remote_address")),
+        flows = src.flows,
+        cond = flow_cond(&rule.sockets),
+        hosts = host_filter(&rule.hosts, src),
+        iface_addr = unmapped("splitByChar('/', iface)[1]"),
+        hosts_t = src.hosts,
+        loopback = is_loopback("remote"),
+        link_local = is_link_local("remote"),
+        networks = in_networks("remote", &p.networks),
+    )
+}
+
+fn port_owner_change(rule: &Rule, window_secs: u64, src: &Sources) -> String {
+    let identity = "host_id, protocol, family, local_address, local_port";
+    format!(
+        "SELECT host_id,\n    {fp} AS fingerprint,\n    concat(protocol, ' ', {ep}) AS subject,\n    concat('owner=', arrayStringConcat(arraySort(current_owners), ','), ' previous=', arrayStringConcat(arraySort(arrayFilter(o -> NOT has(current_owners, o), gone_owners)), ','), ' changed_at=', toString(changed_at), ' window={window_secs}s') AS evidence\nFROM\n(\nSELECT {identity}, groupUniqArray(owner) AS current_owners\nFROM\n(\nSELECT {identity}, if(executable != '', executable, process) AS owner\n{current}\n)\nWHERE owner != ''\nGROUP BY {identity}\n) AS joined_left\nALL INNER JOIN\n(\nSELECT {identity}, groupUniqArrayIf(owner, last_event = 'removed') AS gone_owners, maxIf(last_at, last_event = 'removed') AS changed_at\nFROM\n(\nSELECT {identity}, owner, argMax(event, seq) AS last_event, max(at) AS last_at\nFROM\n(\nSELECT {identity}, seq, at, event, if(executable != '', executable, process) AS owner\nFROM {events}\nWHERE listener = 1 AND at >= {now} - {window_secs} AND {cond}{hosts}\n)\nWHERE owner != ''\nGROUP BY {identity}, owner\n)\nGROUP BY {identity}\n) AS joined_right USING ({identity})\nWHERE arrayExists(o -> NOT has(current_owners, o), gone_owners)",
+        fp = fingerprint(
+            &rule.id,
+            &[
+                "host_id",
+                "protocol",
+                "local_address",
+                "toString(local_port)",
+                "arrayStringConcat(arraySort(current_owners), ',')"
+            ]
+        ),
+        ep = endpoint("family", "local_address", "local_port"),
+        current = current_listeners(rule, "", src),
+        events = src.socket_events,
+        now = src.now,
+        cond = socket_cond(&rule.sockets),
+        hosts = host_filter(&rule.hosts, src),
+    )
 }
 
 #[cfg(test)]
@@ -486,6 +717,21 @@ mod tests {
         );
     }
 
+    #[test]
+    fn networks_compile_to_numeric_ranges() {
+        let nets = [
+            Cidr::parse("10.1.0.0/16").expect("v4"),
+            Cidr::parse("2001:db8::/32").expect("v6"),
+        ];
+        let sql = in_networks("a", &nets);
+        assert!(
+            sql.contains("IPv4StringToNum(a) >= 167837696 AND IPv4StringToNum(a) <= 167903231"),
+            "{sql}"
+        );
+        assert!(sql.contains("'20010DB8000000000000000000000000'"), "{sql}");
+        assert!(sql.contains("'20010DB8FFFFFFFFFFFFFFFFFFFFFFFF'"), "{sql}");
+    }
+
     proptest! {
         #[test]
         fn literal_holds_exactly_its_string(s in any::<String>()) {
@@ -504,7 +750,7 @@ mod tests {
             hostname in any::<String>(),
             host_id in any::<String>(),
             process in any::<String>(),
-            kind in 0usize..6,
+            kind in 0usize..8,
         ) {
             let hosts = HostSelector {
                 labels: vec![(label.clone(), Glob(value))],
@@ -522,7 +768,14 @@ mod tests {
                 2 => Kind::EphemeralExhaustion { share: 0.5, per: EphemeralPer::Destination },
                 3 => Kind::PeerDrift(DriftParams { label, rare_share: 0.5, common_share: 1.0, min_peers: 3 }),
                 4 => Kind::NewListener(NewListenerParams { window_secs: 60, scope: BaselineScope::Host, allow: vec![sockets.clone()] }),
-                _ => Kind::Scan { by: ScanBy::Hosts, min: 3, window_secs: 60 },
+                5 => Kind::Scan { by: ScanBy::Hosts, min: 3, window_secs: 60 },
+                6 => Kind::FlowPolicy(FlowPolicyParams {
+                    clients: Some(HostSelector { labels: vec![(label, Glob(process.clone()))], ..HostSelector::default() }),
+                    networks: vec![Cidr::parse("10.0.0.0/8").expect("a network"), Cidr::parse("2001:db8::/32").expect("a network")],
+                    allow_outside: false,
+                    allow_local: true,
+                }),
+                _ => Kind::PortOwnerChange { window_secs: 3600 },
             };
             let sql = compile(&rule(kind, hosts, sockets));
             prop_assert!(!sql.contains('?'), "{}", sql);

@@ -310,6 +310,36 @@ async fn seed(fleet: &Fleet<'_>) -> Result<()> {
         );
         let mut later = inv.clone();
         later.flows = scan_flows(addr, &[22]).into_iter().collect();
+        if id == "db2" {
+            // Clients of db2's postgres: the app tier (allowed, one through an
+            // IPv4-mapped address), web1 (another tier), allowed networks, itself over
+            // loopback, and addresses outside the fleet; and an outside client of ssh.
+            for (remote, port) in [
+                ("10.0.1.1", 5432),
+                ("::ffff:10.0.1.2", 5432),
+                ("10.0.2.1", 5432),
+                ("203.0.113.50", 5432),
+                ("192.0.2.200", 5432),
+                ("2001:db8:77::5", 5432),
+                ("127.0.0.1", 5432),
+                ("2001:db8:99::5", 5432),
+                ("203.0.113.50", 22),
+            ] {
+                let local = if remote.starts_with("2001:") {
+                    "2001:db8:1::2"
+                } else {
+                    addr
+                };
+                let key = flow(
+                    Direction::Inbound,
+                    local,
+                    remote,
+                    port,
+                    SocketState::Established,
+                );
+                later.flows.insert(key, 2);
+            }
+        }
         fleet
             .host(
                 id,
@@ -407,6 +437,63 @@ async fn seed(fleet: &Fleet<'_>) -> Result<()> {
     );
     fleet
         .host("app2", "app-2", &[("role", "app")], vec![(600, app2)])
+        .await?;
+
+    // mail1: exim gave port 25 to postfix 30 minutes ago (within the 1h window) and port
+    // 587 three hours ago (outside it); dovecot restarted (same program).
+    let exim = |inode: u64, port: u16| {
+        (
+            listener("0.0.0.0", port, inode, &[800], Scope::Public),
+            vec![process(800, "exim4", "/usr/sbin/exim4", "exim4.service")],
+        )
+    };
+    let postfix = |inode: u64, port: u16| {
+        (
+            listener("0.0.0.0", port, inode, &[900], Scope::Public),
+            vec![process(
+                900,
+                "master",
+                "/usr/lib/postfix/sbin/master",
+                "postfix@-.service",
+            )],
+        )
+    };
+    let dovecot = |inode: u64, pid: u32| {
+        (
+            listener("0.0.0.0", 143, inode, &[pid], Scope::Public),
+            vec![process(
+                pid,
+                "dovecot",
+                "/usr/sbin/dovecot",
+                "dovecot.service",
+            )],
+        )
+    };
+    let mail_old = inventory(
+        "10.0.3.1",
+        eph,
+        vec![exim(7001, 25), exim(7002, 587), dovecot(7003, 850)],
+        vec![],
+    );
+    let mail_587 = inventory(
+        "10.0.3.1",
+        eph,
+        vec![exim(7001, 25), postfix(7102, 587), dovecot(7003, 850)],
+        vec![],
+    );
+    let mail_now = inventory(
+        "10.0.3.1",
+        eph,
+        vec![postfix(7201, 25), postfix(7102, 587), dovecot(7203, 870)],
+        vec![],
+    );
+    fleet
+        .host(
+            "mail1",
+            "mail-1",
+            &[("role", "mail")],
+            vec![(30 * DAY, mail_old), (3 * 3600, mail_587), (1800, mail_now)],
+        )
         .await?;
 
     let ports: Vec<u16> = (8000..8025).collect();
@@ -562,6 +649,25 @@ rules:
     by: hosts
     min: 5
     window: 10m
+  - id: db-clients
+    kind: flow_policy
+    severity: high
+    hosts: {labels: {role: db}}
+    sockets: {protocol: tcp, ports: [5432]}
+    clients: {labels: {role: app}}
+    networks: ["192.0.2.128/25", "2001:db8:77::/48"]
+  - id: db-clients-local-denied
+    kind: flow_policy
+    severity: low
+    hosts: {host_id: [db2]}
+    sockets: {ports: [5432]}
+    clients: {}
+    outside: allow
+    local: deny
+  - id: owner-changed
+    kind: port_owner_change
+    severity: medium
+    window: 1h
 "#;
 
 fn expected() -> BTreeSet<(String, String, String)> {
@@ -584,6 +690,28 @@ fn expected() -> BTreeSet<(String, String, String)> {
         ("new-in-fleet", "db1", "tcp 0.0.0.0:8080"),
         ("scan-ports", "web1", SCANNER),
         ("scan-hosts", "", SCANNER),
+        ("db-clients", "db2", "tcp port 5432 from web-1"),
+        (
+            "db-clients",
+            "db2",
+            "tcp port 5432 from 203.0.113.50 (outside the fleet)",
+        ),
+        (
+            "db-clients",
+            "db2",
+            "tcp port 5432 from 2001:db8:99::5 (outside the fleet)",
+        ),
+        (
+            "db-clients-local-denied",
+            "db2",
+            "tcp port 5432 from 127.0.0.1 (this host)",
+        ),
+        ("owner-changed", "mail1", "tcp 0.0.0.0:25"),
+        // Postfix is new on mail1 and in the fleet, on both ports; dovecot restarted.
+        ("new", "mail1", "tcp 0.0.0.0:25"),
+        ("new", "mail1", "tcp 0.0.0.0:587"),
+        ("new-in-fleet", "mail1", "tcp 0.0.0.0:25"),
+        ("new-in-fleet", "mail1", "tcp 0.0.0.0:587"),
     ]
     .into_iter()
     .map(|(r, h, s)| (r.to_string(), h.to_string(), s.to_string()))
@@ -708,6 +836,55 @@ async fn run(store: &Store) -> Result<()> {
     );
     let drift = by_subject.get(&("drift", "db4")).context("drift")?;
     assert!(drift.evidence.contains("holders=3 peers=4"), "{drift:?}");
+    let owner = by_subject[&("owner-changed", "mail1")];
+    assert!(
+        owner
+            .evidence
+            .starts_with("owner=/usr/lib/postfix/sbin/master previous=/usr/sbin/exim4 changed_at="),
+        "{owner:?}"
+    );
+    let web_client = first
+        .iter()
+        .find(|f| f.rule_id == "db-clients" && f.subject.ends_with("web-1"))
+        .context("web-1 as a client of db2")?;
+    assert!(
+        web_client
+            .evidence
+            .starts_with("client_host=web1 addresses=10.0.2.1 connections=2 "),
+        "{web_client:?}"
+    );
+
+    // What must not fire, said outright (the exact set above implies it too):
+    let fired = |rule: &str, host: &str, subject: &str| {
+        got.contains(&(rule.to_string(), host.to_string(), subject.to_string()))
+    };
+    // a restarted program (new pids and inode) is not a new listener, nor a new owner;
+    assert!(!fired("new", "db1", "tcp [::]:5432"));
+    assert!(!fired("new", "mail1", "tcp 0.0.0.0:143"));
+    assert!(!fired("owner-changed", "mail1", "tcp 0.0.0.0:143"));
+    // an owner change older than the window is not reported;
+    assert!(!fired("owner-changed", "mail1", "tcp 0.0.0.0:587"));
+    // listeners older than the baseline window are not new;
+    assert!(!got.iter().any(|(r, h, _)| r == "new" && h == "web1"));
+    // a client touching two ports, and a scan two days old, are not scans;
+    assert!(
+        !got.iter()
+            .any(|(_, _, s)| s == "198.51.100.7" || s == "192.0.2.99")
+    );
+    // allowed clients: the app tier, allowed networks, loopback by default.
+    for allowed in [
+        "app-1",
+        "app-2",
+        "192.0.2.200",
+        "2001:db8:77::5",
+        "127.0.0.1",
+    ] {
+        assert!(
+            !got.iter()
+                .any(|(r, _, s)| r == "db-clients" && s.contains(allowed)),
+            "{allowed} is allowed: {got:#?}"
+        );
+    }
 
     // Fingerprints are stable across evaluations.
     let second = evaluate(store, &sql).await?;
