@@ -33,6 +33,10 @@ lint:
 bench-scan: setup
     cargo bench -p portolan-agent --bench scan
 
+# The rules benchmark: the default pack over 10,000 synthetic hosts × 50 sockets in a managed ClickHouse, each rule's time as a ratio to one pass over the current sockets.
+bench-rules: setup
+    cargo bench -p portolan-rules --bench evaluate
+
 # Install what the demo and the tests need from Debian's packages, when missing.
 setup:
     #!/usr/bin/env bash

@@ -6,10 +6,13 @@
 //! - `refusals`: no client certificate, another CA, a certificate for another host, a
 //!   non-agent certificate, oversized and malformed messages: refused with a clear status,
 //!   nothing stored, other agents unaffected.
+//! - `rules`: every rule kind raised by real sockets, alerted to Alertmanager and a
+//!   webhook, resolved when undone; the time from socket to alert.
 
 mod pipeline;
 mod query;
 mod reconnect;
 mod refusals;
 mod replicas;
+mod rules;
 mod support;

@@ -164,7 +164,7 @@ async fn refused_streams_store_nothing_and_disturb_nobody() -> Result<()> {
     let limits = Limits {
         max_message_bytes: 256 * 1024,
         max_sockets_per_message: 100,
-        rules: None,
+        ..Limits::default()
     };
     let cluster = Cluster::start("refusals", &[IpAddr::V4(Ipv4Addr::LOCALHOST)], limits).await?;
     let pki = &cluster.pki;

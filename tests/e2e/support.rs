@@ -95,6 +95,8 @@ pub struct Limits {
     pub max_sockets_per_message: u32,
     /// A rule file (YAML) the first collector evaluates every second.
     pub rules: Option<String>,
+    /// TOML appended to the first collector's configuration (e.g. `[notify]`).
+    pub collector_extra: String,
 }
 
 impl Default for Limits {
@@ -103,6 +105,7 @@ impl Default for Limits {
             max_message_bytes: 16 * 1024 * 1024,
             max_sockets_per_message: 20_000,
             rules: None,
+            collector_extra: String::new(),
         }
     }
 }
@@ -182,6 +185,11 @@ impl Cluster {
                 "\n[rules]\nevaluate = true\nfiles = [{:?}]\ninterval = \"1s\"\n",
                 file.display().to_string()
             ));
+            std::fs::write(&config, text)?;
+        }
+        if n == 0 && !self.limits.collector_extra.is_empty() {
+            let mut text = std::fs::read_to_string(&config)?;
+            text.push_str(&self.limits.collector_extra);
             std::fs::write(&config, text)?;
         }
         let log = self.state.path().join(format!("collector{suffix}.log"));

@@ -1,7 +1,9 @@
 //! The collector's configuration: `portolan-collector.toml`, `PORTOLAN_*` variables, flags.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use portolan_tls::TlsFiles;
 use serde::{Deserialize, Serialize};
@@ -26,6 +28,119 @@ pub struct CollectorConfig {
     pub limits: LimitsSection,
     /// Exposure rules.
     pub rules: RulesSection,
+    /// Where findings are sent.
+    pub notify: NotifySection,
+}
+
+/// `[notify]`: where the evaluating replica sends findings as they open, reopen and
+/// resolve. Receivers are tables in arrays (`[[notify.alertmanager]]`,
+/// `[[notify.webhook]]`); from the environment, set a whole array as inline TOML
+/// (`PORTOLAN_NOTIFY_WEBHOOK='[{ url = "http://hooks:8080/portolan" }]'`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NotifySection {
+    /// Alertmanager-compatible receivers (Alertmanager's v2 alerts API).
+    pub alertmanager: Vec<AlertmanagerReceiver>,
+    /// Generic JSON webhooks: one document per opened, reopened or resolved finding.
+    pub webhook: Vec<WebhookReceiver>,
+    /// Notifications each receiver keeps waiting while it is slow or down; past that the
+    /// oldest are dropped (and counted and logged).
+    pub queue_size: u32,
+    /// Attempts per notification, the first included; 1 means no retry.
+    pub max_attempts: u32,
+    /// A notification is not retried once it is this old (counted from the evaluation
+    /// that produced it).
+    #[serde(with = "portolan_config::duration")]
+    pub max_age: Duration,
+    /// Wait before the first retry; each further retry waits twice as long, with jitter.
+    #[serde(with = "portolan_config::duration")]
+    pub backoff: Duration,
+    /// The longest wait between two attempts (also caps a receiver's `Retry-After`).
+    #[serde(with = "portolan_config::duration")]
+    pub max_backoff: Duration,
+    /// A link for people, sent as Alertmanager's `generatorURL` and the webhook's
+    /// `link`, e.g. a Grafana dashboard. `{fingerprint}`, `{rule_id}` and `{host_id}` are
+    /// replaced (URL-encoded). Empty: no link.
+    pub external_url: String,
+}
+
+impl Default for NotifySection {
+    fn default() -> Self {
+        NotifySection {
+            alertmanager: Vec::new(),
+            webhook: Vec::new(),
+            queue_size: 1000,
+            max_attempts: 10,
+            max_age: Duration::from_secs(15 * 60),
+            backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(60),
+            external_url: String::new(),
+        }
+    }
+}
+
+/// `[[notify.alertmanager]]`: one Alertmanager (for an HA cluster, list each instance).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertmanagerReceiver {
+    /// Base URL, e.g. `http://alertmanager:9093` (with its route prefix if it has one);
+    /// alerts are posted to `<url>/api/v2/alerts`.
+    pub url: String,
+    /// How long one request may take, connecting included.
+    #[serde(with = "portolan_config::duration")]
+    pub timeout: Duration,
+    /// How often the firing alerts are sent again while nothing changes. Alerts are
+    /// valid for 4 × max(this, `rules.interval`): Alertmanager resolves them by itself
+    /// if the collector stops sending.
+    #[serde(with = "portolan_config::duration")]
+    pub resend_interval: Duration,
+    /// Labels added to every alert, e.g. `{ cluster = "eu-1" }`.
+    pub labels: BTreeMap<String, String>,
+    /// HTTP headers sent with every request, e.g. `{ Authorization = "Basic …" }`.
+    pub headers: BTreeMap<String, String>,
+    /// PEM file of the CA certificates to trust for an `https://` URL instead of the
+    /// system's; empty: the system's.
+    pub ca: String,
+}
+
+impl Default for AlertmanagerReceiver {
+    fn default() -> Self {
+        AlertmanagerReceiver {
+            url: String::new(),
+            timeout: Duration::from_secs(10),
+            resend_interval: Duration::from_secs(60),
+            labels: BTreeMap::new(),
+            headers: BTreeMap::new(),
+            ca: String::new(),
+        }
+    }
+}
+
+/// `[[notify.webhook]]`: one HTTP endpoint that receives a JSON document per change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookReceiver {
+    /// The URL documents are posted to, e.g. `https://hooks.example.com/portolan`.
+    pub url: String,
+    /// How long one request may take, connecting included.
+    #[serde(with = "portolan_config::duration")]
+    pub timeout: Duration,
+    /// HTTP headers sent with every request, e.g. `{ Authorization = "Bearer …" }`.
+    pub headers: BTreeMap<String, String>,
+    /// PEM file of the CA certificates to trust for an `https://` URL instead of the
+    /// system's; empty: the system's.
+    pub ca: String,
+}
+
+impl Default for WebhookReceiver {
+    fn default() -> Self {
+        WebhookReceiver {
+            url: String::new(),
+            timeout: Duration::from_secs(10),
+            headers: BTreeMap::new(),
+            ca: String::new(),
+        }
+    }
 }
 
 /// `[rules]`: the exposure rules this replica evaluates.
@@ -96,6 +211,7 @@ impl Default for CollectorConfig {
             clickhouse: ClickHouseSection::default(),
             limits: LimitsSection::default(),
             rules: RulesSection::default(),
+            notify: NotifySection::default(),
         }
     }
 }
@@ -162,6 +278,7 @@ impl CollectorConfig {
         if self.rules.interval < std::time::Duration::from_secs(1) {
             problems.push("`rules.interval` is under 1s".into());
         }
+        self.notify.validate(&mut problems);
         if problems.is_empty() {
             Ok(())
         } else {
@@ -172,5 +289,154 @@ impl CollectorConfig {
     /// The TLS files as portolan-tls wants them.
     pub fn tls_files(&self) -> TlsFiles {
         self.tls.clone()
+    }
+}
+
+impl NotifySection {
+    /// Adds every problem of `[notify]` to `problems`.
+    fn validate(&self, problems: &mut Vec<String>) {
+        if self.queue_size == 0 {
+            problems.push("`notify.queue_size` is 0; use at least 1".into());
+        }
+        if self.max_attempts == 0 {
+            problems.push("`notify.max_attempts` is 0; use at least 1 (1: no retry)".into());
+        }
+        if self.backoff.is_zero() || self.backoff > self.max_backoff {
+            problems.push(format!(
+                "`notify.backoff` ({}) must be positive and at most `notify.max_backoff` ({})",
+                humantime::format_duration(self.backoff),
+                humantime::format_duration(self.max_backoff)
+            ));
+        }
+        let url = &self.external_url;
+        if !url.is_empty() && !url.starts_with("http://") && !url.starts_with("https://") {
+            problems.push(format!(
+                "`notify.external_url` is `{}`; use an http:// or https:// URL",
+                self.external_url
+            ));
+        }
+        for (i, r) in self.alertmanager.iter().enumerate() {
+            let key = format!("notify.alertmanager[{i}]");
+            receiver_problems(&key, &r.url, r.timeout, &r.headers, problems);
+            if r.resend_interval < Duration::from_secs(1) {
+                problems.push(format!("`{key}.resend_interval` is under 1s"));
+            }
+            for name in r.labels.keys() {
+                if !crate::notify::is_label_name(name) {
+                    problems.push(format!(
+                        "`{key}.labels`: `{name}` is not a label name; use letters, digits and `_`, not starting with a digit"
+                    ));
+                }
+            }
+        }
+        for (i, r) in self.webhook.iter().enumerate() {
+            let key = format!("notify.webhook[{i}]");
+            receiver_problems(&key, &r.url, r.timeout, &r.headers, problems);
+        }
+    }
+}
+
+/// Problems of the keys every receiver has.
+fn receiver_problems(
+    key: &str,
+    url: &str,
+    timeout: Duration,
+    headers: &BTreeMap<String, String>,
+    problems: &mut Vec<String>,
+) {
+    if let Err(e) = crate::notify::http::Endpoint::parse(url) {
+        problems.push(format!("`{key}.url`: {e}"));
+    }
+    if timeout < Duration::from_millis(100) {
+        problems.push(format!("`{key}.timeout` is under 100ms"));
+    }
+    for (name, value) in headers {
+        if let Err(e) = crate::notify::http::header(name, value) {
+            problems.push(format!("`{key}.headers`: {e}"));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_notify_problem_is_reported() {
+        let mut config = CollectorConfig::default();
+        config.notify.queue_size = 0;
+        config.notify.backoff = Duration::from_secs(120);
+        config.notify.alertmanager.push(AlertmanagerReceiver {
+            url: "ftp://am".into(),
+            labels: BTreeMap::from([("1bad".to_string(), "x".to_string())]),
+            ..AlertmanagerReceiver::default()
+        });
+        config.notify.webhook.push(WebhookReceiver {
+            url: String::new(),
+            headers: BTreeMap::from([("bad header".to_string(), "x".to_string())]),
+            timeout: Duration::ZERO,
+            ..WebhookReceiver::default()
+        });
+        let problems = config.validate().expect_err("invalid");
+        let text = problems.join("\n");
+        for expected in [
+            "`notify.queue_size`",
+            "`notify.backoff`",
+            "`notify.alertmanager[0].url`",
+            "`notify.alertmanager[0].labels`",
+            "`notify.webhook[0].url`",
+            "`notify.webhook[0].headers`",
+            "`notify.webhook[0].timeout`",
+        ] {
+            assert!(text.contains(expected), "{expected} missing in:\n{text}");
+        }
+        assert_eq!(problems.len(), 7, "{text}");
+    }
+
+    #[test]
+    fn receivers_load_from_toml_and_from_the_environment()
+    -> Result<(), portolan_config::ConfigError> {
+        let dir =
+            std::env::temp_dir().join(format!("portolan-notify-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|source| portolan_config::ConfigError::Read {
+            path: dir.display().to_string(),
+            source,
+        })?;
+        let file = dir.join("c.toml");
+        std::fs::write(
+            &file,
+            "[notify]\nqueue_size = 5\n[[notify.alertmanager]]\nurl = \"http://am:9093\"\nresend_interval = \"2m\"\nlabels = { cluster = \"eu\" }\n",
+        )
+        .map_err(|source| portolan_config::ConfigError::Read {
+            path: file.display().to_string(),
+            source,
+        })?;
+        let env = BTreeMap::from([(
+            "PORTOLAN_NOTIFY_WEBHOOK".to_string(),
+            "[{ url = \"http://hooks/p\", headers = { Authorization = \"Bearer t\" } }]"
+                .to_string(),
+        )]);
+        let config: CollectorConfig =
+            portolan_config::load(Some(&file), &env, "PORTOLAN_", toml::Table::new())?;
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(config.notify.queue_size, 5);
+        assert_eq!(
+            config.notify.alertmanager[0].resend_interval,
+            Duration::from_secs(120)
+        );
+        assert_eq!(
+            config.notify.alertmanager[0].timeout,
+            Duration::from_secs(10)
+        );
+        assert_eq!(config.notify.webhook[0].url, "http://hooks/p");
+        assert_eq!(
+            config.notify.webhook[0]
+                .headers
+                .get("Authorization")
+                .map(String::as_str),
+            Some("Bearer t")
+        );
+        assert_eq!(config.validate(), Ok(()));
+        Ok(())
     }
 }

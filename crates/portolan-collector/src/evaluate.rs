@@ -6,15 +6,17 @@
 //! single-replica Deployment). Evaluation is idempotent, so two evaluators by mistake
 //! only write the same states twice.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use portolan_rules::lifecycle::{Round, Status, reconcile};
+use portolan_rules::lifecycle::{Round, reconcile};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use crate::notify::{Evaluation, Event, Notifier};
+use crate::store::fleet::HostFilter;
 use crate::store::{Store, StoreError};
 
 /// A rule ready to run.
@@ -22,6 +24,8 @@ use crate::store::{Store, StoreError};
 pub struct CompiledRule {
     /// The rule's id.
     pub id: String,
+    /// What the rule is for, for people (notifications carry it).
+    pub description: String,
     /// Its query.
     pub sql: String,
 }
@@ -52,6 +56,7 @@ pub fn load_rules(files: &[PathBuf]) -> Result<Vec<CompiledRule>, String> {
                     }
                     rules.push(CompiledRule {
                         id: rule.id.clone(),
+                        description: rule.description.clone(),
                         sql: portolan_rules::compile(rule),
                     });
                 }
@@ -61,6 +66,24 @@ pub fn load_rules(files: &[PathBuf]) -> Result<Vec<CompiledRule>, String> {
     }
     if problems.is_empty() {
         Ok(rules)
+    } else {
+        Err(problems.join("\n"))
+    }
+}
+
+/// Runs every rule once on the server with `LIMIT 0`, so that a rule whose query the
+/// server refuses (a function it lacks, a column it does not have) is found at start-up.
+/// Every refused rule is reported at once, with the server's message.
+pub async fn check_rules(store: &Store, rules: &[CompiledRule]) -> Result<(), String> {
+    let mut problems = Vec::new();
+    for rule in rules {
+        let probe = format!("SELECT * FROM (\n{}\n) LIMIT 0", rule.sql);
+        if let Err(e) = store.run_rule(&probe).await {
+            problems.push(format!("rule `{}`: {e}", rule.id));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
     } else {
         Err(problems.join("\n"))
     }
@@ -90,12 +113,31 @@ pub struct Report {
 pub struct Evaluator {
     store: Arc<Store>,
     rules: Vec<CompiledRule>,
+    notifier: Option<Notifier>,
 }
 
 impl Evaluator {
     /// An evaluator of `rules` on `store`.
     pub fn new(store: Arc<Store>, rules: Vec<CompiledRule>) -> Evaluator {
-        Evaluator { store, rules }
+        Evaluator {
+            store,
+            rules,
+            notifier: None,
+        }
+    }
+
+    /// The same evaluator, handing each round's outcome to `notifier` (without waiting
+    /// for any receiver).
+    pub fn with_notifier(self, notifier: Notifier) -> Evaluator {
+        Evaluator {
+            notifier: Some(notifier),
+            ..self
+        }
+    }
+
+    /// The notifier, if any (for its figures).
+    pub fn notifier(&self) -> Option<&Notifier> {
+        self.notifier.as_ref()
     }
 
     /// Runs every rule once and writes the findings that changed.
@@ -127,21 +169,52 @@ impl Evaluator {
         report.matches = matches.len();
         let stored = self.store.findings().await?;
         let updates = reconcile(&stored, &matches, &round);
-        for u in &updates {
-            let before = stored
-                .iter()
-                .find(|f| f.latest.fingerprint == u.latest.fingerprint);
-            match (before.map(|f| f.status), u.status) {
-                (None, Status::Open) => report.opened += 1,
-                (Some(Status::Resolved), Status::Open) => report.reopened += 1,
-                (Some(Status::Open), Status::Resolved) => report.resolved += 1,
-                _ => {}
+        let evaluation = Evaluation::from_round(round.now, &stored, &updates);
+        for c in &evaluation.changes {
+            match c.event {
+                Event::Opened => report.opened += 1,
+                Event::Reopened => report.reopened += 1,
+                Event::Resolved => report.resolved += 1,
             }
         }
         let version = u64::try_from(now.as_nanos()).unwrap_or(u64::MAX);
         self.store.write_findings(&updates, version).await?;
+        // Only what was written is notified: a failed write is evaluated again next round.
+        if let Some(notifier) = &self.notifier {
+            notifier.notify(self.described(evaluation).await);
+        }
         report.took = started.elapsed();
         Ok(report)
+    }
+
+    /// `evaluation` with host names and rule descriptions; without host names if they
+    /// cannot be read (notifications go out all the same).
+    async fn described(&self, mut evaluation: Evaluation) -> Evaluation {
+        let host_ids: BTreeSet<String> = evaluation
+            .notices_mut()
+            .map(|n| n.finding.latest.host_id.clone())
+            .filter(|h| !h.is_empty())
+            .collect();
+        let mut hostnames = HashMap::new();
+        if !host_ids.is_empty() {
+            let filter = HostFilter {
+                host_ids: host_ids.into_iter().collect(),
+                ..HostFilter::default()
+            };
+            match self.store.hosts(&filter).await {
+                Ok(hosts) => hostnames.extend(hosts.into_iter().map(|h| (h.host_id, h.hostname))),
+                Err(e) => {
+                    warn!(error = %e, "cannot read host names for notifications; sending them without")
+                }
+            }
+        }
+        let descriptions: HashMap<String, String> = self
+            .rules
+            .iter()
+            .map(|r| (r.id.clone(), r.description.clone()))
+            .collect();
+        crate::notify::fill_in(&mut evaluation, &hostnames, &descriptions);
+        evaluation
     }
 
     /// Evaluates every `interval` until `stop` turns true.

@@ -3,7 +3,8 @@
 //!
 //! It holds no fleet state of its own: any replica can serve any agent, and everything
 //! is read back from ClickHouse ([`store`]). Without a configured ClickHouse URL it runs a
-//! managed local ClickHouse ([`managed_clickhouse`]).
+//! managed local ClickHouse ([`managed_clickhouse`]). The evaluating replica sends
+//! findings to Alertmanager and webhooks ([`notify`]).
 #![forbid(unsafe_code)]
 
 pub mod config;
@@ -11,6 +12,7 @@ pub mod error;
 pub mod evaluate;
 pub mod ingest;
 pub mod managed_clickhouse;
+pub mod notify;
 pub mod query;
 pub mod server;
 pub mod store;

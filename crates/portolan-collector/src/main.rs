@@ -10,6 +10,7 @@ use clap::Parser;
 use portolan_collector::config::CollectorConfig;
 use portolan_collector::evaluate::{CompiledRule, Evaluator};
 use portolan_collector::managed_clickhouse::{ManagedClickHouse, ManagedOptions};
+use portolan_collector::notify::Notifier;
 use portolan_collector::store::{ClickHouseConfig, Store};
 use tracing::info;
 
@@ -128,6 +129,8 @@ async fn run(config: CollectorConfig, rules: Vec<CompiledRule>) -> Result<()> {
     // Check the certificates before anything slow starts.
     portolan_tls::server_config(&config.tls_files())
         .context("cannot load the collector's TLS files (see `[tls]`)")?;
+    // And the notification receivers (CA files, system CAs).
+    let notifier = notifier(&config)?;
 
     let mut managed = None;
     let url = if config.clickhouse.url.is_empty() {
@@ -164,6 +167,13 @@ async fn run(config: CollectorConfig, rules: Vec<CompiledRule>) -> Result<()> {
         .migrate()
         .await
         .context("cannot create or migrate the ClickHouse schema")?;
+    if config.rules.evaluate {
+        // A rule the server cannot run is refused now, not at 3 a.m.
+        portolan_collector::evaluate::check_rules(&store, &rules)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .context("a rule does not run on this ClickHouse server; fix or remove it (`portolan rules check FILE --sql` shows its query)")?;
+    }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| {
@@ -183,7 +193,10 @@ async fn run(config: CollectorConfig, rules: Vec<CompiledRule>) -> Result<()> {
         let _ = stop.send(true);
     });
     let evaluator = config.rules.evaluate.then(|| {
-        let evaluator = Evaluator::new(store.clone(), rules);
+        let mut evaluator = Evaluator::new(store.clone(), rules);
+        if let Some(notifier) = notifier {
+            evaluator = evaluator.with_notifier(notifier);
+        }
         tokio::spawn(evaluator.run(config.rules.interval, stopped.clone()))
     });
     let mut server_stop = stopped.clone();
@@ -202,6 +215,23 @@ async fn run(config: CollectorConfig, rules: Vec<CompiledRule>) -> Result<()> {
     result.context("collector server failed")?;
     info!("collector stopped");
     Ok(())
+}
+
+/// The notifier of `[notify]`, on the evaluating replica when it names receivers.
+fn notifier(config: &CollectorConfig) -> Result<Option<Notifier>> {
+    let receivers = config.notify.alertmanager.len() + config.notify.webhook.len();
+    if receivers == 0 {
+        return Ok(None);
+    }
+    if !config.rules.evaluate {
+        info!(
+            "`[notify]` names receivers but this replica does not evaluate rules (`rules.evaluate = false`): only the evaluating replica notifies"
+        );
+        return Ok(None);
+    }
+    Notifier::start(&config.notify, config.rules.interval)
+        .map(Some)
+        .context("cannot set up notifications (see `[notify]`)")
 }
 
 async fn shutdown_signal() {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Result;
-use portolan_collector::evaluate::{Evaluator, load_rules};
+use portolan_collector::evaluate::{CompiledRule, Evaluator, check_rules, load_rules};
 use portolan_collector::managed_clickhouse::{ManagedClickHouse, ManagedOptions};
 use portolan_collector::store::{ChangeKind, ClickHouseConfig, HostRecord, Store};
 use portolan_core::{
@@ -99,6 +99,23 @@ async fn findings_open_resolve_and_reopen() -> Result<()> {
         load_rules(&[std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../../deploy/rules/default.yaml")])
         .map_err(anyhow::Error::msg)?;
+    // Every rule of the pack runs on this server; one it cannot run is refused by name.
+    check_rules(&store, &rules)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let broken = CompiledRule {
+        id: "needs-a-newer-server".into(),
+        description: String::new(),
+        sql: "SELECT 'x' AS rule_id, '' AS host_id, '' AS fingerprint, '' AS severity, '' AS subject, toString(portolanNoSuchFunction(1)) AS evidence".into(),
+    };
+    let refused = check_rules(&store, &[rules[0].clone(), broken])
+        .await
+        .expect_err("a rule this server cannot run is refused");
+    assert!(
+        refused.starts_with("rule `needs-a-newer-server`: "),
+        "{refused}"
+    );
+    assert_eq!(refused.lines().count(), 1, "{refused}");
     let evaluator = Evaluator::new(store.clone(), rules);
     let change = |seq: u64, from: &Inventory, to: &Inventory| {
         let (store, delta) = (store.clone(), diff(from, to));

@@ -462,8 +462,32 @@ fn peer_drift(rule: &Rule, p: &DriftParams, src: &Sources) -> String {
         src.sockets,
         socket_cond(&rule.sockets)
     );
+    // Every listening (host, protocol, port) with the host's group; how many hosts of
+    // the group hold each; how big each group is. No host lists are carried through the
+    // joins: a group of thousands of hosts stays cheap.
+    let held = format!(
+        "SELECT host_id, peer_group, protocol, local_port\nFROM\n(\n{listeners}\n) AS joined_left\nALL INNER JOIN\n(\n{members}\n) AS joined_right USING host_id"
+    );
+    let stats = format!(
+        "SELECT peer_group, protocol, local_port, count() AS holders_n\nFROM\n(\n{held}\n)\nGROUP BY peer_group, protocol, local_port"
+    );
+    let sizes = format!(
+        "SELECT peer_group, count() AS peers_n\nFROM\n(\n{members}\n)\nGROUP BY peer_group\nHAVING peers_n >= {min}",
+        min = p.min_peers
+    );
+    let rare = format!(
+        "SELECT host_id, peer_group, protocol, local_port, toUInt8(1) AS holding, holders_n, peers_n\nFROM\n(\nSELECT host_id, peer_group, protocol, local_port, holders_n\nFROM\n(\n{held}\n) AS joined_left\nALL INNER JOIN\n(\n{stats}\n) AS joined_right USING (peer_group, protocol, local_port)\n) AS joined_left\nALL INNER JOIN\n(\n{sizes}\n) AS joined_right USING peer_group\nWHERE toInt64(holders_n) - 1 < {share} * (toInt64(peers_n) - 1)",
+        share = p.rare_share,
+    );
+    let common = format!(
+        "SELECT peer_group, protocol, local_port, holders_n, peers_n\nFROM\n(\n{stats}\n) AS joined_left\nALL INNER JOIN\n(\n{sizes}\n) AS joined_right USING peer_group\nWHERE toInt64(holders_n) >= {share} * (toInt64(peers_n) - 1)",
+        share = p.common_share,
+    );
+    let missing = format!(
+        "SELECT host_id, peer_group, protocol, local_port, toUInt8(0) AS holding, holders_n, peers_n\nFROM\n(\nSELECT host_id, peer_group, protocol, local_port, holders_n, peers_n\nFROM\n(\n{members}\n) AS joined_left\nALL INNER JOIN\n(\n{common}\n) AS joined_right USING peer_group\n) AS joined_left\nALL LEFT JOIN\n(\nSELECT host_id, protocol, local_port, toUInt8(1) AS held\nFROM\n(\n{listeners}\n)\n) AS joined_right USING (host_id, protocol, local_port)\nWHERE held = 0"
+    );
     format!(
-        "SELECT host_id,\n    {fp} AS fingerprint,\n    concat(if(holding, 'rare ', 'missing '), protocol, ' port ', toString(local_port)) AS subject,\n    concat('label=', {label}, ' group=', peer_group, ' holders=', toString(holders_n), ' peers=', toString(peers_n), ' holder_hosts=', arrayStringConcat(arraySort(holders), ',')) AS evidence\nFROM\n(\nSELECT peer_group, protocol, local_port, holders, holders_n, peers_n, arrayJoin(members) AS host_id, has(holders, host_id) AS holding\nFROM\n(\nSELECT peer_group, protocol, local_port, groupUniqArray(host_id) AS holders, length(holders) AS holders_n\nFROM\n(\n{listeners}\n) AS joined_left\nALL INNER JOIN\n(\n{members}\n) AS joined_right USING host_id\nGROUP BY peer_group, protocol, local_port\n) AS joined_left\nALL INNER JOIN\n(\nSELECT peer_group, groupUniqArray(host_id) AS members, length(members) AS peers_n\nFROM\n(\n{members}\n)\nGROUP BY peer_group\n) AS joined_right USING peer_group\n)\nWHERE peers_n >= {min} AND ((holding AND toInt64(holders_n) - 1 < {rare} * (toInt64(peers_n) - 1)) OR (NOT holding AND toInt64(holders_n) >= {common} * (toInt64(peers_n) - 1)))",
+        "SELECT host_id,\n    {fp} AS fingerprint,\n    concat(if(holding, 'rare ', 'missing '), protocol, ' port ', toString(local_port)) AS subject,\n    concat('label=', {label}, ' group=', peer_group, ' holders=', toString(holders_n), ' peers=', toString(peers_n)) AS evidence\nFROM\n(\n{rare}\nUNION ALL\n{missing}\n)",
         fp = fingerprint(
             &rule.id,
             &[
@@ -473,9 +497,6 @@ fn peer_drift(rule: &Rule, p: &DriftParams, src: &Sources) -> String {
                 "toString(local_port)"
             ]
         ),
-        min = p.min_peers,
-        rare = p.rare_share,
-        common = p.common_share,
     )
 }
 

@@ -7,6 +7,8 @@
 //! - [`ss`]: [`ss_sockets`], the oracle of what the kernel holds, parsed from `ss`.
 //! - [`eventually!`] and [`eventually_async!`]: wait for a condition with a deadline,
 //!   never with a bare sleep.
+//! - [`receiver`]: [`Receiver`], a real HTTP server on 127.0.0.1 that records every
+//!   request and answers with scripted statuses and delays (Alertmanager, webhooks).
 //! - [`free_port`] and [`TempState`]: small helpers.
 //!
 //! Everything that touches namespaces needs root (CAP_SYS_ADMIN and CAP_NET_ADMIN) and
@@ -18,12 +20,14 @@ pub mod error;
 pub mod eventually;
 pub mod fixture;
 pub mod netns;
+pub mod receiver;
 pub mod ss;
 mod util;
 
 pub use error::{Error, Result};
 pub use fixture::{FixtureId, SocketFixture, fixture_binary};
 pub use netns::{ChildGuard, Lab, NetnsHost, StaleCleanup, check_privileges};
+pub use receiver::{Receiver, Recorded, Reply};
 pub use ss::{SsSocket, parse_ss_line, parse_ss_output, ss_sockets};
 pub use util::{TempState, free_port};
 
