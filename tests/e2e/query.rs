@@ -53,8 +53,7 @@ impl Cli<'_> {
 }
 
 fn listeners_of(doc: &Value) -> BTreeSet<(String, String, String, u64, Vec<u64>)> {
-    doc["sockets"]
-        .as_array()
+    doc.as_array()
         .map(|a| {
             a.iter()
                 .map(|s| {
@@ -154,9 +153,9 @@ async fn cli_answers_equal_the_sockets_the_test_opened() -> Result<()> {
         vec![u64::from(on_db.pid())],
     )]);
     assert_eq!(found, want, "who-listens 5432");
-    assert_eq!(doc["sockets"][0]["exposure"], "private");
+    assert_eq!(doc[0]["exposure"], "private");
     assert!(
-        doc["sockets"][0]["processes"][0]["name"]
+        doc[0]["processes"][0]["name"]
             .as_str()
             .is_some_and(|n| n.starts_with("portolan-socket"))
     );
@@ -205,7 +204,7 @@ async fn cli_answers_equal_the_sockets_the_test_opened() -> Result<()> {
 
     // flows: app's connection to db:5432 is seen from both ends and joined across hosts.
     let doc = cli.json(&["flows", "--port", "5432", "-o", "json"])?;
-    let flows = doc["flows"].as_array().context("flows array")?;
+    let flows = doc.as_array().context("flows array")?;
     let find = |host: &str, dir: &str| {
         flows
             .iter()
@@ -222,11 +221,7 @@ async fn cli_answers_equal_the_sockets_the_test_opened() -> Result<()> {
     assert_eq!(outbound["pid"], u64::from(on_app.pid()));
     // The agents' own streams go to the collector, which runs no agent: outside the fleet.
     let doc = cli.json(&["flows", "--outside", "--direction", "out", "-o", "json"])?;
-    let outside: Vec<&Value> = doc["flows"]
-        .as_array()
-        .context("flows array")?
-        .iter()
-        .collect();
+    let outside: Vec<&Value> = doc.as_array().context("flows array")?.iter().collect();
     assert!(
         !outside.is_empty()
             && outside.iter().all(|f| f["peer"] == "outside"
@@ -239,7 +234,7 @@ async fn cli_answers_equal_the_sockets_the_test_opened() -> Result<()> {
 
     // hosts: both, with their labels, fresh.
     let doc = cli.json(&["hosts", "-o", "json"])?;
-    let hosts = doc["hosts"].as_array().context("hosts array")?;
+    let hosts = doc.as_array().context("hosts array")?;
     assert_eq!(hosts.len(), 2, "{doc}");
     for h in hosts {
         assert_eq!(h["labels"]["env"], "test");
@@ -268,14 +263,14 @@ async fn cli_answers_equal_the_sockets_the_test_opened() -> Result<()> {
             let doc = cli
                 .json(&["findings", "-o", "json"])
                 .map_err(|e| e.to_string())?;
-            if doc["findings"].as_array().is_some_and(|a| !a.is_empty()) {
+            if doc.as_array().is_some_and(|a| !a.is_empty()) {
                 Ok(doc)
             } else {
                 Err(format!("no findings yet: {doc}"))
             }
         }
     );
-    let findings = doc["findings"].as_array().context("findings array")?;
+    let findings = doc.as_array().context("findings array")?;
     assert_eq!(findings.len(), 1, "{doc}");
     let f = &findings[0];
     assert_eq!(

@@ -1,6 +1,12 @@
 //! The `portolan` command-line tool.
 //!
-//! Everything lives in the `portolan` binary (`src/main.rs` and its modules); this library
-//! target is kept so that tests and other verbs can share code later.
+//! The verbs live in the `portolan` binary (`src/main.rs` and its modules). This library
+//! holds what the verbs share and what tests drive without a collector: the connection
+//! settings ([`config`]), the rows the query verbs print ([`rows`]) and how they are
+//! printed ([`output`]).
 
 #![forbid(unsafe_code)]
+
+pub mod config;
+pub mod output;
+pub mod rows;

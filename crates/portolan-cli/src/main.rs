@@ -2,11 +2,17 @@
 
 #![forbid(unsafe_code)]
 
+use std::collections::BTreeMap;
 use std::io::{self, Write};
 use std::process::ExitCode;
+use std::time::SystemTime;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use portolan_cli::config::{self, ConnectionFlags};
+use portolan_cli::output::terminal::{self, Stdout};
+use portolan_cli::output::{ColorChoice, Format};
 
+mod completions;
 mod demo;
 mod pki;
 mod query;
@@ -15,12 +21,56 @@ mod usage;
 
 /// Portolan: a chart of every listening port and connection across a fleet.
 #[derive(Debug, Parser)]
-#[command(name = "portolan", version, about, propagate_version = true)]
+#[command(
+    name = "portolan",
+    version,
+    about,
+    propagate_version = true,
+    after_help = "Examples:
+  portolan sockets --listening --exposure public
+  portolan who-listens 5432 -o wide
+  portolan findings --severity high -o json
+  portolan completions bash > ~/.local/share/bash-completion/completions/portolan
+
+Configuration:
+  The query verbs read the collector address and certificates from flags, else from
+  PORTOLAN_COLLECTOR, PORTOLAN_CA, PORTOLAN_CERT, PORTOLAN_KEY, PORTOLAN_SERVER_NAME,
+  else from the config file (--config, PORTOLAN_CONFIG, or ~/.config/portolan/config.toml):
+    version = 1
+    collector = \"https://collector.example.net:7443\"
+    ca = \"ca.pem\"        # relative to the file
+    cert = \"operator.pem\"
+    key = \"operator.key\"
+
+Exit status: 0 success, 1 nothing found or failure, 64 bad usage or config,
+69 collector unavailable, 77 certificate not allowed."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
     #[command(flatten)]
-    connection: query::Connection,
+    connection: ConnectionFlags,
+    #[command(flatten)]
+    output: OutputFlags,
+}
+
+/// How the query verbs print.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Output")]
+struct OutputFlags {
+    /// Output format
+    #[arg(
+        long,
+        short,
+        value_enum,
+        default_value_t,
+        value_name = "FORMAT",
+        global = true
+    )]
+    output: Format,
+    /// When to colour table and wide output (NO_COLOR set: never, unless `always`)
+    #[arg(long, value_enum, default_value_t, value_name = "WHEN", global = true)]
+    color: ColorChoice,
 }
 
 #[derive(Debug, Subcommand)]
@@ -43,12 +93,16 @@ enum Command {
     Findings(query::FindingsArgs),
     /// Work with rule files: `portolan rules check FILE`.
     Rules(rules::RulesArgs),
+    /// Print a shell completion script (bash, zsh, fish, …).
+    Completions(completions::CompletionsArgs),
 }
 
 /// Exit code when the collector is unreachable (`EX_UNAVAILABLE`).
 const EXIT_UNAVAILABLE: u8 = 69;
 /// Exit code when the certificate may not do this (`EX_NOPERM`).
 const EXIT_NOPERM: u8 = 77;
+/// Exit code for bad usage or configuration (`EX_USAGE`).
+const EXIT_USAGE: u8 = 64;
 
 /// The exit code for a failed query.
 fn query_exit_code(e: &anyhow::Error) -> Option<ExitCode> {
@@ -65,11 +119,43 @@ fn query_exit_code(e: &anyhow::Error) -> Option<ExitCode> {
     })
 }
 
-/// Exit code for bad usage or configuration (`EX_USAGE`).
-const EXIT_USAGE: u8 = 64;
+/// The process environment as a map; variables that are not UTF-8 are left out (none
+/// that portolan reads can be).
+fn environment() -> BTreeMap<String, String> {
+    std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect()
+}
+
+/// Runs a query verb: settings from flags, environment and config file; output fitted
+/// to stdout, buffered (answers can be long) and flushed at the end.
+fn run_query(
+    connection: &ConnectionFlags,
+    output: &OutputFlags,
+    verb: query::Verb,
+    out: &mut dyn Write,
+) -> anyhow::Result<bool> {
+    let env = environment();
+    let settings = config::load(connection, &env).map_err(usage::usage)?;
+    let ctx = terminal::context(
+        output.output,
+        output.color,
+        Stdout::detect(),
+        &env,
+        SystemTime::now(),
+    );
+    let mut buffered = io::BufWriter::new(out);
+    let found = query::run(&settings, &ctx, verb, &mut buffered)?;
+    buffered.flush()?;
+    Ok(found)
+}
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let Cli {
+        command,
+        connection,
+        output,
+    } = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
@@ -84,24 +170,23 @@ fn main() -> ExitCode {
     };
     let stdout = io::stdout();
     let mut out = stdout.lock();
-    let connection = &cli.connection;
-    let result = match cli.command {
+    let query = |verb, out: &mut dyn Write| run_query(&connection, &output, verb, out);
+    let result = match command {
         Command::Pki(args) => pki::run(args, &mut out).map(|()| true),
         Command::Demo(args) => demo::run(args, &mut out).map(|()| true),
-        Command::Hosts(args) => query::run(connection, query::Verb::Hosts(args), &mut out),
-        Command::Host(args) => query::run(connection, query::Verb::Host(args), &mut out),
-        Command::Sockets(args) => query::run(connection, query::Verb::Sockets(args), &mut out),
-        Command::Flows(args) => query::run(connection, query::Verb::Flows(args), &mut out),
-        Command::Findings(args) => query::run(connection, query::Verb::Findings(args), &mut out),
         Command::Rules(args) => rules::run(args, &mut out).map(|()| true),
-        Command::WhoListens(args) => {
-            query::run(connection, query::Verb::WhoListens(args), &mut out)
-        }
+        Command::Completions(args) => completions::run::<Cli>(args, &mut out).map(|()| true),
+        Command::Hosts(args) => query(query::Verb::Hosts(args), &mut out),
+        Command::Host(args) => query(query::Verb::Host(args), &mut out),
+        Command::Sockets(args) => query(query::Verb::Sockets(args), &mut out),
+        Command::WhoListens(args) => query(query::Verb::WhoListens(args), &mut out),
+        Command::Flows(args) => query(query::Verb::Flows(args), &mut out),
+        Command::Findings(args) => query(query::Verb::Findings(args), &mut out),
     }
     .and_then(|found| out.flush().map(|()| found).map_err(anyhow::Error::from));
     match result {
         Ok(true) => ExitCode::SUCCESS,
-        // Nothing found where scripts care (`who-listens`), like grep.
+        // Nothing found where scripts care (`who-listens`, `findings`), like grep.
         Ok(false) => ExitCode::FAILURE,
         Err(e) if usage::is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {

@@ -16,6 +16,12 @@ use crate::usage::usage;
 const CA_NAME: &str = "ca";
 
 #[derive(Debug, Args)]
+#[command(after_help = "\
+Example (a CA, then one certificate of each kind):
+  portolan pki init --dir ./pki
+  portolan pki issue-collector --name collector-0 --dns collector.example.net --dir ./pki
+  portolan pki issue-agent --host-id web-1 --dir ./pki
+  portolan pki issue-operator --name alice --role reader --dir ./pki")]
 pub struct PkiArgs {
     #[command(subcommand)]
     command: PkiCommand,

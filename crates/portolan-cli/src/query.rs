@@ -1,68 +1,22 @@
-//! The query verbs: `hosts`, `host`, `sockets`, `who-listens`.
+//! The query verbs: `hosts`, `host`, `sockets`, `who-listens`, `flows`, `findings`.
 //!
 //! Each asks the collector's query API over mutual TLS with an operator certificate and
-//! prints a table for people or stable JSON for scripts.
+//! hands the answer, as rows (`portolan_cli::rows`), to the output layer
+//! (`portolan_cli::output`), which prints them in the format asked for.
 
 use std::io::Write;
-use std::net::IpAddr;
-use std::path::PathBuf;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context as _, Result};
 use clap::{Args, ValueEnum};
+use portolan_cli::config::Settings;
+use portolan_cli::output::{self, Context, Record};
+use portolan_cli::rows::{FindingRow, FlowRow, HostDetail, HostRow, SocketRow};
 use portolan_proto::v1 as pb;
 use portolan_proto::v1::query_service_client::QueryServiceClient;
-use serde::Serialize;
 use tonic::transport::Channel;
 
 use crate::usage::usage;
-
-/// How to reach the collector: flags or `PORTOLAN_*` environment variables.
-#[derive(Debug, Args)]
-pub struct Connection {
-    /// Collector query endpoint.
-    #[arg(
-        long,
-        env = "PORTOLAN_COLLECTOR",
-        default_value = "https://localhost:7443",
-        global = true
-    )]
-    collector: String,
-    /// CA certificates the collector's certificate must chain to.
-    #[arg(long, env = "PORTOLAN_CA", default_value = "ca.pem", global = true)]
-    ca: PathBuf,
-    /// Operator certificate (`portolan pki issue-operator`).
-    #[arg(
-        long,
-        env = "PORTOLAN_CERT",
-        default_value = "operator.pem",
-        global = true
-    )]
-    cert: PathBuf,
-    /// Key of the operator certificate.
-    #[arg(
-        long,
-        env = "PORTOLAN_KEY",
-        default_value = "operator.key",
-        global = true
-    )]
-    key: PathBuf,
-    /// Name to verify in the collector's certificate; default: the endpoint's host.
-    #[arg(long, env = "PORTOLAN_SERVER_NAME", global = true)]
-    server_name: Option<String>,
-    /// Output format.
-    #[arg(long, short, value_enum, default_value_t = Output::Table, global = true)]
-    output: Output,
-}
-
-/// Output formats.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Output {
-    /// Aligned columns for people.
-    Table,
-    /// One JSON document, stable for scripts.
-    Json,
-}
 
 /// Host selection shared by the verbs.
 #[derive(Debug, Args)]
@@ -92,7 +46,9 @@ impl HostArgs {
 
 /// `portolan hosts`.
 #[derive(Debug, Args)]
-#[command(after_help = "Examples:\n  portolan hosts\n  portolan hosts -l env=prod -o json")]
+#[command(
+    after_help = "Examples:\n  portolan hosts\n  portolan hosts -l env=prod -o wide\n  portolan hosts -o json | jq -r '.[] | select(.stale) | .host_id'"
+)]
 pub struct HostsArgs {
     #[command(flatten)]
     hosts: HostArgs,
@@ -100,7 +56,9 @@ pub struct HostsArgs {
 
 /// `portolan host ID`.
 #[derive(Debug, Args)]
-#[command(after_help = "Example:\n  portolan host db-1")]
+#[command(
+    after_help = "Examples:\n  portolan host db-1\n  portolan host db-1 -o json | jq .interfaces"
+)]
 pub struct HostArgsOne {
     /// The host's id.
     host_id: String,
@@ -109,7 +67,7 @@ pub struct HostArgsOne {
 /// `portolan sockets`.
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Examples:\n  portolan sockets --listening --exposure public --exposure wildcard\n  portolan sockets -l env=prod --port 5432\n  portolan sockets --host db-1 --port 8000-8999 --process 'java*' -o json"
+    after_help = "Examples:\n  portolan sockets --listening --exposure public --exposure wildcard\n  portolan sockets -l env=prod --port 5432\n  portolan sockets --host db-1 --port 8000-8999 --process 'java*' -o wide\n  portolan sockets --listening -o csv > listeners.csv"
 )]
 pub struct SocketsArgs {
     #[command(flatten)]
@@ -137,7 +95,7 @@ pub struct SocketsArgs {
 /// `portolan who-listens PORT`.
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Examples:\n  portolan who-listens 5432\n  portolan who-listens 53 --protocol udp -l env=prod\n\nExit status: 0 when something listens on the port, 1 when nothing does."
+    after_help = "Examples:\n  portolan who-listens 5432\n  portolan who-listens 53 --protocol udp -l env=prod\n  portolan who-listens 443 -o json | jq -r '.[].hostname'\n\nExit status: 0 when something listens on the port, 1 when nothing does."
 )]
 pub struct WhoListensArgs {
     /// The port.
@@ -152,7 +110,7 @@ pub struct WhoListensArgs {
 /// `portolan flows`.
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Examples:\n  portolan flows --port 5432 --direction in\n  portolan flows -l role=db --outside -o json\n\nEach flow is joined to the fleet host at its other end when the peer address belongs to one."
+    after_help = "Examples:\n  portolan flows --port 5432 --direction in\n  portolan flows -l role=db --outside -o wide\n  portolan flows --port 5432 -o csv\n\nEach flow is joined to the fleet host at its other end when the peer address belongs to one."
 )]
 pub struct FlowsArgs {
     #[command(flatten)]
@@ -177,7 +135,7 @@ pub struct FlowsArgs {
 /// `portolan findings`.
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Examples:\n  portolan findings\n  portolan findings --severity high -l env=prod\n  portolan findings --status all --rule database-exposed -o json\n\nExit status: 0 when findings are listed, 1 when none match."
+    after_help = "Examples:\n  portolan findings\n  portolan findings --severity high -l env=prod\n  portolan findings --status all --rule database-exposed -o json\n  portolan findings -o wide --color never | less\n\nExit status: 0 when findings are listed, 1 when none match."
 )]
 pub struct FindingsArgs {
     #[command(flatten)]
@@ -293,28 +251,52 @@ pub enum Verb {
     Findings(FindingsArgs),
 }
 
-/// What a verb found, for the exit code: `Ok(false)` is "nothing found" where that
-/// matters to scripts (`who-listens`).
-pub fn run(connection: &Connection, verb: Verb, out: &mut dyn Write) -> Result<bool> {
+/// Runs a query verb and prints its answer.
+///
+/// Requests end in `..Default::default()`: the query API gains fields (paging, `at`),
+/// and this code leaves the ones it does not know at "no filter". What it found, for the exit code:
+/// `Ok(false)` is "nothing found" where that matters to scripts (`who-listens`,
+/// `findings`).
+#[allow(clippy::needless_update)]
+pub fn run(settings: &Settings, ctx: &Context, verb: Verb, out: &mut dyn Write) -> Result<bool> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
-        let mut client = connect(connection).await?;
+        let mut client = connect(settings).await?;
         match verb {
             Verb::Hosts(args) => {
-                let r = call(client.list_hosts(pb::ListHostsRequest { hosts: Some(args.hosts.selector()) }).await, connection)?;
-                print_hosts(out, connection.output, &r.hosts)?;
+                let request = pb::ListHostsRequest {
+                    hosts: Some(args.hosts.selector()),
+                    ..Default::default()
+                };
+                let r = call(client.list_hosts(request).await, settings)?;
+                let rows: Vec<HostRow> = r.hosts.iter().map(HostRow::from).collect();
+                print_list(out, ctx, &rows, "no hosts matched")?;
                 Ok(true)
             }
             Verb::Host(args) => {
-                let r = call(client.get_host(pb::GetHostRequest { host_id: args.host_id }).await, connection)?;
-                print_host(out, connection.output, &r)?;
-                Ok(true)
+                let request = pb::GetHostRequest {
+                    host_id: args.host_id.clone(),
+                    ..Default::default()
+                };
+                let r = call(client.get_host(request).await, settings)?;
+                match HostDetail::from_response(&r) {
+                    Some(detail) => {
+                        output::write_one(out, ctx, &detail)?;
+                        Ok(true)
+                    }
+                    None => {
+                        eprintln!("the collector knows no host `{}`", args.host_id);
+                        Ok(false)
+                    }
+                }
             }
             Verb::Sockets(args) => {
-                let (port_min, port_max) = args.port.map_or((0, 0), |(lo, hi)| (u32::from(lo), u32::from(hi)));
+                let (port_min, port_max) = args
+                    .port
+                    .map_or((0, 0), |(lo, hi)| (u32::from(lo), u32::from(hi)));
                 let request = pb::ListSocketsRequest {
                     hosts: Some(args.hosts.selector()),
                     protocol: args.protocol.map_or(0, ProtocolArg::wire),
@@ -324,11 +306,16 @@ pub fn run(connection: &Connection, verb: Verb, out: &mut dyn Write) -> Result<b
                     exposures: args.exposure.iter().map(|s| s.wire()).collect(),
                     process: args.process.unwrap_or_default(),
                     limit: args.limit,
+                    ..Default::default()
                 };
-                let r = call(client.list_sockets(request).await, connection)?;
-                print_sockets(out, connection.output, &r.sockets)?;
+                let r = call(client.list_sockets(request).await, settings)?;
+                let rows: Vec<SocketRow> = r.sockets.iter().map(SocketRow::from).collect();
+                print_list(out, ctx, &rows, "no sockets matched")?;
                 if r.truncated {
-                    eprintln!("(more sockets matched than --limit {}; narrow the question or raise --limit)", args.limit);
+                    eprintln!(
+                        "(more sockets matched than --limit {}; narrow the question or raise --limit)",
+                        args.limit
+                    );
                 }
                 Ok(true)
             }
@@ -337,10 +324,13 @@ pub fn run(connection: &Connection, verb: Verb, out: &mut dyn Write) -> Result<b
                     port: u32::from(args.port),
                     protocol: args.protocol.map_or(0, ProtocolArg::wire),
                     hosts: Some(args.hosts.selector()),
+                    ..Default::default()
                 };
-                let r = call(client.who_listens(request).await, connection)?;
-                print_sockets(out, connection.output, &r.listeners)?;
-                Ok(!r.listeners.is_empty())
+                let r = call(client.who_listens(request).await, settings)?;
+                let rows: Vec<SocketRow> = r.listeners.iter().map(SocketRow::from).collect();
+                let nobody = format!("nothing listens on port {}", args.port);
+                print_list(out, ctx, &rows, &nobody)?;
+                Ok(!rows.is_empty())
             }
             Verb::Findings(args) => {
                 let request = pb::ListFindingsRequest {
@@ -353,13 +343,18 @@ pub fn run(connection: &Connection, verb: Verb, out: &mut dyn Write) -> Result<b
                     rule_id: args.rule.unwrap_or_default(),
                     min_severity: args.severity.unwrap_or_default(),
                     limit: args.limit,
+                    ..Default::default()
                 };
-                let r = call(client.list_findings(request).await, connection)?;
-                print_findings(out, connection.output, &r.findings)?;
+                let r = call(client.list_findings(request).await, settings)?;
+                let rows: Vec<FindingRow> = r.findings.iter().map(FindingRow::from).collect();
+                print_list(out, ctx, &rows, "no findings matched")?;
                 if r.truncated {
-                    eprintln!("(more findings matched than --limit {}; narrow the question or raise --limit)", args.limit);
+                    eprintln!(
+                        "(more findings matched than --limit {}; narrow the question or raise --limit)",
+                        args.limit
+                    );
                 }
-                Ok(!r.findings.is_empty())
+                Ok(!rows.is_empty())
             }
             Verb::Flows(args) => {
                 let request = pb::ListFlowsRequest {
@@ -378,16 +373,32 @@ pub fn run(connection: &Connection, verb: Verb, out: &mut dyn Write) -> Result<b
                         pb::Peer::Unspecified
                     } as i32,
                     limit: args.limit,
+                    ..Default::default()
                 };
-                let r = call(client.list_flows(request).await, connection)?;
-                print_flows(out, connection.output, &r.flows)?;
+                let r = call(client.list_flows(request).await, settings)?;
+                let rows: Vec<FlowRow> = r.flows.iter().map(FlowRow::from).collect();
+                print_list(out, ctx, &rows, "no flows matched")?;
                 if r.truncated {
-                    eprintln!("(more flows matched than --limit {}; narrow the question or raise --limit)", args.limit);
+                    eprintln!(
+                        "(more flows matched than --limit {}; narrow the question or raise --limit)",
+                        args.limit
+                    );
                 }
                 Ok(true)
             }
         }
     })
+}
+
+/// Prints rows; for people, no rows is a line on stderr instead of a lone header
+/// (programs still get a CSV header or an empty JSON array).
+fn print_list<R: Record>(out: &mut dyn Write, ctx: &Context, rows: &[R], none: &str) -> Result<()> {
+    if rows.is_empty() && !ctx.machine() {
+        eprintln!("{none}");
+        return Ok(());
+    }
+    output::write_list(out, ctx, rows)?;
+    Ok(())
 }
 
 /// A refusal or failure of the collector, with the gRPC code kept for the exit status.
@@ -399,10 +410,7 @@ pub struct CallError {
     message: String,
 }
 
-fn call<T>(
-    result: Result<tonic::Response<T>, tonic::Status>,
-    connection: &Connection,
-) -> Result<T> {
+fn call<T>(result: Result<tonic::Response<T>, tonic::Status>, settings: &Settings) -> Result<T> {
     result.map(tonic::Response::into_inner).map_err(|status| {
         let hint = match status.code() {
             tonic::Code::Unavailable => {
@@ -414,7 +422,7 @@ fn call<T>(
             code: status.code(),
             message: format!(
                 "collector {} answered {:?}: {}{hint}",
-                connection.collector,
+                settings.collector,
                 status.code(),
                 status.message()
             ),
@@ -422,7 +430,7 @@ fn call<T>(
     })
 }
 
-async fn connect(c: &Connection) -> Result<QueryServiceClient<Channel>> {
+async fn connect(c: &Settings) -> Result<QueryServiceClient<Channel>> {
     let files = portolan_tls::TlsFiles {
         ca: c.ca.clone(),
         cert: c.cert.clone(),
@@ -430,11 +438,11 @@ async fn connect(c: &Connection) -> Result<QueryServiceClient<Channel>> {
     };
     let tls = portolan_tls::client_config(&files).map_err(|e| {
         usage(format!(
-            "{e} (set --ca/--cert/--key or PORTOLAN_CA/PORTOLAN_CERT/PORTOLAN_KEY)"
+            "{e} (set --ca/--cert/--key, PORTOLAN_CA/PORTOLAN_CERT/PORTOLAN_KEY, or `ca`/`cert`/`key` in the config file)"
         ))
     })?;
     let options = portolan_tls::ConnectOptions {
-        server_name: c.server_name.clone(),
+        server_name: Some(c.server_name.clone()).filter(|n| !n.is_empty()),
         connect_timeout: Duration::from_secs(10),
     };
     let channel = portolan_tls::connect(&c.collector, tls, options)
@@ -446,464 +454,4 @@ async fn connect(c: &Connection) -> Result<QueryServiceClient<Channel>> {
             })
         })?;
     Ok(QueryServiceClient::new(channel))
-}
-
-fn when(unix: i64) -> String {
-    if unix <= 0 {
-        return "never".into();
-    }
-    let then = UNIX_EPOCH + Duration::from_secs(unix.unsigned_abs());
-    match SystemTime::now().duration_since(then) {
-        Ok(age) => format!(
-            "{} ago",
-            humantime::format_duration(Duration::from_secs(age.as_secs()))
-        ),
-        Err(_) => "just now".into(),
-    }
-}
-
-fn table(out: &mut dyn Write, header: &[&str], rows: &[Vec<String>]) -> Result<()> {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let line = |cells: Vec<&str>| {
-        cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect::<Vec<_>>()
-            .join("  ")
-            .trim_end()
-            .to_string()
-    };
-    writeln!(out, "{}", line(header.to_vec()))?;
-    for row in rows {
-        writeln!(out, "{}", line(row.iter().map(String::as_str).collect()))?;
-    }
-    Ok(())
-}
-
-#[derive(Serialize)]
-struct HostJson<'a> {
-    host_id: &'a str,
-    hostname: &'a str,
-    labels: std::collections::BTreeMap<&'a str, &'a str>,
-    agent_version: &'a str,
-    kernel: &'a str,
-    os: &'a str,
-    collector: &'a str,
-    scan_interval_ms: u64,
-    last_seen_unix: i64,
-    last_seq: u64,
-    stale: bool,
-    listeners: u32,
-    flows: u32,
-}
-
-fn host_json(h: &pb::HostSummary) -> HostJson<'_> {
-    HostJson {
-        host_id: &h.host_id,
-        hostname: &h.hostname,
-        labels: h
-            .labels
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect(),
-        agent_version: &h.agent_version,
-        kernel: &h.kernel,
-        os: &h.os,
-        collector: &h.collector,
-        scan_interval_ms: h.scan_interval_ms,
-        last_seen_unix: h.last_seen_unix,
-        last_seq: h.last_seq,
-        stale: h.stale,
-        listeners: h.listeners,
-        flows: h.flows,
-    }
-}
-
-fn labels_text(labels: &std::collections::HashMap<String, String>) -> String {
-    let mut pairs: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    pairs.sort();
-    pairs.join(",")
-}
-
-fn print_hosts(out: &mut dyn Write, output: Output, hosts: &[pb::HostSummary]) -> Result<()> {
-    if output == Output::Json {
-        serde_json::to_writer_pretty(
-            &mut *out,
-            &serde_json::json!({ "hosts": hosts.iter().map(host_json).collect::<Vec<_>>() }),
-        )?;
-        writeln!(out)?;
-        return Ok(());
-    }
-    let rows: Vec<Vec<String>> = hosts
-        .iter()
-        .map(|h| {
-            vec![
-                h.host_id.clone(),
-                h.hostname.clone(),
-                labels_text(&h.labels),
-                h.listeners.to_string(),
-                h.flows.to_string(),
-                format!(
-                    "{}{}",
-                    when(h.last_seen_unix),
-                    if h.stale { " (stale)" } else { "" }
-                ),
-                h.agent_version.clone(),
-            ]
-        })
-        .collect();
-    table(
-        out,
-        &[
-            "HOST",
-            "HOSTNAME",
-            "LABELS",
-            "LISTENERS",
-            "FLOWS",
-            "LAST SEEN",
-            "AGENT",
-        ],
-        &rows,
-    )
-}
-
-fn print_host(out: &mut dyn Write, output: Output, r: &pb::GetHostResponse) -> Result<()> {
-    let Some(h) = &r.host else { return Ok(()) };
-    let state = r.state.clone().unwrap_or_default();
-    let interfaces: Vec<String> = state
-        .interfaces
-        .iter()
-        .filter_map(|i| {
-            address(&i.address).map(|a| format!("{} {a}/{}", i.interface, i.prefix_len))
-        })
-        .collect();
-    if output == Output::Json {
-        serde_json::to_writer_pretty(
-            &mut *out,
-            &serde_json::json!({
-                "host": host_json(h),
-                "interfaces": interfaces,
-                "ephemeral_ports": [state.ephemeral_port_min, state.ephemeral_port_max],
-            }),
-        )?;
-        writeln!(out)?;
-        return Ok(());
-    }
-    writeln!(out, "host:        {}", h.host_id)?;
-    writeln!(out, "hostname:    {}", h.hostname)?;
-    writeln!(out, "labels:      {}", labels_text(&h.labels))?;
-    writeln!(out, "os:          {} (kernel {})", h.os, h.kernel)?;
-    writeln!(
-        out,
-        "agent:       {} via collector {}",
-        h.agent_version, h.collector
-    )?;
-    writeln!(
-        out,
-        "last seen:   {}{} (seq {})",
-        when(h.last_seen_unix),
-        if h.stale { ", stale" } else { "" },
-        h.last_seq
-    )?;
-    writeln!(out, "listeners:   {}; flows: {}", h.listeners, h.flows)?;
-    writeln!(
-        out,
-        "ephemeral:   {}-{}",
-        state.ephemeral_port_min, state.ephemeral_port_max
-    )?;
-    writeln!(out, "interfaces:  {}", interfaces.join(", "))?;
-    Ok(())
-}
-
-fn address(bytes: &[u8]) -> Option<IpAddr> {
-    if let Ok(b) = <[u8; 4]>::try_from(bytes) {
-        Some(IpAddr::from(b))
-    } else {
-        <[u8; 16]>::try_from(bytes).ok().map(IpAddr::from)
-    }
-}
-
-fn endpoint(addr: &[u8], port: u32) -> String {
-    match address(addr) {
-        Some(IpAddr::V6(a)) => format!("[{a}]:{port}"),
-        Some(a) => format!("{a}:{port}"),
-        None => format!("?:{port}"),
-    }
-}
-
-fn name<T: TryFrom<i32> + std::fmt::Debug>(value: i32) -> String {
-    T::try_from(value)
-        .map(|v| format!("{v:?}").to_lowercase())
-        .unwrap_or_else(|_| value.to_string())
-}
-
-#[derive(Serialize)]
-struct SocketJson {
-    host_id: String,
-    hostname: String,
-    protocol: String,
-    state: String,
-    local_address: String,
-    local_port: u32,
-    remote_address: String,
-    remote_port: u32,
-    scope: String,
-    exposure: String,
-    attribution: String,
-    pids: Vec<u32>,
-    processes: Vec<ProcessJson>,
-}
-
-#[derive(Serialize)]
-struct ProcessJson {
-    pid: u32,
-    name: String,
-    executable: String,
-    user: String,
-    systemd_unit: String,
-    container_id: String,
-}
-
-fn process_json(p: &pb::Process) -> ProcessJson {
-    ProcessJson {
-        pid: p.pid,
-        name: p.name.clone(),
-        executable: p.executable.clone(),
-        user: p.user.clone(),
-        systemd_unit: p.systemd_unit.clone(),
-        container_id: p.container_id.clone(),
-    }
-}
-
-fn socket_json(s: &pb::HostSocket) -> SocketJson {
-    let socket = s.socket.clone().unwrap_or_default();
-    let ip = |b: &[u8]| address(b).map(|a| a.to_string()).unwrap_or_default();
-    SocketJson {
-        host_id: s.host_id.clone(),
-        hostname: s.hostname.clone(),
-        protocol: name::<pb::Protocol>(socket.protocol),
-        state: name::<pb::SocketState>(socket.state),
-        local_address: ip(&socket.local_address),
-        local_port: socket.local_port,
-        remote_address: ip(&socket.remote_address),
-        remote_port: socket.remote_port,
-        scope: name::<pb::Scope>(socket.scope),
-        exposure: name::<pb::Scope>(socket.exposure),
-        attribution: name::<pb::Attribution>(socket.attribution),
-        pids: socket.pids.clone(),
-        processes: s.processes.iter().map(process_json).collect(),
-    }
-}
-
-fn print_sockets(out: &mut dyn Write, output: Output, sockets: &[pb::HostSocket]) -> Result<()> {
-    let docs: Vec<SocketJson> = sockets.iter().map(socket_json).collect();
-    if output == Output::Json {
-        serde_json::to_writer_pretty(&mut *out, &serde_json::json!({ "sockets": docs }))?;
-        writeln!(out)?;
-        return Ok(());
-    }
-    let rows: Vec<Vec<String>> = sockets
-        .iter()
-        .zip(&docs)
-        .map(|(s, d)| {
-            let socket = s.socket.clone().unwrap_or_default();
-            let owner = d
-                .processes
-                .first()
-                .map(|p| format!("{}/{}", p.pid, p.name))
-                .unwrap_or_else(|| format!("({})", d.attribution));
-            vec![
-                if s.hostname.is_empty() {
-                    s.host_id.clone()
-                } else {
-                    s.hostname.clone()
-                },
-                d.protocol.clone(),
-                d.state.to_uppercase(),
-                endpoint(&socket.local_address, socket.local_port),
-                if socket.remote_port == 0 {
-                    "*".into()
-                } else {
-                    endpoint(&socket.remote_address, socket.remote_port)
-                },
-                d.exposure.clone(),
-                owner,
-                d.processes
-                    .first()
-                    .map(|p| p.user.clone())
-                    .unwrap_or_default(),
-            ]
-        })
-        .collect();
-    table(
-        out,
-        &[
-            "HOST", "PROTO", "STATE", "LOCAL", "PEER", "EXPOSURE", "PROCESS", "USER",
-        ],
-        &rows,
-    )
-}
-
-#[derive(Serialize)]
-struct FlowJson {
-    host_id: String,
-    hostname: String,
-    protocol: String,
-    direction: String,
-    local_address: String,
-    remote_address: String,
-    service_port: u32,
-    state: String,
-    connections: u32,
-    pid: u32,
-    process: Option<ProcessJson>,
-    peer: String,
-    peer_host_id: String,
-    peer_hostname: String,
-}
-
-fn flow_json(f: &pb::HostFlow) -> FlowJson {
-    let flow = f.flow.clone().unwrap_or_default();
-    let ip = |b: &[u8]| address(b).map(|a| a.to_string()).unwrap_or_default();
-    FlowJson {
-        host_id: f.host_id.clone(),
-        hostname: f.hostname.clone(),
-        protocol: name::<pb::Protocol>(flow.protocol),
-        direction: name::<pb::FlowDirection>(flow.direction),
-        local_address: ip(&flow.local_address),
-        remote_address: ip(&flow.remote_address),
-        service_port: flow.service_port,
-        state: name::<pb::SocketState>(flow.state),
-        connections: flow.connections,
-        pid: flow.pid,
-        process: f.process.as_ref().map(process_json),
-        peer: name::<pb::Peer>(f.peer),
-        peer_host_id: f.peer_host_id.clone(),
-        peer_hostname: f.peer_hostname.clone(),
-    }
-}
-
-fn print_flows(out: &mut dyn Write, output: Output, flows: &[pb::HostFlow]) -> Result<()> {
-    let docs: Vec<FlowJson> = flows.iter().map(flow_json).collect();
-    if output == Output::Json {
-        serde_json::to_writer_pretty(&mut *out, &serde_json::json!({ "flows": docs }))?;
-        writeln!(out)?;
-        return Ok(());
-    }
-    let rows: Vec<Vec<String>> = docs
-        .iter()
-        .map(|d| {
-            vec![
-                if d.hostname.is_empty() {
-                    d.host_id.clone()
-                } else {
-                    d.hostname.clone()
-                },
-                d.direction.clone(),
-                d.protocol.clone(),
-                d.local_address.clone(),
-                d.remote_address.clone(),
-                d.service_port.to_string(),
-                d.state.to_uppercase(),
-                d.connections.to_string(),
-                d.process.as_ref().map_or_else(
-                    || "(kernel)".to_string(),
-                    |p| format!("{}/{}", p.pid, p.name),
-                ),
-                if d.peer_host_id.is_empty() {
-                    format!("({})", d.peer)
-                } else {
-                    d.peer_host_id.clone()
-                },
-            ]
-        })
-        .collect();
-    table(
-        out,
-        &[
-            "HOST",
-            "DIR",
-            "PROTO",
-            "LOCAL",
-            "PEER",
-            "PORT",
-            "STATE",
-            "CONNS",
-            "PROCESS",
-            "PEER HOST",
-        ],
-        &rows,
-    )
-}
-
-#[derive(Serialize)]
-struct FindingJson<'a> {
-    fingerprint: &'a str,
-    rule_id: &'a str,
-    host_id: &'a str,
-    hostname: &'a str,
-    severity: &'a str,
-    subject: &'a str,
-    evidence: &'a str,
-    status: String,
-    first_seen_unix: i64,
-    last_seen_unix: i64,
-    resolved_at_unix: i64,
-    reopened: u32,
-}
-
-fn print_findings(out: &mut dyn Write, output: Output, findings: &[pb::Finding]) -> Result<()> {
-    let docs: Vec<FindingJson<'_>> = findings
-        .iter()
-        .map(|f| FindingJson {
-            fingerprint: &f.fingerprint,
-            rule_id: &f.rule_id,
-            host_id: &f.host_id,
-            hostname: &f.hostname,
-            severity: &f.severity,
-            subject: &f.subject,
-            evidence: &f.evidence,
-            status: name::<pb::FindingStatus>(f.status),
-            first_seen_unix: f.first_seen_unix,
-            last_seen_unix: f.last_seen_unix,
-            resolved_at_unix: f.resolved_at_unix,
-            reopened: f.reopened,
-        })
-        .collect();
-    if output == Output::Json {
-        serde_json::to_writer_pretty(&mut *out, &serde_json::json!({ "findings": docs }))?;
-        writeln!(out)?;
-        return Ok(());
-    }
-    let rows: Vec<Vec<String>> = docs
-        .iter()
-        .map(|d| {
-            vec![
-                d.severity.to_uppercase(),
-                d.rule_id.to_string(),
-                if d.hostname.is_empty() {
-                    d.host_id.to_string()
-                } else {
-                    d.hostname.to_string()
-                },
-                d.subject.to_string(),
-                d.status.clone(),
-                when(d.first_seen_unix),
-                d.evidence.to_string(),
-            ]
-        })
-        .collect();
-    table(
-        out,
-        &[
-            "SEVERITY", "RULE", "HOST", "SUBJECT", "STATUS", "SINCE", "EVIDENCE",
-        ],
-        &rows,
-    )
 }

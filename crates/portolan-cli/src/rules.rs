@@ -8,6 +8,7 @@ use clap::{Args, Subcommand};
 
 /// `portolan rules`.
 #[derive(Debug, Args)]
+#[command(after_help = "Example:\n  portolan rules check deploy/rules/default.yaml")]
 pub struct RulesArgs {
     #[command(subcommand)]
     command: RulesCommand,

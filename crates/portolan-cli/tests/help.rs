@@ -20,6 +20,7 @@ const VERBS: &[&[&str]] = &[
     &["findings"],
     &["rules"],
     &["rules", "check"],
+    &["completions"],
 ];
 
 #[test]

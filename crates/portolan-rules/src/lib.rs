@@ -51,6 +51,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod dry_run;
 mod error;
 pub mod lifecycle;
 mod model;
