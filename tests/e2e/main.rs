@@ -1,6 +1,9 @@
 //! End-to-end tests: real binaries, real ClickHouse, real mutual TLS, hosts in network
 //! namespaces with real sockets between them; `ss` is the oracle of what the kernel holds.
 //!
+//! - `history`: the query API's past and live RPCs over mutual TLS: a host's sockets at
+//!   an instant (not now), the history of a port, a new listener streamed within
+//!   seconds, paging that returns every socket once, acknowledgements by admins only.
 //! - `pipeline`: three hosts stream their inventories; ClickHouse equals `ss` in each
 //!   host; listeners opened and closed show up within two scan intervals.
 //! - `refusals`: no client certificate, another CA, a certificate for another host, a
@@ -9,6 +12,7 @@
 //! - `rules`: every rule kind raised by real sockets, alerted to Alertmanager and a
 //!   webhook, resolved when undone; the time from socket to alert.
 
+mod history;
 mod pipeline;
 mod query;
 mod reconnect;

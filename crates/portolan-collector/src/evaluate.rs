@@ -89,6 +89,52 @@ pub async fn check_rules(store: &Store, rules: &[CompiledRule]) -> Result<(), St
     }
 }
 
+/// What a dry run over history found (`portolan rules test`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DryRun {
+    /// The instants evaluated (Unix seconds, oldest first).
+    pub instants: Vec<u64>,
+    /// The findings that would have fired, per fingerprint.
+    pub fired: Vec<portolan_rules::dry_run::Fired>,
+    /// Rules whose query failed, with the server's message; their findings are missing.
+    pub failed: Vec<(String, String)>,
+}
+
+/// Evaluates `rules` at each of `instants` over the state rebuilt from history
+/// ([`crate::store::history`]), writing nothing. A rule whose query fails is reported in
+/// [`DryRun::failed`] and not run at later instants.
+pub async fn dry_run(store: &Store, rules: &[portolan_rules::Rule], instants: &[u64]) -> DryRun {
+    use crate::store::history::{flows_as_of, hosts_as_of, sockets_as_of};
+    let mut rounds: Vec<(u64, Vec<portolan_rules::lifecycle::Match>)> =
+        instants.iter().map(|t| (*t, Vec::new())).collect();
+    let mut failed = Vec::new();
+    for rule in rules {
+        for (at, matches) in &mut rounds {
+            let sources = portolan_rules::Sources::as_of(
+                *at,
+                sockets_as_of(*at),
+                flows_as_of(*at),
+                hosts_as_of(*at),
+            );
+            match store
+                .run_rule(&portolan_rules::compile_with(rule, &sources))
+                .await
+            {
+                Ok(found) => matches.extend(found),
+                Err(e) => {
+                    failed.push((rule.id.clone(), e.to_string()));
+                    break;
+                }
+            }
+        }
+    }
+    DryRun {
+        instants: instants.to_vec(),
+        fired: portolan_rules::dry_run::summarise(&rounds),
+        failed,
+    }
+}
+
 /// What one evaluation did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Report {

@@ -14,7 +14,11 @@
 //!   processes.
 //! - `sockets_current` / `flows_current` — current state: the latest row per socket (flow)
 //!   with `present` = 0 for removed ones. A host's current sockets are
-//!   `FROM sockets_current FINAL WHERE host_id = ? AND present = 1`.
+//!   `FROM sockets_current FINAL WHERE host_id = ? AND present = 1`. The same state at a
+//!   past instant is rebuilt from the history by [`history::sockets_as_of`] and its
+//!   siblings.
+//! - `findings` / `finding_acks` — findings of the rules and their acknowledgements, the
+//!   latest row per fingerprint.
 //!
 //! # Idempotency
 //!
@@ -33,8 +37,10 @@
 //! before answering Hello. The store also remembers hosts whose write failed in this
 //! process and recovers them before their next read or write.
 
+pub mod acks;
 pub mod findings;
 pub mod fleet;
+pub mod history;
 pub mod queries;
 mod rows;
 pub mod schema;
@@ -1299,9 +1305,19 @@ impl Store {
         report.changed = count(delta.changed.len());
         report.flows_upserted = count(delta.flows_upserted.len());
         report.flows_removed = count(delta.flows_removed.len());
-        if let Some(state) = &delta.host {
-            let facts = HostFactsCols::encode(state);
-            report.has_host = 1;
+        // The report carries the host facts: new ones (1), or at a snapshot the
+        // unchanged ones (2), so that the history of host facts is complete from each
+        // stream's first snapshot on (see `history::hosts_as_of`).
+        let facts = match &delta.host {
+            Some(state) => Some((1, HostFactsCols::encode(state))),
+            None if kind == ChangeKind::Snapshot => self
+                .latest_host_row(host_id)
+                .await?
+                .map(|row| (2, row.facts())),
+            None => None,
+        };
+        if let Some((has_host, facts)) = facts {
+            report.has_host = has_host;
             report.interface_names = facts.interface_names;
             report.interfaces = facts.interfaces;
             report.ephemeral_known = facts.ephemeral_known;
@@ -1341,30 +1357,7 @@ impl Store {
                 self.client.query(queries::SOCKET_EVENTS).bind(host_id),
             )
             .await?;
-        rows.into_iter()
-            .map(|r| {
-                let (socket, processes) = r.cols().decode(table::SOCKET_EVENTS)?;
-                let event = [
-                    SocketEventKind::Added,
-                    SocketEventKind::Removed,
-                    SocketEventKind::Changed,
-                ]
-                .into_iter()
-                .find(|e| e.as_str() == r.event)
-                .ok_or_else(|| StoreError::Corrupt {
-                    table: table::SOCKET_EVENTS,
-                    column: "event",
-                    value: r.event.clone(),
-                })?;
-                Ok(SocketEvent {
-                    seq: r.seq,
-                    at: from_datetime(r.at),
-                    event,
-                    socket,
-                    processes,
-                })
-            })
-            .collect()
+        rows.into_iter().map(history::socket_event).collect()
     }
 
     /// The flow history of a host, ordered by seq (deduplicated with `FINAL`).
@@ -1375,26 +1368,7 @@ impl Store {
                 self.client.query(queries::FLOW_EVENTS).bind(host_id),
             )
             .await?;
-        rows.into_iter()
-            .map(|r| {
-                let (flow, process) = r.cols().decode(table::FLOW_EVENTS)?;
-                let event = [FlowEventKind::Upserted, FlowEventKind::Removed]
-                    .into_iter()
-                    .find(|e| e.as_str() == r.event)
-                    .ok_or_else(|| StoreError::Corrupt {
-                        table: table::FLOW_EVENTS,
-                        column: "event",
-                        value: r.event.clone(),
-                    })?;
-                Ok(FlowEvent {
-                    seq: r.seq,
-                    at: from_datetime(r.at),
-                    event,
-                    flow,
-                    process,
-                })
-            })
-            .collect()
+        rows.into_iter().map(history::flow_event).collect()
     }
 
     /// The reports of a host (snapshots, deltas, heartbeats), ordered by seq and time

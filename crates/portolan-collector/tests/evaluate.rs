@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Result;
-use portolan_collector::evaluate::{CompiledRule, Evaluator, check_rules, load_rules};
+use portolan_collector::evaluate::{CompiledRule, Evaluator, check_rules, dry_run, load_rules};
 use portolan_collector::managed_clickhouse::{ManagedClickHouse, ManagedOptions};
 use portolan_collector::store::{ChangeKind, ClickHouseConfig, HostRecord, Store};
 use portolan_core::{
@@ -207,6 +207,101 @@ async fn findings_open_resolve_and_reopen() -> Result<()> {
     assert_eq!(
         (db.status, db.first_seen, db.reopened, db.resolved_at),
         (Status::Open, first_seen, 1, 0)
+    );
+    clickhouse.shutdown().await?;
+    Ok(())
+}
+
+/// `portolan rules test`: the default pack over a past where postgres listened on the
+/// wildcard address from 3 h to 1 h ago finds exactly that, at the right instants, and
+/// writes no finding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_finds_what_would_have_fired_and_writes_nothing() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let clickhouse = ManagedClickHouse::start(ManagedOptions {
+        state_dir: dir.path().to_path_buf(),
+        binary: None,
+    })
+    .await?;
+    let store = Store::connect(&ClickHouseConfig {
+        url: clickhouse.url(),
+        database: "dry_run".into(),
+        user: None,
+        password: None,
+    })
+    .await?;
+    store.migrate().await?;
+    store
+        .upsert_host(&HostRecord {
+            host_id: "db-1".into(),
+            hostname: "db-1".into(),
+            labels: BTreeMap::new(),
+            agent_version: "test".into(),
+            kernel: String::new(),
+            os: String::new(),
+            scan_interval_ms: 10_000,
+            collector: "test".into(),
+            host: inventory(None).host,
+        })
+        .await?;
+    let now = SystemTime::now();
+    let ago = |h: u64| now - Duration::from_secs(h * 3600);
+    let (empty, with) = (inventory(None), inventory(Some(100)));
+    for (seq, at, from, to) in [
+        (1, ago(5), &Inventory::default(), &empty),
+        (2, ago(3), &empty, &with),
+        (3, ago(1), &with, &empty),
+    ] {
+        let kind = if seq == 1 {
+            ChangeKind::Snapshot
+        } else {
+            ChangeKind::Delta
+        };
+        store
+            .write_change(
+                "db-1",
+                seq,
+                kind,
+                at,
+                &diff(from, to),
+                &ScanStats::default(),
+            )
+            .await?;
+    }
+    let pack = portolan_rules::parse(
+        "default.yaml",
+        include_str!("../../../deploy/rules/default.yaml"),
+    )?;
+    let now_secs = now.duration_since(SystemTime::UNIX_EPOCH)?.as_secs();
+    let instants =
+        portolan_rules::dry_run::instants(now_secs, 4 * 3600, 1800).map_err(anyhow::Error::msg)?;
+    let run = dry_run(&store, &pack.rules, &instants).await;
+    assert!(run.failed.is_empty(), "{:?}", run.failed);
+    assert_eq!(run.instants.len(), 9);
+    let db: Vec<_> = run
+        .fired
+        .iter()
+        .filter(|f| f.rule_id == "database-exposed")
+        .collect();
+    assert_eq!(db.len(), 1, "{:#?}", run.fired);
+    let db = db[0];
+    // Open at the instants 3 h, 2.5 h … 1.5 h ago (1 h ago it had closed).
+    let start = now_secs - 4 * 3600;
+    assert_eq!(
+        (
+            db.first_at,
+            db.last_at,
+            db.instants,
+            db.episodes,
+            db.open_at_end
+        ),
+        (start + 3600, start + 3 * 3600 - 1800, 4, 1, false),
+        "{db:#?}"
+    );
+    assert_eq!(db.subject, "tcp 0.0.0.0:5432");
+    assert!(
+        store.findings().await?.is_empty(),
+        "a dry run writes nothing"
     );
     clickhouse.shutdown().await?;
     Ok(())

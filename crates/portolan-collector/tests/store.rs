@@ -8,6 +8,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use portolan_collector::managed_clickhouse::{ManagedClickHouse, ManagedOptions};
+use portolan_collector::store::acks::AckRecord;
+use portolan_collector::store::fleet::{FlowFilter, HostFilter, SocketFilter};
+use portolan_collector::store::history::{
+    EventCursor, EventQuery, HistoryEvent, HostAsOf, flows_as_of, hosts_as_of, sockets_as_of,
+};
 use portolan_collector::store::{
     ChangeKind, ClickHouseConfig, FlowEventKind, HostRecord, SocketEventKind, Store, StoreError,
 };
@@ -1082,6 +1087,539 @@ async fn a_write_that_fails_half_way_is_rolled_back_before_the_next_read() -> Re
         )
         .await?;
     assert_eq!(store.load_current(host).await?, b);
+    server.shutdown().await
+}
+
+/// The three inventories a → b → c written as seq 1, 2, 3 scanned at `T[0..3]`.
+const T: [u64; 3] = [1_700_000_010, 1_700_000_020, 1_700_000_030];
+
+async fn write_a_b_c(store: &Store, host: &str) -> Result<[Inventory; 3]> {
+    let (a, b, c) = (inventory_a(), inventory_b(), inventory_c());
+    store
+        .upsert_host(&HostRecord {
+            host_id: host.into(),
+            hostname: format!("{host}.example"),
+            labels: BTreeMap::from([("env".to_string(), "prod".to_string())]),
+            agent_version: "test".into(),
+            kernel: String::new(),
+            os: String::new(),
+            scan_interval_ms: 10_000,
+            collector: "test".into(),
+            host: a.host.clone(),
+        })
+        .await?;
+    let steps = [
+        (Inventory::default(), a.clone()),
+        (a.clone(), b.clone()),
+        (b.clone(), c.clone()),
+    ];
+    for (i, (from, to)) in steps.iter().enumerate() {
+        let kind = if i == 0 {
+            ChangeKind::Snapshot
+        } else {
+            ChangeKind::Delta
+        };
+        store
+            .write_change(
+                host,
+                i as u64 + 1,
+                kind,
+                at(T[i]),
+                &diff(from, to),
+                &stats(30),
+            )
+            .await?;
+    }
+    Ok([a, b, c])
+}
+
+/// The inventory of a host as of an instant, assembled like `load_current` does.
+fn inventory_of(past: &HostAsOf) -> Inventory {
+    let mut inv = Inventory {
+        host: past
+            .host
+            .as_ref()
+            .map(|h| h.state.clone())
+            .unwrap_or_default(),
+        ..Inventory::default()
+    };
+    // The newest row wins should two disagree on a process.
+    let mut newest: BTreeMap<u32, u64> = BTreeMap::new();
+    let mut keep = |inv: &mut Inventory, seq: u64, p: &Process| {
+        if newest.get(&p.pid).is_none_or(|s| *s <= seq) {
+            newest.insert(p.pid, seq);
+            inv.processes.insert(p.pid, p.clone());
+        }
+    };
+    for s in &past.sockets {
+        for p in &s.processes {
+            keep(&mut inv, s.seq, p);
+        }
+        inv.sockets.insert(s.socket.key, s.socket.clone());
+    }
+    for f in &past.flows {
+        if let Some(p) = f.process.as_ref().filter(|p| p.pid != 0) {
+            keep(&mut inv, f.seq, p);
+        }
+        inv.flows.insert(f.flow.key, f.flow.connections);
+    }
+    inv
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_past_is_rebuilt_from_history_and_is_not_the_present() -> Result<()> {
+    let server = Server::start().await?;
+    let store = server
+        .store("the_past_is_rebuilt_from_history_and_is_not_the_present")
+        .await?;
+    let host = "db-1";
+    let [a, b, c] = write_a_b_c(&store, host).await?;
+
+    // Before the first change: nothing. At and after each change: that state.
+    let before = store.host_as_of(host, T[0] - 1, 100_000).await?;
+    assert_eq!((before.seq, before.host.is_none()), (0, true));
+    assert!(before.sockets.is_empty() && before.flows.is_empty());
+    for (instant, want, seq) in [
+        (T[0], &a, 1),
+        (T[0] + 5, &a, 1),
+        (T[1], &b, 2),
+        (T[2] - 1, &b, 2),
+        (T[2], &c, 3),
+        (u64::MAX, &c, 3),
+    ] {
+        let past = store.host_as_of(host, instant, 100_000).await?;
+        assert_eq!(past.seq, seq, "seq at {instant}");
+        assert_eq!(&inventory_of(&past), want, "inventory at {instant}");
+        assert!(!past.truncated);
+        let stored = past.host.context("host as of")?;
+        assert_eq!(stored.hostname, "db-1.example", "hello facts are today's");
+        assert_eq!(
+            stored.seq, seq,
+            "host facts come from the change that set them"
+        );
+    }
+    assert_ne!(a, c, "the past differs from the present");
+    assert_eq!(store.load_current(host).await?, c);
+
+    // The as-of tables are drop-in replacements of the current ones.
+    #[derive(Debug, PartialEq, clickhouse::Row, serde::Deserialize)]
+    struct SocketCols {
+        host_id: String,
+        socket_key: String,
+        seq: u64,
+        present: u8,
+        updated: u32,
+        process: String,
+        pids: Vec<u32>,
+        exposure: String,
+    }
+    let socket_cols = "host_id, socket_key, seq, present, toUInt32(updated_at) AS updated, process, pids, exposure";
+    let now: Vec<SocketCols> = store
+        .client()
+        .query(&format!(
+            "SELECT {socket_cols} FROM sockets_current FINAL WHERE present = 1 ORDER BY socket_key"
+        ))
+        .fetch_all()
+        .await?;
+    let rebuilt: Vec<SocketCols> = store
+        .client()
+        .query(&format!(
+            "SELECT {socket_cols} FROM {} WHERE present = 1 ORDER BY socket_key",
+            sockets_as_of(u64::from(u32::MAX))
+        ))
+        .fetch_all()
+        .await?;
+    assert_eq!(rebuilt, now);
+    type FlowCols = (String, String, u64, u8, u32, u32, String);
+    let flow_cols = "host_id, flow_key, seq, present, toUInt32(updated_at), connections, process";
+    let now: Vec<FlowCols> = store
+        .client()
+        .query(&format!(
+            "SELECT {flow_cols} FROM flows_current FINAL WHERE present = 1 ORDER BY flow_key"
+        ))
+        .fetch_all()
+        .await?;
+    let rebuilt: Vec<FlowCols> = store
+        .client()
+        .query(&format!(
+            "SELECT {flow_cols} FROM {} WHERE present = 1 ORDER BY flow_key",
+            flows_as_of(u64::from(u32::MAX))
+        ))
+        .fetch_all()
+        .await?;
+    assert_eq!(rebuilt, now);
+    #[derive(Debug, PartialEq, clickhouse::Row, serde::Deserialize)]
+    struct HostCols {
+        host_id: String,
+        hostname: String,
+        label_keys: Vec<String>,
+        interfaces: Vec<String>,
+        ephemeral_known: u8,
+        ephemeral_min: u16,
+        ephemeral_max: u16,
+        seq: u64,
+    }
+    let host_cols = "host_id, hostname, label_keys, interfaces, ephemeral_known, ephemeral_min, ephemeral_max, seq";
+    let now: Vec<HostCols> = store
+        .client()
+        .query(&format!(
+            "SELECT {host_cols} FROM hosts FINAL ORDER BY host_id"
+        ))
+        .fetch_all()
+        .await?;
+    let rebuilt: Vec<HostCols> = store
+        .client()
+        .query(&format!(
+            "SELECT {host_cols} FROM {} ORDER BY host_id",
+            hosts_as_of(u64::from(u32::MAX))
+        ))
+        .fetch_all()
+        .await?;
+    assert_eq!(rebuilt, now);
+    let then: Vec<HostCols> = store
+        .client()
+        .query(&format!(
+            "SELECT {host_cols} FROM {} ORDER BY host_id",
+            hosts_as_of(T[0])
+        ))
+        .fetch_all()
+        .await?;
+    assert_eq!(then.len(), 1);
+    assert_eq!(
+        then[0].interfaces.len(),
+        a.host.interfaces.len(),
+        "a's interfaces"
+    );
+    let nobody: Vec<HostCols> = store
+        .client()
+        .query(&format!(
+            "SELECT {host_cols} FROM {} ORDER BY host_id",
+            hosts_as_of(T[0] - 1)
+        ))
+        .fetch_all()
+        .await?;
+    assert!(nobody.is_empty(), "no host had reported then");
+
+    // Listing the past pages like the present: every socket once.
+    for instant in [Some(T[0]), Some(T[1]), None] {
+        let mut seen = Vec::new();
+        let mut after = None;
+        loop {
+            let (page, more) = store
+                .list_sockets(&SocketFilter {
+                    hosts: HostFilter {
+                        host_ids: vec![host.into()],
+                        ..HostFilter::default()
+                    },
+                    at: instant,
+                    after: after.clone(),
+                    limit: 2,
+                    ..SocketFilter::default()
+                })
+                .await?;
+            assert!(page.len() <= 2);
+            after = page.last().map(|s| s.cursor());
+            seen.extend(page.into_iter().map(|s| s.socket.socket.key));
+            if !more {
+                break;
+            }
+        }
+        let want: Vec<_> = match instant {
+            Some(t) if t == T[0] => a.sockets.keys().copied().collect(),
+            Some(_) => b.sockets.keys().copied().collect(),
+            None => c.sockets.keys().copied().collect(),
+        };
+        let unique: BTreeSet<_> = seen.iter().copied().collect();
+        assert_eq!(unique.len(), seen.len(), "no socket twice at {instant:?}");
+        assert_eq!(
+            unique,
+            want.into_iter().collect(),
+            "every socket at {instant:?}"
+        );
+    }
+
+    // Flows too, one per page.
+    for (instant, want) in [(Some(T[0]), &a), (None, &c)] {
+        let mut seen = Vec::new();
+        let mut after = None;
+        loop {
+            let (page, more) = store
+                .list_flows(&FlowFilter {
+                    at: instant,
+                    after: after.clone(),
+                    limit: 1,
+                    ..FlowFilter::default()
+                })
+                .await?;
+            after = page.last().map(|f| f.cursor());
+            seen.extend(
+                page.into_iter()
+                    .map(|f| (f.flow.flow.key, f.flow.flow.connections)),
+            );
+            if !more {
+                break;
+            }
+        }
+        assert_eq!(seen.len(), want.flows.len(), "no flow twice at {instant:?}");
+        assert_eq!(
+            seen.into_iter().collect::<BTreeMap<_, _>>(),
+            want.flows,
+            "every flow at {instant:?}"
+        );
+    }
+
+    // A rule evaluated over the past: redis on loopback was there at T0, gone at T1,
+    // back (a new socket) at T2.
+    let set = portolan_rules::parse(
+        "past.yaml",
+        "rules:\n  - id: redis-local\n    kind: listener\n    severity: low\n    sockets: {ports: [6379], exposure: [loopback]}\n",
+    )?;
+    let rule = set.rules.first().context("one rule")?;
+    let past = |t: u64| portolan_rules::Sources {
+        sockets: sockets_as_of(t),
+        flows: flows_as_of(t),
+        hosts: hosts_as_of(t),
+        ..portolan_rules::Sources::current()
+    };
+    let mut fingerprints = Vec::new();
+    for (t, want) in [(T[0], 1), (T[1], 0), (T[2], 1)] {
+        let matches = store
+            .run_rule(&portolan_rules::compile_with(rule, &past(t)))
+            .await?;
+        assert_eq!(matches.len(), want, "matches at {t}: {matches:?}");
+        fingerprints.extend(matches.into_iter().map(|m| m.fingerprint));
+    }
+    assert_eq!(
+        store.run_rule(&portolan_rules::compile(rule)).await?.len(),
+        1,
+        "now"
+    );
+    assert_eq!(fingerprints.len(), 2);
+    // Every rule of the default pack runs over the past, unchanged but for its tables.
+    let pack = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/rules/default.yaml"),
+    )?;
+    let pack = portolan_rules::parse("default.yaml", &pack)?;
+    for rule in &pack.rules {
+        store
+            .run_rule(&portolan_rules::compile_with(rule, &past(T[1])))
+            .await
+            .with_context(|| format!("rule `{}` over the past", rule.id))?;
+    }
+    server.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_pages_through_every_event_once_in_both_orders() -> Result<()> {
+    let server = Server::start().await?;
+    let store = server
+        .store("history_pages_through_every_event_once_in_both_orders")
+        .await?;
+    let host = "web-1";
+    write_a_b_c(&store, host).await?;
+    let sockets: Vec<EventCursor> = store
+        .socket_events(host)
+        .await?
+        .into_iter()
+        .map(|e| HistoryEvent::Socket(e).cursor())
+        .collect();
+    let flows: Vec<EventCursor> = store
+        .flow_events(host)
+        .await?
+        .into_iter()
+        .map(|e| HistoryEvent::Flow(e).cursor())
+        .collect();
+    assert!(!sockets.is_empty() && !flows.is_empty());
+
+    let page_all = |query: EventQuery| {
+        let store = &store;
+        async move {
+            let mut query = query;
+            let mut out = Vec::new();
+            loop {
+                let (page, more) = store.events(&query).await?;
+                anyhow::ensure!(page.len() <= query.limit as usize);
+                query.after = page.last().map(HistoryEvent::cursor);
+                out.extend(page.iter().map(HistoryEvent::cursor));
+                if !more {
+                    return Ok::<_, anyhow::Error>(out);
+                }
+            }
+        }
+    };
+    for include_flows in [false, true] {
+        let mut want: Vec<EventCursor> = sockets.clone();
+        if include_flows {
+            want.extend(flows.iter().cloned());
+        }
+        want.sort();
+        for newest_first in [false, true] {
+            let got = page_all(EventQuery {
+                host_id: host.into(),
+                include_flows,
+                newest_first,
+                limit: 3,
+                ..EventQuery::default()
+            })
+            .await?;
+            let mut expected = want.clone();
+            if newest_first {
+                expected.reverse();
+            }
+            assert_eq!(
+                got, expected,
+                "flows {include_flows}, newest first {newest_first}"
+            );
+        }
+    }
+
+    // [from, to): the second change only.
+    let range = page_all(EventQuery {
+        host_id: host.into(),
+        from: Some(T[1]),
+        to: Some(T[2]),
+        include_flows: true,
+        limit: 100,
+        ..EventQuery::default()
+    })
+    .await?;
+    assert!(
+        !range.is_empty() && range.iter().all(|c| c.seq == 2),
+        "{range:?}"
+    );
+    // One port: redis came, went and came back as a new socket.
+    let redis = page_all(EventQuery {
+        host_id: host.into(),
+        port: Some(6379),
+        newest_first: false,
+        limit: 100,
+        ..EventQuery::default()
+    })
+    .await?;
+    assert_eq!(
+        redis
+            .iter()
+            .map(|c| (c.seq, c.event.as_str()))
+            .collect::<Vec<_>>(),
+        [(1, "added"), (2, "removed"), (3, "added")]
+    );
+    // One socket by key: the first redis socket, added then removed.
+    let first = redis.first().context("redis added")?;
+    let one = page_all(EventQuery {
+        host_id: host.into(),
+        key: Some(first.key.clone()),
+        newest_first: true,
+        limit: 100,
+        ..EventQuery::default()
+    })
+    .await?;
+    assert_eq!(
+        one.iter().map(|c| c.seq).collect::<Vec<_>>(),
+        [2, 1],
+        "newest first"
+    );
+    // Only changes after a seq, up to another (what a watch reads).
+    let watched = page_all(EventQuery {
+        host_id: host.into(),
+        after_seq: 1,
+        upto_seq: Some(2),
+        limit: 100,
+        ..EventQuery::default()
+    })
+    .await?;
+    assert!(!watched.is_empty() && watched.iter().all(|c| c.seq == 2));
+    server.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledgements_latest_wins_and_lapse_with_the_status() -> Result<()> {
+    use portolan_rules::lifecycle::{Finding, Match, Status};
+    let server = Server::start().await?;
+    let store = server
+        .store("acknowledgements_latest_wins_and_lapse_with_the_status")
+        .await?;
+    let open = Finding {
+        latest: Match {
+            rule_id: "database-exposed".into(),
+            host_id: "db-1".into(),
+            fingerprint: "00FF00FF00FF00FF".into(),
+            severity: "high".into(),
+            subject: "tcp [::]:5432 postgres".into(),
+            evidence: "exposure=public".into(),
+        },
+        status: Status::Open,
+        first_seen: 1_700_000_000,
+        last_seen: 1_700_000_000,
+        resolved_at: 0,
+        reopened: 0,
+    };
+    store.write_findings(std::slice::from_ref(&open), 1).await?;
+    assert_eq!(store.finding("00FF00FF00FF00FF").await?, Some(open.clone()));
+    assert_eq!(store.finding("nope").await?, None);
+    assert!(store.finding_acks().await?.is_empty());
+
+    let admin = "spiffe://portolan/operator/admin/alice";
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let record = |acked: bool, until: Option<u64>| AckRecord {
+        finding: open.clone(),
+        acked,
+        acked_by: admin.into(),
+        reason: if acked {
+            "firewalled at the edge; it's \"fine\"".into()
+        } else {
+            String::new()
+        },
+        until,
+    };
+    let first = store.write_finding_ack(&record(true, None)).await?;
+    let acks = store.finding_acks().await?;
+    let stored = acks.get("00FF00FF00FF00FF").context("stored ack")?;
+    assert_eq!(stored, &first);
+    assert_eq!(stored.acked_by, admin);
+    assert_eq!(stored.reason, "firewalled at the edge; it's \"fine\"");
+    assert_eq!(stored.until, None);
+    assert!(stored.in_force(&open, now));
+
+    // Cleared, then acknowledged again until a time: each write wins over the last,
+    // even written in the same nanosecond.
+    let cleared = store.write_finding_ack(&record(false, None)).await?;
+    assert!(cleared.version > first.version);
+    let latest = store
+        .finding_ack("00FF00FF00FF00FF")
+        .await?
+        .context("row")?;
+    assert!(!latest.acked && !latest.in_force(&open, now));
+    let until = store
+        .write_finding_ack(&record(true, Some(now + 3600)))
+        .await?;
+    assert!(until.version > cleared.version);
+    let latest = store
+        .finding_ack("00FF00FF00FF00FF")
+        .await?
+        .context("row")?;
+    assert_eq!(latest.until, Some(now + 3600));
+
+    // An acknowledgement without `until` lapses when the finding resolves; one with
+    // `until` holds whatever the finding does, until then.
+    let resolved = Finding {
+        status: Status::Resolved,
+        resolved_at: 1_700_000_100,
+        ..open.clone()
+    };
+    store
+        .write_findings(std::slice::from_ref(&resolved), 2)
+        .await?;
+    assert_eq!(
+        store.finding("00FF00FF00FF00FF").await?,
+        Some(resolved.clone())
+    );
+    assert!(latest.in_force(&resolved, now));
+    assert!(!latest.in_force(&resolved, now + 3600));
+    let until_resolved = store.write_finding_ack(&record(true, None)).await?;
+    assert!(!until_resolved.in_force(&resolved, now));
     server.shutdown().await
 }
 

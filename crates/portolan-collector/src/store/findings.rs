@@ -8,20 +8,21 @@ use serde::{Deserialize, Serialize};
 use super::schema::table;
 use super::{Store, StoreError};
 
+/// `findings`.
 #[derive(Debug, Clone, Row, Serialize, Deserialize)]
-struct FindingRow {
-    fingerprint: String,
-    rule_id: String,
-    host_id: String,
-    severity: String,
-    subject: String,
-    evidence: String,
-    status: String,
-    first_seen: u32,
-    last_seen: u32,
-    resolved_at: u32,
-    reopened: u32,
-    version: u64,
+pub(crate) struct FindingRow {
+    pub(crate) fingerprint: String,
+    pub(crate) rule_id: String,
+    pub(crate) host_id: String,
+    pub(crate) severity: String,
+    pub(crate) subject: String,
+    pub(crate) evidence: String,
+    pub(crate) status: String,
+    pub(crate) first_seen: u32,
+    pub(crate) last_seen: u32,
+    pub(crate) resolved_at: u32,
+    pub(crate) reopened: u32,
+    pub(crate) version: u64,
 }
 
 /// One row of a compiled rule's answer (the finding contract of `portolan-rules`).
@@ -54,7 +55,31 @@ impl From<MatchRow> for Match {
     }
 }
 
-const ALL_FINDINGS: &str = "SELECT ?fields FROM findings FINAL ORDER BY fingerprint";
+/// Every finding, latest state.
+pub(crate) const ALL_FINDINGS: &str = "SELECT ?fields FROM findings FINAL ORDER BY fingerprint";
+/// One finding by fingerprint, latest state.
+pub(crate) const FINDING_BY_FINGERPRINT: &str =
+    "SELECT ?fields FROM findings FINAL WHERE fingerprint = ? LIMIT 1";
+
+impl From<FindingRow> for Finding {
+    fn from(r: FindingRow) -> Finding {
+        Finding {
+            status: Status::parse(&r.status).unwrap_or(Status::Open),
+            first_seen: u64::from(r.first_seen),
+            last_seen: u64::from(r.last_seen),
+            resolved_at: u64::from(r.resolved_at),
+            reopened: r.reopened,
+            latest: Match {
+                rule_id: r.rule_id,
+                host_id: r.host_id,
+                fingerprint: r.fingerprint,
+                severity: r.severity,
+                subject: r.subject,
+                evidence: r.evidence,
+            },
+        }
+    }
+}
 
 fn secs(v: u64) -> u32 {
     u32::try_from(v).unwrap_or(u32::MAX)
@@ -72,24 +97,18 @@ impl Store {
         let rows: Vec<FindingRow> = self
             .fetch(table::FINDINGS, self.client.query(ALL_FINDINGS))
             .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| Finding {
-                status: Status::parse(&r.status).unwrap_or(Status::Open),
-                first_seen: u64::from(r.first_seen),
-                last_seen: u64::from(r.last_seen),
-                resolved_at: u64::from(r.resolved_at),
-                reopened: r.reopened,
-                latest: Match {
-                    rule_id: r.rule_id,
-                    host_id: r.host_id,
-                    fingerprint: r.fingerprint,
-                    severity: r.severity,
-                    subject: r.subject,
-                    evidence: r.evidence,
-                },
-            })
-            .collect())
+        Ok(rows.into_iter().map(Finding::from).collect())
+    }
+
+    /// One finding by fingerprint, latest state; `None` when no finding has it.
+    pub async fn finding(&self, fingerprint: &str) -> Result<Option<Finding>, StoreError> {
+        let rows: Vec<FindingRow> = self
+            .fetch(
+                table::FINDINGS,
+                self.client.query(FINDING_BY_FINGERPRINT).bind(fingerprint),
+            )
+            .await?;
+        Ok(rows.into_iter().next().map(Finding::from))
     }
 
     /// Writes new states of findings; `version` orders evaluations (nanoseconds).

@@ -1,5 +1,7 @@
 //! Questions about the whole fleet, for the query API: hosts with their last report,
-//! and current sockets across hosts with filters.
+//! and current (or past, see [`super::history`]) sockets and flows across hosts with
+//! filters, paged by keyset: each page starts strictly after the last row of the
+//! previous one in the answer's order.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::SystemTime;
@@ -8,6 +10,7 @@ use clickhouse::Row;
 use portolan_core::{Direction, Protocol, Scope};
 use serde::Deserialize;
 
+use super::history;
 use super::rows::{FlowCurrentRow, HostRow, SocketCurrentRow, from_datetime};
 use super::schema::table;
 use super::{Store, StoreError, StoredFlow, StoredHost, StoredSocket, stored_host};
@@ -44,8 +47,35 @@ pub struct SocketFilter {
     pub exposures: Vec<Scope>,
     /// Glob on the first owner's process name (`*`, `?`); empty: any.
     pub process: String,
+    /// The instant (Unix seconds) whose sockets to list, rebuilt from history; `None`:
+    /// the current sockets.
+    pub at: Option<u64>,
+    /// Only sockets after this one in the answer's order (paging).
+    pub after: Option<SocketCursor>,
     /// Most rows.
     pub limit: u32,
+}
+
+/// A socket's place in [`Store::list_sockets`]'s order: host, local port, key.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SocketCursor {
+    /// The host.
+    pub host_id: String,
+    /// The local port.
+    pub local_port: u16,
+    /// The stored socket key.
+    pub socket_key: String,
+}
+
+impl FleetSocket {
+    /// Its place in [`Store::list_sockets`]'s order.
+    pub fn cursor(&self) -> SocketCursor {
+        SocketCursor {
+            host_id: self.host_id.clone(),
+            local_port: self.socket.socket.key.local_port,
+            socket_key: self.socket.socket.key.to_string(),
+        }
+    }
 }
 
 /// A host with what is known of its reporting.
@@ -81,8 +111,35 @@ pub struct FlowFilter {
     pub port: Option<u16>,
     /// `None`: both directions.
     pub direction: Option<Direction>,
+    /// The instant (Unix seconds) whose flows to list, rebuilt from history; `None`: the
+    /// current flows.
+    pub at: Option<u64>,
+    /// Only flows after this one in the answer's order (paging).
+    pub after: Option<FlowCursor>,
     /// Most rows.
     pub limit: u32,
+}
+
+/// A flow's place in [`Store::list_flows`]'s order: host, service port, key.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FlowCursor {
+    /// The host.
+    pub host_id: String,
+    /// The service port.
+    pub service_port: u16,
+    /// The stored flow key.
+    pub flow_key: String,
+}
+
+impl FleetFlow {
+    /// Its place in [`Store::list_flows`]'s order.
+    pub fn cursor(&self) -> FlowCursor {
+        FlowCursor {
+            host_id: self.host_id.clone(),
+            service_port: self.flow.flow.key.service_port,
+            flow_key: self.flow.flow.key.to_string(),
+        }
+    }
 }
 
 /// A current flow of some host.
@@ -113,6 +170,129 @@ const LAST_REPORTS: &str = "SELECT host_id, toUInt32(max(received_at)) AS last_s
 const LISTENER_COUNTS: &str = "SELECT host_id, toUInt64(countIf(listener = 1)) AS n \
      FROM sockets_current FINAL WHERE present = 1 GROUP BY host_id";
 const FLOW_COUNTS: &str = "SELECT host_id, toUInt64(count()) AS n FROM flows_current FINAL WHERE present = 1 GROUP BY host_id";
+
+/// The statement of [`Store::list_sockets`]. Placeholders in bind order: the host ids
+/// (twice when `filter.at` is set: inside the history subquery too) when
+/// `hosts_bound`, then protocol, port range, exposures, process pattern, the cursor's
+/// three values, and the limit + 1.
+pub(crate) fn socket_list_sql(filter: &SocketFilter, hosts_bound: bool) -> String {
+    let from = match filter.at {
+        None => "sockets_current FINAL".to_string(),
+        Some(at) if hosts_bound => history::sockets_as_of_hosts(at),
+        Some(at) => history::sockets_as_of(at),
+    };
+    let mut sql = format!("SELECT ?fields FROM {from} WHERE present = 1");
+    if hosts_bound {
+        sql.push_str(" AND has(?, host_id)");
+    }
+    if filter.protocol.is_some() {
+        sql.push_str(" AND protocol = ?");
+    }
+    if filter.ports.is_some() {
+        sql.push_str(" AND local_port >= ? AND local_port <= ?");
+    }
+    if filter.listening {
+        sql.push_str(" AND listener = 1");
+    }
+    if !filter.exposures.is_empty() {
+        sql.push_str(" AND has(?, exposure)");
+    }
+    if !filter.process.is_empty() {
+        sql.push_str(" AND process LIKE ?");
+    }
+    if filter.after.is_some() {
+        sql.push_str(" AND (host_id, local_port, socket_key) > (?, ?, ?)");
+    }
+    sql.push_str(" ORDER BY host_id, local_port, socket_key LIMIT ?");
+    sql
+}
+
+/// Binds the placeholders of [`socket_list_sql`].
+pub(crate) fn bind_socket_list(
+    mut query: clickhouse::query::Query,
+    filter: &SocketFilter,
+    host_ids: Option<&[String]>,
+) -> clickhouse::query::Query {
+    if let (Some(ids), Some(_)) = (host_ids, filter.at) {
+        query = query.bind(ids);
+    }
+    if let Some(ids) = host_ids {
+        query = query.bind(ids);
+    }
+    if let Some(p) = filter.protocol {
+        query = query.bind(p.as_str());
+    }
+    if let Some((lo, hi)) = filter.ports {
+        query = query.bind(lo).bind(hi);
+    }
+    if !filter.exposures.is_empty() {
+        let names: Vec<&str> = filter.exposures.iter().map(|s| s.as_str()).collect();
+        query = query.bind(names);
+    }
+    if !filter.process.is_empty() {
+        query = query.bind(glob_to_like(&filter.process));
+    }
+    if let Some(after) = &filter.after {
+        query = query
+            .bind(&after.host_id)
+            .bind(after.local_port)
+            .bind(&after.socket_key);
+    }
+    query.bind(u64::from(filter.limit.max(1)) + 1)
+}
+
+/// Binds the placeholders of [`flow_list_sql`].
+pub(crate) fn bind_flow_list(
+    mut query: clickhouse::query::Query,
+    filter: &FlowFilter,
+    host_ids: Option<&[String]>,
+) -> clickhouse::query::Query {
+    if let (Some(ids), Some(_)) = (host_ids, filter.at) {
+        query = query.bind(ids);
+    }
+    if let Some(ids) = host_ids {
+        query = query.bind(ids);
+    }
+    if let Some(port) = filter.port {
+        query = query.bind(port);
+    }
+    if let Some(direction) = filter.direction {
+        query = query.bind(direction.as_str());
+    }
+    if let Some(after) = &filter.after {
+        query = query
+            .bind(&after.host_id)
+            .bind(after.service_port)
+            .bind(&after.flow_key);
+    }
+    query.bind(u64::from(filter.limit.max(1)) + 1)
+}
+
+/// The statement of [`Store::list_flows`]. Placeholders in bind order: the host ids
+/// (twice when `filter.at` is set) when `hosts_bound`, then port, direction, the
+/// cursor's three values, and the limit + 1.
+pub(crate) fn flow_list_sql(filter: &FlowFilter, hosts_bound: bool) -> String {
+    let from = match filter.at {
+        None => "flows_current FINAL".to_string(),
+        Some(at) if hosts_bound => history::flows_as_of_hosts(at),
+        Some(at) => history::flows_as_of(at),
+    };
+    let mut sql = format!("SELECT ?fields FROM {from} WHERE present = 1");
+    if hosts_bound {
+        sql.push_str(" AND has(?, host_id)");
+    }
+    if filter.port.is_some() {
+        sql.push_str(" AND service_port = ?");
+    }
+    if filter.direction.is_some() {
+        sql.push_str(" AND direction = ?");
+    }
+    if filter.after.is_some() {
+        sql.push_str(" AND (host_id, service_port, flow_key) > (?, ?, ?)");
+    }
+    sql.push_str(" ORDER BY host_id, service_port, flow_key LIMIT ?");
+    sql
+}
 
 /// A shell-style glob (`*`, `?`) as a LIKE pattern, LIKE's own wildcards escaped.
 pub fn glob_to_like(glob: &str) -> String {
@@ -198,8 +378,9 @@ impl Store {
             .collect())
     }
 
-    /// Current sockets across the hosts of `filter.hosts`, ordered by host and socket.
-    /// Returns the sockets and whether more than `filter.limit` matched.
+    /// Current sockets (or those of `filter.at`) across the hosts of `filter.hosts`,
+    /// ordered by host, local port and key, after `filter.after`. Returns the sockets
+    /// and whether more than `filter.limit` matched.
     pub async fn list_sockets(
         &self,
         filter: &SocketFilter,
@@ -208,45 +389,9 @@ impl Store {
         if host_ids.as_ref().is_some_and(Vec::is_empty) {
             return Ok((Vec::new(), false));
         }
-        let mut sql = String::from("SELECT ?fields FROM sockets_current FINAL WHERE present = 1");
-        if host_ids.is_some() {
-            sql.push_str(" AND has(?, host_id)");
-        }
-        if filter.protocol.is_some() {
-            sql.push_str(" AND protocol = ?");
-        }
-        if filter.ports.is_some() {
-            sql.push_str(" AND local_port >= ? AND local_port <= ?");
-        }
-        if filter.listening {
-            sql.push_str(" AND listener = 1");
-        }
-        if !filter.exposures.is_empty() {
-            sql.push_str(" AND has(?, exposure)");
-        }
-        if !filter.process.is_empty() {
-            sql.push_str(" AND process LIKE ?");
-        }
-        sql.push_str(" ORDER BY host_id, local_port, socket_key LIMIT ?");
-        let mut query = self.client.query(&sql);
-        if let Some(ids) = &host_ids {
-            query = query.bind(ids);
-        }
-        if let Some(p) = filter.protocol {
-            query = query.bind(p.as_str());
-        }
-        if let Some((lo, hi)) = filter.ports {
-            query = query.bind(lo).bind(hi);
-        }
-        if !filter.exposures.is_empty() {
-            let names: Vec<&str> = filter.exposures.iter().map(|s| s.as_str()).collect();
-            query = query.bind(names);
-        }
-        if !filter.process.is_empty() {
-            query = query.bind(glob_to_like(&filter.process));
-        }
+        let sql = socket_list_sql(filter, host_ids.is_some());
+        let query = bind_socket_list(self.client.query(&sql), filter, host_ids.as_deref());
         let limit = filter.limit.max(1);
-        query = query.bind(u64::from(limit) + 1);
         let rows: Vec<SocketCurrentRow> = self.fetch(table::SOCKETS_CURRENT, query).await?;
         let truncated = rows.len() > limit as usize;
         let sockets = rows
@@ -270,8 +415,9 @@ impl Store {
 }
 
 impl Store {
-    /// Current flows across the hosts of `filter.hosts`, ordered by host and port.
-    /// Returns the flows and whether more than `filter.limit` matched.
+    /// Current flows (or those of `filter.at`) across the hosts of `filter.hosts`,
+    /// ordered by host, service port and key, after `filter.after`. Returns the flows
+    /// and whether more than `filter.limit` matched.
     pub async fn list_flows(
         &self,
         filter: &FlowFilter,
@@ -280,29 +426,9 @@ impl Store {
         if host_ids.as_ref().is_some_and(Vec::is_empty) {
             return Ok((Vec::new(), false));
         }
-        let mut sql = String::from("SELECT ?fields FROM flows_current FINAL WHERE present = 1");
-        if host_ids.is_some() {
-            sql.push_str(" AND has(?, host_id)");
-        }
-        if filter.port.is_some() {
-            sql.push_str(" AND service_port = ?");
-        }
-        if filter.direction.is_some() {
-            sql.push_str(" AND direction = ?");
-        }
-        sql.push_str(" ORDER BY host_id, service_port, flow_key LIMIT ?");
-        let mut query = self.client.query(&sql);
-        if let Some(ids) = &host_ids {
-            query = query.bind(ids);
-        }
-        if let Some(port) = filter.port {
-            query = query.bind(port);
-        }
-        if let Some(direction) = filter.direction {
-            query = query.bind(direction.as_str());
-        }
+        let sql = flow_list_sql(filter, host_ids.is_some());
+        let query = bind_flow_list(self.client.query(&sql), filter, host_ids.as_deref());
         let limit = filter.limit.max(1);
-        query = query.bind(u64::from(limit) + 1);
         let rows: Vec<FlowCurrentRow> = self.fetch(table::FLOWS_CURRENT, query).await?;
         let truncated = rows.len() > limit as usize;
         let flows = rows

@@ -18,6 +18,16 @@ use portolan_core::{
 };
 use serde::Serialize;
 
+use super::acks::{ACK_BY_FINGERPRINT, ALL_ACKS, FindingAckRow};
+use super::findings::{ALL_FINDINGS, FINDING_BY_FINGERPRINT, FindingRow};
+use super::fleet::{
+    FlowCursor, FlowFilter, SocketCursor, SocketFilter, bind_flow_list, bind_socket_list,
+    flow_list_sql, socket_list_sql,
+};
+use super::history::{
+    EventCursor, EventQuery, EventSource, LAST_CHANGE_AT, bind_events, events_sql, flows_as_of,
+    host_as_of_sql, hosts_as_of, sockets_as_of,
+};
 use super::rows::{
     FlowCols, FlowCurrentRow, FlowEventRow, HostFactsCols, HostRow, MigrationRow, ReportRow,
     SocketCols, SocketCurrentRow, SocketEventRow,
@@ -340,6 +350,7 @@ pub fn catalog(flavor: Flavor) -> Vec<CatalogEntry> {
             q.bind(h).bind(seq)
         }),
     );
+    history_and_findings(&mut push, h, seq, &skey, &fkey);
     for t in SEQ_TABLES {
         push(
             &format!("recover: roll back {t}"),
@@ -349,6 +360,244 @@ pub fn catalog(flavor: Flavor) -> Vec<CatalogEntry> {
         );
     }
     out
+}
+
+/// The statements of the query API and the rule engine's past: listings (current and
+/// as of an instant, with every filter and a page cursor), history, findings and their
+/// acknowledgements.
+fn history_and_findings(
+    push: &mut impl FnMut(&str, String),
+    h: &str,
+    seq: u64,
+    skey: &str,
+    fkey: &str,
+) {
+    let t = 1_760_000_000u64;
+    let ids = vec![h.to_string(), "host-b".to_string()];
+    let sockets = SocketFilter {
+        protocol: Some(Protocol::Tcp),
+        ports: Some((1, 1024)),
+        listening: true,
+        exposures: vec![Scope::Public, Scope::Wildcard],
+        process: "postgres*".into(),
+        after: Some(SocketCursor {
+            host_id: h.into(),
+            local_port: 22,
+            socket_key: skey.into(),
+        }),
+        limit: 100,
+        ..SocketFilter::default()
+    };
+    let flows = FlowFilter {
+        port: Some(5432),
+        direction: Some(Direction::Inbound),
+        after: Some(FlowCursor {
+            host_id: h.into(),
+            service_port: 5432,
+            flow_key: fkey.into(),
+        }),
+        limit: 100,
+        ..FlowFilter::default()
+    };
+    for (name, at) in [("current", None), ("as of", Some(t))] {
+        for hosts in [None, Some(ids.as_slice())] {
+            let which = if hosts.is_some() {
+                "some hosts"
+            } else {
+                "all hosts"
+            };
+            let f = SocketFilter {
+                at,
+                ..sockets.clone()
+            };
+            push(
+                &format!("list_sockets: {name}, {which}, every filter, page cursor"),
+                fill(
+                    &socket_list_sql(&f, hosts.is_some()),
+                    SocketCurrentRow::COLUMN_NAMES,
+                    |q| bind_socket_list(q, &f, hosts),
+                ),
+            );
+            let f = FlowFilter {
+                at,
+                ..flows.clone()
+            };
+            push(
+                &format!("list_flows: {name}, {which}, every filter, page cursor"),
+                fill(
+                    &flow_list_sql(&f, hosts.is_some()),
+                    FlowCurrentRow::COLUMN_NAMES,
+                    |q| bind_flow_list(q, &f, hosts),
+                ),
+            );
+        }
+    }
+    let plain = SocketFilter {
+        at: Some(t),
+        limit: 10,
+        ..SocketFilter::default()
+    };
+    push(
+        "list_sockets: as of, no filter",
+        fill(
+            &socket_list_sql(&plain, false),
+            SocketCurrentRow::COLUMN_NAMES,
+            |q| bind_socket_list(q, &plain, None),
+        ),
+    );
+    // What the rule engine does with the as-of tables: the current-state rule shapes
+    // with the tables replaced.
+    push(
+        "rules over the past: listeners",
+        format!(
+            "SELECT host_id, protocol, local_port, count() AS n FROM {} \
+             WHERE present = 1 AND listener = 1 AND exposure IN ('public', 'wildcard') \
+             AND host_id IN (SELECT host_id FROM {} WHERE has(label_keys, 'env')) \
+             GROUP BY host_id, protocol, local_port",
+            sockets_as_of(t),
+            hosts_as_of(t)
+        ),
+    );
+    push(
+        "rules over the past: flows joined to hosts",
+        format!(
+            "SELECT host_id, used, ephemeral_min, ephemeral_max FROM \
+             (SELECT host_id, sum(connections) AS used FROM {} WHERE present = 1 \
+             AND direction = 'outbound' GROUP BY host_id) AS joined_left \
+             ALL INNER JOIN (SELECT host_id, ephemeral_min, ephemeral_max FROM {} \
+             WHERE ephemeral_known = 1) AS joined_right USING host_id",
+            flows_as_of(t),
+            hosts_as_of(t)
+        ),
+    );
+    push(
+        "host_as_of: host facts",
+        fill(&host_as_of_sql(t), HostRow::COLUMN_NAMES, |q| q.bind(h)),
+    );
+    push(
+        "host_as_of: last change",
+        fill(LAST_CHANGE_AT, &[], |q| q.bind(h).bind(t)),
+    );
+    for newest_first in [false, true] {
+        for source in [EventSource::Socket, EventSource::Flow] {
+            for after in [
+                EventCursor {
+                    seq,
+                    source: EventSource::Socket,
+                    event: "added".into(),
+                    key: skey.into(),
+                },
+                EventCursor {
+                    seq,
+                    source: EventSource::Flow,
+                    event: "upserted".into(),
+                    key: fkey.into(),
+                },
+            ] {
+                let query = EventQuery {
+                    host_id: h.into(),
+                    from: Some(t - 3600),
+                    to: Some(t),
+                    port: Some(5432),
+                    key: Some(match source {
+                        EventSource::Socket => skey.into(),
+                        EventSource::Flow => fkey.into(),
+                    }),
+                    include_flows: true,
+                    newest_first,
+                    after_seq: 1,
+                    after: Some(after.clone()),
+                    upto_seq: Some(seq),
+                    limit: 50,
+                };
+                let fields = match source {
+                    EventSource::Socket => SocketEventRow::COLUMN_NAMES,
+                    EventSource::Flow => FlowEventRow::COLUMN_NAMES,
+                };
+                push(
+                    &format!(
+                        "events: {source:?} after a {:?} cursor, newest first {newest_first}",
+                        after.source
+                    ),
+                    fill(&events_sql(&query, source), fields, |q| {
+                        bind_events(q, &query, source, seq)
+                    }),
+                );
+            }
+        }
+    }
+    let plain = EventQuery {
+        host_id: h.into(),
+        limit: 10,
+        ..EventQuery::default()
+    };
+    push(
+        "events: no filter",
+        fill(
+            &events_sql(&plain, EventSource::Socket),
+            SocketEventRow::COLUMN_NAMES,
+            |q| bind_events(q, &plain, EventSource::Socket, seq),
+        ),
+    );
+
+    push(
+        "write_findings: insert findings",
+        insert(
+            table::FINDINGS,
+            &FindingRow {
+                fingerprint: "0123456789ABCDEF".into(),
+                rule_id: "db-wildcard".into(),
+                host_id: h.into(),
+                severity: "high".into(),
+                subject: "tcp [::]:5432 postgres".into(),
+                evidence: "exposure=public".into(),
+                status: "open".into(),
+                first_seen: 1_760_000_000,
+                last_seen: 1_760_000_100,
+                resolved_at: 0,
+                reopened: 0,
+                version: 1_760_000_100_000_000_000,
+            },
+        ),
+    );
+    push("findings", fill(ALL_FINDINGS, &finding_fields(), |q| q));
+    push(
+        "finding",
+        fill(FINDING_BY_FINGERPRINT, &finding_fields(), |q| {
+            q.bind("0123456789ABCDEF")
+        }),
+    );
+    push(
+        "write_finding_ack: insert finding_acks",
+        insert(
+            table::FINDING_ACKS,
+            &FindingAckRow {
+                fingerprint: "0123456789ABCDEF".into(),
+                acked: 1,
+                acked_by: "spiffe://portolan/operator/admin/alice".into(),
+                reason: "the database is firewalled; it's fine".into(),
+                until: 1_760_086_400,
+                at: 1_760_000_200,
+                status: "open".into(),
+                episode: 0,
+                version: 1_760_000_200_000_000_000,
+            },
+        ),
+    );
+    push(
+        "finding_acks",
+        fill(ALL_ACKS, FindingAckRow::COLUMN_NAMES, |q| q),
+    );
+    push(
+        "finding_ack",
+        fill(ACK_BY_FINGERPRINT, FindingAckRow::COLUMN_NAMES, |q| {
+            q.bind("0123456789ABCDEF")
+        }),
+    );
+}
+
+fn finding_fields() -> Vec<&'static str> {
+    FindingRow::COLUMN_NAMES.to_vec()
 }
 
 fn sample_socket() -> (Socket, Vec<Process>) {

@@ -62,6 +62,8 @@ pub mod table {
     pub const FLOWS_CURRENT: &str = "flows_current";
     /// Findings of the exposure rules, latest row per fingerprint.
     pub const FINDINGS: &str = "findings";
+    /// Acknowledgements of findings, latest row per fingerprint.
+    pub const FINDING_ACKS: &str = "finding_acks";
 }
 
 /// One migration: a version, a name and idempotent statements.
@@ -167,7 +169,9 @@ const REPORT_COLUMNS: Columns = &[
     ("changed", Ty::U32),
     ("flows_upserted", Ty::U32),
     ("flows_removed", Ty::U32),
-    // 1: this change carried new host facts (below); the history of host facts.
+    // 1: this change carried new host facts (below); 2: it carried none, and the facts
+    // below are the host's facts as they were (recorded at snapshots). Together, the
+    // history of host facts.
     ("has_host", Ty::U8),
 ];
 
@@ -275,6 +279,71 @@ const FINDING_COLUMNS: Columns = &[
     ("version", Ty::U64),
 ];
 
+const FINDING_ACK_COLUMNS: Columns = &[
+    ("fingerprint", Ty::Str),
+    // 1: acknowledged; 0: the acknowledgement was cleared.
+    ("acked", Ty::U8),
+    // The identity URI of the admin certificate that acknowledged or cleared it.
+    ("acked_by", Ty::Str),
+    ("reason", Ty::Str),
+    // 0 (1970): until the finding's status changes.
+    ("until", Ty::DateTime),
+    ("at", Ty::DateTime),
+    // The finding's status and reopen count when acknowledged: an acknowledgement
+    // without `until` holds while both are unchanged.
+    ("status", Ty::Lc),
+    ("episode", Ty::U32),
+    // Nanoseconds of the write: the latest row wins.
+    ("version", Ty::U64),
+];
+
+/// Column names of a column group, in table order.
+fn names(parts: &[Columns]) -> Vec<&'static str> {
+    parts
+        .iter()
+        .flat_map(|p| p.iter())
+        .map(|(c, _)| *c)
+        .collect()
+}
+
+/// The columns `socket_events` and `sockets_current` share (everything after their
+/// heads), in table order.
+pub fn socket_columns() -> Vec<&'static str> {
+    names(&[SOCKET_COLUMNS])
+}
+
+/// The columns `flow_events` and `flows_current` share, in table order.
+pub fn flow_columns() -> Vec<&'static str> {
+    names(&[FLOW_COLUMNS])
+}
+
+/// The host facts columns `hosts` and `host_reports` share, in table order.
+pub fn host_fact_columns() -> Vec<&'static str> {
+    names(&[HOST_FACTS])
+}
+
+/// The columns of `hosts` before its host facts (the Hello facts), in table order.
+pub fn host_hello_columns() -> Vec<&'static str> {
+    names(&[HOSTS_COLUMNS])
+}
+
+/// Every column of a table, in table order (`None` for an unknown table).
+pub fn table_columns(name: &str) -> Option<Vec<&'static str>> {
+    let parts: &[Columns] = match name {
+        table::SCHEMA_MIGRATIONS => &[MIGRATIONS_COLUMNS],
+        table::HOSTS => &[HOSTS_COLUMNS, HOST_FACTS, HOSTS_TAIL],
+        table::HOST_REPORTS => &[REPORT_COLUMNS, HOST_FACTS],
+        table::SOCKET_EVENTS => &[SOCKET_EVENT_HEAD, SOCKET_COLUMNS],
+        table::SOCKETS_CURRENT => &[SOCKET_CURRENT_HEAD, SOCKET_COLUMNS],
+        table::FLOW_EVENTS => &[FLOW_EVENT_HEAD, FLOW_COLUMNS],
+        table::FLOWS_CURRENT => &[FLOW_CURRENT_HEAD, FLOW_COLUMNS],
+        table::FINDINGS => &[FINDING_COLUMNS],
+        table::FINDING_ACKS => &[FINDING_ACK_COLUMNS],
+        _ => return None,
+    };
+    Some(names(parts))
+}
+
 fn create(
     flavor: Flavor,
     name: &str,
@@ -377,6 +446,18 @@ pub fn migrations(flavor: Flavor) -> Vec<Migration> {
                 flavor,
                 table::FINDINGS,
                 &[FINDING_COLUMNS],
+                "ReplacingMergeTree(version)",
+                "ORDER BY fingerprint",
+                "",
+            )],
+        },
+        Migration {
+            version: 3,
+            name: "acknowledgements of findings",
+            statements: vec![create(
+                flavor,
+                table::FINDING_ACKS,
+                &[FINDING_ACK_COLUMNS],
                 "ReplacingMergeTree(version)",
                 "ORDER BY fingerprint",
                 "",

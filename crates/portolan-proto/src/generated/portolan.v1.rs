@@ -844,17 +844,27 @@ pub struct HostSelector {
         ::prost::alloc::string::String,
     >,
 }
+/// Absent `hosts`: every host. Ordered by host id.
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct ListHostsRequest {
     #[prost(message, optional, tag = "1")]
     pub hosts: ::core::option::Option<HostSelector>,
+    /// Most hosts per answer; 0: the server's default (10,000). See "Paging" above.
+    #[prost(uint32, tag = "2")]
+    pub page_size: u32,
+    /// `next_page_token` of the previous answer; empty: the first page.
+    #[prost(string, tag = "3")]
+    pub page_token: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct ListHostsResponse {
     #[prost(message, repeated, tag = "1")]
     pub hosts: ::prost::alloc::vec::Vec<HostSummary>,
+    /// Token of the next page; empty: this is the last page.
+    #[prost(string, tag = "2")]
+    pub next_page_token: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -930,18 +940,34 @@ pub struct ListSocketsRequest {
     /// Process name glob (`postgres*`); empty: any.
     #[prost(string, tag = "7")]
     pub process: ::prost::alloc::string::String,
-    /// Most rows to return; 0: the server's default (10,000).
+    /// Most rows to return; 0: the server's default (10,000). The same as `page_size`,
+    /// kept for older clients; `page_size` wins when both are set.
     #[prost(uint32, tag = "8")]
     pub limit: u32,
+    /// Most rows per answer; 0: `limit`, or the server's default. See "Paging" above.
+    #[prost(uint32, tag = "9")]
+    pub page_size: u32,
+    /// `next_page_token` of the previous answer; empty: the first page.
+    #[prost(string, tag = "10")]
+    pub page_token: ::prost::alloc::string::String,
+    /// Unix seconds: the sockets open at that instant, rebuilt from history (events at or
+    /// before it); `updated_unix` is then the time of the socket's last event before it.
+    /// Labels in `hosts` select hosts by their labels now. 0: the current sockets.
+    #[prost(int64, tag = "11")]
+    pub at_unix: i64,
 }
+/// Ordered by host id, local port and socket.
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct ListSocketsResponse {
     #[prost(message, repeated, tag = "1")]
     pub sockets: ::prost::alloc::vec::Vec<HostSocket>,
-    /// More rows matched than `limit`.
+    /// More rows matched than fit in this answer: `next_page_token` is set.
     #[prost(bool, tag = "2")]
     pub truncated: bool,
+    /// Token of the next page; empty: this is the last page.
+    #[prost(string, tag = "3")]
+    pub next_page_token: ::prost::alloc::string::String,
 }
 /// A current socket of a host, with its owning processes.
 #[allow(clippy::all)]
@@ -990,17 +1016,33 @@ pub struct ListFlowsRequest {
     /// PEER_UNSPECIFIED: both.
     #[prost(enumeration = "Peer", tag = "4")]
     pub peer: i32,
-    /// Most rows; 0: the server's default (10,000).
+    /// Most rows; 0: the server's default (10,000). The same as `page_size`, kept for
+    /// older clients; `page_size` wins when both are set.
     #[prost(uint32, tag = "5")]
     pub limit: u32,
+    /// Most rows per answer; 0: `limit`, or the server's default. See "Paging" above.
+    #[prost(uint32, tag = "6")]
+    pub page_size: u32,
+    /// `next_page_token` of the previous answer; empty: the first page.
+    #[prost(string, tag = "7")]
+    pub page_token: ::prost::alloc::string::String,
+    /// Unix seconds: the flows present at that instant, rebuilt from history. Peers are
+    /// joined to the fleet's addresses of now. 0: the current flows.
+    #[prost(int64, tag = "8")]
+    pub at_unix: i64,
 }
+/// Ordered by host id, service port and flow.
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct ListFlowsResponse {
     #[prost(message, repeated, tag = "1")]
     pub flows: ::prost::alloc::vec::Vec<HostFlow>,
+    /// More rows matched than fit in this answer: `next_page_token` is set.
     #[prost(bool, tag = "2")]
     pub truncated: bool,
+    /// Token of the next page; empty: this is the last page.
+    #[prost(string, tag = "3")]
+    pub next_page_token: ::prost::alloc::string::String,
 }
 /// A current flow of a host, with its process and, when the peer is in the fleet, the
 /// peer host.
@@ -1042,17 +1084,88 @@ pub struct ListFindingsRequest {
     /// Lowest severity to show (`info`, `low`, `medium`, `high`, `critical`); empty: all.
     #[prost(string, tag = "4")]
     pub min_severity: ::prost::alloc::string::String,
-    /// Most rows; 0: the server's default (10,000).
+    /// Most rows; 0: the server's default (10,000). The same as `page_size`, kept for
+    /// older clients; `page_size` wins when both are set.
     #[prost(uint32, tag = "5")]
     pub limit: u32,
+    /// Most rows per answer; 0: `limit`, or the server's default. See "Paging" above.
+    #[prost(uint32, tag = "6")]
+    pub page_size: u32,
+    /// `next_page_token` of the previous answer; empty: the first page.
+    #[prost(string, tag = "7")]
+    pub page_token: ::prost::alloc::string::String,
+    /// ACK_FILTER_UNSPECIFIED: acknowledged and not.
+    #[prost(enumeration = "AckFilter", tag = "8")]
+    pub acked: i32,
 }
+/// Most severe first, then by host, subject and fingerprint.
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct ListFindingsResponse {
     #[prost(message, repeated, tag = "1")]
     pub findings: ::prost::alloc::vec::Vec<Finding>,
+    /// More rows matched than fit in this answer: `next_page_token` is set.
     #[prost(bool, tag = "2")]
     pub truncated: bool,
+    /// Token of the next page; empty: this is the last page.
+    #[prost(string, tag = "3")]
+    pub next_page_token: ::prost::alloc::string::String,
+}
+/// An acknowledgement in force: someone decided the finding needs no action now.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct FindingAck {
+    /// Identity of the admin certificate that acknowledged it
+    /// (spiffe://portolan/operator/admin/<name>).
+    #[prost(string, tag = "1")]
+    pub acked_by: ::prost::alloc::string::String,
+    /// Why, as the admin wrote it.
+    #[prost(string, tag = "2")]
+    pub reason: ::prost::alloc::string::String,
+    /// Unix seconds until which it holds, whatever the finding does; 0: until the
+    /// finding's status changes (an open finding resolves, or a resolved one reopens).
+    #[prost(int64, tag = "3")]
+    pub until_unix: i64,
+    /// Unix seconds when it was given.
+    #[prost(int64, tag = "4")]
+    pub at_unix: i64,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct AckFindingRequest {
+    /// The finding's fingerprint; required. NOT_FOUND when no finding has it.
+    #[prost(string, tag = "1")]
+    pub fingerprint: ::prost::alloc::string::String,
+    /// Why it needs no action; required, at most 1,000 characters.
+    #[prost(string, tag = "2")]
+    pub reason: ::prost::alloc::string::String,
+    /// Unix seconds until which the acknowledgement holds (must be in the future); 0:
+    /// until the finding's status changes (see FindingAck.until_unix). A new
+    /// acknowledgement replaces the previous one.
+    #[prost(int64, tag = "3")]
+    pub until_unix: i64,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct AckFindingResponse {
+    /// The finding, with the acknowledgement just stored.
+    #[prost(message, optional, tag = "1")]
+    pub finding: ::core::option::Option<Finding>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct UnackFindingRequest {
+    /// The finding's fingerprint; required. NOT_FOUND when no finding has it. Clearing a
+    /// finding without an acknowledgement succeeds and changes nothing visible.
+    #[prost(string, tag = "1")]
+    pub fingerprint: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct UnackFindingResponse {
+    /// The finding, without acknowledgement.
+    #[prost(message, optional, tag = "1")]
+    pub finding: ::core::option::Option<Finding>,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -1086,6 +1199,186 @@ pub struct Finding {
     /// How many times it opened again after being resolved.
     #[prost(uint32, tag = "12")]
     pub reopened: u32,
+    /// The acknowledgement in force; absent: none (never given, cleared, expired, or the
+    /// status changed since an acknowledgement without `until`).
+    #[prost(message, optional, tag = "13")]
+    pub ack: ::core::option::Option<FindingAck>,
+}
+/// One event of a host's history.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct HostEvent {
+    #[prost(string, tag = "1")]
+    pub host_id: ::prost::alloc::string::String,
+    /// The change (snapshot or delta) that stored it; the events of one change share it.
+    #[prost(uint64, tag = "2")]
+    pub seq: u64,
+    /// Scan time of that change, Unix seconds.
+    #[prost(int64, tag = "3")]
+    pub at_unix: i64,
+    #[prost(enumeration = "EventKind", tag = "4")]
+    pub kind: i32,
+    /// The socket's or flow's stable key (`tcp 0.0.0.0:5432 0.0.0.0:0 #12345`), as
+    /// ListEventsRequest.key takes it.
+    #[prost(string, tag = "5")]
+    pub key: ::prost::alloc::string::String,
+    /// The owning processes known then; empty when unknown.
+    #[prost(message, repeated, tag = "8")]
+    pub processes: ::prost::alloc::vec::Vec<Process>,
+    /// Exactly one is set: a socket event or a flow event.
+    #[prost(oneof = "host_event::Subject", tags = "6, 7")]
+    pub subject: ::core::option::Option<host_event::Subject>,
+}
+/// Nested message and enum types in `HostEvent`.
+pub mod host_event {
+    /// Exactly one is set: a socket event or a flow event.
+    #[allow(clippy::all)]
+    #[derive(Clone, PartialEq, Eq, Hash, ::prost::Oneof)]
+    pub enum Subject {
+        #[prost(message, tag = "6")]
+        Socket(super::Socket),
+        #[prost(message, tag = "7")]
+        Flow(super::Flow),
+    }
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ListEventsRequest {
+    /// The host; required. NOT_FOUND when unknown.
+    #[prost(string, tag = "1")]
+    pub host_id: ::prost::alloc::string::String,
+    /// Unix seconds, inclusive; 0: from the start of the kept history.
+    #[prost(int64, tag = "2")]
+    pub from_unix: i64,
+    /// Unix seconds, exclusive; 0: up to the latest stored change.
+    #[prost(int64, tag = "3")]
+    pub to_unix: i64,
+    /// Local port of a socket, service port of a flow; 0: any port.
+    #[prost(uint32, tag = "4")]
+    pub port: u32,
+    /// One socket or flow by its key (HostEvent.key); empty: any.
+    #[prost(string, tag = "5")]
+    pub key: ::prost::alloc::string::String,
+    /// Flow events too; false: socket events only.
+    #[prost(bool, tag = "6")]
+    pub include_flows: bool,
+    /// EVENT_ORDER_UNSPECIFIED: newest first.
+    #[prost(enumeration = "EventOrder", tag = "7")]
+    pub order: i32,
+    /// Most events per answer; 0: the server's default (10,000). See "Paging" above.
+    #[prost(uint32, tag = "8")]
+    pub page_size: u32,
+    /// `next_page_token` of the previous answer; empty: the first page.
+    #[prost(string, tag = "9")]
+    pub page_token: ::prost::alloc::string::String,
+}
+/// Events by seq (then kind and key), in the requested order. Only committed changes:
+/// rows of a write that has not finished are never shown.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ListEventsResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub events: ::prost::alloc::vec::Vec<HostEvent>,
+    /// Token of the next page; empty: this is the last page.
+    #[prost(string, tag = "2")]
+    pub next_page_token: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct GetSnapshotRequest {
+    /// The host; required. NOT_FOUND when unknown.
+    #[prost(string, tag = "1")]
+    pub host_id: ::prost::alloc::string::String,
+    /// Unix seconds: the instant; the state after every change scanned at or before it.
+    /// 0: now.
+    #[prost(int64, tag = "2")]
+    pub at_unix: i64,
+}
+/// A host's inventory at an instant. Sockets and flows are at most 100,000 each.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct GetSnapshotResponse {
+    /// The host as it is now (name, labels and versions have no history).
+    #[prost(message, optional, tag = "1")]
+    pub host: ::core::option::Option<HostSummary>,
+    /// Host facts (interfaces, ephemeral ports) at the instant.
+    #[prost(message, optional, tag = "2")]
+    pub state: ::core::option::Option<HostState>,
+    /// The last change stored at or before the instant; 0: the host had not reported yet
+    /// (and the lists are empty).
+    #[prost(uint64, tag = "3")]
+    pub seq: u64,
+    /// Scan time of that change, Unix seconds; 0 with seq 0.
+    #[prost(int64, tag = "4")]
+    pub seq_at_unix: i64,
+    /// Ordered by local port and socket.
+    #[prost(message, repeated, tag = "5")]
+    pub sockets: ::prost::alloc::vec::Vec<HostSocket>,
+    /// Ordered by service port and flow.
+    #[prost(message, repeated, tag = "6")]
+    pub flows: ::prost::alloc::vec::Vec<HostFlow>,
+    /// More than 100,000 sockets or flows: the lists are cut.
+    #[prost(bool, tag = "7")]
+    pub truncated: bool,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct WatchFindingsRequest {
+    /// Hosts the findings are about; absent: every finding (as in ListFindings).
+    #[prost(message, optional, tag = "1")]
+    pub hosts: ::core::option::Option<HostSelector>,
+    /// Only this rule; empty: every rule.
+    #[prost(string, tag = "2")]
+    pub rule_id: ::prost::alloc::string::String,
+    /// Lowest severity (`info` … `critical`); empty: all.
+    #[prost(string, tag = "3")]
+    pub min_severity: ::prost::alloc::string::String,
+    /// First send every current finding (FINDING_CHANGE_CURRENT), then one
+    /// FINDING_CHANGE_SYNCED, then changes; false: changes only (after SYNCED).
+    #[prost(bool, tag = "4")]
+    pub initial: bool,
+    /// How often the collector looks for changes, milliseconds; 0: 5 s. Raised to 1 s
+    /// when smaller, lowered to 60 s when larger.
+    #[prost(uint32, tag = "5")]
+    pub poll_interval_ms: u32,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct WatchFindingsResponse {
+    #[prost(enumeration = "FindingChange", tag = "1")]
+    pub change: i32,
+    /// The finding after the change; absent for FINDING_CHANGE_SYNCED.
+    #[prost(message, optional, tag = "2")]
+    pub finding: ::core::option::Option<Finding>,
+    /// Unix seconds when the collector noticed the change.
+    #[prost(int64, tag = "3")]
+    pub observed_unix: i64,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct WatchHostRequest {
+    /// The host; required. NOT_FOUND when unknown.
+    #[prost(string, tag = "1")]
+    pub host_id: ::prost::alloc::string::String,
+    /// Send the events of changes after this seq first (to resume a stream: the last
+    /// seq received); 0: only changes stored from now on.
+    #[prost(uint64, tag = "2")]
+    pub after_seq: u64,
+    /// Flow events too; false: socket events only.
+    #[prost(bool, tag = "3")]
+    pub include_flows: bool,
+    /// How often the collector looks for changes, milliseconds; 0: 2 s. Raised to 1 s
+    /// when smaller, lowered to 60 s when larger.
+    #[prost(uint32, tag = "4")]
+    pub poll_interval_ms: u32,
+}
+/// Events in stored order (by seq, oldest first), at most 1,000 per message; the events
+/// of one change may span messages. Only committed changes are sent.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct WatchHostResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub events: ::prost::alloc::vec::Vec<HostEvent>,
 }
 /// Where the other end of a flow is.
 #[allow(clippy::all)]
@@ -1149,6 +1442,166 @@ impl FindingStatus {
             "FINDING_STATUS_UNSPECIFIED" => Some(Self::Unspecified),
             "FINDING_STATUS_OPEN" => Some(Self::Open),
             "FINDING_STATUS_RESOLVED" => Some(Self::Resolved),
+            _ => None,
+        }
+    }
+}
+/// Which findings to keep by acknowledgement.
+#[allow(clippy::all)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum AckFilter {
+    /// Both.
+    Unspecified = 0,
+    /// Only findings with an acknowledgement in force (`Finding.ack` set).
+    Acked = 1,
+    /// Only findings without one.
+    Unacked = 2,
+}
+impl AckFilter {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "ACK_FILTER_UNSPECIFIED",
+            Self::Acked => "ACK_FILTER_ACKED",
+            Self::Unacked => "ACK_FILTER_UNACKED",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "ACK_FILTER_UNSPECIFIED" => Some(Self::Unspecified),
+            "ACK_FILTER_ACKED" => Some(Self::Acked),
+            "ACK_FILTER_UNACKED" => Some(Self::Unacked),
+            _ => None,
+        }
+    }
+}
+/// What happened to a socket or flow in one stored change.
+#[allow(clippy::all)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum EventKind {
+    Unspecified = 0,
+    /// A socket appeared (its content).
+    Added = 1,
+    /// A socket or flow disappeared (its last content).
+    Removed = 2,
+    /// A socket's state or owning processes changed (its new content).
+    Changed = 3,
+    /// A flow appeared, or its count or process changed (its new content).
+    Upserted = 4,
+}
+impl EventKind {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "EVENT_KIND_UNSPECIFIED",
+            Self::Added => "EVENT_KIND_ADDED",
+            Self::Removed => "EVENT_KIND_REMOVED",
+            Self::Changed => "EVENT_KIND_CHANGED",
+            Self::Upserted => "EVENT_KIND_UPSERTED",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "EVENT_KIND_UNSPECIFIED" => Some(Self::Unspecified),
+            "EVENT_KIND_ADDED" => Some(Self::Added),
+            "EVENT_KIND_REMOVED" => Some(Self::Removed),
+            "EVENT_KIND_CHANGED" => Some(Self::Changed),
+            "EVENT_KIND_UPSERTED" => Some(Self::Upserted),
+            _ => None,
+        }
+    }
+}
+/// In which order events come.
+#[allow(clippy::all)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum EventOrder {
+    /// Newest first.
+    Unspecified = 0,
+    NewestFirst = 1,
+    OldestFirst = 2,
+}
+impl EventOrder {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "EVENT_ORDER_UNSPECIFIED",
+            Self::NewestFirst => "EVENT_ORDER_NEWEST_FIRST",
+            Self::OldestFirst => "EVENT_ORDER_OLDEST_FIRST",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "EVENT_ORDER_UNSPECIFIED" => Some(Self::Unspecified),
+            "EVENT_ORDER_NEWEST_FIRST" => Some(Self::NewestFirst),
+            "EVENT_ORDER_OLDEST_FIRST" => Some(Self::OldestFirst),
+            _ => None,
+        }
+    }
+}
+/// What happened to a finding.
+#[allow(clippy::all)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum FindingChange {
+    Unspecified = 0,
+    /// Part of the initial listing: the finding as it is.
+    Current = 1,
+    /// The initial listing is complete (no finding); changes follow.
+    Synced = 2,
+    /// A new finding.
+    Opened = 3,
+    /// A resolved finding matched again.
+    Reopened = 4,
+    /// An open finding no longer matches.
+    Resolved = 5,
+    /// An acknowledgement was given or replaced.
+    Acked = 6,
+    /// An acknowledgement ended: cleared, expired, or the status changed.
+    Unacked = 7,
+}
+impl FindingChange {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "FINDING_CHANGE_UNSPECIFIED",
+            Self::Current => "FINDING_CHANGE_CURRENT",
+            Self::Synced => "FINDING_CHANGE_SYNCED",
+            Self::Opened => "FINDING_CHANGE_OPENED",
+            Self::Reopened => "FINDING_CHANGE_REOPENED",
+            Self::Resolved => "FINDING_CHANGE_RESOLVED",
+            Self::Acked => "FINDING_CHANGE_ACKED",
+            Self::Unacked => "FINDING_CHANGE_UNACKED",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "FINDING_CHANGE_UNSPECIFIED" => Some(Self::Unspecified),
+            "FINDING_CHANGE_CURRENT" => Some(Self::Current),
+            "FINDING_CHANGE_SYNCED" => Some(Self::Synced),
+            "FINDING_CHANGE_OPENED" => Some(Self::Opened),
+            "FINDING_CHANGE_REOPENED" => Some(Self::Reopened),
+            "FINDING_CHANGE_RESOLVED" => Some(Self::Resolved),
+            "FINDING_CHANGE_ACKED" => Some(Self::Acked),
+            "FINDING_CHANGE_UNACKED" => Some(Self::Unacked),
             _ => None,
         }
     }
@@ -1371,7 +1824,7 @@ pub mod query_service_client {
                 .insert(GrpcMethod::new("portolan.v1.QueryService", "ListFlows"));
             self.inner.unary(req, path, codec).await
         }
-        /// Findings of the exposure rules.
+        /// Findings of the exposure rules, with their acknowledgements.
         pub async fn list_findings(
             &mut self,
             request: impl tonic::IntoRequest<super::ListFindingsRequest>,
@@ -1395,6 +1848,162 @@ pub mod query_service_client {
             req.extensions_mut()
                 .insert(GrpcMethod::new("portolan.v1.QueryService", "ListFindings"));
             self.inner.unary(req, path, codec).await
+        }
+        /// Acknowledges (silences) a finding: admin certificates only. The acknowledger is
+        /// the certificate's identity, never a field of the request.
+        pub async fn ack_finding(
+            &mut self,
+            request: impl tonic::IntoRequest<super::AckFindingRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::AckFindingResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/portolan.v1.QueryService/AckFinding",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("portolan.v1.QueryService", "AckFinding"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Clears a finding's acknowledgement: admin certificates only.
+        pub async fn unack_finding(
+            &mut self,
+            request: impl tonic::IntoRequest<super::UnackFindingRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::UnackFindingResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/portolan.v1.QueryService/UnackFinding",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("portolan.v1.QueryService", "UnackFinding"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// A host's history: its socket (and, on request, flow) events over a time range,
+        /// newest or oldest first, paged.
+        pub async fn list_events(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ListEventsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListEventsResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/portolan.v1.QueryService/ListEvents",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("portolan.v1.QueryService", "ListEvents"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// A host's socket and flow inventory at a past instant, rebuilt from its history.
+        pub async fn get_snapshot(
+            &mut self,
+            request: impl tonic::IntoRequest<super::GetSnapshotRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::GetSnapshotResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/portolan.v1.QueryService/GetSnapshot",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("portolan.v1.QueryService", "GetSnapshot"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Finding changes as they happen (opened, reopened, resolved, acknowledged), after an
+        /// optional listing of the current findings. Ends only when the client goes away (or
+        /// with UNAVAILABLE when ClickHouse stays unreachable); RESOURCE_EXHAUSTED when the
+        /// collector serves too many watch streams already.
+        pub async fn watch_findings(
+            &mut self,
+            request: impl tonic::IntoRequest<super::WatchFindingsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<tonic::codec::Streaming<super::WatchFindingsResponse>>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/portolan.v1.QueryService/WatchFindings",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("portolan.v1.QueryService", "WatchFindings"));
+            self.inner.server_streaming(req, path, codec).await
+        }
+        /// One host's socket (and, on request, flow) events as they are stored. Same ending
+        /// and limits as WatchFindings.
+        pub async fn watch_host(
+            &mut self,
+            request: impl tonic::IntoRequest<super::WatchHostRequest>,
+        ) -> std::result::Result<
+            tonic::Response<tonic::codec::Streaming<super::WatchHostResponse>>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/portolan.v1.QueryService/WatchHost",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("portolan.v1.QueryService", "WatchHost"));
+            self.inner.server_streaming(req, path, codec).await
         }
     }
 }
@@ -1449,7 +2058,7 @@ pub mod query_service_server {
             tonic::Response<super::ListFlowsResponse>,
             tonic::Status,
         >;
-        /// Findings of the exposure rules.
+        /// Findings of the exposure rules, with their acknowledgements.
         async fn list_findings(
             &self,
             request: tonic::Request<super::ListFindingsRequest>,
@@ -1457,6 +2066,69 @@ pub mod query_service_server {
             tonic::Response<super::ListFindingsResponse>,
             tonic::Status,
         >;
+        /// Acknowledges (silences) a finding: admin certificates only. The acknowledger is
+        /// the certificate's identity, never a field of the request.
+        async fn ack_finding(
+            &self,
+            request: tonic::Request<super::AckFindingRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::AckFindingResponse>,
+            tonic::Status,
+        >;
+        /// Clears a finding's acknowledgement: admin certificates only.
+        async fn unack_finding(
+            &self,
+            request: tonic::Request<super::UnackFindingRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::UnackFindingResponse>,
+            tonic::Status,
+        >;
+        /// A host's history: its socket (and, on request, flow) events over a time range,
+        /// newest or oldest first, paged.
+        async fn list_events(
+            &self,
+            request: tonic::Request<super::ListEventsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListEventsResponse>,
+            tonic::Status,
+        >;
+        /// A host's socket and flow inventory at a past instant, rebuilt from its history.
+        async fn get_snapshot(
+            &self,
+            request: tonic::Request<super::GetSnapshotRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::GetSnapshotResponse>,
+            tonic::Status,
+        >;
+        /// Server streaming response type for the WatchFindings method.
+        type WatchFindingsStream: tonic::codegen::tokio_stream::Stream<
+                Item = std::result::Result<super::WatchFindingsResponse, tonic::Status>,
+            >
+            + std::marker::Send
+            + 'static;
+        /// Finding changes as they happen (opened, reopened, resolved, acknowledged), after an
+        /// optional listing of the current findings. Ends only when the client goes away (or
+        /// with UNAVAILABLE when ClickHouse stays unreachable); RESOURCE_EXHAUSTED when the
+        /// collector serves too many watch streams already.
+        async fn watch_findings(
+            &self,
+            request: tonic::Request<super::WatchFindingsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<Self::WatchFindingsStream>,
+            tonic::Status,
+        >;
+        /// Server streaming response type for the WatchHost method.
+        type WatchHostStream: tonic::codegen::tokio_stream::Stream<
+                Item = std::result::Result<super::WatchHostResponse, tonic::Status>,
+            >
+            + std::marker::Send
+            + 'static;
+        /// One host's socket (and, on request, flow) events as they are stored. Same ending
+        /// and limits as WatchFindings.
+        async fn watch_host(
+            &self,
+            request: tonic::Request<super::WatchHostRequest>,
+        ) -> std::result::Result<tonic::Response<Self::WatchHostStream>, tonic::Status>;
     }
     /// Questions about the fleet's hosts and sockets.
     #[derive(Debug)]
@@ -1801,6 +2473,278 @@ pub mod query_service_server {
                                 max_encoding_message_size,
                             );
                         let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/portolan.v1.QueryService/AckFinding" => {
+                    #[allow(non_camel_case_types)]
+                    struct AckFindingSvc<T: QueryService>(pub Arc<T>);
+                    impl<
+                        T: QueryService,
+                    > tonic::server::UnaryService<super::AckFindingRequest>
+                    for AckFindingSvc<T> {
+                        type Response = super::AckFindingResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::AckFindingRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as QueryService>::ack_finding(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = AckFindingSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/portolan.v1.QueryService/UnackFinding" => {
+                    #[allow(non_camel_case_types)]
+                    struct UnackFindingSvc<T: QueryService>(pub Arc<T>);
+                    impl<
+                        T: QueryService,
+                    > tonic::server::UnaryService<super::UnackFindingRequest>
+                    for UnackFindingSvc<T> {
+                        type Response = super::UnackFindingResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::UnackFindingRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as QueryService>::unack_finding(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = UnackFindingSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/portolan.v1.QueryService/ListEvents" => {
+                    #[allow(non_camel_case_types)]
+                    struct ListEventsSvc<T: QueryService>(pub Arc<T>);
+                    impl<
+                        T: QueryService,
+                    > tonic::server::UnaryService<super::ListEventsRequest>
+                    for ListEventsSvc<T> {
+                        type Response = super::ListEventsResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ListEventsRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as QueryService>::list_events(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ListEventsSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/portolan.v1.QueryService/GetSnapshot" => {
+                    #[allow(non_camel_case_types)]
+                    struct GetSnapshotSvc<T: QueryService>(pub Arc<T>);
+                    impl<
+                        T: QueryService,
+                    > tonic::server::UnaryService<super::GetSnapshotRequest>
+                    for GetSnapshotSvc<T> {
+                        type Response = super::GetSnapshotResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::GetSnapshotRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as QueryService>::get_snapshot(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = GetSnapshotSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/portolan.v1.QueryService/WatchFindings" => {
+                    #[allow(non_camel_case_types)]
+                    struct WatchFindingsSvc<T: QueryService>(pub Arc<T>);
+                    impl<
+                        T: QueryService,
+                    > tonic::server::ServerStreamingService<super::WatchFindingsRequest>
+                    for WatchFindingsSvc<T> {
+                        type Response = super::WatchFindingsResponse;
+                        type ResponseStream = T::WatchFindingsStream;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::ResponseStream>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::WatchFindingsRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as QueryService>::watch_findings(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = WatchFindingsSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.server_streaming(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/portolan.v1.QueryService/WatchHost" => {
+                    #[allow(non_camel_case_types)]
+                    struct WatchHostSvc<T: QueryService>(pub Arc<T>);
+                    impl<
+                        T: QueryService,
+                    > tonic::server::ServerStreamingService<super::WatchHostRequest>
+                    for WatchHostSvc<T> {
+                        type Response = super::WatchHostResponse;
+                        type ResponseStream = T::WatchHostStream;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::ResponseStream>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::WatchHostRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as QueryService>::watch_host(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = WatchHostSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.server_streaming(method, req).await;
                         Ok(res)
                     };
                     Box::pin(fut)
