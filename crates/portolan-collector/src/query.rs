@@ -10,6 +10,7 @@
 
 mod error;
 mod page;
+mod test_rules;
 mod watch;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -1160,6 +1161,16 @@ impl QueryService for Query {
         let (who, _) = operator(&request)?;
         let stream = self.watch_findings_inner(who, request.into_inner()).await?;
         Ok(Response::new(stream))
+    }
+
+    async fn test_rules(
+        &self,
+        request: Request<pb::TestRulesRequest>,
+    ) -> Result<Response<pb::TestRulesResponse>, Status> {
+        authorize(&request)?;
+        Ok(Response::new(
+            test_rules::test_rules(&self.store, request.into_inner()).await?,
+        ))
     }
 
     type WatchHostStream = ReceiverStream<Result<pb::WatchHostResponse, Status>>;

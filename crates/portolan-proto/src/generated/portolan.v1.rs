@@ -1380,6 +1380,85 @@ pub struct WatchHostResponse {
     #[prost(message, repeated, tag = "1")]
     pub events: ::prost::alloc::vec::Vec<HostEvent>,
 }
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct TestRulesRequest {
+    /// The rule file's text (YAML, as `portolan rules check` reads it); at most 1 MiB.
+    #[prost(string, tag = "1")]
+    pub rules_yaml: ::prost::alloc::string::String,
+    /// The file's name, for error messages; empty: "rules.yaml".
+    #[prost(string, tag = "2")]
+    pub file_name: ::prost::alloc::string::String,
+    /// How far back the first instant is, seconds; required (above 0).
+    #[prost(uint64, tag = "3")]
+    pub since_seconds: u64,
+    /// Seconds between two instants; 0: since / 168 (hourly over 7 days), at least 60.
+    /// At most 2,000 instants: INVALID_ARGUMENT beyond, saying which step would do.
+    #[prost(uint64, tag = "4")]
+    pub step_seconds: u64,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct TestRulesResponse {
+    /// The instants evaluated, Unix seconds, oldest first; the last one is now.
+    #[prost(int64, repeated, tag = "1")]
+    pub instants_unix: ::prost::alloc::vec::Vec<i64>,
+    /// What would have fired, one entry per finding (fingerprint), ordered by first
+    /// instant.
+    #[prost(message, repeated, tag = "2")]
+    pub findings: ::prost::alloc::vec::Vec<TestedFinding>,
+    /// Rules whose query the server refused; their findings are missing above.
+    #[prost(message, repeated, tag = "3")]
+    pub failures: ::prost::alloc::vec::Vec<RuleFailure>,
+    /// How many rules the file holds.
+    #[prost(uint32, tag = "4")]
+    pub rules: u32,
+}
+/// One finding a dry run found.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct TestedFinding {
+    #[prost(string, tag = "1")]
+    pub rule_id: ::prost::alloc::string::String,
+    /// Empty for a fleet-wide finding.
+    #[prost(string, tag = "2")]
+    pub host_id: ::prost::alloc::string::String,
+    /// Empty when the host is unknown now.
+    #[prost(string, tag = "3")]
+    pub hostname: ::prost::alloc::string::String,
+    #[prost(string, tag = "4")]
+    pub fingerprint: ::prost::alloc::string::String,
+    #[prost(string, tag = "5")]
+    pub severity: ::prost::alloc::string::String,
+    /// Subject and evidence at the last instant it matched.
+    #[prost(string, tag = "6")]
+    pub subject: ::prost::alloc::string::String,
+    #[prost(string, tag = "7")]
+    pub evidence: ::prost::alloc::string::String,
+    /// The first and last instants it matched, Unix seconds.
+    #[prost(int64, tag = "8")]
+    pub first_unix: i64,
+    #[prost(int64, tag = "9")]
+    pub last_unix: i64,
+    /// At how many instants it matched.
+    #[prost(uint32, tag = "10")]
+    pub instants: u32,
+    /// How many times it would have opened (runs of consecutive instants).
+    #[prost(uint32, tag = "11")]
+    pub episodes: u32,
+    /// It matched at the last instant: it would be open now.
+    #[prost(bool, tag = "12")]
+    pub open_now: bool,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RuleFailure {
+    #[prost(string, tag = "1")]
+    pub rule_id: ::prost::alloc::string::String,
+    /// The server's message.
+    #[prost(string, tag = "2")]
+    pub message: ::prost::alloc::string::String,
+}
 /// Where the other end of a flow is.
 #[allow(clippy::all)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
@@ -2005,6 +2084,33 @@ pub mod query_service_client {
                 .insert(GrpcMethod::new("portolan.v1.QueryService", "WatchHost"));
             self.inner.server_streaming(req, path, codec).await
         }
+        /// What a rule file would have found over stored history, evaluated at a series of
+        /// past instants; nothing is written (`portolan rules test`). INVALID_ARGUMENT with
+        /// every problem of the file (file:line:column) when it does not parse.
+        pub async fn test_rules(
+            &mut self,
+            request: impl tonic::IntoRequest<super::TestRulesRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::TestRulesResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/portolan.v1.QueryService/TestRules",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("portolan.v1.QueryService", "TestRules"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -2129,6 +2235,16 @@ pub mod query_service_server {
             &self,
             request: tonic::Request<super::WatchHostRequest>,
         ) -> std::result::Result<tonic::Response<Self::WatchHostStream>, tonic::Status>;
+        /// What a rule file would have found over stored history, evaluated at a series of
+        /// past instants; nothing is written (`portolan rules test`). INVALID_ARGUMENT with
+        /// every problem of the file (file:line:column) when it does not parse.
+        async fn test_rules(
+            &self,
+            request: tonic::Request<super::TestRulesRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::TestRulesResponse>,
+            tonic::Status,
+        >;
     }
     /// Questions about the fleet's hosts and sockets.
     #[derive(Debug)]
@@ -2745,6 +2861,51 @@ pub mod query_service_server {
                                 max_encoding_message_size,
                             );
                         let res = grpc.server_streaming(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/portolan.v1.QueryService/TestRules" => {
+                    #[allow(non_camel_case_types)]
+                    struct TestRulesSvc<T: QueryService>(pub Arc<T>);
+                    impl<
+                        T: QueryService,
+                    > tonic::server::UnaryService<super::TestRulesRequest>
+                    for TestRulesSvc<T> {
+                        type Response = super::TestRulesResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::TestRulesRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as QueryService>::test_rules(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = TestRulesSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
                         Ok(res)
                     };
                     Box::pin(fut)
