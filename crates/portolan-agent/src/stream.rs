@@ -98,6 +98,7 @@ pub async fn run(
         facts,
         scanner: Some(scanner),
         acked: None,
+        in_flight: None,
     };
     let mut failures: u32 = 0;
     loop {
@@ -148,6 +149,11 @@ struct Agent {
     /// reconnections: when the collector's stored seq is this one, the agent goes on with
     /// deltas instead of a full snapshot (no snapshot storm after a collector restart).
     acked: Option<(u64, Inventory)>,
+    /// The inventory of the snapshot or delta sent and not yet acknowledged, and its
+    /// seq. When the connection breaks after the collector stored it but before its
+    /// acknowledgement arrived, the next Welcome names this seq: it is then as good as
+    /// acknowledged, and the agent goes on with deltas.
+    in_flight: Option<(u64, Inventory)>,
 }
 
 impl Agent {
@@ -215,6 +221,15 @@ impl Agent {
         let max_items = max_items.max(1);
 
         let mut seq = welcome.last_seq;
+        if let Some(sent) = self.in_flight.take()
+            && sent.0 == welcome.last_seq
+        {
+            debug!(
+                seq = sent.0,
+                "the collector stored the change whose acknowledgement was lost"
+            );
+            self.acked = Some(sent);
+        }
         if self
             .acked
             .as_ref()
@@ -253,6 +268,7 @@ impl Agent {
                         flows = inventory.flows.len(),
                         "snapshot sent"
                     );
+                    self.in_flight = Some((next, inventory));
                     await_ack(&mut inbound, next, config.collector.ack_timeout).await?
                 }
                 Some((_, base)) => {
@@ -275,18 +291,20 @@ impl Agent {
                         flows = delta.flows_upserted.len() + delta.flows_removed.len(),
                         "delta sent"
                     );
+                    self.in_flight = Some((next, inventory));
                     await_ack(&mut inbound, next, config.collector.ack_timeout).await?
                 }
             };
             match outcome {
                 Outcome::Acked(s) => {
                     seq = s;
-                    self.acked = Some((s, inventory));
+                    self.acked = self.in_flight.take().filter(|(sent, _)| *sent == s);
                 }
                 Outcome::Resync(r) => {
                     info!(reason = %r.reason, last_seq = r.last_seq, "collector asked for a full snapshot");
                     seq = r.last_seq;
                     self.acked = None;
+                    self.in_flight = None;
                     next_scan = tokio::time::Instant::now();
                 }
             }
