@@ -16,9 +16,13 @@ demo *ARGS: setup build
     ./target/debug/portolan demo {{ARGS}}
 
 # Everything the project checks: format, lints, unit, store, end-to-end and SQL-on-modern-ClickHouse tests.
-test: setup setup-test lint build
+test: setup setup-test lint build test-helm
     cargo nextest run --workspace --no-fail-fast
     {{venv}}/bin/python tools/chdb/check.py
+
+# The Helm chart, offline: every case in deploy/helm/tests/values rendered, compared with its golden render (PORTOLAN_BLESS=1 re-blesses), validated against Kubernetes' schemas, its TOML checked by the real binaries.
+test-helm: setup-python build
+    {{venv}}/bin/python -m pytest -p no:cacheprovider deploy/helm/tests
 
 # Build every binary (the end-to-end tests run the real binaries).
 build:
