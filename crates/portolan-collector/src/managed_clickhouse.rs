@@ -205,6 +205,23 @@ impl ManagedClickHouse {
         Ok(server)
     }
 
+    /// A store on database `database` of this server (created if missing), its schema
+    /// migrated: where tests, benchmarks and the demo start.
+    pub async fn migrated_store(
+        &self,
+        database: &str,
+    ) -> Result<crate::store::Store, crate::store::StoreError> {
+        let store = crate::store::Store::connect(&crate::store::ClickHouseConfig {
+            url: self.url(),
+            database: database.to_string(),
+            user: None,
+            password: None,
+        })
+        .await?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
     /// The HTTP URL: `http://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.http_port)

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::Result;
 use portolan_collector::evaluate::{CompiledRule, Evaluator, check_rules, dry_run, load_rules};
 use portolan_collector::managed_clickhouse::{ManagedClickHouse, ManagedOptions};
-use portolan_collector::store::{ChangeKind, ClickHouseConfig, HostRecord, Store};
+use portolan_collector::store::{ChangeKind, HostRecord};
 use portolan_core::{
     Attribution, HostState, InterfaceAddress, Inventory, Process, Protocol, ScanStats, Scope,
     Socket, SocketKey, SocketState, diff,
@@ -72,14 +72,7 @@ async fn findings_open_resolve_and_reopen() -> Result<()> {
         binary: None,
     })
     .await?;
-    let store = Store::connect(&ClickHouseConfig {
-        url: clickhouse.url(),
-        database: "evaluate".into(),
-        user: None,
-        password: None,
-    })
-    .await?;
-    store.migrate().await?;
+    let store = clickhouse.migrated_store("evaluate").await?;
     let store = Arc::new(store);
     let record = HostRecord {
         host_id: "db-1".into(),
@@ -223,14 +216,7 @@ async fn a_dry_run_finds_what_would_have_fired_and_writes_nothing() -> Result<()
         binary: None,
     })
     .await?;
-    let store = Store::connect(&ClickHouseConfig {
-        url: clickhouse.url(),
-        database: "dry_run".into(),
-        user: None,
-        password: None,
-    })
-    .await?;
-    store.migrate().await?;
+    let store = clickhouse.migrated_store("dry_run").await?;
     store
         .upsert_host(&HostRecord {
             host_id: "db-1".into(),

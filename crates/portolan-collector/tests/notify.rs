@@ -543,7 +543,7 @@ async fn https_receivers_are_verified_against_the_configured_ca() -> Result<()> 
 async fn findings_from_real_rules_reach_alertmanager_and_webhooks() -> Result<()> {
     use portolan_collector::evaluate::{Evaluator, load_rules};
     use portolan_collector::managed_clickhouse::{ManagedClickHouse, ManagedOptions};
-    use portolan_collector::store::{ChangeKind, ClickHouseConfig, HostRecord, Store};
+    use portolan_collector::store::{ChangeKind, HostRecord};
     use portolan_core::{
         Attribution, HostState, InterfaceAddress, Inventory, Process, Protocol, ScanStats, Scope,
         Socket, SocketKey, SocketState, diff,
@@ -600,14 +600,7 @@ async fn findings_from_real_rules_reach_alertmanager_and_webhooks() -> Result<()
         binary: None,
     })
     .await?;
-    let store = Store::connect(&ClickHouseConfig {
-        url: clickhouse.url(),
-        database: "notify".into(),
-        user: None,
-        password: None,
-    })
-    .await?;
-    store.migrate().await?;
+    let store = clickhouse.migrated_store("notify").await?;
     let store = Arc::new(store);
     store
         .upsert_host(&HostRecord {

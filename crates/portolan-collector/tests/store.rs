@@ -60,9 +60,7 @@ impl Server {
 
     /// A migrated store in its own database.
     async fn store(&self, database: &str) -> Result<Store> {
-        let store = Store::connect(&self.config(database)).await?;
-        store.migrate().await?;
-        Ok(store)
+        Ok(self.clickhouse.migrated_store(database).await?)
     }
 
     async fn shutdown(self) -> Result<()> {

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result};
 use portolan_collector::managed_clickhouse::{ManagedClickHouse, ManagedOptions};
-use portolan_collector::store::{ChangeKind, ClickHouseConfig, HostRecord, Store};
+use portolan_collector::store::{ChangeKind, HostRecord, Store};
 use portolan_core::{
     Attribution, Direction, FlowKey, HostState, InterfaceAddress, Inventory, Process, Protocol,
     ScanStats, Socket, SocketKey, SocketState, diff,
@@ -68,40 +68,35 @@ async fn bench() -> Result<()> {
     })
     .await
     .context("starting a managed clickhouse-server (install Debian's clickhouse-server)")?;
-    let result = run(&clickhouse.url(), hosts, rounds).await;
+    let result = match clickhouse.migrated_store("bench_rules").await {
+        Ok(store) => run(&store, hosts, rounds).await,
+        Err(e) => Err(e.into()),
+    };
     clickhouse.shutdown().await?;
     result
 }
 
-async fn run(url: &str, hosts: usize, rounds: usize) -> Result<()> {
-    let store = Store::connect(&ClickHouseConfig {
-        url: url.to_string(),
-        database: "bench_rules".into(),
-        user: None,
-        password: None,
-    })
-    .await?;
-    store.migrate().await?;
+async fn run(store: &Store, hosts: usize, rounds: usize) -> Result<()> {
     let server = store.server();
 
     let seeding = Instant::now();
     for t in 0..TEMPLATES {
-        seed_template(&store, t).await?;
+        seed_template(store, t).await?;
     }
     let copies = hosts.div_ceil(TEMPLATES) - 1;
-    copy_fleet(&store, copies).await?;
+    copy_fleet(store, copies).await?;
     let seeded = seeding.elapsed();
     let sockets: u64 = count(
-        &store,
+        store,
         "SELECT count() FROM sockets_current FINAL WHERE present = 1",
     )
     .await?;
-    let fleet_hosts: u64 = count(&store, "SELECT count() FROM hosts FINAL").await?;
+    let fleet_hosts: u64 = count(store, "SELECT count() FROM hosts FINAL").await?;
 
     let reference = median(rounds, || async {
         let started = Instant::now();
         count(
-            &store,
+            store,
             "SELECT count() FROM sockets_current FINAL WHERE present = 1",
         )
         .await?;

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result};
 use portolan_collector::managed_clickhouse::{ManagedClickHouse, ManagedOptions};
-use portolan_collector::store::{ChangeKind, ClickHouseConfig, HostRecord, Store};
+use portolan_collector::store::{ChangeKind, HostRecord, Store};
 use portolan_core::{
     Attribution, Direction, FlowKey, HostState, InterfaceAddress, Inventory, Process, Protocol,
     ScanStats, Scope, Socket, SocketKey, SocketState, diff,
@@ -740,14 +740,9 @@ async fn compiled_rules_find_exactly_the_seeded_exposures() -> Result<()> {
         binary: None,
     })
     .await?;
-    let store = Store::connect(&ClickHouseConfig {
-        url: clickhouse.url(),
-        database: "compiled_rules_find_exactly_the_seeded_exposures".into(),
-        user: None,
-        password: None,
-    })
-    .await?;
-    store.migrate().await?;
+    let store = clickhouse
+        .migrated_store("compiled_rules_find_exactly_the_seeded_exposures")
+        .await?;
     let result = run(&store).await;
     clickhouse.shutdown().await?;
     result
