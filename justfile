@@ -16,13 +16,29 @@ demo *ARGS: setup build
     ./target/debug/portolan demo {{ARGS}}
 
 # Everything the project checks: format, lints, unit, store, end-to-end and SQL-on-modern-ClickHouse tests.
-test: setup setup-test lint build test-helm
+test: setup setup-test lint build test-helm test-ansible
     cargo nextest run --workspace --no-fail-fast
     {{venv}}/bin/python tools/chdb/check.py
 
 # The Helm chart, offline: every case in deploy/helm/tests/values rendered, compared with its golden render (PORTOLAN_BLESS=1 re-blesses), validated against Kubernetes' schemas, its TOML checked by the real binaries.
 test-helm: setup-python build
     {{venv}}/bin/python -m pytest -p no:cacheprovider deploy/helm/tests
+
+# The Ansible roles and the systemd units: ansible-lint (production profile); the example playbook run for real into a temporary root, whose installed agent reaches its installed collector (managed ClickHouse); idempotence and --check; the agent's two capabilities under setpriv; systemd-analyze security scores under a threshold (PORTOLAN_BLESS=1 rewrites deploy/systemd from the roles).
+test-ansible: setup setup-python build
+    #!/usr/bin/env bash
+    set -euo pipefail
+    # systemd-analyze scores the units (container images often lack systemd); setpriv runs the agent with the unit's capabilities.
+    missing=()
+    command -v systemd-analyze >/dev/null || missing+=(systemd)
+    command -v setpriv >/dev/null || missing+=(util-linux)
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "installing ${missing[*]} from the distribution's packages"
+        sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+    "{{venv}}/bin/python" -m pytest -p no:cacheprovider deploy/ansible/tests
 
 # Build every binary (the end-to-end tests run the real binaries).
 build:

@@ -1,0 +1,516 @@
+"""deploy/ansible and deploy/systemd, checked with the real tools (`just test-ansible`).
+
+1. ansible-lint, production profile, over deploy/ansible.
+2. The roles' defaults: meta/argument_specs.yml describes every variable with its default;
+   rendered with the defaults, the configuration files equal deploy/config/*.toml and the
+   units equal deploy/systemd/*.service (`PORTOLAN_BLESS=1` rewrites deploy/systemd).
+3. The example playbook, run for real against localhost into a temporary root with the
+   binaries of the cargo build and certificates from `portolan pki`: the installed agent,
+   started with the rendered configuration, reaches the installed collector (managed
+   ClickHouse) and its inventory lands in ClickHouse. A second run changes nothing, and
+   neither does `--check`.
+4. `--check` on a fresh root, system users included, writes nothing anywhere.
+5. `systemd-analyze security --offline=yes` scores both units under a threshold, every
+   protection left off is explained in a comment, and `systemd-analyze verify` accepts
+   the installed units.
+6. The agent's two capabilities are exactly what it needs: an unprivileged user with
+   CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE attributes a socket of a root process, with
+   either one alone it cannot, and it lists the socket even with none.
+
+Binaries come from `${CARGO_TARGET_DIR:-target}/debug` (`cargo build --workspace --bins`).
+"""
+
+from __future__ import annotations
+
+import grp
+import hashlib
+import json
+import os
+import pwd
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+import urllib.parse
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+ANSIBLE = Path(__file__).resolve().parents[1]
+REPO = ANSIBLE.parents[1]
+SYSTEMD = REPO / "deploy" / "systemd"
+CONFIG = REPO / "deploy" / "config"
+ROLES = ("portolan_agent", "portolan_collector")
+UNITS = ("portolan-agent.service", "portolan-collector.service")
+VENV_BIN = Path(sys.executable).parent
+
+# Highest acceptable `systemd-analyze security` exposure (0 = locked down, 10 = none).
+# Measured with Debian bookworm's systemd 252: agent 2.0, collector 1.2 (managed
+# ClickHouse) and 1.1 (external ClickHouse); the margin absorbs other systemd versions.
+THRESHOLDS = {"portolan-agent.service": 2.5, "portolan-collector.service": 1.5}
+
+
+# --- helpers ---------------------------------------------------------------------------
+
+
+def target_dir() -> Path:
+    target = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
+    if not target.is_absolute():
+        target = REPO / target
+    return target / "debug"
+
+
+def built(name: str) -> Path:
+    path = target_dir() / name
+    if not path.is_file():
+        pytest.fail(f"{path} is missing: build first (`cargo build --workspace --bins`; `just test-ansible` does)")
+    return path
+
+
+def tool(name: str) -> str:
+    """A tool of the virtualenv running the tests, else from PATH."""
+    path = VENV_BIN / name
+    if path.exists():
+        return str(path)
+    found = shutil.which(name)
+    if not found:
+        pytest.fail(f"`{name}` not found: run `just setup-python`")
+    return found
+
+
+def run(args: list[str], **kwargs) -> subprocess.CompletedProcess:
+    kwargs.setdefault("capture_output", True)
+    kwargs.setdefault("text", True)
+    return subprocess.run([str(a) for a in args], **kwargs)
+
+
+def ansible_env(home: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    # ansible-core refuses to run without a UTF-8 locale; bare containers often have none.
+    if "UTF-8" not in (env.get("LC_ALL") or env.get("LANG") or "").upper().replace("UTF8", "UTF-8"):
+        env["LC_ALL"] = "C.UTF-8"
+    env.update(
+        {
+            "ANSIBLE_HOME": str(home),
+            "ANSIBLE_LOCAL_TEMP": str(home / "tmp"),
+            "ANSIBLE_NOCOLOR": "1",
+            "ANSIBLE_FORCE_COLOR": "0",
+            "ANSIBLE_RETRY_FILES_ENABLED": "0",
+            "ANSIBLE_LOCALHOST_WARNING": "0",
+            "ANSIBLE_INVENTORY_UNPARSED_WARNING": "0",
+            "PATH": f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
+        }
+    )
+    return env
+
+
+def playbook(home: Path, *args) -> tuple[dict[str, int], str]:
+    """Runs ansible-playbook; returns the recap of localhost and the whole output."""
+    result = run([tool("ansible-playbook"), *args], env=ansible_env(home), cwd=ANSIBLE)
+    output = result.stdout + result.stderr
+    print(output)
+    assert result.returncode == 0, f"ansible-playbook {' '.join(map(str, args))} failed:\n{output}"
+    match = re.search(r"^localhost\s+:\s+(.*)$", output, re.MULTILINE)
+    assert match, f"no PLAY RECAP for localhost in:\n{output}"
+    recap = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", match.group(1))}
+    return recap, output
+
+
+def changed_tasks(output: str) -> list[str]:
+    """The tasks that reported `changed`, for failure messages."""
+    tasks, current = [], None
+    for line in output.splitlines():
+        if line.startswith(("TASK [", "RUNNING HANDLER [")):
+            current = line.rstrip(" *")
+        elif line.startswith("changed:") and current:
+            tasks.append(f"{current}: {line}")
+    return tasks
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(what: str, condition, timeout: float, logs: list[Path] = ()) -> object:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            text = "\n".join(f"--- {p} ---\n{p.read_text(errors='replace') if p.exists() else '(none)'}" for p in logs)
+            pytest.fail(f"{what} within {timeout:.0f} s\n{text}")
+        time.sleep(0.5)
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def flatten(table: dict, prefix: str = "") -> dict[str, object]:
+    """Dotted keys of a TOML document; empty tables are leaves."""
+    out = {}
+    for key, value in table.items():
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def security(unit: Path) -> tuple[float, str]:
+    result = run(["systemd-analyze", "security", "--offline=yes", "--no-pager", unit])
+    output = result.stdout + result.stderr
+    match = re.search(r"Overall exposure level for \S+: (\d+(?:\.\d+)?)", output)
+    assert match, f"no exposure level from systemd-analyze security {unit}:\n{output}"
+    return float(match.group(1)), output
+
+
+# --- fixtures ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def workdir():
+    # Not pytest's tmp_path: its directories are 0700, and the capability test runs an
+    # unprivileged user who must reach the installed binary, as on a real host.
+    path = Path(tempfile.mkdtemp(prefix="portolan-ansible-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def rendered(workdir):
+    """The roles' units and configuration files rendered with the roles' defaults, and
+    the collector's unit for an external ClickHouse."""
+    out = {}
+    for variant, extra in (("defaults", []), ("external", ["-e", "portolan_collector_clickhouse_url=http://clickhouse.example.net:8123"])):
+        directory = workdir / "render" / variant
+        directory.mkdir(parents=True)
+        playbook(
+            workdir / "ansible-home",
+            *("-i", "localhost,", "tests/render.yml"),
+            *("-e", f"portolan_render_out={directory}", "-e", f"ansible_python_interpreter={sys.executable}"),
+            *extra,
+        )
+        out[variant] = directory
+    return out
+
+
+@pytest.fixture(scope="module")
+def installed(workdir):
+    """The example playbook run once into <workdir>/root, as the collector's and the
+    agent's host at once, with fresh certificates."""
+    if os.geteuid() != 0:
+        pytest.skip("the playbook installs files owned by root: run as root (as `just test` does)")
+    portolan = built("portolan")
+    pki = workdir / "pki"
+    host_id = f"ansible-e2e-{uuid.uuid4().hex[:8]}"
+    for args in (
+        ["init"],
+        ["issue-collector", "--name", "ansible-e2e", "--ip", "127.0.0.1", "--dns", "localhost"],
+        ["issue-agent", "--host-id", host_id],
+    ):
+        result = run([portolan, "pki", *args, "--dir", pki])
+        assert result.returncode == 0, result.stderr
+    root = workdir / "root"
+    port = free_port()
+    user = pwd.getpwuid(os.getuid()).pw_name
+    group = grp.getgrgid(os.getgid()).gr_name
+    common = {"manage_service": False, "manage_user": False, "user": user, "group": group, "root": str(root)}
+    variables = {
+        **{f"portolan_agent_{k}": v for k, v in common.items()},
+        **{f"portolan_collector_{k}": v for k, v in common.items()},
+        "portolan_agent_binary_src": str(built("portolan-agent")),
+        "portolan_agent_tls_ca_src": str(pki / "ca.pem"),
+        "portolan_agent_tls_cert_src": str(pki / f"agent-{host_id}.pem"),
+        "portolan_agent_tls_key_src": str(pki / f"agent-{host_id}.key"),
+        "portolan_agent_host_id": host_id,
+        "portolan_agent_scan_interval": "1s",
+        # Characters TOML must escape, in a value the collector accepts.
+        "portolan_agent_labels": {"env": "test", "role": "ansible", "note": 'quote " backslash \\ é'},
+        "portolan_agent_collector_endpoint": f"https://127.0.0.1:{port}",
+        "portolan_agent_collector_max_backoff": "2s",
+        "portolan_collector_binary_src": str(built("portolan-collector")),
+        "portolan_collector_tls_ca_src": str(pki / "ca.pem"),
+        "portolan_collector_tls_cert_src": str(pki / "collector-ansible-e2e.pem"),
+        "portolan_collector_tls_key_src": str(pki / "collector-ansible-e2e.key"),
+        "portolan_collector_listen": f"127.0.0.1:{port}",
+        "portolan_collector_name": "ansible-e2e",
+        "portolan_collector_rules_evaluate": True,
+        "portolan_collector_rules_interval": "2s",
+        "portolan_collector_rules_src": [str(REPO / "deploy" / "rules" / "default.yaml")],
+    }
+    inventory = workdir / "inventory.json"
+    inventory.write_text(
+        json.dumps(
+            {
+                "all": {
+                    "hosts": {"localhost": {"ansible_connection": "local", "ansible_python_interpreter": sys.executable, "ansible_become": False}},
+                    "children": {"portolan_collectors": {"hosts": {"localhost": {}}}, "portolan_agents": {"hosts": {"localhost": {}}}},
+                    "vars": variables,
+                }
+            },
+            indent=2,
+        )
+    )
+    recap, output = playbook(workdir / "ansible-home", "-i", inventory, "playbook.yml")
+    assert recap["failed"] == 0 and recap["changed"] > 0, output
+    return {"root": root, "inventory": inventory, "host_id": host_id, "port": port, "variables": variables}
+
+
+# --- 1. ansible-lint ------------------------------------------------------------------------
+
+
+def test_ansible_lint_production_profile(workdir):
+    result = run([tool("ansible-lint"), "--nocolor"], cwd=ANSIBLE, env=ansible_env(workdir / "lint-home"))
+    print(result.stdout + result.stderr)
+    assert result.returncode == 0, f"ansible-lint failed:\n{result.stdout}{result.stderr}"
+    assert "Profile 'production' was required, and it passed" in result.stdout + result.stderr
+
+
+# --- 2. defaults, argument specs and the checked-in files --------------------------------
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_argument_specs_describe_every_variable_with_its_default(role):
+    defaults = yaml.safe_load((ANSIBLE / "roles" / role / "defaults" / "main.yml").read_text())
+    options = yaml.safe_load((ANSIBLE / "roles" / role / "meta" / "argument_specs.yml").read_text())["argument_specs"]["main"]["options"]
+    assert sorted(options) == sorted(defaults), "defaults/main.yml and meta/argument_specs.yml list different variables"
+    for name, spec in options.items():
+        assert name.startswith(f"{role}_"), name
+        assert spec.get("description"), f"{name} has no description"
+        assert spec.get("default") == defaults[name], f"{name}: default {defaults[name]!r} in defaults/main.yml, {spec.get('default')!r} in argument_specs.yml"
+
+
+@pytest.mark.parametrize("name", ["agent", "collector"])
+def test_configuration_rendered_with_the_defaults_is_the_example(rendered, name):
+    ours = tomllib.loads((rendered["defaults"] / f"{name}.toml").read_text())
+    example = tomllib.loads((CONFIG / f"portolan-{name}.toml").read_text())
+    assert flatten(ours) == flatten(example), f"the role portolan_{name} does not render deploy/config/portolan-{name}.toml with its defaults"
+
+
+@pytest.mark.parametrize("unit", UNITS)
+def test_checked_in_units_are_the_roles_units(rendered, unit):
+    ours = (rendered["defaults"] / unit).read_text()
+    if os.environ.get("PORTOLAN_BLESS") == "1":
+        (SYSTEMD / unit).write_text(ours)
+    assert (SYSTEMD / unit).read_text() == ours, (
+        f"deploy/systemd/{unit} differs from what the role renders with its defaults: edit the role's template and run "
+        "`PORTOLAN_BLESS=1 just test-ansible`"
+    )
+
+
+# --- 3. the playbook for real ------------------------------------------------------------------
+
+
+def test_playbook_installs_an_agent_that_reaches_the_collector(installed, workdir, summary):
+    root, host_id, port = installed["root"], installed["host_id"], installed["port"]
+    agent_bin = root / "usr/local/bin/portolan-agent"
+    collector_bin = root / "usr/local/bin/portolan-collector"
+    agent_toml = root / "etc/portolan/agent.toml"
+    collector_toml = root / "etc/portolan/collector.toml"
+    for path in (agent_bin, collector_bin):
+        assert path.read_bytes() == built(path.name).read_bytes(), f"{path} is not the built binary"
+    for path in (root / "etc/portolan/agent.key", root / "etc/portolan/collector.key", agent_toml, collector_toml):
+        assert path.stat().st_mode & 0o777 == 0o640, f"{path} is readable by others"
+
+    # The rendered files point into the root, and the installed binaries accept them.
+    agent = tomllib.loads(agent_toml.read_text())
+    collector = tomllib.loads(collector_toml.read_text())
+    for path in [*agent["tls"].values(), *collector["tls"].values(), collector["state_dir"], *collector["rules"]["files"]]:
+        assert Path(path).is_relative_to(root) and Path(path).exists(), path
+    assert agent["labels"]["note"] == 'quote " backslash \\ é'
+    for command in ([agent_bin, "run", "--print-config", "--config", agent_toml], [collector_bin, "--print-config", "--config", collector_toml]):
+        result = run(command)
+        assert result.returncode == 0, result.stderr
+
+    state = Path(collector["state_dir"])
+    logs = [workdir / "collector.log", workdir / "agent.log"]
+    env = {**os.environ, "PORTOLAN_LOG": "info"}
+    env.pop("PORTOLAN_CLICKHOUSE_URL", None)  # the rendered configuration says: managed
+    with open(logs[0], "w") as log:
+        collector_process = subprocess.Popen([collector_bin, "--config", collector_toml], stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env)
+    agent_process = None
+    try:
+
+        def collector_ready():
+            assert collector_process.poll() is None, f"the collector exited:\n{logs[0].read_text()}"
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            except OSError:
+                return None
+            return (state / "clickhouse.url").exists()
+
+        wait_for("the collector did not listen", collector_ready, 120, logs)
+        url = (state / "clickhouse.url").read_text().strip()
+        database = collector["clickhouse"]["database"]
+        with open(logs[1], "w") as log:
+            agent_process = subprocess.Popen([agent_bin, "run", "--config", agent_toml], stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env)
+
+        def query(sql: str) -> str:
+            request = urllib.request.Request(url, data=sql.encode(), method="POST")
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.read().decode().strip()
+
+        def stored() -> int:
+            assert agent_process.poll() is None, f"the agent exited:\n{logs[1].read_text()}"
+            return int(query(f"SELECT count() FROM {database}.sockets_current WHERE host_id = '{host_id}'") or 0)
+
+        count = wait_for("the agent's inventory did not land in ClickHouse", stored, 90, logs)
+        summary.append(f"installed agent -> installed collector: {count} sockets of host `{host_id}` in {database}.sockets_current")
+        # The agent saw the installed collector listening, owned by the installed binary.
+        listeners = query(
+            f"SELECT executable FROM {database}.sockets_current FINAL "
+            f"WHERE host_id = '{host_id}' AND listener = 1 AND local_port = {port} FORMAT TSV"
+        ).splitlines()
+        assert str(collector_bin) in listeners, f"the collector's listener on port {port} is not attributed to {collector_bin}: {listeners}"
+    finally:
+        if agent_process:
+            stop(agent_process)
+        stop(collector_process)
+
+
+def test_second_run_changes_nothing(installed, workdir, summary):
+    recap, output = playbook(workdir / "ansible-home", "-i", installed["inventory"], "playbook.yml")
+    assert recap["changed"] == 0, "not idempotent; changed:\n" + "\n".join(changed_tasks(output))
+    summary.append(f"second run: ok={recap['ok']} changed={recap['changed']} failed={recap['failed']}")
+
+
+def test_check_mode_reports_no_changes(installed, workdir, summary):
+    recap, output = playbook(workdir / "ansible-home", "-i", installed["inventory"], "playbook.yml", "--check", "--diff")
+    assert recap["changed"] == 0, "--check reports changes:\n" + "\n".join(changed_tasks(output))
+    summary.append(f"--check after a run: ok={recap['ok']} changed={recap['changed']} failed={recap['failed']}")
+
+
+# --- 4. check mode on a fresh host ----------------------------------------------------------
+
+
+def test_check_mode_on_a_fresh_root_writes_nothing(installed, workdir):
+    """As on a new host: nothing installed, system users still to create."""
+    variables = json.loads(installed["inventory"].read_text())
+    fresh = workdir / "fresh-root"
+    for key in list(variables["all"]["vars"]):
+        if key.endswith(("_manage_user", "_user", "_group")):
+            del variables["all"]["vars"][key]  # the roles' defaults: create portolan-agent, portolan-collector
+        elif key.endswith("_root"):
+            variables["all"]["vars"][key] = str(fresh)
+    inventory = workdir / "fresh-inventory.json"
+    inventory.write_text(json.dumps(variables))
+
+    def digest() -> str:
+        return "".join(hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in ("/etc/passwd", "/etc/group"))
+
+    before = digest()
+    recap, output = playbook(workdir / "ansible-home", "-i", inventory, "playbook.yml", "--check")
+    assert recap["failed"] == 0 and recap["changed"] > 0, output
+    assert not fresh.exists(), f"--check created {fresh}"
+    assert digest() == before, "--check changed /etc/passwd or /etc/group"
+
+
+# --- 5. systemd-analyze ---------------------------------------------------------------------
+
+
+def test_units_are_hardened(rendered, summary):
+    scores = {}
+    units = [(SYSTEMD / unit, "deploy/systemd") for unit in UNITS]
+    units.append((rendered["external"] / "portolan-collector.service", "rendered for an external ClickHouse"))
+    for path, variant in units:
+        score, output = security(path)
+        scores[f"{path.name} ({variant})"] = score
+        # Every protection left off is explained: its directive is named in a comment.
+        comments = "\n".join(line for line in path.read_text().splitlines() if line.startswith("#"))
+        for line in output.splitlines():
+            if line.startswith("✗"):
+                directive = line[1:].split()[0].split("=")[0]
+                assert directive in comments, f"{path}: `{directive}` is off without a comment saying why:\n{line}"
+        assert score <= THRESHOLDS[path.name], f"{path}: exposure {score} > {THRESHOLDS[path.name]}\n{output}"
+    summary.append("systemd-analyze security --offline=yes (exposure 0-10, lower is better; threshold):")
+    for name, score in scores.items():
+        summary.append(f"  {score:4.1f}  {name}  (<= {THRESHOLDS[name.split()[0]]})")
+
+
+def test_agent_unit_grants_only_the_two_capabilities():
+    unit = (SYSTEMD / "portolan-agent.service").read_text()
+    assert "\nCapabilityBoundingSet=CAP_DAC_READ_SEARCH CAP_SYS_PTRACE\n" in unit
+    assert "\nAmbientCapabilities=CAP_DAC_READ_SEARCH CAP_SYS_PTRACE\n" in unit
+    assert "\nRestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK\n" in unit
+    collector = (SYSTEMD / "portolan-collector.service").read_text()
+    assert "\nCapabilityBoundingSet=\n" in collector and "\nAmbientCapabilities=\n" in collector
+
+
+def test_installed_units_verify(installed):
+    units = [installed["root"] / "etc/systemd/system" / unit for unit in UNITS]
+    result = run(["systemd-analyze", "verify", *units])
+    assert result.returncode == 0 and not result.stderr.strip(), result.stdout + result.stderr
+
+
+# --- 6. the agent's capabilities, for real -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("caps", "attribution"),
+    [
+        (["dac_read_search", "sys_ptrace"], "owned"),
+        (["dac_read_search"], None),
+        (["sys_ptrace"], None),
+        ([], None),
+    ],
+    ids=["both", "dac_read_search-only", "sys_ptrace-only", "none"],
+)
+def test_agent_attributes_other_users_sockets_with_exactly_its_two_capabilities(installed, caps, attribution):
+    """The unit's user and capabilities (setpriv as `nobody`, no new privileges), against
+    a socket held by this root process: listed in every case, attributed only with both."""
+    agent = installed["root"] / "usr/local/bin/portolan-agent"
+    nobody = pwd.getpwnam("nobody")
+    command = ["setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups", "--no-new-privs"]
+    if caps:
+        spec = ",".join(f"+{c}" for c in caps)
+        command += [f"--inh-caps=-all,{spec}", f"--ambient-caps={spec}", f"--bounding-set=-all,{spec}"]
+    else:
+        command += ["--inh-caps=-all", "--bounding-set=-all"]
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        result = run([*command, agent, "scan", "--listening", "--output", "json"])
+    assert result.returncode == 0, result.stderr
+    sockets = [s for s in json.loads(result.stdout)["sockets"] if s["local_port"] == port and s["protocol"] == "tcp"]
+    assert len(sockets) == 1, f"the listener on {port} is not listed: {result.stdout[:2000]}"
+    found = sockets[0]
+    pids = [p["pid"] for p in found["processes"]]
+    if attribution:
+        assert found["attribution"] == attribution and os.getpid() in pids, found
+    else:
+        assert found["attribution"] != "owned" and not pids, found
+
+
+# --- the example inventory ---------------------------------------------------------------------
+
+
+def test_example_inventory_uses_only_variables_the_roles_declare(workdir):
+    result = run([tool("ansible-inventory"), "-i", "inventory/example.yml", "--list"], cwd=ANSIBLE, env=ansible_env(workdir / "ansible-home"))
+    assert result.returncode == 0, result.stderr
+    inventory = json.loads(result.stdout)
+    assert inventory["portolan_collectors"]["hosts"] and inventory["portolan_agents"]["hosts"]
+    declared = set()
+    for role in ROLES:
+        declared |= set(yaml.safe_load((ANSIBLE / "roles" / role / "meta" / "argument_specs.yml").read_text())["argument_specs"]["main"]["options"])
+    used = {name for host in inventory["_meta"]["hostvars"].values() for name in host if name.startswith(ROLES)}
+    assert used and used <= declared, f"the example inventory sets undeclared variables: {sorted(used - declared)}"
