@@ -16,17 +16,19 @@ use serde_json::Value;
 
 use crate::support::{Cluster, Limits, binary};
 
-struct Cli<'a> {
-    cluster: &'a Cluster,
-    cert: std::path::PathBuf,
-    key: std::path::PathBuf,
-    port: u16,
+/// The real `portolan` binary with a certificate, pointed at a collector.
+pub(crate) struct Cli<'a> {
+    pub(crate) cluster: &'a Cluster,
+    pub(crate) cert: std::path::PathBuf,
+    pub(crate) key: std::path::PathBuf,
+    pub(crate) port: u16,
 }
 
 impl Cli<'_> {
-    /// Runs `portolan ARGS`; returns (exit code, stdout, stderr).
-    fn run(&self, args: &[&str]) -> Result<(i32, String, String)> {
-        let output = Command::new(binary("portolan")?)
+    /// `portolan --collector … --ca … --cert … --key … ARGS`, not yet run.
+    pub(crate) fn command(&self, args: &[&str]) -> Result<Command> {
+        let mut command = Command::new(binary("portolan")?);
+        command
             .arg("--collector")
             .arg(format!("https://127.0.0.1:{}", self.port))
             .arg("--ca")
@@ -35,8 +37,13 @@ impl Cli<'_> {
             .arg(&self.cert)
             .arg("--key")
             .arg(&self.key)
-            .args(args)
-            .output()?;
+            .args(args);
+        Ok(command)
+    }
+
+    /// Runs `portolan ARGS`; returns (exit code, stdout, stderr).
+    pub(crate) fn run(&self, args: &[&str]) -> Result<(i32, String, String)> {
+        let output = self.command(args)?.output()?;
         Ok((
             output.status.code().unwrap_or(-1),
             String::from_utf8_lossy(&output.stdout).into_owned(),
@@ -44,7 +51,8 @@ impl Cli<'_> {
         ))
     }
 
-    fn json(&self, args: &[&str]) -> Result<Value> {
+    /// Runs `portolan ARGS`, which must succeed and print JSON.
+    pub(crate) fn json(&self, args: &[&str]) -> Result<Value> {
         let (code, out, err) = self.run(args)?;
         anyhow::ensure!(code == 0, "portolan {args:?} exited {code}: {err}");
         serde_json::from_str(&out)

@@ -30,6 +30,11 @@ mod usage;
   portolan sockets --listening --exposure public
   portolan who-listens 5432 -o wide
   portolan findings --severity high -o json
+  portolan at 2026-11-17T03:00:00Z db-1
+  portolan history db-1 --port 5432 --since 7d
+  portolan watch findings --severity high
+  portolan ack a41f0c9d2e7b5a11 --reason 'firewalled upstream' --for 7d
+  portolan rules test my-rules.yaml --since 7d
   portolan completions bash > ~/.local/share/bash-completion/completions/portolan
 
 Configuration:
@@ -43,7 +48,7 @@ Configuration:
     key = \"operator.key\"
 
 Exit status: 0 success, 1 nothing found or failure, 64 bad usage or config,
-69 collector unavailable, 77 certificate not allowed."
+69 collector unavailable (or a watch stream broke), 77 certificate not allowed."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -89,9 +94,19 @@ enum Command {
     WhoListens(query::WhoListensArgs),
     /// List current flows (connections folded by endpoint), joined to the fleet host at the other end.
     Flows(query::FlowsArgs),
-    /// List the findings of the exposure rules (open ones by default).
+    /// List the findings of the exposure rules (open ones by default), with their acknowledgements.
     Findings(query::FindingsArgs),
-    /// Work with rule files: `portolan rules check FILE`.
+    /// Acknowledge (silence) a finding, with a reason and optionally a deadline (admin certificates only).
+    Ack(query::ack::AckArgs),
+    /// Clear a finding's acknowledgement (admin certificates only).
+    Unack(query::ack::UnackArgs),
+    /// A host's history: sockets (and flows) that appeared, changed or went away.
+    History(query::history::HistoryArgs),
+    /// What was open on a host at a past instant.
+    At(query::history::AtArgs),
+    /// Print finding changes or a host's events as they happen, until Ctrl-C.
+    Watch(query::watch::WatchArgs),
+    /// Work with rule files: `portolan rules check FILE`, `portolan rules test FILE --since 7d`.
     Rules(rules::RulesArgs),
     /// Print a shell completion script (bash, zsh, fish, …).
     Completions(completions::CompletionsArgs),
@@ -110,9 +125,10 @@ fn query_exit_code(e: &anyhow::Error) -> Option<ExitCode> {
         .chain()
         .find_map(|c| c.downcast_ref::<query::CallError>())?;
     Some(match call.code {
-        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => {
-            ExitCode::from(EXIT_UNAVAILABLE)
-        }
+        // Too many watch streams on the collector: unavailable for now, as for EX_UNAVAILABLE.
+        tonic::Code::Unavailable
+        | tonic::Code::DeadlineExceeded
+        | tonic::Code::ResourceExhausted => ExitCode::from(EXIT_UNAVAILABLE),
         tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => ExitCode::from(EXIT_NOPERM),
         tonic::Code::InvalidArgument => ExitCode::from(EXIT_USAGE),
         _ => ExitCode::FAILURE,
@@ -174,7 +190,10 @@ fn main() -> ExitCode {
     let result = match command {
         Command::Pki(args) => pki::run(args, &mut out).map(|()| true),
         Command::Demo(args) => demo::run(args, &mut out).map(|()| true),
-        Command::Rules(args) => rules::run(args, &mut out).map(|()| true),
+        Command::Rules(rules::RulesArgs {
+            command: rules::RulesCommand::Test(args),
+        }) => query(query::Verb::RulesTest(args), &mut out),
+        Command::Rules(args) => rules::run(args.command, &mut out).map(|()| true),
         Command::Completions(args) => completions::run::<Cli>(args, &mut out).map(|()| true),
         Command::Hosts(args) => query(query::Verb::Hosts(args), &mut out),
         Command::Host(args) => query(query::Verb::Host(args), &mut out),
@@ -182,11 +201,17 @@ fn main() -> ExitCode {
         Command::WhoListens(args) => query(query::Verb::WhoListens(args), &mut out),
         Command::Flows(args) => query(query::Verb::Flows(args), &mut out),
         Command::Findings(args) => query(query::Verb::Findings(args), &mut out),
+        Command::Ack(args) => query(query::Verb::Ack(args), &mut out),
+        Command::Unack(args) => query(query::Verb::Unack(args), &mut out),
+        Command::History(args) => query(query::Verb::History(args), &mut out),
+        Command::At(args) => query(query::Verb::At(args), &mut out),
+        Command::Watch(args) => query(query::Verb::Watch(args), &mut out),
     }
     .and_then(|found| out.flush().map(|()| found).map_err(anyhow::Error::from));
     match result {
         Ok(true) => ExitCode::SUCCESS,
-        // Nothing found where scripts care (`who-listens`, `findings`), like grep.
+        // Nothing found where scripts care (`who-listens`, `findings`, `at`), like grep;
+        // or a `rules test` whose rules did not all run.
         Ok(false) => ExitCode::FAILURE,
         Err(e) if usage::is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
@@ -197,5 +222,53 @@ fn main() -> ExitCode {
                 query_exit_code(&e).unwrap_or(ExitCode::FAILURE)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    /// clap's own checks of the definitions: unique names (a verb's flag must not take
+    /// the name of a global one), valid defaults, conflicts that name real arguments.
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    /// A verb's argument named like a global one (`--key`, the certificate's key) would
+    /// be one argument of two types: clap panics when the verb runs. Its checks above do
+    /// not see it, since global arguments reach the verbs only when parsing.
+    #[test]
+    fn no_verb_argument_takes_the_name_of_a_global_one() {
+        fn walk(cmd: &clap::Command, globals: &[(String, Option<String>)], bad: &mut Vec<String>) {
+            for sub in cmd.get_subcommands() {
+                for arg in sub.get_arguments().filter(|a| !a.is_global_set()) {
+                    let (id, long) = (arg.get_id().as_str(), arg.get_long());
+                    if globals
+                        .iter()
+                        .any(|(g, l)| g == id || (long.is_some() && l.as_deref() == long))
+                    {
+                        bad.push(format!("{} {id}", sub.get_name()));
+                    }
+                }
+                walk(sub, globals, bad);
+            }
+        }
+        let cli = Cli::command();
+        let globals: Vec<(String, Option<String>)> = cli
+            .get_arguments()
+            .filter(|a| a.is_global_set())
+            .map(|a| (a.get_id().to_string(), a.get_long().map(str::to_string)))
+            .collect();
+        assert!(globals.iter().any(|(id, _)| id == "key"), "{globals:?}");
+        let mut bad = Vec::new();
+        walk(&cli, &globals, &mut bad);
+        assert!(
+            bad.is_empty(),
+            "verb arguments named like global ones: {bad:?}"
+        );
     }
 }

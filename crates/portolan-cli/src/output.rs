@@ -21,6 +21,7 @@
 
 pub mod color;
 pub mod csv;
+pub mod stream;
 pub mod table;
 pub mod terminal;
 
@@ -41,7 +42,7 @@ pub enum Format {
     Wide,
     /// Comma-separated values with a header row: the columns of `wide`.
     Csv,
-    /// A JSON array of objects (one object for `host`), stable for scripts.
+    /// JSON, stable for scripts: an array for lists, an object for `host`, `at`, `ack` and `rules test`, an object per line for `watch`.
     Json,
 }
 
@@ -96,6 +97,36 @@ impl Context {
         match self.now.duration_since(then) {
             Ok(age) => format!("{} ago", age_text(age)),
             Err(_) => "just now".into(),
+        }
+    }
+
+    /// A Unix time as an absolute cell in every format: RFC 3339 in UTC
+    /// (`2026-11-17T03:00:00Z`), what `portolan at` and `--from` take back; 0 or less is
+    /// "never" (people) or empty (programs).
+    pub fn instant(&self, unix: i64) -> String {
+        if unix <= 0 {
+            return if self.machine() {
+                String::new()
+            } else {
+                "never".into()
+            };
+        }
+        crate::when::rfc3339(unix)
+    }
+
+    /// A Unix time that may be ahead (a deadline): "in 4h" or "5m ago" for people,
+    /// RFC 3339 for programs; 0 or less is empty.
+    pub fn deadline(&self, unix: i64) -> String {
+        if unix <= 0 {
+            return String::new();
+        }
+        if self.machine() {
+            return crate::when::rfc3339(unix);
+        }
+        let then = UNIX_EPOCH + Duration::from_secs(unix.unsigned_abs());
+        match then.duration_since(self.now) {
+            Ok(ahead) => format!("in {}", age_text(ahead)),
+            Err(_) => self.time(unix),
         }
     }
 }
@@ -153,6 +184,9 @@ pub struct Column<R> {
     pub value: fn(&R, &Context) -> String,
     /// The cell's colour, when colour is on.
     pub paint: fn(&R) -> Option<Paint>,
+    /// The width a stream of rows ([`stream::Lines`]) reserves for the column before it
+    /// has seen them, so that its lines stay aligned (0: the header's).
+    pub stream_width: usize,
 }
 
 impl<R> std::fmt::Debug for Column<R> {
@@ -184,6 +218,7 @@ impl<R> Column<R> {
             fit: Fit::Key,
             value,
             paint: no_paint::<R>,
+            stream_width: 0,
         }
     }
 
@@ -211,6 +246,15 @@ impl<R> Column<R> {
     /// Coloured by `paint` when colour is on.
     pub const fn paint(self, paint: fn(&R) -> Option<Paint>) -> Self {
         Column { paint, ..self }
+    }
+
+    /// At least `width` wide in a stream of rows, where later rows cannot widen the lines
+    /// already printed (`portolan watch`).
+    pub const fn stream_width(self, width: usize) -> Self {
+        Column {
+            stream_width: width,
+            ..self
+        }
     }
 
     /// Whether the column is shown in `format`.
@@ -249,6 +293,12 @@ pub fn write_one<R: Record>(out: &mut dyn Write, ctx: &Context, row: &R) -> io::
         Format::Csv => csv::write(out, ctx, R::COLUMNS, std::slice::from_ref(row)),
         Format::Table | Format::Wide => table::write_record(out, ctx, R::COLUMNS, row),
     }
+}
+
+/// Prints a document that is not a list of rows (`portolan at`, `portolan rules test`)
+/// as pretty JSON.
+pub fn write_document<T: Serialize>(out: &mut dyn Write, value: &T) -> io::Result<()> {
+    write_json(out, value)
 }
 
 /// Pretty JSON and a newline. A closed stdout stays an [`io::Error`] of kind
@@ -290,6 +340,13 @@ mod tests {
         assert_eq!(people.time(0), "never");
         assert_eq!(programs.time(1_700_000_000), "2023-11-14T22:13:20Z");
         assert_eq!(programs.time(0), "");
+        assert_eq!(people.instant(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(people.instant(0), "never");
+        assert_eq!(programs.instant(0), "");
+        assert_eq!(people.deadline(1_700_000_300 + 4 * 3600), "in 4h");
+        assert_eq!(people.deadline(1_700_000_000), "5m ago");
+        assert_eq!(people.deadline(0), "");
+        assert_eq!(programs.deadline(1_700_000_000), "2023-11-14T22:13:20Z");
     }
 
     #[test]

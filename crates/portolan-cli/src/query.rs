@@ -1,9 +1,22 @@
-//! The query verbs: `hosts`, `host`, `sockets`, `who-listens`, `flows`, `findings`.
+//! The query verbs: `hosts`, `host`, `sockets`, `who-listens`, `flows`, `findings`, and
+//! in submodules `ack`/`unack` ([`ack`]), `history` and `at` ([`history`]), `watch`
+//! ([`watch`]) and `rules test` ([`rules_test`]).
 //!
 //! Each asks the collector's query API over mutual TLS with an operator certificate and
 //! hands the answer, as rows (`portolan_cli::rows`), to the output layer
-//! (`portolan_cli::output`), which prints them in the format asked for.
+//! (`portolan_cli::output`), which prints them in the format asked for. Arguments are
+//! checked before connecting, so that a mistake is a usage error whatever the collector.
 
+// Requests end in `..Default::default()` even where every field is set: the query API
+// gains fields, and a new one must stay at "no filter" here.
+#![allow(clippy::needless_update)]
+
+pub mod ack;
+pub mod history;
+pub mod rules_test;
+pub mod watch;
+
+use std::future::Future;
 use std::io::Write;
 use std::time::Duration;
 
@@ -11,7 +24,9 @@ use anyhow::{Context as _, Result};
 use clap::{Args, ValueEnum};
 use portolan_cli::config::Settings;
 use portolan_cli::output::{self, Context, Record};
+use portolan_cli::paging::{self, PagedRequest, PagedResponse, Rows};
 use portolan_cli::rows::{FindingRow, FlowRow, HostDetail, HostRow, SocketRow};
+use portolan_cli::when;
 use portolan_proto::v1 as pb;
 use portolan_proto::v1::query_service_client::QueryServiceClient;
 use tonic::transport::Channel;
@@ -35,6 +50,26 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("`{s}` is not a label: use key=value, e.g. env=prod"))
 }
 
+/// `--limit`: most rows, at least one.
+fn parse_limit(s: &str) -> Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(0) | Err(_) => Err(format!("`{s}` is not a row count: use a number from 1")),
+        Ok(n) => Ok(n),
+    }
+}
+
+/// `--at TIME`, as Unix seconds counted from `now`; 0 (now) when absent.
+fn at_unix(at: Option<&str>, now: i64) -> Result<i64> {
+    let Some(text) = at else { return Ok(0) };
+    let at = when::parse_instant(text, now).map_err(|e| usage(format!("--at: {e}")))?;
+    if at > now {
+        return Err(usage(format!(
+            "--at {text} is in the future; the collector only knows the past"
+        )));
+    }
+    Ok(at)
+}
+
 impl HostArgs {
     fn selector(&self) -> pb::HostSelector {
         pb::HostSelector {
@@ -52,6 +87,9 @@ impl HostArgs {
 pub struct HostsArgs {
     #[command(flatten)]
     hosts: HostArgs,
+    /// Most rows.
+    #[arg(long, default_value_t = 10_000, value_parser = parse_limit)]
+    limit: u32,
 }
 
 /// `portolan host ID`.
@@ -67,7 +105,7 @@ pub struct HostArgsOne {
 /// `portolan sockets`.
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Examples:\n  portolan sockets --listening --exposure public --exposure wildcard\n  portolan sockets -l env=prod --port 5432\n  portolan sockets --host db-1 --port 8000-8999 --process 'java*' -o wide\n  portolan sockets --listening -o csv > listeners.csv"
+    after_help = "Examples:\n  portolan sockets --listening --exposure public --exposure wildcard\n  portolan sockets -l env=prod --port 5432\n  portolan sockets --host db-1 --port 8000-8999 --process 'java*' -o wide\n  portolan sockets --listening -o csv > listeners.csv\n  portolan sockets --listening --at 2026-11-17T03:00:00Z -l role=db\n\nTIME (--at) is RFC 3339 (2026-11-17T03:00:00Z), a Unix timestamp, or how long ago (2h, 3d)."
 )]
 pub struct SocketsArgs {
     #[command(flatten)]
@@ -87,8 +125,11 @@ pub struct SocketsArgs {
     /// Owning process name glob (`postgres*`).
     #[arg(long)]
     process: Option<String>,
+    /// The sockets open at that past instant, rebuilt from history, instead of now.
+    #[arg(long, value_name = "TIME")]
+    at: Option<String>,
     /// Most rows.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 10_000, value_parser = parse_limit)]
     limit: u32,
 }
 
@@ -110,7 +151,7 @@ pub struct WhoListensArgs {
 /// `portolan flows`.
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Examples:\n  portolan flows --port 5432 --direction in\n  portolan flows -l role=db --outside -o wide\n  portolan flows --port 5432 -o csv\n\nEach flow is joined to the fleet host at its other end when the peer address belongs to one."
+    after_help = "Examples:\n  portolan flows --port 5432 --direction in\n  portolan flows -l role=db --outside -o wide\n  portolan flows --port 5432 -o csv\n  portolan flows --host db-1 --at 3h\n\nEach flow is joined to the fleet host at its other end when the peer address belongs to one\n(the fleet's addresses of now, also with --at).\nTIME (--at) is RFC 3339 (2026-11-17T03:00:00Z), a Unix timestamp, or how long ago (2h, 3d)."
 )]
 pub struct FlowsArgs {
     #[command(flatten)]
@@ -127,15 +168,18 @@ pub struct FlowsArgs {
     /// Only flows whose peer is outside the fleet.
     #[arg(long)]
     outside: bool,
+    /// The flows present at that past instant, rebuilt from history, instead of now.
+    #[arg(long, value_name = "TIME")]
+    at: Option<String>,
     /// Most rows.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 10_000, value_parser = parse_limit)]
     limit: u32,
 }
 
 /// `portolan findings`.
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Examples:\n  portolan findings\n  portolan findings --severity high -l env=prod\n  portolan findings --status all --rule database-exposed -o json\n  portolan findings -o wide --color never | less\n\nExit status: 0 when findings are listed, 1 when none match."
+    after_help = "Examples:\n  portolan findings\n  portolan findings --severity high -l env=prod --unacked\n  portolan findings --status all --rule database-exposed -o json\n  portolan findings -o wide --color never | less\n\nACKED BY and UNTIL show an acknowledgement in force (`portolan ack`); UNTIL `resolved` means\nuntil the finding's status changes. -o wide adds the reason.\n\nExit status: 0 when findings are listed, 1 when none match."
 )]
 pub struct FindingsArgs {
     #[command(flatten)]
@@ -149,8 +193,14 @@ pub struct FindingsArgs {
     /// Lowest severity: info, low, medium, high, critical.
     #[arg(long)]
     severity: Option<String>,
+    /// Only findings with an acknowledgement in force.
+    #[arg(long, conflicts_with = "unacked")]
+    acked: bool,
+    /// Only findings without one.
+    #[arg(long)]
+    unacked: bool,
     /// Most rows.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 10_000, value_parser = parse_limit)]
     limit: u32,
 }
 
@@ -249,145 +299,263 @@ pub enum Verb {
     Flows(FlowsArgs),
     /// `findings`.
     Findings(FindingsArgs),
+    /// `ack`.
+    Ack(ack::AckArgs),
+    /// `unack`.
+    Unack(ack::UnackArgs),
+    /// `history`.
+    History(history::HistoryArgs),
+    /// `at`.
+    At(history::AtArgs),
+    /// `watch`.
+    Watch(watch::WatchArgs),
+    /// `rules test`.
+    RulesTest(crate::rules::TestArgs),
 }
 
 /// Runs a query verb and prints its answer.
 ///
-/// Requests end in `..Default::default()`: the query API gains fields (paging, `at`),
-/// and this code leaves the ones it does not know at "no filter". What it found, for the exit code:
+/// Requests end in `..Default::default()`: the query API gains fields, and this code
+/// leaves the ones it does not know at "no filter". What it found, for the exit code:
 /// `Ok(false)` is "nothing found" where that matters to scripts (`who-listens`,
-/// `findings`).
-#[allow(clippy::needless_update)]
+/// `findings`, `at` before the host reported).
 pub fn run(settings: &Settings, ctx: &Context, verb: Verb, out: &mut dyn Write) -> Result<bool> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
-        let mut client = connect(settings).await?;
         match verb {
-            Verb::Hosts(args) => {
-                let request = pb::ListHostsRequest {
-                    hosts: Some(args.hosts.selector()),
-                    ..Default::default()
-                };
-                let r = call(client.list_hosts(request).await, settings)?;
-                let rows: Vec<HostRow> = r.hosts.iter().map(HostRow::from).collect();
-                print_list(out, ctx, &rows, "no hosts matched")?;
-                Ok(true)
-            }
-            Verb::Host(args) => {
-                let request = pb::GetHostRequest {
-                    host_id: args.host_id.clone(),
-                    ..Default::default()
-                };
-                let r = call(client.get_host(request).await, settings)?;
-                match HostDetail::from_response(&r) {
-                    Some(detail) => {
-                        output::write_one(out, ctx, &detail)?;
-                        Ok(true)
-                    }
-                    None => {
-                        eprintln!("the collector knows no host `{}`", args.host_id);
-                        Ok(false)
-                    }
-                }
-            }
-            Verb::Sockets(args) => {
-                let (port_min, port_max) = args
-                    .port
-                    .map_or((0, 0), |(lo, hi)| (u32::from(lo), u32::from(hi)));
-                let request = pb::ListSocketsRequest {
-                    hosts: Some(args.hosts.selector()),
-                    protocol: args.protocol.map_or(0, ProtocolArg::wire),
-                    port_min,
-                    port_max,
-                    listening: args.listening,
-                    exposures: args.exposure.iter().map(|s| s.wire()).collect(),
-                    process: args.process.unwrap_or_default(),
-                    limit: args.limit,
-                    ..Default::default()
-                };
-                let r = call(client.list_sockets(request).await, settings)?;
-                let rows: Vec<SocketRow> = r.sockets.iter().map(SocketRow::from).collect();
-                print_list(out, ctx, &rows, "no sockets matched")?;
-                if r.truncated {
-                    eprintln!(
-                        "(more sockets matched than --limit {}; narrow the question or raise --limit)",
-                        args.limit
-                    );
-                }
-                Ok(true)
-            }
-            Verb::WhoListens(args) => {
-                let request = pb::WhoListensRequest {
-                    port: u32::from(args.port),
-                    protocol: args.protocol.map_or(0, ProtocolArg::wire),
-                    hosts: Some(args.hosts.selector()),
-                    ..Default::default()
-                };
-                let r = call(client.who_listens(request).await, settings)?;
-                let rows: Vec<SocketRow> = r.listeners.iter().map(SocketRow::from).collect();
-                let nobody = format!("nothing listens on port {}", args.port);
-                print_list(out, ctx, &rows, &nobody)?;
-                Ok(!rows.is_empty())
-            }
-            Verb::Findings(args) => {
-                let request = pb::ListFindingsRequest {
-                    hosts: Some(args.hosts.selector()),
-                    status: match args.status {
-                        StatusArg::Open => pb::FindingStatus::Open,
-                        StatusArg::Resolved => pb::FindingStatus::Resolved,
-                        StatusArg::All => pb::FindingStatus::Unspecified,
-                    } as i32,
-                    rule_id: args.rule.unwrap_or_default(),
-                    min_severity: args.severity.unwrap_or_default(),
-                    limit: args.limit,
-                    ..Default::default()
-                };
-                let r = call(client.list_findings(request).await, settings)?;
-                let rows: Vec<FindingRow> = r.findings.iter().map(FindingRow::from).collect();
-                print_list(out, ctx, &rows, "no findings matched")?;
-                if r.truncated {
-                    eprintln!(
-                        "(more findings matched than --limit {}; narrow the question or raise --limit)",
-                        args.limit
-                    );
-                }
-                Ok(!rows.is_empty())
-            }
-            Verb::Flows(args) => {
-                let request = pb::ListFlowsRequest {
-                    hosts: Some(args.hosts.selector()),
-                    port: args.port.map_or(0, u32::from),
-                    direction: match args.direction {
-                        None => pb::FlowDirection::Unspecified,
-                        Some(DirectionArg::In) => pb::FlowDirection::Inbound,
-                        Some(DirectionArg::Out) => pb::FlowDirection::Outbound,
-                    } as i32,
-                    peer: if args.inside {
-                        pb::Peer::Inside
-                    } else if args.outside {
-                        pb::Peer::Outside
-                    } else {
-                        pb::Peer::Unspecified
-                    } as i32,
-                    limit: args.limit,
-                    ..Default::default()
-                };
-                let r = call(client.list_flows(request).await, settings)?;
-                let rows: Vec<FlowRow> = r.flows.iter().map(FlowRow::from).collect();
-                print_list(out, ctx, &rows, "no flows matched")?;
-                if r.truncated {
-                    eprintln!(
-                        "(more flows matched than --limit {}; narrow the question or raise --limit)",
-                        args.limit
-                    );
-                }
-                Ok(true)
-            }
+            Verb::Hosts(args) => hosts(settings, ctx, args, out).await,
+            Verb::Host(args) => host(settings, ctx, args, out).await,
+            Verb::Sockets(args) => sockets(settings, ctx, args, out).await,
+            Verb::WhoListens(args) => who_listens(settings, ctx, args, out).await,
+            Verb::Flows(args) => flows(settings, ctx, args, out).await,
+            Verb::Findings(args) => findings(settings, ctx, args, out).await,
+            Verb::Ack(args) => ack::ack(settings, ctx, args, out).await,
+            Verb::Unack(args) => ack::unack(settings, ctx, args, out).await,
+            Verb::History(args) => history::history(settings, ctx, args, out).await,
+            Verb::At(args) => history::at(settings, ctx, args, out).await,
+            Verb::Watch(args) => watch::watch(settings, ctx, args, out).await,
+            Verb::RulesTest(args) => rules_test::run(settings, ctx, args, out).await,
         }
     })
+}
+
+/// Every page of a list RPC up to `limit` rows; `rpc` makes one call with its own
+/// client (a cheap clone of the connection).
+async fn pages<Req, Resp, F, Fut>(
+    settings: &Settings,
+    request: Req,
+    limit: u32,
+    mut rpc: F,
+) -> Result<Rows<Resp::Item>>
+where
+    Req: PagedRequest,
+    Resp: PagedResponse,
+    F: FnMut(Req) -> Fut,
+    Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
+{
+    paging::collect(request, limit, |r| {
+        let answer = rpc(r);
+        async move { call(answer.await, settings) }
+    })
+    .await
+}
+
+/// Says on stderr that `--limit` cut the list.
+fn cut(what: &str, limit: u32) {
+    eprintln!("(more {what} matched than --limit {limit}; narrow the question or raise --limit)");
+}
+
+async fn hosts(
+    settings: &Settings,
+    ctx: &Context,
+    args: HostsArgs,
+    out: &mut dyn Write,
+) -> Result<bool> {
+    let client = connect(settings).await?;
+    let request = pb::ListHostsRequest {
+        hosts: Some(args.hosts.selector()),
+        ..Default::default()
+    };
+    let found = pages(settings, request, args.limit, |r| {
+        let mut c = client.clone();
+        async move { c.list_hosts(r).await }
+    })
+    .await?;
+    let rows: Vec<HostRow> = found.rows.iter().map(HostRow::from).collect();
+    print_list(out, ctx, &rows, "no hosts matched")?;
+    if found.more {
+        cut("hosts", args.limit);
+    }
+    Ok(true)
+}
+
+async fn host(
+    settings: &Settings,
+    ctx: &Context,
+    args: HostArgsOne,
+    out: &mut dyn Write,
+) -> Result<bool> {
+    let mut client = connect(settings).await?;
+    let request = pb::GetHostRequest {
+        host_id: args.host_id.clone(),
+        ..Default::default()
+    };
+    let r = call(client.get_host(request).await, settings)?;
+    match HostDetail::from_response(&r) {
+        Some(detail) => {
+            output::write_one(out, ctx, &detail)?;
+            Ok(true)
+        }
+        None => {
+            eprintln!("the collector knows no host `{}`", args.host_id);
+            Ok(false)
+        }
+    }
+}
+
+async fn sockets(
+    settings: &Settings,
+    ctx: &Context,
+    args: SocketsArgs,
+    out: &mut dyn Write,
+) -> Result<bool> {
+    let at = at_unix(args.at.as_deref(), when::unix(ctx.now))?;
+    let (port_min, port_max) = args
+        .port
+        .map_or((0, 0), |(lo, hi)| (u32::from(lo), u32::from(hi)));
+    let request = pb::ListSocketsRequest {
+        hosts: Some(args.hosts.selector()),
+        protocol: args.protocol.map_or(0, ProtocolArg::wire),
+        port_min,
+        port_max,
+        listening: args.listening,
+        exposures: args.exposure.iter().map(|s| s.wire()).collect(),
+        process: args.process.unwrap_or_default(),
+        at_unix: at,
+        ..Default::default()
+    };
+    let client = connect(settings).await?;
+    let found = pages(settings, request, args.limit, |r| {
+        let mut c = client.clone();
+        async move { c.list_sockets(r).await }
+    })
+    .await?;
+    let rows: Vec<SocketRow> = found.rows.iter().map(SocketRow::from).collect();
+    let none = if at > 0 {
+        format!("no sockets matched at {}", when::rfc3339(at))
+    } else {
+        "no sockets matched".to_string()
+    };
+    print_list(out, ctx, &rows, &none)?;
+    if found.more {
+        cut("sockets", args.limit);
+    }
+    Ok(true)
+}
+
+async fn who_listens(
+    settings: &Settings,
+    ctx: &Context,
+    args: WhoListensArgs,
+    out: &mut dyn Write,
+) -> Result<bool> {
+    let mut client = connect(settings).await?;
+    let request = pb::WhoListensRequest {
+        port: u32::from(args.port),
+        protocol: args.protocol.map_or(0, ProtocolArg::wire),
+        hosts: Some(args.hosts.selector()),
+        ..Default::default()
+    };
+    let r = call(client.who_listens(request).await, settings)?;
+    let rows: Vec<SocketRow> = r.listeners.iter().map(SocketRow::from).collect();
+    let nobody = format!("nothing listens on port {}", args.port);
+    print_list(out, ctx, &rows, &nobody)?;
+    Ok(!rows.is_empty())
+}
+
+async fn findings(
+    settings: &Settings,
+    ctx: &Context,
+    args: FindingsArgs,
+    out: &mut dyn Write,
+) -> Result<bool> {
+    let request = pb::ListFindingsRequest {
+        hosts: Some(args.hosts.selector()),
+        status: match args.status {
+            StatusArg::Open => pb::FindingStatus::Open,
+            StatusArg::Resolved => pb::FindingStatus::Resolved,
+            StatusArg::All => pb::FindingStatus::Unspecified,
+        } as i32,
+        rule_id: args.rule.unwrap_or_default(),
+        min_severity: args.severity.unwrap_or_default(),
+        acked: if args.acked {
+            pb::AckFilter::Acked
+        } else if args.unacked {
+            pb::AckFilter::Unacked
+        } else {
+            pb::AckFilter::Unspecified
+        } as i32,
+        ..Default::default()
+    };
+    let client = connect(settings).await?;
+    let found = pages(settings, request, args.limit, |r| {
+        let mut c = client.clone();
+        async move { c.list_findings(r).await }
+    })
+    .await?;
+    let rows: Vec<FindingRow> = found.rows.iter().map(FindingRow::from).collect();
+    print_list(out, ctx, &rows, "no findings matched")?;
+    if found.more {
+        cut("findings", args.limit);
+    }
+    Ok(!rows.is_empty())
+}
+
+async fn flows(
+    settings: &Settings,
+    ctx: &Context,
+    args: FlowsArgs,
+    out: &mut dyn Write,
+) -> Result<bool> {
+    let at = at_unix(args.at.as_deref(), when::unix(ctx.now))?;
+    let request = pb::ListFlowsRequest {
+        hosts: Some(args.hosts.selector()),
+        port: args.port.map_or(0, u32::from),
+        direction: match args.direction {
+            None => pb::FlowDirection::Unspecified,
+            Some(DirectionArg::In) => pb::FlowDirection::Inbound,
+            Some(DirectionArg::Out) => pb::FlowDirection::Outbound,
+        } as i32,
+        peer: if args.inside {
+            pb::Peer::Inside
+        } else if args.outside {
+            pb::Peer::Outside
+        } else {
+            pb::Peer::Unspecified
+        } as i32,
+        at_unix: at,
+        ..Default::default()
+    };
+    let client = connect(settings).await?;
+    let found = pages(settings, request, args.limit, |r| {
+        let mut c = client.clone();
+        async move { c.list_flows(r).await }
+    })
+    .await?;
+    let rows: Vec<FlowRow> = found.rows.iter().map(FlowRow::from).collect();
+    let none = if at > 0 {
+        format!("no flows matched at {}", when::rfc3339(at))
+    } else {
+        "no flows matched".to_string()
+    };
+    print_list(out, ctx, &rows, &none)?;
+    if found.more {
+        cut("flows", args.limit);
+    }
+    Ok(true)
 }
 
 /// Prints rows; for people, no rows is a line on stderr instead of a lone header
@@ -410,24 +578,37 @@ pub struct CallError {
     message: String,
 }
 
+impl CallError {
+    /// An error with this code and message.
+    pub fn new(code: tonic::Code, message: impl Into<String>) -> Self {
+        CallError {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
 fn call<T>(result: Result<tonic::Response<T>, tonic::Status>, settings: &Settings) -> Result<T> {
-    result.map(tonic::Response::into_inner).map_err(|status| {
-        let hint = match status.code() {
-            tonic::Code::Unavailable => {
-                " (is the collector running and reachable? check --collector)"
-            }
-            _ => "",
-        };
-        anyhow::Error::new(CallError {
-            code: status.code(),
-            message: format!(
-                "collector {} answered {:?}: {}{hint}",
-                settings.collector,
-                status.code(),
-                status.message()
-            ),
-        })
-    })
+    result
+        .map(tonic::Response::into_inner)
+        .map_err(|status| refused(&status, settings))
+}
+
+/// The error of a status the collector answered, with a hint where one helps.
+fn refused(status: &tonic::Status, settings: &Settings) -> anyhow::Error {
+    let hint = match status.code() {
+        tonic::Code::Unavailable => " (is the collector running and reachable? check --collector)",
+        _ => "",
+    };
+    anyhow::Error::new(CallError::new(
+        status.code(),
+        format!(
+            "collector {} answered {:?}: {}{hint}",
+            settings.collector,
+            status.code(),
+            status.message()
+        ),
+    ))
 }
 
 async fn connect(c: &Settings) -> Result<QueryServiceClient<Channel>> {

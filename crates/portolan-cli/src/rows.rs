@@ -5,22 +5,37 @@
 //! [`Record`](crate::output::Record) column list is its table, wide and CSV. Adding a verb
 //! means adding a module here with its row, a `From<&pb::…>` conversion and its columns.
 
+pub mod event;
 pub mod finding;
 pub mod flow;
 pub mod host;
 pub mod process;
+pub mod snapshot;
 pub mod socket;
+pub mod tested;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 
 use portolan_proto::v1 as pb;
 
-pub use finding::FindingRow;
+pub use event::EventRow;
+pub use finding::{AckRow, FindingChangeRow, FindingRow};
 pub use flow::FlowRow;
 pub use host::{HostDetail, HostRow, InterfaceRow};
 pub use process::ProcessRow;
+pub use snapshot::SnapshotDoc;
 pub use socket::SocketRow;
+pub use tested::{RulesTestReport, TestedFindingRow};
+
+/// `1 rule`, `2 rules`.
+pub fn plural(n: usize, one: &str, many: &str) -> String {
+    if n == 1 {
+        format!("1 {one}")
+    } else {
+        format!("{n} {many}")
+    }
+}
 
 /// An address from the wire (4 or 16 bytes).
 pub fn address(bytes: &[u8]) -> Option<IpAddr> {
@@ -96,6 +111,8 @@ wire_enum! {
     pb::FlowDirection => "FLOW_DIRECTION_",
     pb::Peer => "PEER_",
     pb::FindingStatus => "FINDING_STATUS_",
+    pb::FindingChange => "FINDING_CHANGE_",
+    pb::EventKind => "EVENT_KIND_",
 }
 
 /// The row name of an enum value: its proto name without the prefix, in lowercase

@@ -155,3 +155,104 @@ fn a_closed_collector_port_is_unavailable() {
     );
     assert_eq!(o.status.code(), Some(69), "{}", stderr(&o));
 }
+
+#[test]
+fn mistakes_in_the_new_verbs_are_usage_errors_found_before_connecting() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let home = tmp.path().to_str().expect("utf-8 temp path");
+    // (arguments, what stderr must say); none of them gets as far as the certificates.
+    let cases: &[(&[&str], &str)] = &[
+        (&["at", "yesterday", "db-1"], "`yesterday` is not a time"),
+        (&["at", "2099-01-01T00:00:00Z", "db-1"], "is in the future"),
+        (
+            &["at", "2h", "db-1", "--flows", "-o", "csv"],
+            "portolan flows --host db-1 --at 2h -o csv",
+        ),
+        (
+            &["sockets", "--at", "2099-01-01T00:00:00Z"],
+            "in the future",
+        ),
+        (
+            &["flows", "--at", "tomorrow"],
+            "--at: `tomorrow` is not a time",
+        ),
+        (
+            &["ack", "a41f", "--reason", "x", "--until", "2h"],
+            "--until: `2h` is not a time",
+        ),
+        (
+            &[
+                "ack",
+                "a41f",
+                "--reason",
+                "x",
+                "--until",
+                "2020-01-01T00:00:00Z",
+            ],
+            "is not in the future",
+        ),
+        (&["ack", "a41f", "--reason", "  "], "--reason is empty"),
+        (
+            &["ack", "a41f", "--reason", "x", "--for", "soon"],
+            "--for: `soon` is not a duration",
+        ),
+        (
+            &["history", "db-1", "--from", "1h", "--to", "2h"],
+            "is not after the start",
+        ),
+        (&["history", "db-1", "--since", "a while"], "--since"),
+        (
+            &["rules", "test", "/nonexistent/rules.yaml", "--since", "1h"],
+            "cannot read rule file /nonexistent/rules.yaml",
+        ),
+        (
+            &["rules", "test", "rules.yaml", "--since", "soon"],
+            "--since: `soon` is not a duration",
+        ),
+        (&["watch", "host", "db-1", "--poll", "2m"], "over 60s"),
+    ];
+    for (args, says) in cases {
+        let o = portolan(args, &[("HOME", home)]);
+        assert_eq!(o.status.code(), Some(64), "{args:?}: {}", stderr(&o));
+        let err = stderr(&o);
+        assert!(err.contains(says), "{args:?}: want `{says}` in: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: one line: {err}");
+    }
+    // Conflicting or missing flags are clap's usage errors.
+    for args in [
+        &["ack", "a41f"][..],
+        &[
+            "ack",
+            "a41f",
+            "--reason",
+            "x",
+            "--for",
+            "4h",
+            "--until",
+            "2099-01-01T00:00:00Z",
+        ][..],
+        &["history", "db-1", "--since", "1d", "--from", "2h"][..],
+        &["findings", "--acked", "--unacked"][..],
+        &["sockets", "--limit", "0"][..],
+        &["rules", "test", "rules.yaml"][..],
+        &["watch"][..],
+    ] {
+        let o = portolan(args, &[("HOME", home)]);
+        assert_eq!(o.status.code(), Some(64), "{args:?}: {}", stderr(&o));
+    }
+}
+
+#[test]
+fn rules_check_still_runs_without_a_collector() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let file = tmp.path().join("rules.yaml");
+    std::fs::write(
+        &file,
+        "version: 1\nrules:\n  - id: telnet\n    kind: listener\n    severity: high\n    sockets: {ports: [23]}\n",
+    )
+    .expect("write rules");
+    let path = file.to_str().expect("utf-8 temp path");
+    let o = portolan(&["rules", "check", path], &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("1 rules ok"), "{}", stdout(&o));
+}

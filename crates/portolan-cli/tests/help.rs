@@ -18,8 +18,16 @@ const VERBS: &[&[&str]] = &[
     &["who-listens"],
     &["flows"],
     &["findings"],
+    &["ack"],
+    &["unack"],
+    &["history"],
+    &["at"],
+    &["watch"],
+    &["watch", "findings"],
+    &["watch", "host"],
     &["rules"],
     &["rules", "check"],
+    &["rules", "test"],
     &["completions"],
 ];
 

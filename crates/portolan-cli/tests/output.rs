@@ -12,8 +12,12 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use portolan_cli::output::stream::Lines;
 use portolan_cli::output::{self, Context, Format, Record};
-use portolan_cli::rows::{FindingRow, FlowRow, HostDetail, HostRow, SocketRow};
+use portolan_cli::rows::{
+    EventRow, FindingChangeRow, FindingRow, FlowRow, HostDetail, HostRow, RulesTestReport,
+    SnapshotDoc, SocketRow,
+};
 use portolan_proto::v1 as pb;
 
 /// The time the answers are looked at: 2023-11-14T22:13:20Z.
@@ -301,6 +305,13 @@ fn findings() -> Vec<pb::Finding> {
             last_seen_unix: ago(10),
             resolved_at_unix: 0,
             reopened: 1,
+            ack: Some(pb::FindingAck {
+                acked_by: "spiffe://portolan/operator/admin/alice".into(),
+                reason: "firewalled upstream, see TICKET-123".into(),
+                until_unix: ago(-4 * 3_600),
+                at_unix: ago(600),
+                ..Default::default()
+            }),
             ..Default::default()
         },
         pb::Finding {
@@ -316,9 +327,262 @@ fn findings() -> Vec<pb::Finding> {
             last_seen_unix: ago(80_000),
             resolved_at_unix: ago(79_000),
             reopened: 0,
+            // Until the status changes: a resolved finding's lapses when it reopens.
+            ack: Some(pb::FindingAck {
+                acked_by: "spiffe://portolan/operator/admin/bob".into(),
+                reason: "pen test, scheduled".into(),
+                until_unix: 0,
+                at_unix: ago(79_500),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        pb::Finding {
+            fingerprint: "0c3e99d1a2b4c5f6".into(),
+            rule_id: "telnet-anywhere".into(),
+            host_id: "web-1".into(),
+            hostname: "web-1".into(),
+            severity: "medium".into(),
+            subject: "tcp [::]:23 (inetd)".into(),
+            evidence: "exposure=private,process=inetd".into(),
+            status: pb::FindingStatus::Open as i32,
+            first_seen_unix: ago(3_600),
+            last_seen_unix: ago(10),
             ..Default::default()
         },
     ]
+}
+
+/// A host's history: a listener that came and went, one that changed owner, flows.
+fn events() -> Vec<pb::HostEvent> {
+    let host_id = "3f2a9c0e4b6d4e0f8a1b2c3d4e5f6071";
+    let listener = |port: u32, pids: Vec<u32>| pb::Socket {
+        protocol: pb::Protocol::Tcp as i32,
+        local_address: vec![0, 0, 0, 0],
+        local_port: port,
+        remote_address: vec![0, 0, 0, 0],
+        remote_port: 0,
+        state: pb::SocketState::Listen as i32,
+        inode: 48_213,
+        uid: 105,
+        pids,
+        attribution: pb::Attribution::Owned as i32,
+        scope: pb::Scope::Wildcard as i32,
+        exposure: pb::Scope::Public as i32,
+        ..Default::default()
+    };
+    let flow = |direction: pb::FlowDirection, remote: Vec<u8>, port: u32, n: u32| pb::Flow {
+        protocol: pb::Protocol::Tcp as i32,
+        direction: direction as i32,
+        local_address: vec![10, 0, 1, 5],
+        remote_address: remote,
+        service_port: port,
+        state: pb::SocketState::Established as i32,
+        pid: 812,
+        connections: n,
+        ..Default::default()
+    };
+    use pb::host_event::Subject;
+    vec![
+        pb::HostEvent {
+            host_id: host_id.into(),
+            seq: 4_211,
+            at_unix: ago(120),
+            kind: pb::EventKind::Removed as i32,
+            key: "tcp 0.0.0.0:8080 0.0.0.0:0 #48213".into(),
+            subject: Some(Subject::Socket(listener(8080, vec![4_410]))),
+            processes: vec![process(
+                4_410,
+                "java",
+                "/usr/lib/jvm/java-17/bin/java",
+                "java -jar /opt/admin/admin.jar --port 8080",
+                "app",
+                "admin.service",
+            )],
+            ..Default::default()
+        },
+        pb::HostEvent {
+            host_id: host_id.into(),
+            seq: 4_210,
+            at_unix: ago(180),
+            kind: pb::EventKind::Upserted as i32,
+            key: "flow tcp in 10.0.1.5 10.0.2.7:5432 established".into(),
+            subject: Some(Subject::Flow(flow(
+                pb::FlowDirection::Inbound,
+                vec![10, 0, 2, 7],
+                5432,
+                12,
+            ))),
+            processes: vec![postgres()],
+            ..Default::default()
+        },
+        pb::HostEvent {
+            host_id: host_id.into(),
+            seq: 4_209,
+            at_unix: ago(240),
+            kind: pb::EventKind::Removed as i32,
+            key: "flow tcp out 10.0.1.5 192.0.2.10:443 established".into(),
+            subject: Some(Subject::Flow(pb::Flow {
+                pid: 0,
+                ..flow(pb::FlowDirection::Outbound, vec![192, 0, 2, 10], 443, 1)
+            })),
+            processes: vec![],
+            ..Default::default()
+        },
+        pb::HostEvent {
+            host_id: host_id.into(),
+            seq: 4_100,
+            at_unix: ago(3 * 3_600),
+            kind: pb::EventKind::Changed as i32,
+            key: "tcp 0.0.0.0:5432 0.0.0.0:0 #48213".into(),
+            subject: Some(Subject::Socket(listener(5432, vec![812, 9_001]))),
+            processes: vec![
+                postgres(),
+                process(
+                    9_001,
+                    "pgbouncer",
+                    "/usr/sbin/pgbouncer",
+                    "pgbouncer /etc/pgbouncer/pgbouncer.ini",
+                    "postgres",
+                    "pgbouncer.service",
+                ),
+            ],
+            ..Default::default()
+        },
+        pb::HostEvent {
+            host_id: host_id.into(),
+            seq: 3_990,
+            at_unix: ago(26 * 3_600),
+            kind: pb::EventKind::Added as i32,
+            key: "tcp 0.0.0.0:8080 0.0.0.0:0 #48213".into(),
+            subject: Some(Subject::Socket(listener(8080, vec![4_410]))),
+            processes: vec![process(
+                4_410,
+                "java",
+                "/usr/lib/jvm/java-17/bin/java",
+                "java -jar /opt/admin/admin.jar --port 8080",
+                "app",
+                "admin.service",
+            )],
+            ..Default::default()
+        },
+    ]
+}
+
+/// `portolan at`: db-1 three hours ago.
+fn snapshot(flows_too: bool) -> SnapshotDoc {
+    let answer = pb::GetSnapshotResponse {
+        host: hosts().into_iter().next(),
+        state: host().state,
+        seq: 4_100,
+        seq_at_unix: ago(3 * 3_600 + 40),
+        // The collector's order, by local port: the listeners come first in the document.
+        sockets: {
+            let mut s = sockets();
+            s.sort_by_key(|s| s.socket.as_ref().map_or(0, |s| s.local_port));
+            s
+        },
+        flows: flows(),
+        truncated: false,
+        ..Default::default()
+    };
+    SnapshotDoc::new(
+        "3f2a9c0e4b6d4e0f8a1b2c3d4e5f6071",
+        ago(3 * 3_600),
+        flows_too,
+        &answer,
+    )
+}
+
+/// `portolan rules test`: two findings, one rule the collector could not run.
+fn rules_test() -> RulesTestReport {
+    let step = 3_600;
+    let instants: Vec<i64> = (0..=168).map(|i| ago((168 - i) * step)).collect();
+    let answer = pb::TestRulesResponse {
+        instants_unix: instants,
+        findings: vec![
+            pb::TestedFinding {
+                rule_id: "database-exposed".into(),
+                host_id: "3f2a9c0e4b6d4e0f8a1b2c3d4e5f6071".into(),
+                hostname: "db-1".into(),
+                fingerprint: "a41f0c9d2e7b5a11".into(),
+                severity: "high".into(),
+                subject: "tcp 0.0.0.0:5432 (postgres)".into(),
+                evidence: "exposure=public,bind=0.0.0.0,process=postgres".into(),
+                first_unix: ago(6 * 86_400),
+                last_unix: ago(0),
+                instants: 120,
+                episodes: 2,
+                open_now: true,
+                ..Default::default()
+            },
+            pb::TestedFinding {
+                rule_id: "new-listener".into(),
+                host_id: "web-1".into(),
+                hostname: String::new(),
+                fingerprint: "5e0d11aa0b9c8d7e".into(),
+                severity: "medium".into(),
+                subject: "tcp 0.0.0.0:8080 (java)".into(),
+                evidence: "program=/usr/lib/jvm/java-17/bin/java,window=7d".into(),
+                first_unix: ago(26 * 3_600),
+                last_unix: ago(3_600),
+                instants: 26,
+                episodes: 1,
+                open_now: false,
+                ..Default::default()
+            },
+        ],
+        failures: vec![pb::RuleFailure {
+            rule_id: "ephemeral-exhaustion".into(),
+            message: "Code: 62. DB::Exception: Syntax error".into(),
+            ..Default::default()
+        }],
+        rules: 3,
+        ..Default::default()
+    };
+    RulesTestReport::new("my-rules.yaml", Duration::from_secs(7 * 86_400), &answer)
+}
+
+/// What `portolan watch findings` prints for a few changes.
+fn finding_changes() -> Vec<FindingChangeRow> {
+    let f = findings();
+    let change = |change: pb::FindingChange, finding: &pb::Finding, secs: i64| {
+        FindingChangeRow::from_message(&pb::WatchFindingsResponse {
+            change: change as i32,
+            finding: Some(finding.clone()),
+            observed_unix: ago(secs),
+            ..Default::default()
+        })
+        .expect("a change about a finding")
+    };
+    let synced = pb::WatchFindingsResponse {
+        change: pb::FindingChange::Synced as i32,
+        finding: None,
+        observed_unix: ago(100),
+        ..Default::default()
+    };
+    assert!(FindingChangeRow::from_message(&synced).is_none());
+    let unacked = pb::Finding {
+        ack: None,
+        ..f[0].clone()
+    };
+    vec![
+        change(pb::FindingChange::Opened, &f[2], 60),
+        change(pb::FindingChange::Acked, &f[0], 30),
+        change(pb::FindingChange::Unacked, &unacked, 5),
+    ]
+}
+
+/// Rows printed one at a time, as `portolan watch` prints them.
+fn streamed<R: Record>(format: Format, width: Option<usize>, rows: &[R]) -> String {
+    let ctx = Context::new(format, width, false, now());
+    let mut out = Vec::new();
+    let mut lines = Lines::<R>::new();
+    lines.start(&mut out, &ctx).expect("writes to a Vec");
+    for row in rows {
+        lines.write(&mut out, &ctx, row).expect("writes to a Vec");
+    }
+    String::from_utf8(out).expect("utf-8")
 }
 
 /// Renders `rows` in one format.
@@ -358,6 +622,29 @@ fn formats<R: Record>(verb: &str, rows: &[R]) -> Vec<(String, String)> {
     ]
 }
 
+/// A document (`at`, `rules test`) in one format: (stdout, stderr).
+fn document(
+    format: Format,
+    width: Option<usize>,
+    write: impl Fn(&mut Vec<u8>, &mut Vec<u8>, &Context),
+) -> (String, String) {
+    let ctx = Context::new(format, width, false, now());
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    write(&mut out, &mut err, &ctx);
+    (
+        String::from_utf8(out).expect("utf-8"),
+        String::from_utf8(err).expect("utf-8"),
+    )
+}
+
+fn write_at(doc: &SnapshotDoc) -> impl Fn(&mut Vec<u8>, &mut Vec<u8>, &Context) + '_ {
+    move |out, _, ctx| doc.write(out, ctx).expect("writes to a Vec")
+}
+
+fn write_report(report: &RulesTestReport) -> impl Fn(&mut Vec<u8>, &mut Vec<u8>, &Context) + '_ {
+    move |out, err, ctx| report.write(out, err, ctx).expect("writes to a Vec")
+}
+
 fn snapshots() -> Vec<(String, String)> {
     let hosts: Vec<HostRow> = hosts().iter().map(HostRow::from).collect();
     let sockets: Vec<SocketRow> = sockets().iter().map(SocketRow::from).collect();
@@ -390,6 +677,93 @@ fn snapshots() -> Vec<(String, String)> {
     all.push((
         "findings.table-color.txt".into(),
         list(Format::Table, Some(120), true, &findings),
+    ));
+
+    // history: a list of events.
+    let events: Vec<EventRow> = events().iter().map(EventRow::from).collect();
+    all.extend(formats("history", &events));
+
+    // ack and unack print the finding as one record (every column for people).
+    all.push(("ack.txt".into(), one(Format::Wide, Some(100), &findings[0])));
+    all.push(("ack.json".into(), one(Format::Json, None, &findings[0])));
+
+    // at: a document with a header line for people.
+    let at = snapshot(true);
+    all.push((
+        "at.json".into(),
+        document(Format::Json, None, write_at(&at)).0,
+    ));
+    let sockets_only = snapshot(false);
+    all.push((
+        "at.csv".into(),
+        document(Format::Csv, None, write_at(&sockets_only)).0,
+    ));
+    all.push((
+        "at.table.txt".into(),
+        document(Format::Table, Some(100), write_at(&at)).0,
+    ));
+    all.push((
+        "at.wide.txt".into(),
+        document(Format::Wide, None, write_at(&sockets_only)).0,
+    ));
+    let unreported = SnapshotDoc::new(
+        "web-1",
+        ago(86_400),
+        false,
+        &pb::GetSnapshotResponse::default(),
+    );
+    all.push((
+        "at-unreported.table.txt".into(),
+        document(Format::Table, Some(100), write_at(&unreported)).0,
+    ));
+
+    // rules test: a document; the summary and failures go to stderr.
+    let report = rules_test();
+    for (name, format, width) in [
+        ("rules-test.json", Format::Json, None),
+        ("rules-test.csv", Format::Csv, None),
+        ("rules-test.table.txt", Format::Table, Some(100)),
+        ("rules-test.wide.txt", Format::Wide, None),
+    ] {
+        let (out, err) = document(format, width, write_report(&report));
+        all.push((name.into(), format!("{out}--- stderr ---\n{err}")));
+    }
+    let nothing = RulesTestReport {
+        findings: Vec::new(),
+        failures: Vec::new(),
+        ..report.clone()
+    };
+    let (out, err) = document(Format::Table, Some(100), write_report(&nothing));
+    all.push((
+        "rules-test-nothing.table.txt".into(),
+        format!("{out}--- stderr ---\n{err}"),
+    ));
+
+    // watch: a line per change, printed as it arrives.
+    let changes = finding_changes();
+    all.push((
+        "watch-findings.ndjson".into(),
+        streamed(Format::Json, None, &changes),
+    ));
+    all.push((
+        "watch-findings.csv".into(),
+        streamed(Format::Csv, None, &changes),
+    ));
+    all.push((
+        "watch-findings.table.txt".into(),
+        streamed(Format::Table, Some(100), &changes),
+    ));
+    all.push((
+        "watch-findings.wide.txt".into(),
+        streamed(Format::Wide, None, &changes),
+    ));
+    all.push((
+        "watch-host.ndjson".into(),
+        streamed(Format::Json, None, &events),
+    ));
+    all.push((
+        "watch-host.table.txt".into(),
+        streamed(Format::Table, Some(100), &events),
     ));
     all
 }
@@ -448,7 +822,8 @@ fn tables_fit_the_width_and_keep_the_key_columns() {
         let table = list(Format::Table, Some(width), false, &flows);
         assert!(widest(&table) <= width, "{width}:\n{table}");
     }
-    for width in [80, 100] {
+    // Findings carry nine columns since acknowledgements: an 80-column terminal wraps.
+    for width in [100, 120] {
         let table = list(Format::Table, Some(width), false, &findings);
         assert!(widest(&table) <= width, "{width}:\n{table}");
         assert!(table.contains("database-exposed") && table.contains("horizontal-scan"));
@@ -491,4 +866,91 @@ fn csv_and_json_never_carry_escape_sequences_of_their_own() {
         let text = list(format, Some(80), true, &findings);
         assert!(!text.contains('\x1b'), "{format:?}: {text}");
     }
+}
+
+#[test]
+fn watch_json_is_one_object_per_line() {
+    let changes = finding_changes();
+    let text = streamed(Format::Json, Some(80), &changes);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), changes.len(), "{text}");
+    for line in lines {
+        let doc: serde_json::Value = serde_json::from_str(line).expect("a JSON object per line");
+        assert!(doc["finding"]["fingerprint"].is_string(), "{line}");
+    }
+    let events: Vec<EventRow> = events().iter().map(EventRow::from).collect();
+    let text = streamed(Format::Json, None, &events);
+    let first: serde_json::Value =
+        serde_json::from_str(text.lines().next().expect("a line")).expect("JSON");
+    assert_eq!(first["kind"], "removed");
+    assert_eq!(first["socket"]["local_port"], 8080);
+    assert!(first["flow"].is_null());
+}
+
+#[test]
+fn watch_lines_fit_the_terminal() {
+    let events: Vec<EventRow> = events().iter().map(EventRow::from).collect();
+    for width in [120, 140] {
+        let text = streamed(Format::Table, Some(width), &events);
+        assert!(widest(&text) <= width, "{width}:\n{text}");
+        assert_eq!(
+            text.lines().count(),
+            events.len() + 1,
+            "header and a line each"
+        );
+    }
+}
+
+#[test]
+fn acknowledgements_show_who_why_and_until() {
+    let findings: Vec<FindingRow> = findings().iter().map(FindingRow::from).collect();
+    let table = list(Format::Table, Some(140), false, &findings);
+    let first = table.lines().nth(1).expect("a row");
+    assert!(
+        first.contains("alice") && first.contains("in 4h"),
+        "{table}"
+    );
+    let second = table.lines().nth(2).expect("a row");
+    assert!(
+        second.contains("bob") && second.contains("reopened"),
+        "{table}"
+    );
+    let doc: serde_json::Value =
+        serde_json::from_str(&list(Format::Json, None, false, &findings)).expect("JSON");
+    assert_eq!(
+        doc[0]["ack"]["acked_by"],
+        "spiffe://portolan/operator/admin/alice"
+    );
+    assert_eq!(doc[0]["ack"]["until_unix"], NOW + 4 * 3_600);
+    assert!(doc[2]["ack"].is_null());
+    let wide = list(Format::Wide, None, false, &findings);
+    assert!(
+        wide.contains("firewalled upstream, see TICKET-123"),
+        "{wide}"
+    );
+}
+
+#[test]
+fn at_puts_listeners_first_and_says_when() {
+    let doc = snapshot(true);
+    let states: Vec<&str> = doc.sockets.iter().map(|s| s.state.as_str()).collect();
+    assert_eq!(states, ["listen", "listen", "listen", "established"]);
+    let ctx = Context::new(Format::Table, None, false, now());
+    let header = doc.header(&ctx);
+    assert!(
+        header.starts_with(
+            "db-1 at 2023-11-14T19:13:20Z (3h ago): last change at or before it scanned 2023-11-14T19:12:40Z (40s earlier, seq 4100)"
+        ),
+        "{header}"
+    );
+}
+
+#[test]
+fn rules_test_summary_counts() {
+    let report = rules_test();
+    assert_eq!(
+        report.summary(),
+        "3 rules × 169 evaluations over 7d: 2 findings would have fired (1 open now)"
+    );
+    assert_eq!(report.step_seconds, 3_600);
 }

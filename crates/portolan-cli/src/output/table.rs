@@ -13,7 +13,7 @@ use super::{Column, Context, Fit, Format};
 const GAP: usize = 2;
 
 /// What stands for an empty cell, so that columns stay easy to read by eye.
-const EMPTY: &str = "-";
+pub(crate) const EMPTY: &str = "-";
 
 /// The cell's text for a terminal: control characters (newline, tab, escape, …) are
 /// shown escaped (`\n`, `\t`, `\x1b`) so that they can neither break the layout nor
@@ -172,7 +172,7 @@ pub fn write<R>(
 }
 
 /// One line: cells cut and padded to their widths, coloured, without trailing spaces.
-fn write_line(
+pub(crate) fn write_line(
     out: &mut dyn Write,
     cells: &[String],
     widths: &[usize],
