@@ -16,7 +16,7 @@ demo *ARGS: setup build
     ./target/debug/portolan demo {{ARGS}}
 
 # Everything the project checks: format, lints, unit, store, end-to-end and SQL-on-modern-ClickHouse tests.
-test: setup setup-test lint build test-helm test-ansible
+test: setup setup-test lint build test-helm test-ansible test-prometheus
     cargo nextest run --workspace --no-fail-fast
     {{venv}}/bin/python tools/chdb/check.py
 
@@ -39,6 +39,19 @@ test-ansible: setup setup-python build
         DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
     fi
     "{{venv}}/bin/python" -m pytest -p no:cacheprovider deploy/ansible/tests
+
+# The Prometheus alerting rules for Portolan's own metrics, unit-tested with promtool (Debian's `prometheus` package).
+test-prometheus:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if ! command -v promtool >/dev/null; then
+        echo "installing prometheus (for promtool) from the distribution's packages"
+        sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+    fi
+    promtool check rules deploy/prometheus/portolan-alerts.yaml
+    promtool test rules deploy/prometheus/portolan-alerts.test.yaml
 
 # Build every binary (the end-to-end tests run the real binaries).
 build:

@@ -7,6 +7,8 @@
 //! - `history`: the query API's past and live RPCs over mutual TLS: a host's sockets at
 //!   an instant (not now), the history of a port, a new listener streamed within
 //!   seconds, paging that returns every socket once, acknowledgements by admins only.
+//! - `metrics`: `/metrics` of an agent and a collector after real streaming: scans,
+//!   acknowledgements, one connected agent, rows written.
 //! - `pipeline`: three hosts stream their inventories; ClickHouse equals `ss` in each
 //!   host; listeners opened and closed show up within two scan intervals.
 //! - `refusals`: no client certificate, another CA, a certificate for another host, a
@@ -21,6 +23,7 @@
 
 mod cli_history;
 mod history;
+mod metrics;
 mod pipeline;
 mod query;
 mod reconnect;

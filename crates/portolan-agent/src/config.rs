@@ -32,6 +32,8 @@ pub struct AgentConfig {
     pub collector: CollectorSection,
     /// The agent's certificate.
     pub tls: TlsFiles,
+    /// Prometheus metrics.
+    pub metrics: MetricsSection,
 }
 
 /// `[collector]`.
@@ -66,6 +68,7 @@ impl Default for AgentConfig {
                 cert: PathBuf::from("/etc/portolan/agent.pem"),
                 key: PathBuf::from("/etc/portolan/agent.key"),
             },
+            metrics: MetricsSection::default(),
         }
     }
 }
@@ -103,6 +106,7 @@ impl AgentConfig {
                 self.collector.endpoint
             ));
         }
+        self.metrics.validate(&mut problems);
         if problems.is_empty() {
             Ok(())
         } else {
@@ -148,4 +152,30 @@ pub fn os_pretty_name() -> String {
         .find_map(|l| l.strip_prefix("PRETTY_NAME="))
         .map(|v| v.trim_matches('"').to_string())
         .unwrap_or_default()
+}
+
+/// `[metrics]`: Prometheus metrics over plain HTTP.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    /// `host:port` to serve `/metrics` on (plain HTTP, no authentication: bind it where
+    /// only the scraper reaches). Empty: no metrics server.
+    pub listen: String,
+}
+
+impl MetricsSection {
+    /// The address to serve on, `None` when off; invalid addresses are reported by
+    /// `validate()`.
+    pub fn listen_addr(&self) -> Option<std::net::SocketAddr> {
+        self.listen.parse().ok()
+    }
+
+    fn validate(&self, problems: &mut Vec<String>) {
+        if !self.listen.is_empty() && self.listen.parse::<std::net::SocketAddr>().is_err() {
+            problems.push(format!(
+                "`metrics.listen` is `{}`; use an address and port such as `0.0.0.0:9464`, or empty for no metrics",
+                self.listen
+            ));
+        }
+    }
 }

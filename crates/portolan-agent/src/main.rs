@@ -175,7 +175,22 @@ fn run_agent(args: &RunArgs) -> anyhow::Result<()> {
             shutdown_signal().await;
             let _ = stop.send(true);
         });
-        stream::run(config, facts, stopped).await
+        if let Some(addr) = config.metrics.listen_addr() {
+            let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                UsageError(format!(
+                    "cannot serve metrics on {addr}: {e} (change `metrics.listen`)"
+                ))
+            })?;
+            let addr = listener.local_addr().unwrap_or(addr);
+            tracing::info!(listen = %addr, "serving metrics at /metrics");
+            let mut stop = stopped.clone();
+            tokio::spawn(portolan_agent::metrics::serve(listener, async move {
+                let _ = stop.changed().await;
+            }));
+        }
+        stream::run(config, facts, stopped)
+            .await
+            .map_err(anyhow::Error::from)
     })?;
     tracing::info!("agent stopped");
     Ok(())

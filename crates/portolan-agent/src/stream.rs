@@ -20,6 +20,7 @@ use tonic::Streaming;
 use tracing::{debug, info, warn};
 
 use crate::config::AgentConfig;
+use crate::metrics;
 use crate::scan::{Scan, ScanOptions, Scanner};
 
 /// Sockets + flows per snapshot part (well under the collector's default limits).
@@ -116,6 +117,7 @@ pub async fn run(
             failures = 0;
         }
         failures = failures.saturating_add(1);
+        metrics::global().reconnects.inc(&[]);
         let max = agent.config.collector.max_backoff;
         let wait = if err.needs_operator() {
             max
@@ -169,7 +171,16 @@ impl Agent {
         .await
         .map_err(|e| StreamError::Scan(format!("scan task failed: {e}")))?;
         self.scanner = Some(scanner);
-        result.map_err(|e| StreamError::Scan(e.to_string()))
+        match result {
+            Ok(scan) => {
+                metrics::global().record_scan(&scan);
+                Ok(scan)
+            }
+            Err(e) => {
+                metrics::global().scans.inc(&[("outcome", "failed")]);
+                Err(StreamError::Scan(e.to_string()))
+            }
+        }
     }
 
     async fn session(&mut self) -> Result<(), StreamError> {
@@ -214,6 +225,7 @@ impl Agent {
             }
         };
         info!(endpoint = %endpoint, last_seq = welcome.last_seq, collector = %welcome.collector_version, "connected to collector");
+        let _connected = ConnectedGauge::up();
         let max_items = usize::try_from(welcome.max_sockets_per_message)
             .unwrap_or(SNAPSHOT_PART_ITEMS)
             .clamp(1, SNAPSHOT_PART_ITEMS)
@@ -269,12 +281,14 @@ impl Agent {
                         "snapshot sent"
                     );
                     self.in_flight = Some((next, inventory));
-                    await_ack(&mut inbound, next, config.collector.ack_timeout).await?
+                    metrics::global().sent.inc(&[("kind", "snapshot")]);
+                    timed_ack(&mut inbound, next, config.collector.ack_timeout, "snapshot").await?
                 }
                 Some((_, base)) => {
                     let delta = diff(base, &inventory);
                     if delta.is_empty() {
                         heartbeat(&tx, seq, at, &stats).await?;
+                        metrics::global().sent.inc(&[("kind", "heartbeat")]);
                         continue;
                     }
                     let next = seq + 1;
@@ -292,7 +306,8 @@ impl Agent {
                         "delta sent"
                     );
                     self.in_flight = Some((next, inventory));
-                    await_ack(&mut inbound, next, config.collector.ack_timeout).await?
+                    metrics::global().sent.inc(&[("kind", "delta")]);
+                    timed_ack(&mut inbound, next, config.collector.ack_timeout, "delta").await?
                 }
             };
             match outcome {
@@ -321,11 +336,48 @@ async fn send(
     tx: &mpsc::Sender<pb::StreamInventoryRequest>,
     message: AgentMessage,
 ) -> Result<(), StreamError> {
-    tx.send(pb::StreamInventoryRequest {
+    let request = pb::StreamInventoryRequest {
         message: Some(message),
-    })
-    .await
-    .map_err(|_| StreamError::Protocol("stream to the collector closed".into()))
+    };
+    let bytes = prost::Message::encoded_len(&request);
+    tx.send(request)
+        .await
+        .map_err(|_| StreamError::Protocol("stream to the collector closed".into()))?;
+    metrics::global().sent_bytes.add(&[], bytes as f64);
+    Ok(())
+}
+
+/// `portolan_agent_stream_connected` is 1 while one of these lives.
+struct ConnectedGauge;
+
+impl ConnectedGauge {
+    fn up() -> ConnectedGauge {
+        metrics::global().connected.set(&[], 1.0);
+        ConnectedGauge
+    }
+}
+
+impl Drop for ConnectedGauge {
+    fn drop(&mut self) {
+        metrics::global().connected.set(&[], 0.0);
+    }
+}
+
+/// [`await_ack`], counting the acknowledgement of a `kind` message and its latency.
+async fn timed_ack(
+    inbound: &mut Streaming<pb::StreamInventoryResponse>,
+    seq: u64,
+    timeout: Duration,
+    kind: &'static str,
+) -> Result<Outcome, StreamError> {
+    let sent = Instant::now();
+    let outcome = await_ack(inbound, seq, timeout).await?;
+    if let Outcome::Acked(_) = outcome {
+        let m = metrics::global();
+        m.acked.inc(&[("kind", kind)]);
+        m.ack_latency.observe(&[], sent.elapsed().as_secs_f64());
+    }
+    Ok(outcome)
 }
 
 async fn heartbeat(

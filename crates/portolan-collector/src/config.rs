@@ -30,6 +30,8 @@ pub struct CollectorConfig {
     pub rules: RulesSection,
     /// Where findings are sent.
     pub notify: NotifySection,
+    /// Prometheus metrics.
+    pub metrics: MetricsSection,
 }
 
 /// `[notify]`: where the evaluating replica sends findings as they open, reopen and
@@ -212,6 +214,7 @@ impl Default for CollectorConfig {
             limits: LimitsSection::default(),
             rules: RulesSection::default(),
             notify: NotifySection::default(),
+            metrics: MetricsSection::default(),
         }
     }
 }
@@ -279,6 +282,7 @@ impl CollectorConfig {
             problems.push("`rules.interval` is under 1s".into());
         }
         self.notify.validate(&mut problems);
+        self.metrics.validate(&mut problems);
         if problems.is_empty() {
             Ok(())
         } else {
@@ -438,5 +442,31 @@ mod tests {
         );
         assert_eq!(config.validate(), Ok(()));
         Ok(())
+    }
+}
+
+/// `[metrics]`: Prometheus metrics over plain HTTP.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    /// `host:port` to serve `/metrics` on (plain HTTP, no authentication: bind it where
+    /// only the scraper reaches). Empty: no metrics server.
+    pub listen: String,
+}
+
+impl MetricsSection {
+    /// The address to serve on, `None` when off; invalid addresses are reported by
+    /// `validate()`.
+    pub fn listen_addr(&self) -> Option<std::net::SocketAddr> {
+        self.listen.parse().ok()
+    }
+
+    fn validate(&self, problems: &mut Vec<String>) {
+        if !self.listen.is_empty() && self.listen.parse::<std::net::SocketAddr>().is_err() {
+            problems.push(format!(
+                "`metrics.listen` is `{}`; use an address and port such as `0.0.0.0:9464`, or empty for no metrics",
+                self.listen
+            ));
+        }
     }
 }

@@ -15,6 +15,7 @@ use portolan_rules::lifecycle::{Round, reconcile};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use crate::metrics;
 use crate::notify::{Evaluation, Event, Notifier};
 use crate::store::fleet::HostFilter;
 use crate::store::{Store, StoreError};
@@ -159,7 +160,7 @@ pub struct Report {
 pub struct Evaluator {
     store: Arc<Store>,
     rules: Vec<CompiledRule>,
-    notifier: Option<Notifier>,
+    notifier: Option<Arc<Notifier>>,
 }
 
 impl Evaluator {
@@ -176,14 +177,14 @@ impl Evaluator {
     /// for any receiver).
     pub fn with_notifier(self, notifier: Notifier) -> Evaluator {
         Evaluator {
-            notifier: Some(notifier),
+            notifier: Some(Arc::new(notifier)),
             ..self
         }
     }
 
     /// The notifier, if any (for its figures).
     pub fn notifier(&self) -> Option<&Notifier> {
-        self.notifier.as_ref()
+        self.notifier.as_deref()
     }
 
     /// Runs every rule once and writes the findings that changed.
@@ -225,6 +226,13 @@ impl Evaluator {
         }
         let version = u64::try_from(now.as_nanos()).unwrap_or(u64::MAX);
         self.store.write_findings(&updates, version).await?;
+        // What is stored now: every stored finding, replaced by its update when it has one.
+        let mut current: HashMap<&str, &portolan_rules::lifecycle::Finding> = stored
+            .iter()
+            .map(|f| (f.latest.fingerprint.as_str(), f))
+            .collect();
+        current.extend(updates.iter().map(|f| (f.latest.fingerprint.as_str(), f)));
+        metrics::global().set_findings(current.into_values());
         // Only what was written is notified: a failed write is evaluated again next round.
         if let Some(notifier) = &self.notifier {
             notifier.notify(self.described(evaluation).await);
@@ -265,6 +273,13 @@ impl Evaluator {
 
     /// Evaluates every `interval` until `stop` turns true.
     pub async fn run(self, interval: Duration, mut stop: watch::Receiver<bool>) {
+        if let Some(notifier) = &self.notifier {
+            // Weak: the notifier's tasks stop with the evaluator, not with the metrics.
+            let notifier = Arc::downgrade(notifier);
+            metrics::global().set_notifier_stats(Box::new(move || {
+                notifier.upgrade().map(|n| n.stats()).unwrap_or_default()
+            }));
+        }
         info!(rules = self.rules.len(), interval = ?interval, "rule evaluation started (this replica evaluates: `rules.evaluate = true`)");
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -273,7 +288,23 @@ impl Evaluator {
                 _ = tick.tick() => {}
                 _ = stop.changed() => return,
             }
-            match self.evaluate_once().await {
+            let started = Instant::now();
+            let result = self.evaluate_once().await;
+            let m = metrics::global();
+            m.evaluation_duration
+                .observe(&[], started.elapsed().as_secs_f64());
+            match &result {
+                Ok(r) => {
+                    m.evaluations.inc(&[("outcome", "ok")]);
+                    // A failing rule is the rule's problem, not ClickHouse's: counted apart.
+                    m.rules_failed.add(&[], r.rules_failed as f64);
+                }
+                Err(_) => {
+                    m.evaluations.inc(&[("outcome", "failed")]);
+                    m.clickhouse_errors.inc(&[]);
+                }
+            }
+            match result {
                 Ok(r) => info!(
                     rules = r.rules_ok, failed = r.rules_failed, matches = r.matches, opened = r.opened,
                     reopened = r.reopened, resolved = r.resolved, took = ?r.took, "rules evaluated"

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use portolan_core::wire::{SnapshotAssembly, delta_from_wire};
 use portolan_core::{Inventory, ScanStats, apply, diff};
@@ -23,6 +23,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::LimitsSection;
 use crate::error::IngestError;
+use crate::metrics;
 use crate::store::{ChangeKind, HostRecord, Store};
 
 /// Longest host_id, hostname, label key or value, version or OS string in a Hello.
@@ -66,11 +67,15 @@ impl IngestService for Ingest {
             Ok(Identity::Agent { host_id }) => host_id.clone(),
             Ok(other) => {
                 warn!(%remote, identity = %other, "refused ingest stream: not an agent certificate");
-                return Err(IngestError::NotAnAgent(other.uri()).into());
+                let e = IngestError::NotAnAgent(other.uri());
+                metrics::global().record_refusal(&e);
+                return Err(e.into());
             }
             Err(e) => {
                 warn!(%remote, error = %e, "refused ingest stream: no identity in certificate");
-                return Err(IngestError::NoIdentity(e.to_string()).into());
+                let e = IngestError::NoIdentity(e.to_string());
+                metrics::global().record_refusal(&e);
+                return Err(e.into());
             }
         };
         let (tx, rx) = mpsc::channel(8);
@@ -85,12 +90,14 @@ impl IngestService for Ingest {
             current: None,
             assembly: SnapshotAssembly::default(),
             assembly_stats: None,
+            connected: None,
         };
         tokio::spawn(async move {
             let host = session.host_id.clone();
             match session.run(request.into_inner()).await {
                 Ok(()) => info!(host = %host, %remote, "agent stream closed"),
                 Err(e) => {
+                    metrics::global().record_refusal(&e);
                     warn!(host = %host, %remote, error = %e, "agent stream ended with an error");
                     let _ = tx.send(Err(e.into())).await;
                 }
@@ -113,6 +120,24 @@ struct Session {
     assembly: SnapshotAssembly,
     /// Scan statistics of the snapshot being assembled (from its first part).
     assembly_stats: Option<ScanStats>,
+    /// Counts this stream in `portolan_collector_agents_connected` once past Hello.
+    connected: Option<ConnectedAgent>,
+}
+
+/// One agent in `portolan_collector_agents_connected` while it lives.
+struct ConnectedAgent;
+
+impl ConnectedAgent {
+    fn new() -> ConnectedAgent {
+        metrics::global().agents_connected.add(&[], 1.0);
+        ConnectedAgent
+    }
+}
+
+impl Drop for ConnectedAgent {
+    fn drop(&mut self) {
+        metrics::global().agents_connected.add(&[], -1.0);
+    }
 }
 
 impl Session {
@@ -140,6 +165,13 @@ impl Session {
             let Some(message) = message.message else {
                 return Err(IngestError::Protocol("empty message".into()));
             };
+            let kind = match &message {
+                AgentMessage::Hello(_) => "hello",
+                AgentMessage::Snapshot(_) => "snapshot_part",
+                AgentMessage::Delta(_) => "delta",
+                AgentMessage::Heartbeat(_) => "heartbeat",
+            };
+            metrics::global().messages.inc(&[("kind", kind)]);
             match (message, self.hello.is_some()) {
                 (AgentMessage::Hello(hello), false) => self.on_hello(hello).await?,
                 (AgentMessage::Hello(_), true) => {
@@ -183,6 +215,7 @@ impl Session {
         self.last_seq = recovery.last_seq;
         info!(host = %self.host_id, hostname = %hello.hostname, agent = %hello.agent_version, last_seq = self.last_seq, "agent connected");
         self.hello = Some(hello);
+        self.connected = Some(ConnectedAgent::new());
         self.send(CollectorMessage::Welcome(pb::Welcome {
             last_seq: self.last_seq,
             collector_version: env!("CARGO_PKG_VERSION").into(),
@@ -203,6 +236,7 @@ impl Session {
     }
 
     async fn on_snapshot_part(&mut self, part: pb::Snapshot) -> Result<(), IngestError> {
+        let received = Instant::now();
         self.check_message_size(
             "snapshot part",
             part.sockets.len() + part.flows.len() + part.processes.len(),
@@ -250,12 +284,18 @@ impl Session {
             )
             .await?;
         info!(host = %self.host_id, seq, sockets = inventory.sockets.len(), flows = inventory.flows.len(), ?receipt, "snapshot stored");
+        let m = metrics::global();
+        m.rows.add(&[("table", "hosts")], 1.0);
+        m.record_rows(&receipt);
+        m.ingest_latency
+            .observe(&[("kind", "snapshot")], received.elapsed().as_secs_f64());
         self.last_seq = seq;
         self.current = Some(inventory);
         self.send(CollectorMessage::Ack(pb::Ack { seq })).await
     }
 
     async fn on_delta(&mut self, delta: pb::Delta) -> Result<(), IngestError> {
+        let received = Instant::now();
         let items = delta.added.len()
             + delta.removed.len()
             + delta.changed.len()
@@ -308,12 +348,17 @@ impl Session {
             )
             .await?;
         debug!(host = %self.host_id, seq, ?receipt, "delta stored");
+        let m = metrics::global();
+        m.record_rows(&receipt);
+        m.ingest_latency
+            .observe(&[("kind", "delta")], received.elapsed().as_secs_f64());
         self.last_seq = seq;
         self.current = Some(next);
         self.send(CollectorMessage::Ack(pb::Ack { seq })).await
     }
 
     async fn on_heartbeat(&mut self, hb: pb::Heartbeat) -> Result<(), IngestError> {
+        let received = Instant::now();
         let stats = hb.stats.map(ScanStats::from).unwrap_or_default();
         self.store
             .write_heartbeat(
@@ -323,6 +368,10 @@ impl Session {
                 &stats,
             )
             .await?;
+        let m = metrics::global();
+        m.rows.add(&[("table", "host_reports")], 1.0);
+        m.ingest_latency
+            .observe(&[("kind", "heartbeat")], received.elapsed().as_secs_f64());
         Ok(())
     }
 

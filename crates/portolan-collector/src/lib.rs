@@ -12,6 +12,7 @@ pub mod error;
 pub mod evaluate;
 pub mod ingest;
 pub mod managed_clickhouse;
+pub mod metrics;
 pub mod notify;
 pub mod query;
 pub mod server;

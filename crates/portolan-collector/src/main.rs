@@ -192,6 +192,17 @@ async fn run(config: CollectorConfig, rules: Vec<CompiledRule>) -> Result<()> {
         shutdown_signal().await;
         let _ = stop.send(true);
     });
+    if let Some(addr) = config.metrics.listen_addr() {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot serve metrics on {addr} (change `metrics.listen`)"))?;
+        let addr = listener.local_addr().unwrap_or(addr);
+        info!(listen = %addr, "serving metrics at /metrics");
+        let mut stop = stopped.clone();
+        tokio::spawn(portolan_collector::metrics::serve(listener, async move {
+            let _ = stop.changed().await;
+        }));
+    }
     let evaluator = config.rules.evaluate.then(|| {
         let mut evaluator = Evaluator::new(store.clone(), rules);
         if let Some(notifier) = notifier {

@@ -206,6 +206,7 @@ AGENT_OWNED = {
     "tls.ca": "the mounted certificate directory",
     "tls.cert": "the mounted certificate directory",
     "tls.key": "the mounted certificate directory",
+    "metrics.listen": "0.0.0.0:<metrics.port> when metrics.enabled",
 }
 COLLECTOR_OWNED = {
     "version": "always 1",
@@ -222,6 +223,7 @@ COLLECTOR_OWNED = {
     "clickhouse.binary": "the managed ClickHouse is not used in Kubernetes",
     "rules.evaluate": "false on the collector, true on the evaluator",
     "rules.files": "the rules ConfigMap's files",
+    "metrics.listen": "0.0.0.0:<metrics.port> when metrics.enabled",
 }
 
 # Keys whose chart default differs from the binary's, and why.

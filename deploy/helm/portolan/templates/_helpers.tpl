@@ -153,6 +153,9 @@ owns because they depend on how the pods are built (paths, ports, evaluation).
 {{- $_ = set $config "version" 1 -}}
 {{- $_ = set $config "proc_root" "/host/proc" -}}
 {{- $_ = set $config "tls" (dict "ca" (printf "%s/ca.pem" $tlsDir) "cert" (printf "%s/agent.pem" $tlsDir) "key" (printf "%s/agent.key" $tlsDir)) -}}
+{{- if .Values.metrics.enabled -}}
+{{- $_ = set $config "metrics" (dict "listen" (printf "0.0.0.0:%d" (int .Values.metrics.port))) -}}
+{{- end -}}
 {{- toJson $config -}}
 {{- end -}}
 
@@ -166,6 +169,9 @@ owns because they depend on how the pods are built (paths, ports, evaluation).
 {{- $_ = set $config "state_dir" "/var/lib/portolan-collector" -}}
 {{- $_ = set $config "tls" (dict "ca" (printf "%s/ca.crt" $tlsDir) "cert" (printf "%s/tls.crt" $tlsDir) "key" (printf "%s/tls.key" $tlsDir)) -}}
 {{- $_ = set $config "clickhouse" (dict "url" (include "portolan.clickhouse.url" $root) "database" $root.Values.clickhouse.database) -}}
+{{- if $root.Values.metrics.enabled -}}
+{{- $_ = set $config "metrics" (dict "listen" (printf "0.0.0.0:%d" (int $root.Values.metrics.port))) -}}
+{{- end -}}
 {{- end -}}
 
 {{- define "portolan.collector.config" -}}

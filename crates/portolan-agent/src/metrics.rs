@@ -1,0 +1,156 @@
+//! The agent's Prometheus metrics (`portolan_agent_*`), served at `/metrics` when
+//! `[metrics] listen` is set.
+//!
+//! The metrics are process-wide ([`global`]): the scanner and the stream record into
+//! them, the HTTP server renders them.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use crate::scan::Scan;
+use portolan_metrics::SECONDS;
+pub use portolan_metrics::{Family, Histogram, Labels};
+
+/// Every metric the agent exports.
+#[derive(Debug)]
+pub struct AgentMetrics {
+    /// `portolan_agent_scans_total{outcome}`.
+    pub scans: Family,
+    /// `portolan_agent_scan_duration_seconds`.
+    pub scan_duration: Histogram,
+    /// `portolan_agent_sockets{protocol,state}` of the last scan.
+    pub sockets: Family,
+    /// `portolan_agent_unattributed_sockets{reason}` of the last scan.
+    pub unattributed: Family,
+    /// `portolan_agent_stream_connected`: 1 while a collector has welcomed this agent.
+    pub connected: Family,
+    /// `portolan_agent_messages_sent_total{kind}`.
+    pub sent: Family,
+    /// `portolan_agent_messages_acked_total{kind}`.
+    pub acked: Family,
+    /// `portolan_agent_sent_bytes_total`: encoded protobuf bytes sent.
+    pub sent_bytes: Family,
+    /// `portolan_agent_reconnects_total`.
+    pub reconnects: Family,
+    /// `portolan_agent_ack_latency_seconds`.
+    pub ack_latency: Histogram,
+}
+
+impl AgentMetrics {
+    fn new() -> AgentMetrics {
+        let m = AgentMetrics {
+            scans: Family::counter(
+                "portolan_agent_scans_total",
+                "Socket scans by outcome (ok, failed).",
+            ),
+            scan_duration: Histogram::new(
+                "portolan_agent_scan_duration_seconds",
+                "How long a socket scan took, process attribution included.",
+                SECONDS,
+            ),
+            sockets: Family::gauge(
+                "portolan_agent_sockets",
+                "Sockets the last scan saw, by protocol and state.",
+            ),
+            unattributed: Family::gauge(
+                "portolan_agent_unattributed_sockets",
+                "Sockets of the last scan without an owning process, by reason.",
+            ),
+            connected: Family::gauge(
+                "portolan_agent_stream_connected",
+                "1 while the stream to the collector is up (welcomed), else 0.",
+            ),
+            sent: Family::counter(
+                "portolan_agent_messages_sent_total",
+                "Messages sent to the collector, by kind (snapshot, delta, heartbeat).",
+            ),
+            acked: Family::counter(
+                "portolan_agent_messages_acked_total",
+                "Snapshots and deltas the collector acknowledged, by kind.",
+            ),
+            sent_bytes: Family::counter(
+                "portolan_agent_sent_bytes_total",
+                "Encoded protobuf bytes sent to the collector.",
+            ),
+            reconnects: Family::counter(
+                "portolan_agent_reconnects_total",
+                "Times the stream to the collector failed and was retried.",
+            ),
+            ack_latency: Histogram::new(
+                "portolan_agent_ack_latency_seconds",
+                "From sending a snapshot or delta to its acknowledgement.",
+                SECONDS,
+            ),
+        };
+        m.connected.set(&[], 0.0);
+        m.reconnects.touch(&[]);
+        m.sent_bytes.touch(&[]);
+        for outcome in ["ok", "failed"] {
+            m.scans.touch(&[("outcome", outcome)]);
+        }
+        for kind in ["snapshot", "delta", "heartbeat"] {
+            m.sent.touch(&[("kind", kind)]);
+        }
+        for kind in ["snapshot", "delta"] {
+            m.acked.touch(&[("kind", kind)]);
+        }
+        m
+    }
+
+    /// Records a finished scan: its duration and what it saw.
+    pub fn record_scan(&self, scan: &Scan) {
+        self.scans.inc(&[("outcome", "ok")]);
+        self.scan_duration.observe(
+            &[],
+            Duration::from_micros(scan.stats.scan_duration_micros).as_secs_f64(),
+        );
+        let mut sockets: BTreeMap<Labels, f64> = BTreeMap::new();
+        for s in &scan.sockets {
+            let key = vec![
+                ("protocol", s.key.protocol.as_str().to_string()),
+                ("state", s.state.as_str().to_string()),
+            ];
+            *sockets.entry(key).or_insert(0.0) += 1.0;
+        }
+        self.sockets.replace(sockets);
+        let st = &scan.stats;
+        for (reason, n) in [
+            ("no_permission", st.unattributed_no_permission),
+            ("process_gone", st.unattributed_process_gone),
+            ("unknown", st.unattributed_unknown),
+        ] {
+            self.unattributed.set(&[("reason", reason)], f64::from(n));
+        }
+    }
+
+    /// Renders every metric in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        self.scans.render(&mut out);
+        self.scan_duration.render(&mut out);
+        self.sockets.render(&mut out);
+        self.unattributed.render(&mut out);
+        self.connected.render(&mut out);
+        self.sent.render(&mut out);
+        self.acked.render(&mut out);
+        self.sent_bytes.render(&mut out);
+        self.reconnects.render(&mut out);
+        self.ack_latency.render(&mut out);
+        out
+    }
+}
+
+/// The process's metrics.
+pub fn global() -> &'static AgentMetrics {
+    static METRICS: LazyLock<AgentMetrics> = LazyLock::new(AgentMetrics::new);
+    &METRICS
+}
+
+/// Serves [`global`] at `/metrics` on `listener` until `shutdown` resolves.
+pub async fn serve(listener: TcpListener, shutdown: impl Future<Output = ()> + Send) {
+    portolan_metrics::serve(listener, Arc::new(|| global().render()), shutdown).await;
+}

@@ -1,0 +1,226 @@
+//! The collector's Prometheus metrics (`portolan_collector_*`), served at `/metrics` when
+//! `[metrics] listen` is set.
+//!
+//! The metrics are process-wide ([`global`]): ingest and rule evaluation record into
+//! them, the HTTP server renders them, with the notifier's figures read at scrape time.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::{Arc, LazyLock, Mutex};
+
+use portolan_rules::lifecycle::{Finding, Status};
+use tokio::net::TcpListener;
+
+use crate::error::IngestError;
+use crate::notify::ReceiverStats;
+use crate::store::WriteReceipt;
+use portolan_metrics::SECONDS;
+pub use portolan_metrics::{Family, Histogram, Labels};
+
+/// Reads the notifier's figures at scrape time.
+type StatsSource = Box<dyn Fn() -> Vec<ReceiverStats> + Send + Sync>;
+
+/// Every metric the collector exports.
+pub struct CollectorMetrics {
+    /// `portolan_collector_agents_connected`.
+    pub agents_connected: Family,
+    /// `portolan_collector_messages_received_total{kind}`.
+    pub messages: Family,
+    /// `portolan_collector_rows_written_total{table}`.
+    pub rows: Family,
+    /// `portolan_collector_ingest_latency_seconds{kind}`.
+    pub ingest_latency: Histogram,
+    /// `portolan_collector_clickhouse_errors_total`.
+    pub clickhouse_errors: Family,
+    /// `portolan_collector_refusals_total{reason}`.
+    pub refusals: Family,
+    /// `portolan_collector_rule_evaluation_duration_seconds`.
+    pub evaluation_duration: Histogram,
+    /// `portolan_collector_rule_evaluations_total{outcome}`.
+    pub evaluations: Family,
+    /// `portolan_collector_rules_failed_total`.
+    pub rules_failed: Family,
+    /// `portolan_collector_findings_open{severity}`.
+    pub findings_open: Family,
+    notifier: Mutex<Option<StatsSource>>,
+}
+
+impl std::fmt::Debug for CollectorMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CollectorMetrics").finish_non_exhaustive()
+    }
+}
+
+/// Severities reported as 0 before any finding opened.
+const SEVERITIES: [&str; 5] = ["info", "low", "medium", "high", "critical"];
+
+impl CollectorMetrics {
+    fn new() -> CollectorMetrics {
+        let m = CollectorMetrics {
+            agents_connected: Family::gauge(
+                "portolan_collector_agents_connected",
+                "Agents with an open ingest stream to this replica (past Hello).",
+            ),
+            messages: Family::counter(
+                "portolan_collector_messages_received_total",
+                "Messages received from agents, by kind (hello, snapshot_part, delta, heartbeat).",
+            ),
+            rows: Family::counter(
+                "portolan_collector_rows_written_total",
+                "Rows written into ClickHouse by ingest, by table.",
+            ),
+            ingest_latency: Histogram::new(
+                "portolan_collector_ingest_latency_seconds",
+                "From receiving a message (a snapshot's last part) to its data being stored, by kind.",
+                SECONDS,
+            ),
+            clickhouse_errors: Family::counter(
+                "portolan_collector_clickhouse_errors_total",
+                "ClickHouse requests that failed: ingest writes and reads, and the findings of rule evaluation (a failing rule query counts in rules_failed_total).",
+            ),
+            refusals: Family::counter(
+                "portolan_collector_refusals_total",
+                "Ingest streams refused or ended by the collector, by reason.",
+            ),
+            evaluation_duration: Histogram::new(
+                "portolan_collector_rule_evaluation_duration_seconds",
+                "How long one evaluation of every rule took.",
+                SECONDS,
+            ),
+            evaluations: Family::counter(
+                "portolan_collector_rule_evaluations_total",
+                "Rule evaluations, by outcome (ok, failed).",
+            ),
+            rules_failed: Family::counter(
+                "portolan_collector_rules_failed_total",
+                "Rules whose query failed in an evaluation (their findings stay as they were).",
+            ),
+            findings_open: Family::gauge(
+                "portolan_collector_findings_open",
+                "Open findings by severity, as of this replica's last evaluation.",
+            ),
+            notifier: Mutex::new(None),
+        };
+        m.agents_connected.set(&[], 0.0);
+        m.clickhouse_errors.touch(&[]);
+        m.rules_failed.touch(&[]);
+        for kind in ["hello", "snapshot_part", "delta", "heartbeat"] {
+            m.messages.touch(&[("kind", kind)]);
+        }
+        for outcome in ["ok", "failed"] {
+            m.evaluations.touch(&[("outcome", outcome)]);
+        }
+        m
+    }
+
+    /// Counts the rows of one stored change.
+    pub fn record_rows(&self, receipt: &WriteReceipt) {
+        for (table, n) in [
+            ("socket_events", receipt.socket_events),
+            ("sockets_current", receipt.sockets_current),
+            ("flow_events", receipt.flow_events),
+            ("flows_current", receipt.flows_current),
+            ("hosts", receipt.hosts),
+            ("host_reports", receipt.host_reports),
+        ] {
+            self.rows.add(&[("table", table)], n as f64);
+        }
+    }
+
+    /// Counts an ingest stream the collector ended with `error`.
+    pub fn record_refusal(&self, error: &IngestError) {
+        let reason = match error {
+            IngestError::NoIdentity(_) => "no_identity",
+            IngestError::NotAnAgent(_) => "not_an_agent",
+            IngestError::HostMismatch { .. } => "host_mismatch",
+            IngestError::Protocol(_) => "protocol",
+            IngestError::Invalid(_) => "invalid",
+            IngestError::TooLarge(_) => "too_large",
+            IngestError::Store(_) => {
+                self.clickhouse_errors.inc(&[]);
+                "storage"
+            }
+        };
+        self.refusals.inc(&[("reason", reason)]);
+    }
+
+    /// Sets `portolan_collector_findings_open` from every finding as now stored.
+    pub fn set_findings<'a>(&self, findings: impl IntoIterator<Item = &'a Finding>) {
+        let mut open: BTreeMap<Labels, f64> = SEVERITIES
+            .iter()
+            .map(|s| (vec![("severity", (*s).to_string())], 0.0))
+            .collect();
+        for f in findings {
+            if f.status == Status::Open {
+                *open
+                    .entry(vec![("severity", f.latest.severity.clone())])
+                    .or_insert(0.0) += 1.0;
+            }
+        }
+        self.findings_open.replace(open);
+    }
+
+    /// Reports the notifier's per-receiver figures at each scrape.
+    pub fn set_notifier_stats(&self, source: StatsSource) {
+        *self.notifier.lock().unwrap_or_else(|e| e.into_inner()) = Some(source);
+    }
+
+    /// Renders every metric in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        self.agents_connected.render(&mut out);
+        self.messages.render(&mut out);
+        self.rows.render(&mut out);
+        self.ingest_latency.render(&mut out);
+        self.clickhouse_errors.render(&mut out);
+        self.refusals.render(&mut out);
+        self.evaluation_duration.render(&mut out);
+        self.evaluations.render(&mut out);
+        self.rules_failed.render(&mut out);
+        self.findings_open.render(&mut out);
+        let stats = self
+            .notifier
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|source| source())
+            .unwrap_or_default();
+        let notifications = Family::counter(
+            "portolan_collector_notifications_total",
+            "Notifications per receiver by outcome (sent, failed, dropped, retried).",
+        );
+        let queued = Family::gauge(
+            "portolan_collector_notifications_queued",
+            "Notifications waiting per receiver.",
+        );
+        for s in &stats {
+            let r = s.receiver.as_str();
+            for (outcome, n) in [
+                ("sent", s.delivered),
+                ("failed", s.failed),
+                ("dropped", s.dropped),
+                ("retried", s.retried),
+            ] {
+                notifications.set(
+                    &[("kind", s.kind), ("receiver", r), ("outcome", outcome)],
+                    n as f64,
+                );
+            }
+            queued.set(&[("kind", s.kind), ("receiver", r)], s.queued as f64);
+        }
+        notifications.render(&mut out);
+        queued.render(&mut out);
+        out
+    }
+}
+
+/// The process's metrics.
+pub fn global() -> &'static CollectorMetrics {
+    static METRICS: LazyLock<CollectorMetrics> = LazyLock::new(CollectorMetrics::new);
+    &METRICS
+}
+
+/// Serves [`global`] at `/metrics` on `listener` until `shutdown` resolves.
+pub async fn serve(listener: TcpListener, shutdown: impl Future<Output = ()> + Send) {
+    portolan_metrics::serve(listener, Arc::new(|| global().render()), shutdown).await;
+}

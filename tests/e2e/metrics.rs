@@ -1,0 +1,160 @@
+//! `/metrics` of both binaries after real activity: an agent in a namespace host streams
+//! to a collector; both scrapes show what happened.
+
+use std::net::{IpAddr, SocketAddr};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use portolan_testkit::{ChildGuard, Lab, eventually_async};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::{Cluster, Limits, binary};
+
+/// `GET /metrics` over plain HTTP/1.0; the body.
+async fn scrape(addr: SocketAddr) -> Result<String, String> {
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: portolan\r\n\r\n")
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .await
+        .map_err(|e| e.to_string())?;
+    match response.split_once("\r\n\r\n") {
+        Some((head, body)) if head.contains(" 200 OK") => Ok(body.to_string()),
+        _ => Err(format!("unexpected response: {response}")),
+    }
+}
+
+/// The value of the sample whose name and labels are exactly `series`.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// The sum of every sample of the metric `name` (all label sets).
+fn total(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_binaries_export_metrics_of_real_activity() -> Result<()> {
+    let lab = Lab::new("metr")?;
+    let host = lab.add_host("a")?;
+    let bridge = IpAddr::V4(lab.bridge_ipv4());
+    let collector_metrics = SocketAddr::from(([127, 0, 0, 1], portolan_testkit::free_port()?));
+    let limits = Limits {
+        collector_extra: format!("\n[metrics]\nlisten = \"{collector_metrics}\"\n"),
+        ..Limits::default()
+    };
+    let cluster = Cluster::start("metrics", &[bridge], limits).await?;
+
+    // The agent serves its metrics inside its namespace, reached through the bridge.
+    let agent_metrics = host.ipv4_addr(9464);
+    let (cert, key) = cluster.pki.agent("host-m")?;
+    let config = cluster.state.path().join("agent-host-m.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "version = 1\nhost_id = \"host-m\"\nscan_interval = \"500ms\"\n\n[collector]\nendpoint = \"https://{collector}\"\n\n[tls]\nca = {ca:?}\ncert = {cert:?}\nkey = {key:?}\n\n[metrics]\nlisten = \"{agent_metrics}\"\n",
+            collector = SocketAddr::new(bridge, cluster.collector_port),
+            ca = cluster.pki.ca_path().display().to_string(),
+            cert = cert.display().to_string(),
+            key = key.display().to_string(),
+        ),
+    )?;
+    let log = std::fs::File::create(cluster.state.path().join("agent-host-m.log"))?;
+    let mut command: Command = host.command(binary("portolan-agent")?);
+    command
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    let _agent = ChildGuard::spawn(&mut command).context("cannot start the agent")?;
+
+    let agent = eventually_async!(
+        timeout = Duration::from_secs(60),
+        interval = Duration::from_millis(250),
+        {
+            let text = scrape(agent_metrics).await?;
+            let scans = sample(&text, "portolan_agent_scans_total{outcome=\"ok\"}").unwrap_or(0.0);
+            let acked = total(&text, "portolan_agent_messages_acked_total");
+            // Not heartbeats: each scrape leaves a TIME_WAIT socket in the agent's
+            // namespace, so while the test scrapes, every scan has a (small) delta.
+            if scans >= 2.0 && acked >= 2.0 {
+                Ok(text)
+            } else {
+                Err(format!("not yet: {scans} scans, {acked} acked\n{text}"))
+            }
+        }
+    );
+    assert_eq!(
+        sample(&agent, "portolan_agent_stream_connected"),
+        Some(1.0),
+        "{agent}"
+    );
+    assert!(total(&agent, "portolan_agent_sockets") >= 1.0, "{agent}");
+    assert!(sample(&agent, "portolan_agent_scan_duration_seconds_count").unwrap_or(0.0) >= 2.0);
+    assert!(sample(&agent, "portolan_agent_sent_bytes_total").unwrap_or(0.0) > 0.0);
+    assert!(sample(&agent, "portolan_agent_ack_latency_seconds_count").unwrap_or(0.0) >= 1.0);
+
+    let collector = eventually_async!(
+        timeout = Duration::from_secs(30),
+        interval = Duration::from_millis(250),
+        {
+            let text = scrape(collector_metrics).await?;
+            if sample(
+                &text,
+                "portolan_collector_messages_received_total{kind=\"heartbeat\"}",
+            )
+            .unwrap_or(0.0)
+                >= 1.0
+            {
+                Ok(text)
+            } else {
+                Err(format!("no heartbeat counted yet\n{text}"))
+            }
+        }
+    );
+    assert_eq!(
+        sample(&collector, "portolan_collector_agents_connected"),
+        Some(1.0),
+        "{collector}"
+    );
+    assert!(
+        total(&collector, "portolan_collector_rows_written_total") > 0.0,
+        "{collector}"
+    );
+    assert!(
+        sample(
+            &collector,
+            "portolan_collector_rows_written_total{table=\"host_reports\"}"
+        )
+        .unwrap_or(0.0)
+            >= 2.0,
+        "{collector}"
+    );
+    assert!(
+        sample(
+            &collector,
+            "portolan_collector_ingest_latency_seconds_count{kind=\"snapshot\"}"
+        )
+        .unwrap_or(0.0)
+            >= 1.0,
+        "{collector}"
+    );
+    assert_eq!(
+        sample(&collector, "portolan_collector_clickhouse_errors_total"),
+        Some(0.0)
+    );
+    Ok(())
+}
