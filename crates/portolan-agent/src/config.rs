@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use portolan_metrics::MetricsSection;
 use portolan_tls::TlsFiles;
 use serde::{Deserialize, Serialize};
 
@@ -152,30 +153,4 @@ pub fn os_pretty_name() -> String {
         .find_map(|l| l.strip_prefix("PRETTY_NAME="))
         .map(|v| v.trim_matches('"').to_string())
         .unwrap_or_default()
-}
-
-/// `[metrics]`: Prometheus metrics over plain HTTP.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct MetricsSection {
-    /// `host:port` to serve `/metrics` on (plain HTTP, no authentication: bind it where
-    /// only the scraper reaches). Empty: no metrics server.
-    pub listen: String,
-}
-
-impl MetricsSection {
-    /// The address to serve on, `None` when off; invalid addresses are reported by
-    /// `validate()`.
-    pub fn listen_addr(&self) -> Option<std::net::SocketAddr> {
-        self.listen.parse().ok()
-    }
-
-    fn validate(&self, problems: &mut Vec<String>) {
-        if !self.listen.is_empty() && self.listen.parse::<std::net::SocketAddr>().is_err() {
-            problems.push(format!(
-                "`metrics.listen` is `{}`; use an address and port such as `0.0.0.0:9464`, or empty for no metrics",
-                self.listen
-            ));
-        }
-    }
 }
