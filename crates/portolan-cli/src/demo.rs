@@ -166,6 +166,15 @@ pub fn run(args: DemoArgs, out: &mut dyn Write) -> Result<()> {
             .map(|_| ())
         },
     )?;
+    // The state directory may hold an earlier demo's data: what counts is a change stored
+    // after this agent started.
+    let store = runtime.block_on(Store::connect(&ClickHouseConfig {
+        url: url.clone(),
+        database: database.into(),
+        user: None,
+        password: None,
+    }))?;
+    let seq_before = runtime.block_on(store.last_seq(&host_id)).unwrap_or(0);
     eprintln!(
         "starting the agent for host `{host_id}` (log: {})",
         dir.join("agent.log").display()
@@ -180,12 +189,6 @@ pub fn run(args: DemoArgs, out: &mut dyn Write) -> Result<()> {
         )?,
     ));
 
-    let store = runtime.block_on(Store::connect(&ClickHouseConfig {
-        url: url.clone(),
-        database: database.into(),
-        user: None,
-        password: None,
-    }))?;
     let sockets = wait_for(
         args.timeout,
         "this host's inventory in ClickHouse",
@@ -193,7 +196,7 @@ pub fn run(args: DemoArgs, out: &mut dyn Write) -> Result<()> {
         &dir.join("agent.log"),
         || {
             let seq = runtime.block_on(store.last_seq(&host_id)).ok()?;
-            if seq == 0 {
+            if seq <= seq_before {
                 return None;
             }
             runtime.block_on(store.current_sockets(&host_id)).ok()
