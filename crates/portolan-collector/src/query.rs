@@ -758,8 +758,7 @@ impl Query {
             .filter(|f| after.as_ref().is_none_or(|a| finding_order(f) > *a))
             .collect();
         findings.sort_by_key(finding_order);
-        let truncated = findings.len() > size;
-        findings.truncate(size);
+        let (findings, truncated) = crate::store::fleet::page(findings, size);
         let next_page_token = match findings.last() {
             Some(last) if truncated => {
                 let (rank, host, subject, fingerprint) = finding_order(last);

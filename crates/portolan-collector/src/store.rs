@@ -307,6 +307,32 @@ pub struct StoredSocket {
     pub updated_at: SystemTime,
 }
 
+impl SocketCurrentRow {
+    /// The socket this row holds, with its processes, seq and time.
+    pub(crate) fn stored(&self) -> Result<StoredSocket, StoreError> {
+        let (socket, processes) = self.cols().decode(table::SOCKETS_CURRENT)?;
+        Ok(StoredSocket {
+            socket,
+            processes,
+            seq: self.seq,
+            updated_at: from_datetime(self.updated_at),
+        })
+    }
+}
+
+impl FlowCurrentRow {
+    /// The flow this row holds, with its process, seq and time.
+    pub(crate) fn stored(&self) -> Result<StoredFlow, StoreError> {
+        let (flow, process) = self.cols().decode(table::FLOWS_CURRENT)?;
+        Ok(StoredFlow {
+            flow,
+            process,
+            seq: self.seq,
+            updated_at: from_datetime(self.updated_at),
+        })
+    }
+}
+
 impl StoredSocket {
     /// The first owner's name, when known.
     pub fn process_name(&self) -> Option<&str> {
@@ -1064,17 +1090,7 @@ impl Store {
                 self.client.query(queries::CURRENT_SOCKETS).bind(host_id),
             )
             .await?;
-        rows.into_iter()
-            .map(|r| {
-                let (socket, processes) = r.cols().decode(table::SOCKETS_CURRENT)?;
-                Ok(StoredSocket {
-                    socket,
-                    processes,
-                    seq: r.seq,
-                    updated_at: from_datetime(r.updated_at),
-                })
-            })
-            .collect()
+        rows.iter().map(SocketCurrentRow::stored).collect()
     }
 
     /// The current flows of a host, ordered by key.
@@ -1086,17 +1102,7 @@ impl Store {
                 self.client.query(queries::CURRENT_FLOWS).bind(host_id),
             )
             .await?;
-        rows.into_iter()
-            .map(|r| {
-                let (flow, process) = r.cols().decode(table::FLOWS_CURRENT)?;
-                Ok(StoredFlow {
-                    flow,
-                    process,
-                    seq: r.seq,
-                    updated_at: from_datetime(r.updated_at),
-                })
-            })
-            .collect()
+        rows.iter().map(FlowCurrentRow::stored).collect()
     }
 
     /// The stored inventory of a host: host facts from its latest `hosts` row, current

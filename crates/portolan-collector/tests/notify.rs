@@ -94,6 +94,22 @@ fn seconds(value: &Value) -> Result<u64> {
     Ok(t.duration_since(UNIX_EPOCH)?.as_secs())
 }
 
+/// Waits until receiver `index`'s figures satisfy `done`, and returns them.
+async fn stats_when(
+    notifier: &Notifier,
+    index: usize,
+    done: impl Fn(&ReceiverStats) -> bool,
+) -> Result<ReceiverStats> {
+    Ok(eventually_async!(timeout = WAIT, {
+        let s = stats(notifier, index)?;
+        if done(&s) {
+            Ok(s)
+        } else {
+            Err(anyhow::anyhow!("{s:?}"))
+        }
+    }))
+}
+
 fn stats(notifier: &Notifier, index: usize) -> Result<ReceiverStats> {
     notifier
         .stats()
@@ -268,14 +284,7 @@ async fn a_receiver_answering_503_twice_then_200_gets_the_notification() -> Resu
         changes: vec![change(Event::Opened, finding("00CC", Status::Open, t))],
         open: vec![],
     });
-    let s = eventually_async!(timeout = WAIT, {
-        let s = stats(&notifier, 0)?;
-        if s.delivered == 1 {
-            Ok(s)
-        } else {
-            Err(anyhow::anyhow!("{s:?}"))
-        }
-    });
+    let s = stats_when(&notifier, 0, |s| s.delivered == 1).await?;
     assert_eq!((s.retried, s.failed, s.dropped), (2, 0, 0), "{s:?}");
     let bodies: Vec<String> = hook.requests().iter().map(Recorded::text).collect();
     assert_eq!(bodies.len(), 3);
@@ -315,24 +324,10 @@ async fn a_4xx_answer_is_not_retried_and_a_dead_receiver_is_given_up() -> Result
         changes: vec![change(Event::Opened, finding("00DD", Status::Open, t))],
         open: vec![],
     });
-    let s = eventually_async!(timeout = WAIT, {
-        let s = stats(&notifier, 0)?;
-        if s.failed == 1 {
-            Ok(s)
-        } else {
-            Err(anyhow::anyhow!("{s:?}"))
-        }
-    });
+    let s = stats_when(&notifier, 0, |s| s.failed == 1).await?;
     assert_eq!((s.delivered, s.retried), (0, 0), "{s:?}");
     assert_eq!(rejecting.count(), 1, "a 400 is not retried");
-    let s = eventually_async!(timeout = WAIT, {
-        let s = stats(&notifier, 1)?;
-        if s.failed == 1 {
-            Ok(s)
-        } else {
-            Err(anyhow::anyhow!("{s:?}"))
-        }
-    });
+    let s = stats_when(&notifier, 1, |s| s.failed == 1).await?;
     assert_eq!((s.delivered, s.retried), (0, 2), "3 attempts: {s:?}");
     Ok(())
 }
@@ -436,14 +431,7 @@ async fn a_full_queue_drops_the_oldest_and_counts_them() -> Result<()> {
         .map(|r| Ok(json(r)?["finding"]["fingerprint"].to_string()))
         .collect::<Result<_>>()?;
     assert_eq!(fingerprints, ["\"0201\"", "\"0204\"", "\"0205\""]);
-    let s = eventually_async!(timeout = WAIT, {
-        let s = stats(&notifier, 0)?;
-        if s.delivered == 3 {
-            Ok(s)
-        } else {
-            Err(anyhow::anyhow!("{s:?}"))
-        }
-    });
+    let s = stats_when(&notifier, 0, |s| s.delivered == 3).await?;
     assert_eq!((s.dropped, s.queued, s.failed), (2, 0, 0), "{s:?}");
     Ok(())
 }

@@ -393,20 +393,13 @@ impl Store {
         let query = bind_socket_list(self.client.query(&sql), filter, host_ids.as_deref());
         let limit = filter.limit.max(1);
         let rows: Vec<SocketCurrentRow> = self.fetch(table::SOCKETS_CURRENT, query).await?;
-        let truncated = rows.len() > limit as usize;
+        let (rows, truncated) = page(rows, limit as usize);
         let sockets = rows
-            .into_iter()
-            .take(limit as usize)
+            .iter()
             .map(|r| {
-                let (socket, processes) = r.cols().decode(table::SOCKETS_CURRENT)?;
                 Ok(FleetSocket {
                     host_id: r.host_id.clone(),
-                    socket: StoredSocket {
-                        socket,
-                        processes,
-                        seq: r.seq,
-                        updated_at: from_datetime(r.updated_at),
-                    },
+                    socket: r.stored()?,
                 })
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
@@ -430,25 +423,26 @@ impl Store {
         let query = bind_flow_list(self.client.query(&sql), filter, host_ids.as_deref());
         let limit = filter.limit.max(1);
         let rows: Vec<FlowCurrentRow> = self.fetch(table::FLOWS_CURRENT, query).await?;
-        let truncated = rows.len() > limit as usize;
+        let (rows, truncated) = page(rows, limit as usize);
         let flows = rows
-            .into_iter()
-            .take(limit as usize)
+            .iter()
             .map(|r| {
-                let (flow, process) = r.cols().decode(table::FLOWS_CURRENT)?;
                 Ok(FleetFlow {
                     host_id: r.host_id.clone(),
-                    flow: StoredFlow {
-                        flow,
-                        process,
-                        seq: r.seq,
-                        updated_at: from_datetime(r.updated_at),
-                    },
+                    flow: r.stored()?,
                 })
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
         Ok((flows, truncated))
     }
+}
+
+/// The first `limit` of `rows` (fetched with `LIMIT limit + 1`), and whether there were
+/// more.
+pub(crate) fn page<T>(mut rows: Vec<T>, limit: usize) -> (Vec<T>, bool) {
+    let more = rows.len() > limit;
+    rows.truncate(limit);
+    (rows, more)
 }
 
 #[cfg(test)]

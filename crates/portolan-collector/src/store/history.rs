@@ -469,8 +469,7 @@ impl Store {
         if query.newest_first {
             keyed.reverse();
         }
-        let more = keyed.len() > limit;
-        keyed.truncate(limit);
+        let (keyed, more) = super::fleet::page(keyed, limit);
         Ok((keyed.into_iter().map(|(_, e)| e).collect(), more))
     }
 
