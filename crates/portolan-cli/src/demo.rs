@@ -281,7 +281,7 @@ fn print_listeners(
                 .first()
                 .and_then(|pid| s.processes.iter().find(|p| p.pid == *pid));
             let owner = match first {
-                Some(p) => format!("{}/{}", p.pid, display_name(p)),
+                Some(p) => format!("{}/{}", p.pid, p.display_name()),
                 None => format!("({})", s.socket.attribution.as_str()),
             };
             let user = first.map(|p| p.user.clone()).unwrap_or_default();
@@ -356,17 +356,6 @@ fn print_listeners(
         flows.len()
     )?;
     Ok(())
-}
-
-/// The process's name, untruncated: `comm` is cut at 15 bytes, so when the executable's
-/// file name extends it, the file name is shown.
-fn display_name(p: &portolan_core::Process) -> &str {
-    let base = p.executable.rsplit('/').next().unwrap_or("");
-    if p.name.len() >= 15 && base.starts_with(&p.name) {
-        base
-    } else {
-        &p.name
-    }
 }
 
 /// The default rule pack, shipped in the binary.

@@ -385,10 +385,7 @@ async fn hosts(
     })
     .await?;
     let rows: Vec<HostRow> = found.rows.iter().map(HostRow::from).collect();
-    print_list(out, ctx, &rows, "no hosts matched")?;
-    if found.more {
-        cut("hosts", args.limit);
-    }
+    print_found(out, ctx, &rows, "hosts", 0, found.more, args.limit)?;
     Ok(true)
 }
 
@@ -444,15 +441,7 @@ async fn sockets(
     })
     .await?;
     let rows: Vec<SocketRow> = found.rows.iter().map(SocketRow::from).collect();
-    let none = if at > 0 {
-        format!("no sockets matched at {}", when::rfc3339(at))
-    } else {
-        "no sockets matched".to_string()
-    };
-    print_list(out, ctx, &rows, &none)?;
-    if found.more {
-        cut("sockets", args.limit);
-    }
+    print_found(out, ctx, &rows, "sockets", at, found.more, args.limit)?;
     Ok(true)
 }
 
@@ -507,10 +496,7 @@ async fn findings(
     })
     .await?;
     let rows: Vec<FindingRow> = found.rows.iter().map(FindingRow::from).collect();
-    print_list(out, ctx, &rows, "no findings matched")?;
-    if found.more {
-        cut("findings", args.limit);
-    }
+    print_found(out, ctx, &rows, "findings", 0, found.more, args.limit)?;
     Ok(!rows.is_empty())
 }
 
@@ -546,16 +532,32 @@ async fn flows(
     })
     .await?;
     let rows: Vec<FlowRow> = found.rows.iter().map(FlowRow::from).collect();
-    let none = if at > 0 {
-        format!("no flows matched at {}", when::rfc3339(at))
-    } else {
-        "no flows matched".to_string()
-    };
-    print_list(out, ctx, &rows, &none)?;
-    if found.more {
-        cut("flows", args.limit);
-    }
+    print_found(out, ctx, &rows, "flows", at, found.more, args.limit)?;
     Ok(true)
+}
+
+/// Prints the rows of a list verb (`what`: `sockets`, `flows`, …). When nothing matched,
+/// people are told so (naming the instant `at` when it is not now, 0); when more matched
+/// than `--limit`, they are told that too.
+fn print_found<R: Record>(
+    out: &mut dyn Write,
+    ctx: &Context,
+    rows: &[R],
+    what: &str,
+    at: i64,
+    more: bool,
+    limit: u32,
+) -> Result<()> {
+    let none = if at > 0 {
+        format!("no {what} matched at {}", when::rfc3339(at))
+    } else {
+        format!("no {what} matched")
+    };
+    print_list(out, ctx, rows, &none)?;
+    if more {
+        cut(what, limit);
+    }
+    Ok(())
 }
 
 /// Prints rows; for people, no rows is a line on stderr instead of a lone header

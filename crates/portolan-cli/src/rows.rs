@@ -23,7 +23,7 @@ pub use event::EventRow;
 pub use finding::{AckRow, FindingChangeRow, FindingRow};
 pub use flow::FlowRow;
 pub use host::{HostDetail, HostRow, InterfaceRow};
-pub use process::ProcessRow;
+pub use process::{label as process_label, process_row};
 pub use snapshot::SnapshotDoc;
 pub use socket::SocketRow;
 pub use tested::{RulesTestReport, TestedFindingRow};

@@ -25,6 +25,20 @@ pub struct Process {
     pub cgroup: String,
 }
 
+impl Process {
+    /// The name, untruncated: the kernel cuts `comm` at 15 bytes, so when the
+    /// executable's file name extends it, the file name is shown (`clickhouse-server`,
+    /// not `clickhouse-serv`).
+    pub fn display_name(&self) -> &str {
+        let base = self.executable.rsplit('/').next().unwrap_or("");
+        if self.name.len() >= 15 && base.starts_with(&self.name) {
+            base
+        } else {
+            &self.name
+        }
+    }
+}
+
 /// Extracts the systemd unit and container id from a cgroup path.
 ///
 /// Recognises `…/nginx.service`, `…/docker-<64 hex>.scope`, `…/docker/<64 hex>`,
@@ -66,6 +80,24 @@ fn is_container_id(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_name_cut_by_the_kernel_is_completed_from_the_executable() {
+        let p = |name: &str, executable: &str| Process {
+            name: name.into(),
+            executable: executable.into(),
+            ..Process::default()
+        };
+        assert_eq!(
+            p("clickhouse-serv", "/usr/bin/clickhouse-server").display_name(),
+            "clickhouse-server"
+        );
+        assert_eq!(
+            p("postgres", "/usr/bin/postgres-15").display_name(),
+            "postgres"
+        );
+        assert_eq!(p("kworker/0:1-eve", "").display_name(), "kworker/0:1-eve");
+    }
 
     const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 

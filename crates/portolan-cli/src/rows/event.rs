@@ -4,7 +4,9 @@ use portolan_proto::v1 as pb;
 use serde::Serialize;
 
 use super::socket::{scope_paint, state_text};
-use super::{ProcessRow, address_text, endpoint, enum_name};
+use portolan_core::Process;
+
+use super::{address_text, endpoint, enum_name, process_label, process_row};
 use crate::output::{Column, Context, Paint, Record};
 
 /// One event of a host's history: a socket or a flow that appeared, changed or went
@@ -28,7 +30,7 @@ pub struct EventRow {
     /// The flow, for a flow event; `null` for a socket event.
     pub flow: Option<EventFlow>,
     /// The owning processes known then.
-    pub processes: Vec<ProcessRow>,
+    pub processes: Vec<Process>,
 }
 
 /// A socket as an event carries it (JSON: an event's `socket`).
@@ -130,7 +132,7 @@ impl From<&pb::HostEvent> for EventRow {
             key: e.key.clone(),
             socket,
             flow,
-            processes: e.processes.iter().map(ProcessRow::from).collect(),
+            processes: e.processes.iter().map(process_row).collect(),
         }
     }
 }
@@ -203,8 +205,8 @@ impl EventRow {
     /// says why (`(kernel)`).
     fn owner(&self) -> String {
         match (self.processes.as_slice(), &self.socket, &self.flow) {
-            ([only], _, _) => only.label(),
-            ([first, rest @ ..], _, _) => format!("{} +{}", first.label(), rest.len()),
+            ([only], _, _) => process_label(only),
+            ([first, rest @ ..], _, _) => format!("{} +{}", process_label(first), rest.len()),
             ([], Some(s), _) => format!("({})", s.attribution),
             ([], _, Some(f)) if f.pid == 0 => "(kernel)".into(),
             ([], _, Some(f)) => f.pid.to_string(),
@@ -225,7 +227,7 @@ impl EventRow {
         }
     }
 
-    fn of_process(&self, field: fn(&ProcessRow) -> &str) -> String {
+    fn of_process(&self, field: fn(&Process) -> &str) -> String {
         self.processes
             .first()
             .map(field)

@@ -4,7 +4,9 @@ use portolan_proto::v1 as pb;
 use serde::Serialize;
 
 use super::socket::{state_paint, state_text};
-use super::{ProcessRow, address_text, enum_name, host_name};
+use portolan_core::Process;
+
+use super::{address_text, enum_name, host_name, process_label, process_row};
 use crate::output::{Column, Paint, Record};
 
 /// A current flow of a host: connections folded by endpoint (JSON: an element of the
@@ -32,7 +34,7 @@ pub struct FlowRow {
     /// The owning process id; 0 when the kernel holds the sockets.
     pub pid: u32,
     /// The owning process; `null` when unknown or held by the kernel.
-    pub process: Option<ProcessRow>,
+    pub process: Option<Process>,
     /// Where the other end is: `inside` the fleet or `outside`.
     pub peer: String,
     /// The fleet host at the other end; empty when outside.
@@ -57,7 +59,7 @@ impl From<&pb::HostFlow> for FlowRow {
             state: enum_name::<pb::SocketState>(flow.state),
             connections: flow.connections,
             pid: flow.pid,
-            process: f.process.as_ref().map(ProcessRow::from),
+            process: f.process.as_ref().map(process_row),
             peer: enum_name::<pb::Peer>(f.peer),
             peer_host_id: f.peer_host_id.clone(),
             peer_hostname: f.peer_hostname.clone(),
@@ -69,7 +71,7 @@ impl From<&pb::HostFlow> for FlowRow {
 impl FlowRow {
     fn owner(&self) -> String {
         match (&self.process, self.pid) {
-            (Some(p), _) => p.label(),
+            (Some(p), _) => process_label(p),
             (None, 0) => "(kernel)".into(),
             (None, pid) => pid.to_string(),
         }
@@ -83,7 +85,7 @@ impl FlowRow {
         }
     }
 
-    fn of_process(&self, field: fn(&ProcessRow) -> &str) -> String {
+    fn of_process(&self, field: fn(&Process) -> &str) -> String {
         self.process
             .as_ref()
             .map(field)

@@ -3,7 +3,9 @@
 use portolan_proto::v1 as pb;
 use serde::Serialize;
 
-use super::{ProcessRow, address_text, endpoint, enum_name, host_name};
+use portolan_core::Process;
+
+use super::{address_text, endpoint, enum_name, host_name, process_label, process_row};
 use crate::output::{Column, Context, Paint, Record};
 
 /// A current socket of a host (JSON: an element of the array).
@@ -42,7 +44,7 @@ pub struct SocketRow {
     /// Owning process ids.
     pub pids: Vec<u32>,
     /// Owning processes, as far as known.
-    pub processes: Vec<ProcessRow>,
+    pub processes: Vec<Process>,
     /// Unix seconds of the change that last touched it.
     pub updated_unix: i64,
 }
@@ -65,7 +67,7 @@ impl From<&pb::HostSocket> for SocketRow {
             inode: socket.inode,
             uid: socket.uid,
             pids: socket.pids.clone(),
-            processes: s.processes.iter().map(ProcessRow::from).collect(),
+            processes: s.processes.iter().map(process_row).collect(),
             updated_unix: s.updated_unix,
         }
     }
@@ -73,7 +75,7 @@ impl From<&pb::HostSocket> for SocketRow {
 
 impl SocketRow {
     /// The first owning process.
-    fn process(&self) -> Option<&ProcessRow> {
+    fn process(&self) -> Option<&Process> {
         self.processes.first()
     }
 
@@ -81,8 +83,8 @@ impl SocketRow {
     fn owner(&self) -> String {
         match self.processes.as_slice() {
             [] => format!("({})", self.attribution),
-            [only] => only.label(),
-            [first, rest @ ..] => format!("{} +{}", first.label(), rest.len()),
+            [only] => process_label(only),
+            [first, rest @ ..] => format!("{} +{}", process_label(first), rest.len()),
         }
     }
 
@@ -94,7 +96,7 @@ impl SocketRow {
         }
     }
 
-    fn of_process(&self, field: fn(&ProcessRow) -> &str) -> String {
+    fn of_process(&self, field: fn(&Process) -> &str) -> String {
         self.process().map(field).unwrap_or_default().to_string()
     }
 }
