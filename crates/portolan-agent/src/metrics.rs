@@ -12,6 +12,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use crate::scan::Scan;
+use portolan_core::{Protocol, SocketState};
 use portolan_metrics::SECONDS;
 pub use portolan_metrics::{Family, Histogram, Labels};
 
@@ -108,14 +109,23 @@ impl AgentMetrics {
             &[],
             Duration::from_micros(scan.stats.scan_duration_micros).as_secs_f64(),
         );
-        let mut sockets: BTreeMap<Labels, f64> = BTreeMap::new();
+        // Counted by enum pair first: no allocation per socket on the scan path.
+        let mut counts: BTreeMap<(Protocol, SocketState), u32> = BTreeMap::new();
         for s in &scan.sockets {
-            let key = vec![
-                ("protocol", s.key.protocol.as_str().to_string()),
-                ("state", s.state.as_str().to_string()),
-            ];
-            *sockets.entry(key).or_insert(0.0) += 1.0;
+            *counts.entry((s.key.protocol, s.state)).or_insert(0) += 1;
         }
+        let sockets: BTreeMap<Labels, f64> = counts
+            .into_iter()
+            .map(|((protocol, state), n)| {
+                (
+                    vec![
+                        ("protocol", protocol.as_str().to_string()),
+                        ("state", state.as_str().to_string()),
+                    ],
+                    f64::from(n),
+                )
+            })
+            .collect();
         self.sockets.replace(sockets);
         let st = &scan.stats;
         for (reason, n) in [
