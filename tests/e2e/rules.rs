@@ -102,11 +102,15 @@ impl Alerts {
                 if a["labels"]["alertname"] != rule || a["labels"]["host_id"] != host {
                     continue;
                 }
-                let ends = a["endsAt"]
+                // Firing: endsAt ahead; resolved: endsAt reached. Without a readable
+                // endsAt an alert proves neither.
+                let Some(ends) = a["endsAt"]
                     .as_str()
-                    .and_then(|t| humantime::parse_rfc3339(t).ok());
-                let firing = ends.is_some_and(|e| e > wall(&r));
-                out.push((r.at, firing));
+                    .and_then(|t| humantime::parse_rfc3339(t).ok())
+                else {
+                    continue;
+                };
+                out.push((r.at, ends > wall(&r)));
             }
         }
         out
