@@ -62,9 +62,17 @@ lint:
     cargo fmt --all --check
     cargo clippy --workspace --all-targets -- -D warnings
 
+# A bounded soak: 200 real agents (SOAK_AGENTS) streaming to one collector for 3 minutes (SOAK_MINUTES) while listeners churn; reports the memory growth of the collector and the agents, fails on a lost or doubled event.
+soak: setup build
+    ulimit -n 65536 && cargo run -p portolan-e2e --example soak
+
 # The scan benchmark: 20,000 loopback sockets, agent scan time as a ratio to `ss -tanp` in the same run.
 bench-scan: setup
     cargo bench -p portolan-agent --bench scan
+
+# The namespace benchmark: one scan of every network namespace at 1, 10 and 100 namespaces, as a ratio to `ss -tuanp` run inside each of them in the same run (root).
+bench-netns: setup
+    cargo bench -p portolan-agent --bench netns
 
 # The rules benchmark: the default pack over 10,000 synthetic hosts × 50 sockets in a managed ClickHouse, each rule's time as a ratio to one pass over the current sockets.
 bench-rules: setup

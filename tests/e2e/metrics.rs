@@ -64,8 +64,9 @@ async fn both_binaries_export_metrics_of_real_activity() -> Result<()> {
     std::fs::write(
         &config,
         format!(
-            "version = 1\nhost_id = \"host-m\"\nscan_interval = \"500ms\"\n\n[collector]\nendpoint = \"https://{collector}\"\n\n[tls]\nca = {ca:?}\ncert = {cert:?}\nkey = {key:?}\n\n[metrics]\nlisten = \"{agent_metrics}\"\n",
+            "version = 1\nhost_id = \"host-m\"\nscan_interval = \"500ms\"\n\n[collector]\nendpoint = \"https://{collector}\"\n\n[spool]\ndir = {spool:?}\n\n[tls]\nca = {ca:?}\ncert = {cert:?}\nkey = {key:?}\n\n[metrics]\nlisten = \"{agent_metrics}\"\n",
             collector = SocketAddr::new(bridge, cluster.collector_port),
+            spool = cluster.agent_spool_dir("host-m").display().to_string(),
             ca = cluster.pki.ca_path().display().to_string(),
             cert = cert.display().to_string(),
             key = key.display().to_string(),
@@ -155,6 +156,97 @@ async fn both_binaries_export_metrics_of_real_activity() -> Result<()> {
     assert_eq!(
         sample(&collector, "portolan_collector_clickhouse_errors_total"),
         Some(0.0)
+    );
+    Ok(())
+}
+
+/// The footprint guard: an agent whose CPU budget is far below what it uses steps up to
+/// level 3 (scans 4× less often, no /proc walk for new sockets) and says so in its
+/// metrics and log, while it keeps streaming.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_over_its_cpu_budget_backs_off_and_says_so() -> Result<()> {
+    let lab = Lab::new("foot")?;
+    let host = lab.add_host("a")?;
+    let bridge = IpAddr::V4(lab.bridge_ipv4());
+    let cluster = Cluster::start("footprint", &[bridge], Limits::default()).await?;
+    let agent_metrics = host.ipv4_addr(9464);
+    let (cert, key) = cluster.pki.agent("host-f")?;
+    let config = cluster.state.path().join("agent-host-f.toml");
+    let interval = Duration::from_millis(200);
+    std::fs::write(
+        &config,
+        format!(
+            "version = 1\nhost_id = \"host-f\"\nscan_interval = \"{ms}ms\"\n\n[collector]\nendpoint = \"https://{collector}\"\n\n[spool]\ndir = {spool:?}\n\n[footprint]\nmax_cpu_percent = 0.001\n\n[tls]\nca = {ca:?}\ncert = {cert:?}\nkey = {key:?}\n\n[metrics]\nlisten = \"{agent_metrics}\"\n",
+            ms = interval.as_millis(),
+            collector = SocketAddr::new(bridge, cluster.collector_port),
+            spool = cluster.agent_spool_dir("host-f").display().to_string(),
+            ca = cluster.pki.ca_path().display().to_string(),
+            cert = cert.display().to_string(),
+            key = key.display().to_string(),
+        ),
+    )?;
+    let log_path = cluster.state.path().join("agent-host-f.log");
+    let log = std::fs::File::create(&log_path)?;
+    let mut command: Command = host.command(binary("portolan-agent")?);
+    command
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    let _agent = ChildGuard::spawn(&mut command).context("cannot start the agent")?;
+
+    let text = eventually_async!(
+        timeout = Duration::from_secs(60),
+        interval = Duration::from_millis(250),
+        {
+            let text = scrape(agent_metrics).await?;
+            match sample(&text, "portolan_agent_footprint_level") {
+                Some(level) if level >= 3.0 => Ok(text),
+                other => Err(format!("footprint level {other:?}")),
+            }
+        }
+    );
+    let cpu = sample(&text, "portolan_agent_cpu_percent").unwrap_or(0.0);
+    let rss = sample(&text, "portolan_agent_resident_memory_bytes").unwrap_or(0.0);
+    assert!(cpu > 0.001, "the guard measured {cpu}% CPU");
+    assert!(rss > 1e6, "the guard measured {rss} resident bytes");
+    let scans = |t: &str| sample(t, "portolan_agent_scans_total{outcome=\"ok\"}").unwrap_or(0.0);
+    let before = scans(&text);
+    let window = Duration::from_secs(4);
+    tokio::time::sleep(window).await;
+    let after = scrape(agent_metrics).await.map_err(anyhow::Error::msg)?;
+    let scanned = scans(&after) - before;
+    let nominal = window.as_secs_f64() / interval.as_secs_f64();
+    println!(
+        "footprint guard: level 3 at {cpu:.2}% CPU (budget 0.001%), {:.1} MiB resident; {scanned} scans in {window:?} where {nominal} were configured",
+        rss / 1048576.0
+    );
+    assert!(
+        scanned <= nominal / 2.0,
+        "{scanned} scans in {window:?}: the interval did not grow"
+    );
+    let log = std::fs::read_to_string(&log_path)?;
+    assert!(
+        log.contains("footprint guard changed process attribution"),
+        "the agent logged the back-off:\n{log}"
+    );
+    // It still streams: its snapshot is stored.
+    eventually_async!(
+        timeout = Duration::from_secs(30),
+        interval = Duration::from_millis(250),
+        {
+            let reports = cluster
+                .store
+                .reports("host-f")
+                .await
+                .map_err(|e| e.to_string())?;
+            if reports.is_empty() {
+                Err("nothing stored".to_string())
+            } else {
+                Ok(())
+            }
+        }
     );
     Ok(())
 }

@@ -64,6 +64,7 @@ pub(crate) fn listener_socket(port: u32) -> pb::Socket {
         attribution: pb::Attribution::Owned as i32,
         scope: pb::Scope::Wildcard as i32,
         exposure: pb::Scope::Private as i32,
+        ..pb::Socket::default()
     }
 }
 
@@ -85,6 +86,7 @@ pub(crate) fn snapshot(
         processes,
         last_part: true,
         stats: Some(pb::ScanStats::default()),
+        ..pb::Snapshot::default()
     })
 }
 

@@ -71,7 +71,7 @@ impl Pki {
 pub struct Cluster {
     pub state: TempState,
     /// Kept for the cluster's lifetime: dropping it stops the server.
-    _clickhouse: ManagedClickHouse,
+    clickhouse: ManagedClickHouse,
     pub clickhouse_url: String,
     pub database: String,
     pub store: Store,
@@ -97,6 +97,15 @@ pub struct Limits {
     pub rules: Option<String>,
     /// TOML appended to the first collector's configuration (e.g. `[notify]`).
     pub collector_extra: String,
+    /// Collectors read a revocation list (`tls.revoked`), empty at first
+    /// ([`Cluster::revoked_path`]).
+    pub revocation_list: bool,
+    /// `limits.max_messages_per_second` and `limits.max_message_burst`, when not the
+    /// defaults.
+    pub message_rate: Option<(u32, u32)>,
+    /// Environment variables for the collector processes (e.g. `OTEL_*`); see
+    /// [`Cluster::set_collector_env`].
+    pub collector_env: Vec<(String, String)>,
 }
 
 impl Default for Limits {
@@ -106,6 +115,9 @@ impl Default for Limits {
             max_sockets_per_message: 20_000,
             rules: None,
             collector_extra: String::new(),
+            revocation_list: false,
+            message_rate: None,
+            collector_env: Vec::new(),
         }
     }
 }
@@ -135,7 +147,7 @@ impl Cluster {
         let clickhouse_url = clickhouse.url();
         let mut cluster = Cluster {
             state,
-            _clickhouse: clickhouse,
+            clickhouse,
             clickhouse_url,
             database,
             store,
@@ -187,6 +199,31 @@ impl Cluster {
             ));
             std::fs::write(&config, text)?;
         }
+        if let Some((rate, burst)) = self.limits.message_rate {
+            let text = std::fs::read_to_string(&config)?.replacen(
+                "\n[limits]\n",
+                &format!(
+                    "\n[limits]\nmax_messages_per_second = {rate}\nmax_message_burst = {burst}\n"
+                ),
+                1,
+            );
+            std::fs::write(&config, text)?;
+        }
+        if self.limits.revocation_list {
+            let revoked = self.revoked_path();
+            if !revoked.exists() {
+                std::fs::write(&revoked, "# nothing revoked yet\n")?;
+            }
+            let text = std::fs::read_to_string(&config)?.replacen(
+                "\n[clickhouse]\n",
+                &format!(
+                    "revoked = {:?}\n\n[clickhouse]\n",
+                    revoked.display().to_string()
+                ),
+                1,
+            );
+            std::fs::write(&config, text)?;
+        }
         if n == 0 && !self.limits.collector_extra.is_empty() {
             let mut text = std::fs::read_to_string(&config)?;
             text.push_str(&self.limits.collector_extra);
@@ -218,6 +255,7 @@ impl Cluster {
                 .arg("--config")
                 .arg(&replica.config)
                 .env("PORTOLAN_LOG", "info,portolan_collector=debug")
+                .envs(self.limits.collector_env.iter().map(|(k, v)| (k, v)))
                 .stdin(Stdio::null())
                 .stdout(log.try_clone()?)
                 .stderr(log),
@@ -235,11 +273,30 @@ impl Cluster {
         Ok(())
     }
 
+    /// Environment variables for collector processes started from now on.
+    pub fn set_collector_env(&mut self, env: Vec<(String, String)>) {
+        self.limits.collector_env = env;
+    }
+
+    /// The pid of collector replica `n` while it runs.
+    pub fn collector_pid(&mut self, n: usize) -> Option<u32> {
+        let child = self.collectors.get_mut(n)?.child.as_mut()?;
+        match child.try_wait() {
+            Ok(None) => Some(child.id()),
+            _ => None,
+        }
+    }
+
     /// Stops collector replica `n` with SIGKILL, as a crash would.
     pub fn kill_collector(&mut self, n: usize) {
         if let Some(replica) = self.collectors.get_mut(n) {
             drop(replica.child.take());
         }
+    }
+
+    /// The revocation list the collectors read when `Limits::revocation_list` is set.
+    pub fn revoked_path(&self) -> PathBuf {
+        self.state.path().join("revoked.txt")
     }
 
     pub fn collector_log(&self) -> String {
@@ -256,6 +313,19 @@ impl Cluster {
         interval: Duration,
         labels: &[(&str, &str)],
     ) -> Result<ChildGuard> {
+        self.spawn_agent_with_env(host, host_id, collector, interval, labels, &[])
+    }
+
+    /// [`Cluster::spawn_agent`] with extra environment variables for the agent process.
+    pub fn spawn_agent_with_env(
+        &self,
+        host: Option<&NetnsHost>,
+        host_id: &str,
+        collector: SocketAddr,
+        interval: Duration,
+        labels: &[(&str, &str)],
+        env: &[(&str, &str)],
+    ) -> Result<ChildGuard> {
         let (cert, key) = self.pki.agent(host_id)?;
         let endpoint = format!("https://{collector}");
         let labels: String = labels
@@ -266,14 +336,19 @@ impl Cluster {
         std::fs::write(
             &config,
             format!(
-                "version = 1\nhost_id = {host_id:?}\nhostname = {host_id:?}\nscan_interval = \"{ms}ms\"\n\n[labels]\n{labels}\n[collector]\nendpoint = {endpoint:?}\nack_timeout = \"20s\"\nmax_backoff = \"2s\"\n\n[tls]\nca = {ca:?}\ncert = {cert:?}\nkey = {key:?}\n",
+                "version = 1\nhost_id = {host_id:?}\nhostname = {host_id:?}\nscan_interval = \"{ms}ms\"\n\n[labels]\n{labels}\n[collector]\nendpoint = {endpoint:?}\nack_timeout = \"20s\"\nmax_backoff = \"2s\"\n\n[spool]\ndir = {spool:?}\n\n[tls]\nca = {ca:?}\ncert = {cert:?}\nkey = {key:?}\n",
                 ms = interval.as_millis(),
+                spool = self.agent_spool_dir(host_id).display().to_string(),
                 ca = self.pki.ca_path().display().to_string(),
                 cert = cert.display().to_string(),
                 key = key.display().to_string(),
             ),
         )?;
-        let log = std::fs::File::create(self.state.path().join(format!("agent-{host_id}.log")))?;
+        // Appended to: an agent restarted under the same host_id keeps one log.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.state.path().join(format!("agent-{host_id}.log")))?;
         let mut command = match host {
             Some(host) => host.command(binary("portolan-agent")?),
             None => Command::new(binary("portolan-agent")?),
@@ -282,10 +357,29 @@ impl Cluster {
             .args(["run", "--config"])
             .arg(&config)
             .env("PORTOLAN_LOG", "info,portolan_agent=debug")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
         Ok(ChildGuard::spawn(&mut command)?)
+    }
+
+    /// The spool directory of the agent `host_id` (kept across its restarts).
+    pub fn agent_spool_dir(&self, host_id: &str) -> PathBuf {
+        self.state.path().join(format!("agent-{host_id}-spool"))
+    }
+
+    /// Stops ClickHouse (SIGTERM, waits for the exit); [`Cluster::start_clickhouse`]
+    /// brings it back on the same ports and data.
+    pub async fn stop_clickhouse(&mut self) -> Result<()> {
+        self.clickhouse.stop().await?;
+        Ok(())
+    }
+
+    /// Starts the stopped ClickHouse again and waits until it answers.
+    pub async fn start_clickhouse(&mut self) -> Result<()> {
+        self.clickhouse.start_again().await?;
+        Ok(())
     }
 
     pub fn agent_log(&self, host_id: &str) -> String {
@@ -320,6 +414,7 @@ pub fn inventory_from_ss(ss: &[SsSocket], host: HostState) -> Inventory {
                 remote_address,
                 remote_port,
                 inode: s.inode.unwrap_or(0),
+                netns: 0,
             },
             state: s.state,
             uid: s.uid,

@@ -9,10 +9,13 @@ on the ClickHouse that the `chdb-core` package embeds:
     python3 -m venv .venv && .venv/bin/pip install chdb-core
     cargo test -p portolan-collector --test store_chdb_dump
     cargo test -p portolan-rules --test chdb_dump
+    cargo nextest run -p portolan-e2e -E 'test(grafana_provisioning)'
     .venv/bin/python tools/chdb/check.py [target/chdb]
 
-The compiled default rule pack (`rules.sql`, from the second command) runs after each
-schema's statements, on the tables they created; it is skipped with a note when missing.
+The compiled default rule pack (`rules.sql`, from the second command) and the Grafana
+queries of deploy/grafana with their macros and variables expanded (`grafana.sql`, from
+the third) run after each schema's statements, on the tables they created; each is
+skipped with a note when missing.
 
 Both schema flavors are checked, each in its own database: the modern one (what a
 current server gets) and the legacy one (what a database created on an old server
@@ -67,15 +70,21 @@ def main():
         "legacy": [dump / "schema_legacy.sql", dump / "queries_legacy.sql"],
     }
     missing = [str(p) for files in flavors.values() for p in files if not p.exists()]
-    rules = dump / "rules.sql"
-    if rules.exists():
-        for files in flavors.values():
-            files.append(rules)
-    else:
-        print(
-            f"chdb: {rules} missing, rules not checked "
-            "(run `cargo test -p portolan-rules --test chdb_dump`)"
-        )
+    extras = [
+        ("rules.sql", "rules", "cargo test -p portolan-rules --test chdb_dump"),
+        (
+            "grafana.sql",
+            "Grafana queries",
+            "cargo nextest run -p portolan-e2e -E 'test(grafana_provisioning)'",
+        ),
+    ]
+    for name, what, command in extras:
+        extra = dump / name
+        if extra.exists():
+            for files in flavors.values():
+                files.append(extra)
+        else:
+            print(f"chdb: {extra} missing, {what} not checked (run `{command}`)")
     if missing:
         sys.exit(
             "tools/chdb/check.py: missing "

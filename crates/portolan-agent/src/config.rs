@@ -9,7 +9,7 @@ use portolan_tls::TlsFiles;
 use serde::{Deserialize, Serialize};
 
 /// Everything the agent can be configured with.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AgentConfig {
     /// Configuration format version; 1.
@@ -27,14 +27,66 @@ pub struct AgentConfig {
     /// Attribute sockets to processes (needs CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE to
     /// see other users' processes).
     pub attribute_processes: bool,
+    /// Which network namespaces to inventory: `own` (the agent's) or `all` (every
+    /// container, pod and `ip netns` namespace a process under `proc_root` lives in;
+    /// needs the host's PID namespace, and CAP_SYS_ADMIN to scope their wildcard binds).
+    pub namespaces: crate::scan::Namespaces,
+    /// The kubelet's pod log directories, where pod names and namespaces are learnt.
+    pub pod_logs_dir: PathBuf,
     /// Labels of this host (`env = "prod"`, `role = "db"`).
     pub labels: BTreeMap<String, String>,
     /// Where to send inventories.
     pub collector: CollectorSection,
     /// The agent's certificate.
     pub tls: TlsFiles,
+    /// Where changes wait for the collector.
+    pub spool: SpoolSection,
+    /// The agent's own budget of CPU and memory.
+    pub footprint: FootprintSection,
     /// Prometheus metrics.
     pub metrics: MetricsSection,
+}
+
+/// `[spool]`: the on-disk queue of changes the collector has not acknowledged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpoolSection {
+    /// Directory of `spool.log` (the agent needs it writable; it survives restarts).
+    pub dir: PathBuf,
+    /// Largest size of the spool file. When changes outgrow it while the collector is
+    /// unreachable, they are folded into the newest inventory and the gap is recorded.
+    #[serde(with = "portolan_config::bytes")]
+    pub max_size: u64,
+}
+
+/// `[footprint]`: past these, the agent scans less often and, at the last step, stops
+/// attributing new sockets to processes, until it is back under them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FootprintSection {
+    /// CPU the agent may use, in percent of one core, averaged over its recent scans.
+    pub max_cpu_percent: f64,
+    /// Resident memory the agent may use.
+    #[serde(with = "portolan_config::bytes")]
+    pub max_memory: u64,
+}
+
+impl Default for SpoolSection {
+    fn default() -> Self {
+        SpoolSection {
+            dir: PathBuf::from("/var/lib/portolan-agent"),
+            max_size: 64 << 20,
+        }
+    }
+}
+
+impl Default for FootprintSection {
+    fn default() -> Self {
+        FootprintSection {
+            max_cpu_percent: 5.0,
+            max_memory: 128 << 20,
+        }
+    }
 }
 
 /// `[collector]`.
@@ -62,6 +114,8 @@ impl Default for AgentConfig {
             scan_interval: Duration::from_secs(10),
             proc_root: PathBuf::from("/proc"),
             attribute_processes: true,
+            namespaces: crate::scan::Namespaces::Own,
+            pod_logs_dir: PathBuf::from("/var/log/pods"),
             labels: BTreeMap::new(),
             collector: CollectorSection::default(),
             tls: TlsFiles {
@@ -69,6 +123,8 @@ impl Default for AgentConfig {
                 cert: PathBuf::from("/etc/portolan/agent.pem"),
                 key: PathBuf::from("/etc/portolan/agent.key"),
             },
+            spool: SpoolSection::default(),
+            footprint: FootprintSection::default(),
             metrics: MetricsSection::default(),
         }
     }
@@ -105,6 +161,24 @@ impl AgentConfig {
             problems.push(format!(
                 "`collector.endpoint` is `{}`; it must start with https:// (Portolan speaks mutual TLS only)",
                 self.collector.endpoint
+            ));
+        }
+        if self.spool.max_size < 1 << 20 {
+            problems.push(format!(
+                "`spool.max_size` is {}; use at least 1MiB (the spool must hold one inventory)",
+                portolan_config::bytes::format(self.spool.max_size)
+            ));
+        }
+        if self.footprint.max_cpu_percent.is_nan() || self.footprint.max_cpu_percent <= 0.0 {
+            problems.push(format!(
+                "`footprint.max_cpu_percent` is {}; it must be above 0",
+                self.footprint.max_cpu_percent
+            ));
+        }
+        if self.footprint.max_memory < 8 << 20 {
+            problems.push(format!(
+                "`footprint.max_memory` is {}; use at least 8MiB",
+                portolan_config::bytes::format(self.footprint.max_memory)
             ));
         }
         self.metrics.validate(&mut problems);

@@ -3,7 +3,9 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod footprint;
 pub mod metrics;
 pub mod output;
 pub mod scan;
+pub mod spool;
 pub mod stream;

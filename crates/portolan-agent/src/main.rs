@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use portolan_agent::config::AgentConfig;
 use portolan_agent::output::{self, View};
-use portolan_agent::scan::{ScanOptions, Scanner};
+use portolan_agent::scan::{Namespaces, ScanOptions, Scanner};
 use portolan_agent::stream::{self, HostFacts};
 use std::collections::BTreeMap;
 
@@ -57,6 +57,9 @@ struct ScanArgs {
     /// Do not walk /proc to find the processes that own sockets.
     #[arg(long)]
     no_processes: bool,
+    /// Inventory every network namespace (containers, pods, `ip netns`), not only this one.
+    #[arg(long)]
+    all_namespaces: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -143,12 +146,9 @@ fn run_agent(args: &RunArgs) -> anyhow::Result<()> {
         print!("{}", portolan_config::to_toml(&config)?);
         return Ok(());
     }
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PORTOLAN_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(io::stderr)
-        .init();
+    // Logs on stderr (`PORTOLAN_LOG`); traces over OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT`
+    // is set. Held to the end: dropping it exports the last spans.
+    let _telemetry = portolan_telemetry::init("portolan-agent");
     let host_id = config.resolve_host_id().map_err(UsageError)?;
     portolan_tls::identity::validate_name("host_id", &host_id)
         .map_err(|e| UsageError(e.to_string()))?;
@@ -214,6 +214,11 @@ async fn shutdown_signal() {
 fn scan(args: &ScanArgs) -> anyhow::Result<()> {
     let mut scanner = Scanner::new(ScanOptions {
         attribute_processes: !args.no_processes,
+        namespaces: if args.all_namespaces {
+            Namespaces::All
+        } else {
+            Namespaces::Own
+        },
         ..ScanOptions::default()
     });
     let scan = scanner.scan().context("cannot scan this host's sockets")?;

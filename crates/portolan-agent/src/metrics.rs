@@ -39,6 +39,21 @@ pub struct AgentMetrics {
     pub reconnects: Family,
     /// `portolan_agent_ack_latency_seconds`.
     pub ack_latency: Histogram,
+    /// `portolan_agent_spool_pending_changes`.
+    pub spool_pending: Family,
+    /// `portolan_agent_spool_bytes`.
+    pub spool_bytes: Family,
+    /// `portolan_agent_spool_gaps_total`.
+    pub spool_gaps: Family,
+    /// `portolan_agent_footprint_level`.
+    pub footprint_level: Family,
+    /// `portolan_agent_cpu_percent`.
+    pub cpu_percent: Family,
+    /// `portolan_agent_resident_memory_bytes`.
+    pub resident_bytes: Family,
+    /// `portolan_agent_network_namespaces{source}` of the last scan: `sock_diag` (the
+    /// agent's own and those it entered) or `procfs` (read from `/proc/<pid>/net`).
+    pub namespaces: Family,
 }
 
 impl AgentMetrics {
@@ -86,7 +101,37 @@ impl AgentMetrics {
                 "From sending a snapshot or delta to its acknowledgement.",
                 SECONDS,
             ),
+            namespaces: Family::gauge(
+                "portolan_agent_network_namespaces",
+                "Network namespaces the last scan inventoried, by how they were read (sock_diag: entered, with interface addresses; procfs: /proc/<pid>/net without CAP_SYS_ADMIN, wildcard binds reported as public).",
+            ),
+            spool_pending: Family::gauge(
+                "portolan_agent_spool_pending_changes",
+                "Snapshots and deltas in the spool that the collector has not acknowledged.",
+            ),
+            spool_bytes: Family::gauge(
+                "portolan_agent_spool_bytes",
+                "Size of the spool file (spool.max_size bounds it).",
+            ),
+            spool_gaps: Family::counter(
+                "portolan_agent_spool_gaps_total",
+                "Times the spool was full and unsent changes were folded into one snapshot (a gap in history).",
+            ),
+            footprint_level: Family::gauge(
+                "portolan_agent_footprint_level",
+                "Footprint guard level: 0 normal, 1 and 2 longer scan intervals, 3 also no process walk (over footprint.max_cpu_percent or max_memory).",
+            ),
+            cpu_percent: Family::gauge(
+                "portolan_agent_cpu_percent",
+                "The agent's CPU use in percent of one core, smoothed over recent scans.",
+            ),
+            resident_bytes: Family::gauge(
+                "portolan_agent_resident_memory_bytes",
+                "The agent's resident memory (VmRSS).",
+            ),
         };
+        m.spool_gaps.touch(&[]);
+        m.footprint_level.set(&[], 0.0);
         m.connected.set(&[], 0.0);
         m.reconnects.touch(&[]);
         m.sent_bytes.touch(&[]);
@@ -135,6 +180,13 @@ impl AgentMetrics {
         ] {
             self.unattributed.set(&[("reason", reason)], f64::from(n));
         }
+        let procfs = st.namespaces_from_procfs;
+        self.namespaces.set(
+            &[("source", "sock_diag")],
+            f64::from(st.namespaces.saturating_sub(procfs)),
+        );
+        self.namespaces
+            .set(&[("source", "procfs")], f64::from(procfs));
     }
 
     /// Renders every metric in the Prometheus text format.
@@ -150,6 +202,13 @@ impl AgentMetrics {
         self.sent_bytes.render(&mut out);
         self.reconnects.render(&mut out);
         self.ack_latency.render(&mut out);
+        self.spool_pending.render(&mut out);
+        self.spool_bytes.render(&mut out);
+        self.spool_gaps.render(&mut out);
+        self.footprint_level.render(&mut out);
+        self.cpu_percent.render(&mut out);
+        self.resident_bytes.render(&mut out);
+        self.namespaces.render(&mut out);
         out
     }
 }

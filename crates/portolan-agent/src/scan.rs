@@ -17,6 +17,8 @@
 //! [`ScanStats`]; nothing in `/proc` aborts a scan.
 
 mod host;
+mod netns;
+mod pods;
 mod procfs;
 mod sock_diag;
 #[cfg(test)]
@@ -48,6 +50,23 @@ pub struct ScanOptions {
     /// The passwd file user names come from (`/etc/passwd`; the host's when the agent runs
     /// in a container).
     pub passwd_path: PathBuf,
+    /// Which network namespaces to inventory.
+    pub namespaces: Namespaces,
+    /// The kubelet's pod log directories (`<namespace>_<name>_<uid>`), where pod names and
+    /// namespaces are learnt without API rights; a missing directory means none are.
+    pub pod_logs_dir: PathBuf,
+}
+
+/// Which network namespaces a scan inventories.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Namespaces {
+    /// The agent's own only (the host's, for an agent in the host namespace).
+    #[default]
+    Own,
+    /// Every namespace some process under `proc_root` lives in: containers, pods and
+    /// `ip netns` namespaces. Needs the host's PID namespace (`hostPID` in Kubernetes).
+    All,
 }
 
 impl Default for ScanOptions {
@@ -56,6 +75,8 @@ impl Default for ScanOptions {
             proc_root: PathBuf::from("/proc"),
             attribute_processes: true,
             passwd_path: PathBuf::from("/etc/passwd"),
+            namespaces: Namespaces::Own,
+            pod_logs_dir: PathBuf::from("/var/log/pods"),
         }
     }
 }
@@ -142,6 +163,7 @@ impl Scan {
 pub struct Scanner {
     options: ScanOptions,
     dumper: Dumper,
+    ns_dumper: Dumper,
     walker: FdWalker,
     users: Users,
     raw: Vec<RawSocket>,
@@ -154,6 +176,7 @@ impl Scanner {
             users: Users::new(options.passwd_path.clone()),
             options,
             dumper: Dumper::default(),
+            ns_dumper: Dumper::default(),
             walker: FdWalker::default(),
             raw: Vec::new(),
         }
@@ -164,62 +187,112 @@ impl Scanner {
         &self.options
     }
 
+    /// Turns the /proc walk on or off for the next scans (the footprint guard turns it off
+    /// when the agent is over its budget).
+    pub fn set_attribute_processes(&mut self, on: bool) {
+        self.options.attribute_processes = on;
+    }
+
     /// Lists every socket, attributes it and reads the host facts.
     ///
     /// The `/proc` walk runs on a second thread while the kernel dumps sockets: the two
-    /// are independent and take comparable time.
+    /// are independent and take comparable time. Other network namespaces (with
+    /// [`Namespaces::All`]) are read on a third thread, the only one that ever enters
+    /// another namespace; it exits when done.
     pub fn scan(&mut self) -> Result<Scan, ScanError> {
         let started = Instant::now();
+        let namespaces = match self.options.namespaces {
+            Namespaces::Own => Vec::new(),
+            Namespaces::All => netns::discover(&self.options.proc_root, netns::own_inode()),
+        };
         let Scanner {
             options,
             dumper,
+            ns_dumper,
             walker,
             raw,
             ..
         } = self;
-        let (dumped, walked) = if options.attribute_processes {
-            let proc_root = &options.proc_root;
-            let parallel = thread::scope(|scope| {
-                let walk = thread::Builder::new()
+        let proc_root = &options.proc_root;
+        let attribute = options.attribute_processes;
+        let (dumped, walked, others) = thread::scope(|scope| {
+            let walk = if attribute {
+                thread::Builder::new()
                     .name("portolan-proc-walk".into())
                     .spawn_scoped(scope, || walker.walk(proc_root))
-                    .ok()?;
-                let dumped = dumper.dump_all(raw);
-                let walked = walk.join().unwrap_or_else(|_| WalkOutcome {
+                    .ok()
+            } else {
+                None
+            };
+            let read_others = if namespaces.is_empty() {
+                None
+            } else {
+                thread::Builder::new()
+                    .name("portolan-netns".into())
+                    .spawn_scoped(scope, || {
+                        netns::read_all(proc_root, &namespaces, ns_dumper, true)
+                    })
+                    .ok()
+            };
+            let dumped = dumper.dump_all(raw);
+            let others = read_others.map(|handle| {
+                handle.join().unwrap_or_else(|_| netns::Others {
+                    warnings: vec!["reading the other network namespaces failed".into()],
+                    ..netns::Others::default()
+                })
+            });
+            let walked = walk.map(|handle| {
+                handle.join().unwrap_or_else(|_| WalkOutcome {
                     unreadable: true,
                     vanished: false,
                     other_error: Some("the /proc walk failed".into()),
-                });
-                Some((dumped, walked))
+                })
             });
-            match parallel {
-                Some((dumped, walked)) => (dumped, Some(walked)),
-                // No thread to be had: walk, then dump.
-                None => {
-                    let walked = walker.walk(proc_root);
-                    (dumper.dump_all(raw), Some(walked))
-                }
+            (dumped, walked, others)
+        });
+        let others = match others {
+            Some(others) => others,
+            // No thread to be had: read them here, never entering a namespace on this
+            // thread.
+            None if !namespaces.is_empty() => {
+                netns::read_all(proc_root, &namespaces, ns_dumper, false)
             }
-        } else {
-            (dumper.dump_all(raw), None)
+            None => netns::Others::default(),
+        };
+        let walked = match walked {
+            Some(walked) => Some(walked),
+            // No thread to be had: walk after the dump.
+            None if attribute => Some(walker.walk(proc_root)),
+            None => None,
         };
         dumped?;
-        Ok(self.finish(walked, started))
+        self.raw.extend_from_slice(&others.sockets);
+        Ok(self.finish(walked, others, started))
     }
 
     /// Everything after the socket dump and the fd walk: host facts, attribution, the
     /// owning processes' details and the statistics.
-    fn finish(&mut self, walked: Option<WalkOutcome>, started: Instant) -> Scan {
+    fn finish(
+        &mut self,
+        walked: Option<WalkOutcome>,
+        others: netns::Others,
+        started: Instant,
+    ) -> Scan {
         let mut warnings = Vec::new();
+        let mut interfaces = host::interface_addresses().unwrap_or_else(|e| {
+            warnings.push(format!(
+                "cannot list interface addresses: {e} (wildcard listeners are reported as public)"
+            ));
+            Vec::new()
+        });
+        interfaces.extend(others.interfaces);
+        interfaces.sort();
+        interfaces.dedup();
         let host = HostState {
-            interfaces: host::interface_addresses().unwrap_or_else(|e| {
-                warnings.push(format!(
-                    "cannot list interface addresses: {e} (wildcard listeners are reported as public)"
-                ));
-                Vec::new()
-            }),
+            interfaces,
             ephemeral_ports: host::ephemeral_ports(&self.options.proc_root),
         };
+        warnings.extend(others.warnings);
         if let Some(error) = walked.as_ref().and_then(|w| w.other_error.as_ref()) {
             warnings.push(error.clone());
         }
@@ -227,10 +300,17 @@ impl Scanner {
         if !owners.is_empty() {
             self.users.refresh();
         }
+        let pods = pods::PodNames::read(&self.options.pod_logs_dir);
         let processes = owners
             .into_iter()
-            .map(|pid| procfs::read_process(&self.options.proc_root, pid, &self.users))
+            .map(|pid| {
+                let mut p = procfs::read_process(&self.options.proc_root, pid, &self.users);
+                pods.fill(&mut p);
+                p
+            })
             .collect();
+        stats.namespaces = 1 + others.read;
+        stats.namespaces_from_procfs = others.from_procfs;
         stats.scan_duration_micros =
             u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         Scan {
@@ -284,6 +364,7 @@ fn attribute(
                     remote_address: s.remote_address,
                     remote_port: s.remote_port,
                     inode,
+                    netns: s.netns,
                 },
                 state: s.state,
                 uid: s.uid,

@@ -2,14 +2,17 @@
 //! in flight at a time, acknowledged before the next; reconnection with exponential
 //! backoff and full jitter.
 //!
-//! A delta is always computed against the inventory the collector acknowledged last, so
-//! what the collector stores is exactly the chain of inventories the agent saw.
+//! Scanning does not wait for the collector: a scan loop records every change in the
+//! on-disk spool ([`crate::spool`]), and the stream sends from the spool whatever the
+//! collector's Welcome says it lacks. Each delta follows the record before it, so what the
+//! collector stores is exactly the chain of inventories the agent saw, with their scan
+//! times, even across an outage or an agent restart.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use portolan_core::wire::{delta_to_wire, snapshot_parts};
-use portolan_core::{Inventory, ScanStats, diff};
+use portolan_core::ScanStats;
+use portolan_core::wire::snapshot_parts;
 use portolan_proto::v1 as pb;
 use portolan_proto::v1::ingest_service_client::IngestServiceClient;
 use portolan_proto::v1::stream_inventory_request::Message as AgentMessage;
@@ -20,8 +23,10 @@ use tonic::Streaming;
 use tracing::{debug, info, warn};
 
 use crate::config::AgentConfig;
+use crate::footprint::{self, Guard};
 use crate::metrics;
-use crate::scan::{Scan, ScanOptions, Scanner};
+use crate::scan::{ScanOptions, Scanner};
+use crate::spool::{Outgoing, Recorded, Spool, SpoolError};
 
 /// Sockets + flows per snapshot part (well under the collector's default limits).
 const SNAPSHOT_PART_ITEMS: usize = 5_000;
@@ -50,6 +55,9 @@ pub enum StreamError {
     /// The scanner failed.
     #[error("scan failed: {0}")]
     Scan(String),
+    /// The spool could not be read or written.
+    #[error("{0}")]
+    Spool(String),
 }
 
 impl StreamError {
@@ -83,7 +91,8 @@ pub struct HostFacts {
     pub os: String,
 }
 
-/// Runs the agent until `shutdown` turns true: connects, streams, reconnects.
+/// Runs the agent until `shutdown` turns true: scans into the spool on one task, and
+/// connects, streams and reconnects on this one.
 pub async fn run(
     config: AgentConfig,
     facts: HostFacts,
@@ -92,20 +101,34 @@ pub async fn run(
     let scanner = Scanner::new(ScanOptions {
         proc_root: config.proc_root.clone(),
         attribute_processes: config.attribute_processes,
+        namespaces: config.namespaces,
+        pod_logs_dir: config.pod_logs_dir.clone(),
         ..ScanOptions::default()
     });
-    let mut agent = Agent {
-        config: Arc::new(config),
-        facts,
-        scanner: Some(scanner),
-        acked: None,
-        in_flight: None,
-    };
+    let spool = Spool::open(&config.spool.dir, config.spool.max_size)
+        .map_err(|e| StreamError::Setup(e.to_string()))?;
+    if spool.pending() > 0 {
+        info!(
+            records = spool.pending(),
+            bytes = spool.bytes(),
+            "the spool holds changes from before this start; they are sent once a collector answers"
+        );
+    }
+    let spool = Arc::new(Mutex::new(spool));
+    let config = Arc::new(config);
+    let (reports_tx, mut reports) = watch::channel(None);
+    let scans = tokio::spawn(scan_loop(
+        config.clone(),
+        scanner,
+        spool.clone(),
+        reports_tx,
+    ));
+    let _stop_scans = AbortOnDrop(scans.abort_handle());
     let mut failures: u32 = 0;
     loop {
         let started = Instant::now();
         let result = tokio::select! {
-            r = agent.session() => r,
+            r = session(&config, &facts, &spool, &mut reports) => r,
             _ = shutdown.changed() => return Ok(()),
         };
         let err = match result {
@@ -118,7 +141,7 @@ pub async fn run(
         }
         failures = failures.saturating_add(1);
         metrics::global().reconnects.inc(&[]);
-        let max = agent.config.collector.max_backoff;
+        let max = config.collector.max_backoff;
         let wait = if err.needs_operator() {
             max
         } else {
@@ -142,186 +165,319 @@ pub fn backoff(failures: u32, max: Duration) -> Duration {
     bound.mul_f64(jitter).max(Duration::from_millis(50))
 }
 
-struct Agent {
-    config: Arc<AgentConfig>,
-    facts: HostFacts,
-    /// Taken while a scan runs on a blocking thread.
-    scanner: Option<Scanner>,
-    /// The last inventory a collector acknowledged, and its seq. Kept across
-    /// reconnections: when the collector's stored seq is this one, the agent goes on with
-    /// deltas instead of a full snapshot (no snapshot storm after a collector restart).
-    acked: Option<(u64, Inventory)>,
-    /// The inventory of the snapshot or delta sent and not yet acknowledged, and its
-    /// seq. When the connection breaks after the collector stored it but before its
-    /// acknowledgement arrived, the next Welcome names this seq: it is then as good as
-    /// acknowledged, and the agent goes on with deltas.
-    in_flight: Option<(u64, Inventory)>,
+/// What the scan loop tells the stream after each scan.
+#[derive(Debug, Clone)]
+struct ScanReport {
+    /// Scan time (Unix nanoseconds).
+    at: i64,
+    stats: ScanStats,
+    /// Whether the scan added anything to the spool.
+    changed: bool,
 }
 
-impl Agent {
-    async fn scan(&mut self) -> Result<Scan, StreamError> {
-        let mut scanner = self
-            .scanner
-            .take()
-            .ok_or_else(|| StreamError::Scan("scanner lost by an earlier failure".into()))?;
-        let (scanner, result) = tokio::task::spawn_blocking(move || {
-            let result = scanner.scan();
-            (scanner, result)
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Scans every interval (stretched by the footprint guard) and records each change in the
+/// spool, connected or not.
+async fn scan_loop(
+    config: Arc<AgentConfig>,
+    scanner: Scanner,
+    spool: Arc<Mutex<Spool>>,
+    reports: watch::Sender<Option<ScanReport>>,
+) {
+    let mut guard = Guard::new(config.footprint.clone());
+    let mut scanner = Some(scanner);
+    let mut last_observed = Instant::now();
+    let mut attribute = config.attribute_processes;
+    let mut next_scan = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep_until(next_scan).await;
+        let Some(mut taken) = scanner.take() else {
+            return;
+        };
+        let spool_for_scan = spool.clone();
+        let joined = tokio::task::spawn_blocking(move || {
+            let result = scan_into_spool(&mut taken, &spool_for_scan, attribute);
+            (taken, result)
         })
-        .await
-        .map_err(|e| StreamError::Scan(format!("scan task failed: {e}")))?;
-        self.scanner = Some(scanner);
+        .await;
+        let (returned, result) = match joined {
+            Ok(pair) => pair,
+            Err(e) => {
+                warn!(error = %e, "the scan task failed; the agent stops scanning");
+                return;
+            }
+        };
+        scanner = Some(returned);
         match result {
-            Ok(scan) => {
-                metrics::global().record_scan(&scan);
-                Ok(scan)
+            Ok(report) => {
+                if reports.send(Some(report)).is_err() {
+                    return;
+                }
             }
             Err(e) => {
                 metrics::global().scans.inc(&[("outcome", "failed")]);
-                Err(StreamError::Scan(e.to_string()))
+                warn!(error = %e, "scan failed; retrying at the next interval");
             }
+        }
+        // The footprint guard: measured after the scan, which is most of the agent's work.
+        let elapsed = last_observed.elapsed();
+        last_observed = Instant::now();
+        let m = metrics::global();
+        let resident = footprint::resident_bytes().unwrap_or(0);
+        let decision = match footprint::cpu_seconds() {
+            Some(cpu) => guard.observe(cpu, elapsed, resident),
+            None => guard.observe(0.0, elapsed, resident),
+        };
+        m.cpu_percent.set(&[], guard.cpu_percent());
+        m.resident_bytes.set(&[], resident as f64);
+        m.footprint_level.set(&[], f64::from(decision.level));
+        let wanted = config.attribute_processes && decision.attribute_processes;
+        if wanted != attribute {
+            warn!(
+                level = decision.level,
+                cpu_percent = guard.cpu_percent(),
+                resident,
+                attribute = wanted,
+                "footprint guard changed process attribution"
+            );
+            attribute = wanted;
+        }
+        let interval = config.scan_interval * decision.interval_factor;
+        next_scan += interval;
+        let now = tokio::time::Instant::now();
+        if next_scan < now {
+            // A scan longer than the interval: start the next one a whole interval later
+            // instead of catching up in a burst.
+            next_scan = now + interval;
         }
     }
+}
 
-    async fn session(&mut self) -> Result<(), StreamError> {
-        let config = self.config.clone();
-        let endpoint = config.collector.endpoint.clone();
-        let tls = portolan_tls::client_config(&config.tls_files())
-            .map_err(|e| StreamError::Setup(e.to_string()))?;
-        let options = portolan_tls::ConnectOptions {
-            server_name: (!config.collector.server_name.is_empty())
-                .then(|| config.collector.server_name.clone()),
-            ..portolan_tls::ConnectOptions::default()
-        };
-        let channel = portolan_tls::connect(&endpoint, tls, options)
-            .await
-            .map_err(|e| StreamError::Connect {
-                endpoint: endpoint.clone(),
-                message: e.to_string(),
-            })?;
-        let mut client =
-            IngestServiceClient::new(channel).max_decoding_message_size(4 * 1024 * 1024);
-        let (tx, rx) = mpsc::channel::<pb::StreamInventoryRequest>(4);
-        let hello = pb::Hello {
-            host_id: self.facts.host_id.clone(),
-            hostname: self.facts.hostname.clone(),
-            labels: config.labels.clone().into_iter().collect(),
-            agent_version: env!("CARGO_PKG_VERSION").into(),
-            kernel: self.facts.kernel.clone(),
-            os: self.facts.os.clone(),
-            scan_interval_ms: u64::try_from(config.scan_interval.as_millis()).unwrap_or(u64::MAX),
-        };
-        send(&tx, AgentMessage::Hello(hello)).await?;
-        let mut inbound = client
-            .stream_inventory(ReceiverStream::new(rx))
-            .await?
-            .into_inner();
-        let welcome = match receive(&mut inbound, Duration::from_secs(30)).await? {
-            CollectorMessage::Welcome(w) => w,
-            other => {
-                return Err(StreamError::Protocol(format!(
-                    "expected Welcome, got {other:?}"
-                )));
-            }
-        };
-        info!(endpoint = %endpoint, last_seq = welcome.last_seq, collector = %welcome.collector_version, "connected to collector");
-        let _connected = ConnectedGauge::up();
-        let max_items = usize::try_from(welcome.max_sockets_per_message)
-            .unwrap_or(SNAPSHOT_PART_ITEMS)
-            .clamp(1, SNAPSHOT_PART_ITEMS)
-            / 2;
-        let max_items = max_items.max(1);
+/// One scan, recorded in the spool.
+fn scan_into_spool(
+    scanner: &mut Scanner,
+    spool: &Mutex<Spool>,
+    attribute: bool,
+) -> Result<ScanReport, StreamError> {
+    use tracing::field::Empty;
+    let span = tracing::info_span!(
+        "scan",
+        sockets = Empty,
+        listeners = Empty,
+        connections = Empty,
+        changed = Empty
+    );
+    let _scan = span.enter();
+    scanner.set_attribute_processes(attribute);
+    let scan = scanner
+        .scan()
+        .map_err(|e| StreamError::Scan(e.to_string()))?;
+    metrics::global().record_scan(&scan);
+    span.record("sockets", scan.stats.sockets);
+    span.record("listeners", scan.stats.listeners);
+    span.record("connections", scan.stats.connections);
+    let at = unix_nanos(SystemTime::now());
+    let stats = scan.stats.clone();
+    let mut inventory = scan.inventory();
+    drop(scan);
+    let mut spool = spool
+        .lock()
+        .map_err(|_| StreamError::Scan("the spool lock was poisoned by a panic".into()))?;
+    if !attribute {
+        footprint::keep_known_owners(spool.tip(), &mut inventory);
+    }
+    let recorded = spool
+        .record(inventory, at, &stats)
+        .map_err(|e| StreamError::Spool(e.to_string()))?;
+    if let Recorded::Compacted { seq, gap } = &recorded {
+        metrics::global().spool_gaps.inc(&[]);
+        warn!(
+            seq,
+            dropped_changes = gap.dropped_changes,
+            bytes = spool.bytes(),
+            "the spool is full: unsent changes were folded into one snapshot (a gap in history)"
+        );
+    }
+    record_spool_metrics(&spool);
+    span.record("changed", recorded != Recorded::Unchanged);
+    Ok(ScanReport {
+        at,
+        stats,
+        changed: recorded != Recorded::Unchanged,
+    })
+}
 
-        let mut seq = welcome.last_seq;
-        if let Some(sent) = self.in_flight.take()
-            && sent.0 == welcome.last_seq
-        {
-            debug!(
-                seq = sent.0,
-                "the collector stored the change whose acknowledgement was lost"
-            );
-            self.acked = Some(sent);
+fn record_spool_metrics(spool: &Spool) {
+    let m = metrics::global();
+    m.spool_pending.set(&[], spool.pending() as f64);
+    m.spool_bytes.set(&[], spool.bytes() as f64);
+}
+
+/// Runs `f` on the spool on a blocking thread (it reads and writes the disk).
+async fn with_spool<T: Send + 'static>(
+    spool: &Arc<Mutex<Spool>>,
+    f: impl FnOnce(&mut Spool) -> Result<T, SpoolError> + Send + 'static,
+) -> Result<T, StreamError> {
+    let spool = spool.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut spool = spool
+            .lock()
+            .map_err(|_| StreamError::Spool("the spool lock was poisoned by a panic".into()))?;
+        let result = f(&mut spool).map_err(|e| StreamError::Spool(e.to_string()));
+        record_spool_metrics(&spool);
+        result
+    })
+    .await
+    .map_err(|e| StreamError::Spool(format!("spool task failed: {e}")))?
+}
+
+/// One connection: Hello, Welcome, then everything the spool holds after the collector's
+/// seq, one message in flight at a time; heartbeats when a scan found nothing new.
+async fn session(
+    config: &AgentConfig,
+    facts: &HostFacts,
+    spool: &Arc<Mutex<Spool>>,
+    reports: &mut watch::Receiver<Option<ScanReport>>,
+) -> Result<(), StreamError> {
+    let endpoint = config.collector.endpoint.clone();
+    let tls = portolan_tls::client_config(&config.tls_files())
+        .map_err(|e| StreamError::Setup(e.to_string()))?;
+    let options = portolan_tls::ConnectOptions {
+        server_name: (!config.collector.server_name.is_empty())
+            .then(|| config.collector.server_name.clone()),
+        ..portolan_tls::ConnectOptions::default()
+    };
+    let channel = portolan_tls::connect(&endpoint, tls, options)
+        .await
+        .map_err(|e| StreamError::Connect {
+            endpoint: endpoint.clone(),
+            message: e.to_string(),
+        })?;
+    let mut client = IngestServiceClient::new(channel).max_decoding_message_size(4 * 1024 * 1024);
+    let (tx, rx) = mpsc::channel::<pb::StreamInventoryRequest>(4);
+    let hello = pb::Hello {
+        host_id: facts.host_id.clone(),
+        hostname: facts.hostname.clone(),
+        labels: config.labels.clone().into_iter().collect(),
+        agent_version: env!("CARGO_PKG_VERSION").into(),
+        kernel: facts.kernel.clone(),
+        os: facts.os.clone(),
+        scan_interval_ms: u64::try_from(config.scan_interval.as_millis()).unwrap_or(u64::MAX),
+    };
+    send(&tx, AgentMessage::Hello(hello)).await?;
+    let mut inbound = client
+        .stream_inventory(ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    let welcome = match receive(&mut inbound, Duration::from_secs(30)).await? {
+        CollectorMessage::Welcome(w) => w,
+        other => {
+            return Err(StreamError::Protocol(format!(
+                "expected Welcome, got {other:?}"
+            )));
         }
-        if self
-            .acked
-            .as_ref()
-            .is_some_and(|(acked_seq, _)| *acked_seq != welcome.last_seq)
-        {
-            self.acked = None;
-        }
-        let mut next_scan = tokio::time::Instant::now();
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep_until(next_scan) => {}
-                message = inbound.message() => {
-                    return match message? {
-                        None => Err(StreamError::Protocol("collector closed the stream".into())),
-                        Some(m) => Err(StreamError::Protocol(format!("unexpected message while idle: {:?}", m.message))),
-                    };
-                }
-            }
-            next_scan += config.scan_interval;
-            let scan = self.scan().await?;
-            let at = unix_nanos(SystemTime::now());
-            let stats = scan.stats.clone();
-            let inventory = scan.inventory();
-            let outcome = match &self.acked {
-                None => {
-                    let next = seq + 1;
-                    let parts = snapshot_parts(&inventory, next, at, &stats, max_items);
+    };
+    info!(endpoint = %endpoint, last_seq = welcome.last_seq, collector = %welcome.collector_version, "connected to collector");
+    let _connected = ConnectedGauge::up();
+    let max_items = usize::try_from(welcome.max_sockets_per_message)
+        .unwrap_or(SNAPSHOT_PART_ITEMS)
+        .clamp(1, SNAPSHOT_PART_ITEMS)
+        / 2;
+    let max_items = max_items.max(1);
+    let last_seq = welcome.last_seq;
+    with_spool(spool, move |s| s.connected(last_seq)).await?;
+    // Reports from before this connection are old news: the spool holds their changes.
+    reports.borrow_and_update();
+    loop {
+        // Everything the collector does not hold yet, oldest first.
+        while let Some(out) = with_spool(spool, |s| s.next_to_send()).await? {
+            let seq = out.seq();
+            // Lives until the acknowledgement; its context travels in the message.
+            let send_span = tracing::info_span!("send", kind = tracing::field::Empty, seq);
+            let traceparent = portolan_telemetry::traceparent(&send_span);
+            let kind = match out {
+                Outgoing::Snapshot {
+                    seq,
+                    inventory,
+                    at,
+                    stats,
+                    gap,
+                } => {
+                    let mut parts = snapshot_parts(&inventory, seq, at, &stats, max_items);
+                    if let Some(first) = parts.first_mut() {
+                        first.gap = gap;
+                    }
                     let n = parts.len();
-                    for part in parts {
+                    for mut part in parts {
+                        part.traceparent.clone_from(&traceparent);
                         send(&tx, AgentMessage::Snapshot(part)).await?;
                     }
                     debug!(
-                        seq = next,
+                        seq,
                         parts = n,
                         sockets = inventory.sockets.len(),
                         flows = inventory.flows.len(),
+                        gap = gap.is_some(),
                         "snapshot sent"
                     );
-                    self.in_flight = Some((next, inventory));
-                    metrics::global().sent.inc(&[("kind", "snapshot")]);
-                    timed_ack(&mut inbound, next, config.collector.ack_timeout, "snapshot").await?
+                    "snapshot"
                 }
-                Some((_, base)) => {
-                    let delta = diff(base, &inventory);
-                    if delta.is_empty() {
-                        heartbeat(&tx, seq, at, &stats).await?;
-                        metrics::global().sent.inc(&[("kind", "heartbeat")]);
-                        continue;
-                    }
-                    let next = seq + 1;
-                    send(
-                        &tx,
-                        AgentMessage::Delta(delta_to_wire(&delta, next, seq, at, &stats)),
-                    )
-                    .await?;
+                Outgoing::Delta(mut delta) => {
+                    delta.traceparent = traceparent;
                     debug!(
-                        seq = next,
+                        seq,
                         added = delta.added.len(),
                         removed = delta.removed.len(),
                         changed = delta.changed.len(),
                         flows = delta.flows_upserted.len() + delta.flows_removed.len(),
                         "delta sent"
                     );
-                    self.in_flight = Some((next, inventory));
-                    metrics::global().sent.inc(&[("kind", "delta")]);
-                    timed_ack(&mut inbound, next, config.collector.ack_timeout, "delta").await?
+                    send(&tx, AgentMessage::Delta(delta)).await?;
+                    "delta"
                 }
             };
-            match outcome {
-                Outcome::Acked(s) => {
-                    seq = s;
-                    self.acked = self.in_flight.take().filter(|(sent, _)| *sent == s);
-                }
+            send_span.record("kind", kind);
+            metrics::global().sent.inc(&[("kind", kind)]);
+            match timed_ack(&mut inbound, seq, config.collector.ack_timeout, kind).await? {
+                Outcome::Acked(s) => with_spool(spool, move |sp| sp.acknowledged(s)).await?,
                 Outcome::Resync(r) => {
                     info!(reason = %r.reason, last_seq = r.last_seq, "collector asked for a full snapshot");
-                    seq = r.last_seq;
-                    self.acked = None;
-                    self.in_flight = None;
-                    next_scan = tokio::time::Instant::now();
+                    let last = r.last_seq;
+                    with_spool(spool, move |sp| sp.resync(last)).await?;
                 }
+            }
+        }
+        // Idle until the next scan.
+        tokio::select! {
+            changed = reports.changed() => {
+                if changed.is_err() {
+                    return Err(StreamError::Scan("the scan loop stopped".into()));
+                }
+            }
+            message = inbound.message() => {
+                return match message? {
+                    None => Err(StreamError::Protocol("collector closed the stream".into())),
+                    Some(m) => Err(StreamError::Protocol(format!("unexpected message while idle: {:?}", m.message))),
+                };
+            }
+        }
+        let report = reports.borrow_and_update().clone();
+        if let Some(report) = report
+            && !report.changed
+        {
+            let (pending, acked) =
+                with_spool(spool, |s| Ok((s.pending(), s.acked_seq().unwrap_or(0)))).await?;
+            if pending == 0 {
+                heartbeat(&tx, acked, report.at, &report.stats).await?;
+                metrics::global().sent.inc(&[("kind", "heartbeat")]);
             }
         }
     }
@@ -386,12 +542,14 @@ async fn heartbeat(
     at: i64,
     stats: &ScanStats,
 ) -> Result<(), StreamError> {
+    let span = tracing::info_span!("send", kind = "heartbeat", seq);
     send(
         tx,
         AgentMessage::Heartbeat(pb::Heartbeat {
             last_seq: seq,
             at_unix_nanos: at,
             stats: Some(pb::ScanStats::from(stats)),
+            traceparent: portolan_telemetry::traceparent(&span),
         }),
     )
     .await

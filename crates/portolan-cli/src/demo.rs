@@ -103,7 +103,8 @@ pub fn run(args: DemoArgs, out: &mut dyn Write) -> Result<()> {
     write_file(
         &dir.join("agent.toml"),
         &format!(
-            "version = 1\nhost_id = {host_id:?}\nscan_interval = \"2s\"\n\n[labels]\nenv = \"demo\"\n\n[collector]\nendpoint = \"https://127.0.0.1:{port}\"\nserver_name = \"localhost\"\n\n[tls]\nca = {ca:?}\ncert = {cert:?}\nkey = {key:?}\n",
+            "version = 1\nhost_id = {host_id:?}\nscan_interval = \"2s\"\n\n[labels]\nenv = \"demo\"\n\n[collector]\nendpoint = \"https://127.0.0.1:{port}\"\nserver_name = \"localhost\"\n\n[spool]\ndir = {spool:?}\n\n[tls]\nca = {ca:?}\ncert = {cert:?}\nkey = {key:?}\n",
+            spool = dir.join("agent-spool").display().to_string(),
             ca = pki.join("ca.pem").display().to_string(),
             cert = pki
                 .join(format!("agent-{host_id}.pem"))

@@ -105,7 +105,7 @@ pub struct HostArgsOne {
 /// `portolan sockets`.
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Examples:\n  portolan sockets --listening --exposure public --exposure wildcard\n  portolan sockets -l env=prod --port 5432\n  portolan sockets --host db-1 --port 8000-8999 --process 'java*' -o wide\n  portolan sockets --listening -o csv > listeners.csv\n  portolan sockets --listening --at 2026-11-17T03:00:00Z -l role=db\n\nTIME (--at) is RFC 3339 (2026-11-17T03:00:00Z), a Unix timestamp, or how long ago (2h, 3d)."
+    after_help = "Examples:\n  portolan sockets --listening --exposure public --exposure wildcard\n  portolan sockets -l env=prod --port 5432\n  portolan sockets --host db-1 --port 8000-8999 --process 'java*' -o wide\n  portolan sockets --listening -o csv > listeners.csv\n  portolan sockets --listening --at 2026-11-17T03:00:00Z -l role=db\n  portolan sockets --listening --pod 'web-*'\n\nTIME (--at) is RFC 3339 (2026-11-17T03:00:00Z), a Unix timestamp, or how long ago (2h, 3d)."
 )]
 pub struct SocketsArgs {
     #[command(flatten)]
@@ -125,6 +125,8 @@ pub struct SocketsArgs {
     /// Owning process name glob (`postgres*`).
     #[arg(long)]
     process: Option<String>,
+    #[command(flatten)]
+    place: PlaceArgs,
     /// The sockets open at that past instant, rebuilt from history, instead of now.
     #[arg(long, value_name = "TIME")]
     at: Option<String>,
@@ -146,6 +148,22 @@ pub struct WhoListensArgs {
     protocol: Option<ProtocolArg>,
     #[command(flatten)]
     hosts: HostArgs,
+    #[command(flatten)]
+    place: PlaceArgs,
+}
+
+/// Where on a host a socket lives: its pod, container and network namespace.
+#[derive(Debug, Args)]
+pub struct PlaceArgs {
+    /// Kubernetes pod name glob (`web-*`), or `namespace/name` glob (`shop/web-*`).
+    #[arg(long)]
+    pod: Option<String>,
+    /// Container id or a prefix of it (docker, containerd, CRI-O).
+    #[arg(long)]
+    container: Option<String>,
+    /// Network namespace inode (`ls -L -i /proc/<pid>/ns/net`); 0: the host's own.
+    #[arg(long)]
+    netns: Option<u64>,
 }
 
 /// `portolan flows`.
@@ -431,6 +449,9 @@ async fn sockets(
         listening: args.listening,
         exposures: args.exposure.iter().map(|s| s.wire()).collect(),
         process: args.process.unwrap_or_default(),
+        pod: args.place.pod.unwrap_or_default(),
+        container: args.place.container.unwrap_or_default(),
+        netns_inode: args.place.netns,
         at_unix: at,
         ..Default::default()
     };
@@ -456,7 +477,9 @@ async fn who_listens(
         port: u32::from(args.port),
         protocol: args.protocol.map_or(0, ProtocolArg::wire),
         hosts: Some(args.hosts.selector()),
-        ..Default::default()
+        pod: args.place.pod.unwrap_or_default(),
+        container: args.place.container.unwrap_or_default(),
+        netns_inode: args.place.netns,
     };
     let r = call(client.who_listens(request).await, settings)?;
     let rows: Vec<SocketRow> = r.listeners.iter().map(SocketRow::from).collect();

@@ -21,8 +21,8 @@ pub struct CollectorConfig {
     pub listen: SocketAddr,
     /// Directory for the managed ClickHouse and other local state.
     pub state_dir: PathBuf,
-    /// Certificates.
-    pub tls: TlsFiles,
+    /// Certificates, trusted CAs and the revocation list (all reloaded when they change).
+    pub tls: TlsSection,
     /// Where inventories are stored.
     pub clickhouse: ClickHouseSection,
     /// Bounds on what an agent may send.
@@ -187,6 +187,36 @@ pub struct ClickHouseSection {
     pub binary: String,
 }
 
+/// `[tls]`: the collector's certificate and key, the CAs client certificates must chain
+/// to, and the revocation list. Every file is re-read within a second of changing; a file
+/// that does not load is logged and the previous material stays in force.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSection {
+    /// CA certificates client certificates must chain to (several during a CA rotation).
+    pub ca: PathBuf,
+    /// This collector's certificate (optionally followed by intermediates).
+    pub cert: PathBuf,
+    /// The private key of `cert`.
+    pub key: PathBuf,
+    /// Revocation list: one entry a line, `serial:<hex>` (one certificate),
+    /// `host:<host_id>` (every agent certificate of a host) or `operator:<name>`; `#`
+    /// starts a comment. Listed peers are refused with PERMISSION_DENIED and their open
+    /// streams end within seconds. Empty: nothing is revoked.
+    pub revoked: PathBuf,
+}
+
+impl Default for TlsSection {
+    fn default() -> Self {
+        TlsSection {
+            ca: PathBuf::from("/etc/portolan/ca.pem"),
+            cert: PathBuf::from("/etc/portolan/collector.pem"),
+            key: PathBuf::from("/etc/portolan/collector.key"),
+            revoked: PathBuf::new(),
+        }
+    }
+}
+
 /// `[limits]`: every input is bounded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -197,6 +227,11 @@ pub struct LimitsSection {
     pub max_sockets_per_message: u32,
     /// Most sockets + flows in one snapshot (all parts together).
     pub max_snapshot_items: u32,
+    /// Messages per second one agent (host id) may send, heartbeats included, on average;
+    /// past that and `max_message_burst` its stream ends with RESOURCE_EXHAUSTED.
+    pub max_messages_per_second: u32,
+    /// Messages an agent may send at once above the rate (a snapshot in many parts).
+    pub max_message_burst: u32,
 }
 
 impl Default for CollectorConfig {
@@ -206,11 +241,7 @@ impl Default for CollectorConfig {
             name: String::new(),
             listen: SocketAddr::from(([0, 0, 0, 0], 7443)),
             state_dir: PathBuf::from("/var/lib/portolan-collector"),
-            tls: TlsFiles {
-                ca: PathBuf::from("/etc/portolan/ca.pem"),
-                cert: PathBuf::from("/etc/portolan/collector.pem"),
-                key: PathBuf::from("/etc/portolan/collector.key"),
-            },
+            tls: TlsSection::default(),
             clickhouse: ClickHouseSection::default(),
             limits: LimitsSection::default(),
             rules: RulesSection::default(),
@@ -238,6 +269,8 @@ impl Default for LimitsSection {
             max_message_bytes: 16 * 1024 * 1024,
             max_sockets_per_message: 20_000,
             max_snapshot_items: 1_000_000,
+            max_messages_per_second: 20,
+            max_message_burst: 200,
         }
     }
 }
@@ -276,6 +309,12 @@ impl CollectorConfig {
                     .into(),
             );
         }
+        if self.limits.max_messages_per_second == 0 || self.limits.max_message_burst == 0 {
+            problems.push(
+                "`limits.max_messages_per_second` and `limits.max_message_burst` must be positive"
+                    .into(),
+            );
+        }
         if self.rules.evaluate && self.rules.files.is_empty() {
             problems.push("`rules.evaluate` is true but `rules.files` names no rule file".into());
         }
@@ -293,7 +332,16 @@ impl CollectorConfig {
 
     /// The TLS files as portolan-tls wants them.
     pub fn tls_files(&self) -> TlsFiles {
-        self.tls.clone()
+        TlsFiles {
+            ca: self.tls.ca.clone(),
+            cert: self.tls.cert.clone(),
+            key: self.tls.key.clone(),
+        }
+    }
+
+    /// The revocation list file, when one is configured.
+    pub fn revoked_file(&self) -> Option<PathBuf> {
+        (!self.tls.revoked.as_os_str().is_empty()).then(|| self.tls.revoked.clone())
     }
 }
 

@@ -37,6 +37,12 @@ pub enum IngestError {
     /// A message is over a limit.
     #[error("{0}")]
     TooLarge(String),
+    /// The client's certificate is on the revocation list (`tls.revoked`).
+    #[error("{0}: the stream is closed (issue a new certificate, or remove the entry)")]
+    Revoked(String),
+    /// The agent sends messages faster than `limits.max_messages_per_second` allows.
+    #[error("{0}")]
+    RateLimited(String),
     /// Storage failed; the data was not acknowledged.
     #[error("storage unavailable, nothing acknowledged (the agent retries): {0}")]
     Store(#[from] StoreError),
@@ -47,12 +53,14 @@ impl From<IngestError> for Status {
         let message = e.to_string();
         match e {
             IngestError::NoIdentity(_) => Status::unauthenticated(message),
-            IngestError::NotAnAgent(_) | IngestError::HostMismatch { .. } => {
-                Status::permission_denied(message)
-            }
+            IngestError::NotAnAgent(_)
+            | IngestError::HostMismatch { .. }
+            | IngestError::Revoked(_) => Status::permission_denied(message),
             IngestError::Protocol(_) => Status::failed_precondition(message),
             IngestError::Invalid(_) => Status::invalid_argument(message),
-            IngestError::TooLarge(_) => Status::resource_exhausted(message),
+            IngestError::TooLarge(_) | IngestError::RateLimited(_) => {
+                Status::resource_exhausted(message)
+            }
             IngestError::Store(_) => Status::unavailable(message),
         }
     }

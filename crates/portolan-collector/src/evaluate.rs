@@ -188,6 +188,14 @@ impl Evaluator {
     }
 
     /// Runs every rule once and writes the findings that changed.
+    #[tracing::instrument(name = "evaluate", skip_all, fields(
+        rules = self.rules.len(),
+        failed = tracing::field::Empty,
+        matches = tracing::field::Empty,
+        findings = tracing::field::Empty,
+        opened = tracing::field::Empty,
+        resolved = tracing::field::Empty,
+    ))]
     pub async fn evaluate_once(&self) -> Result<Report, StoreError> {
         let started = Instant::now();
         let now = SystemTime::now()
@@ -232,12 +240,19 @@ impl Evaluator {
             .map(|f| (f.latest.fingerprint.as_str(), f))
             .collect();
         current.extend(updates.iter().map(|f| (f.latest.fingerprint.as_str(), f)));
+        let stored_now = current.len();
         metrics::global().set_findings(current.into_values());
         // Only what was written is notified: a failed write is evaluated again next round.
         if let Some(notifier) = &self.notifier {
             notifier.notify(self.described(evaluation).await);
         }
         report.took = started.elapsed();
+        let span = tracing::Span::current();
+        span.record("failed", report.rules_failed);
+        span.record("matches", report.matches);
+        span.record("findings", stored_now);
+        span.record("opened", report.opened + report.reopened);
+        span.record("resolved", report.resolved);
         Ok(report)
     }
 

@@ -19,11 +19,15 @@ use portolan_tls::{Identity, peer_info};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument as _;
 use tracing::{debug, info, warn};
 
 use crate::config::LimitsSection;
 use crate::error::IngestError;
 use crate::metrics;
+use crate::rate::RateLimiter;
+use crate::revocation::{LiveSession, Revocations};
+use crate::store::gaps::SpoolGap;
 use crate::store::{ChangeKind, HostRecord, Store};
 
 /// Longest host_id, hostname, label key or value, version or OS string in a Hello.
@@ -37,15 +41,28 @@ pub struct Ingest {
     store: Arc<Store>,
     limits: LimitsSection,
     collector_name: Arc<str>,
+    revocations: Revocations,
+    rate: RateLimiter,
 }
 
 impl Ingest {
     /// A service storing into `store`, enforcing `limits`, naming itself `collector_name`.
     pub fn new(store: Arc<Store>, limits: LimitsSection, collector_name: &str) -> Ingest {
+        let rate = RateLimiter::new(limits.max_messages_per_second, limits.max_message_burst);
         Ingest {
             store,
             limits,
             collector_name: collector_name.into(),
+            revocations: Revocations::none(),
+            rate,
+        }
+    }
+
+    /// The same service, ending the streams of certificates `revocations` revokes.
+    pub fn with_revocations(self, revocations: Revocations) -> Ingest {
+        Ingest {
+            revocations,
+            ..self
         }
     }
 }
@@ -78,8 +95,14 @@ impl IngestService for Ingest {
                 return Err(e.into());
             }
         };
+        let live = self.revocations.open(peer, "ingest").inspect_err(|status| {
+            warn!(%remote, host = %host_id, reason = %status.message(), "refused ingest stream: revoked certificate");
+            metrics::global().record_refusal(&IngestError::Revoked(String::new()));
+        })?;
         let (tx, rx) = mpsc::channel(8);
         let session = Session {
+            live,
+            rate: self.rate.clone(),
             store: self.store.clone(),
             limits: self.limits.clone(),
             collector_name: self.collector_name.clone(),
@@ -90,6 +113,7 @@ impl IngestService for Ingest {
             current: None,
             assembly: SnapshotAssembly::default(),
             assembly_stats: None,
+            assembly_gap: None,
             connected: None,
         };
         tokio::spawn(async move {
@@ -108,6 +132,10 @@ impl IngestService for Ingest {
 }
 
 struct Session {
+    /// Ends the stream when the certificate is revoked.
+    live: LiveSession,
+    /// Messages per second of this host.
+    rate: RateLimiter,
     store: Arc<Store>,
     limits: LimitsSection,
     collector_name: Arc<str>,
@@ -120,6 +148,8 @@ struct Session {
     assembly: SnapshotAssembly,
     /// Scan statistics of the snapshot being assembled (from its first part).
     assembly_stats: Option<ScanStats>,
+    /// The spool gap the snapshot being assembled closes (from its first part).
+    assembly_gap: Option<pb::SpoolGap>,
     /// Counts this stream in `portolan_collector_agents_connected` once past Hello.
     connected: Option<ConnectedAgent>,
 }
@@ -146,7 +176,11 @@ impl Session {
         mut inbound: Streaming<pb::StreamInventoryRequest>,
     ) -> Result<(), IngestError> {
         loop {
-            let message = match inbound.message().await {
+            let received = tokio::select! {
+                received = inbound.message() => received,
+                reason = self.live.revoked() => return Err(IngestError::Revoked(reason)),
+            };
+            let message = match received {
                 Ok(Some(m)) => m,
                 Ok(None) => return Ok(()),
                 Err(status) => {
@@ -158,10 +192,20 @@ impl Session {
                                 self.limits.max_message_bytes
                             ))
                         }
+                        // prost refused the bytes: the agent's fault, not the stream's.
+                        tonic::Code::Internal if status.message().contains("decode") => {
+                            IngestError::Invalid(format!(
+                                "cannot decode the message as a portolan.v1 StreamInventoryRequest: {}",
+                                status.message()
+                            ))
+                        }
                         _ => IngestError::Protocol(format!("stream broke: {}", status.message())),
                     });
                 }
             };
+            self.rate
+                .check(&self.host_id, Instant::now())
+                .map_err(IngestError::RateLimited)?;
             let Some(message) = message.message else {
                 return Err(IngestError::Protocol("empty message".into()));
             };
@@ -172,8 +216,11 @@ impl Session {
                 AgentMessage::Heartbeat(_) => "heartbeat",
             };
             metrics::global().messages.inc(&[("kind", kind)]);
+            let span = ingest_span(&self.host_id, kind, &message);
             match (message, self.hello.is_some()) {
-                (AgentMessage::Hello(hello), false) => self.on_hello(hello).await?,
+                (AgentMessage::Hello(hello), false) => {
+                    self.on_hello(hello).instrument(span).await?
+                }
                 (AgentMessage::Hello(_), true) => {
                     return Err(IngestError::Protocol("second Hello on one stream".into()));
                 }
@@ -182,9 +229,13 @@ impl Session {
                         "the first message of a stream must be Hello".into(),
                     ));
                 }
-                (AgentMessage::Snapshot(part), true) => self.on_snapshot_part(part).await?,
-                (AgentMessage::Delta(delta), true) => self.on_delta(delta).await?,
-                (AgentMessage::Heartbeat(hb), true) => self.on_heartbeat(hb).await?,
+                (AgentMessage::Snapshot(part), true) => {
+                    self.on_snapshot_part(part).instrument(span).await?
+                }
+                (AgentMessage::Delta(delta), true) => self.on_delta(delta).instrument(span).await?,
+                (AgentMessage::Heartbeat(hb), true) => {
+                    self.on_heartbeat(hb).instrument(span).await?
+                }
             }
         }
     }
@@ -246,6 +297,9 @@ impl Session {
         if let Some(stats) = stats {
             self.assembly_stats = Some(stats);
         }
+        if let Some(gap) = part.gap {
+            self.assembly_gap = Some(gap);
+        }
         let done = self
             .assembly
             .push(part, self.limits.max_snapshot_items as usize)
@@ -254,6 +308,7 @@ impl Session {
             return Ok(());
         };
         let stats = self.assembly_stats.take().unwrap_or_default();
+        let gap = self.assembly_gap.take();
         if seq <= self.last_seq && self.current.is_some() {
             debug!(host = %self.host_id, seq, "snapshot already stored; acknowledging the replay");
             return self.send(CollectorMessage::Ack(pb::Ack { seq })).await;
@@ -269,8 +324,27 @@ impl Session {
         }
         let stored = self.store.load_current(&self.host_id).await?;
         let change = diff(&stored, &inventory);
+        if let Some(gap) = gap {
+            // Before the snapshot: a crash in between leaves the gap, written again on
+            // the replay, never a snapshot that hides it.
+            warn!(host = %self.host_id, seq, dropped_changes = gap.dropped_changes, "the agent's spool overflowed: history holds the net effect of its folded changes");
+            self.store
+                .write_spool_gap(
+                    &self.host_id,
+                    &SpoolGap {
+                        seq,
+                        from: time_from_nanos(gap.from_unix_nanos),
+                        to: time_from_nanos(gap.to_unix_nanos),
+                        dropped_changes: gap.dropped_changes,
+                    },
+                )
+                .await?;
+            metrics::global().spool_gaps.inc(&[]);
+        }
+        let store_span = store_span("snapshot", seq);
         self.store
             .upsert_host(&self.host_record(&inventory))
+            .instrument(store_span.clone())
             .await?;
         let receipt = self
             .store
@@ -282,7 +356,10 @@ impl Session {
                 &change,
                 &stats,
             )
+            .instrument(store_span.clone())
             .await?;
+        store_span.record("rows", receipt.total() + 1);
+        drop(store_span);
         info!(host = %self.host_id, seq, sockets = inventory.sockets.len(), flows = inventory.flows.len(), ?receipt, "snapshot stored");
         let m = metrics::global();
         m.rows.add(&[("table", "hosts")], 1.0);
@@ -336,6 +413,7 @@ impl Session {
             }
         };
         // New host facts travel inside the change: `write_change` stores them with it.
+        let store_span = store_span("delta", seq);
         let receipt = self
             .store
             .write_change(
@@ -346,7 +424,10 @@ impl Session {
                 &change,
                 &stats,
             )
+            .instrument(store_span.clone())
             .await?;
+        store_span.record("rows", receipt.total());
+        drop(store_span);
         debug!(host = %self.host_id, seq, ?receipt, "delta stored");
         let m = metrics::global();
         m.record_rows(&receipt);
@@ -360,6 +441,8 @@ impl Session {
     async fn on_heartbeat(&mut self, hb: pb::Heartbeat) -> Result<(), IngestError> {
         let received = Instant::now();
         let stats = hb.stats.map(ScanStats::from).unwrap_or_default();
+        let store_span = store_span("heartbeat", self.last_seq);
+        store_span.record("rows", 1);
         self.store
             .write_heartbeat(
                 &self.host_id,
@@ -367,6 +450,7 @@ impl Session {
                 time_from_nanos(hb.at_unix_nanos),
                 &stats,
             )
+            .instrument(store_span)
             .await?;
         let m = metrics::global();
         m.rows.add(&[("table", "host_reports")], 1.0);
@@ -380,6 +464,7 @@ impl Session {
         self.current = None;
         self.assembly = SnapshotAssembly::default();
         self.assembly_stats = None;
+        self.assembly_gap = None;
         self.send(CollectorMessage::Resync(pb::Resync {
             reason,
             last_seq: self.last_seq,
@@ -401,6 +486,27 @@ impl Session {
             host: inventory.host.clone(),
         }
     }
+}
+
+/// The `ingest` span of one message from the agent. When the message carries the agent's
+/// `traceparent` (and it is well formed) the span continues the agent's trace; otherwise
+/// it starts one.
+fn ingest_span(host: &str, kind: &str, message: &AgentMessage) -> tracing::Span {
+    let (seq, traceparent) = match message {
+        AgentMessage::Hello(_) => (None, ""),
+        AgentMessage::Snapshot(s) => (Some(s.seq), s.traceparent.as_str()),
+        AgentMessage::Delta(d) => (Some(d.seq), d.traceparent.as_str()),
+        AgentMessage::Heartbeat(h) => (Some(h.last_seq), h.traceparent.as_str()),
+    };
+    let span = tracing::info_span!("ingest", host, kind, seq);
+    portolan_telemetry::set_remote_parent(&span, traceparent);
+    span
+}
+
+/// The `store` span of one ClickHouse write (a child of the current `ingest` span); its
+/// `rows` are recorded once written.
+fn store_span(kind: &'static str, seq: u64) -> tracing::Span {
+    tracing::info_span!("store", kind, seq, rows = tracing::field::Empty)
 }
 
 fn validate_hello(hello: &pb::Hello) -> Result<(), IngestError> {

@@ -15,5 +15,7 @@ pub mod managed_clickhouse;
 pub mod metrics;
 pub mod notify;
 pub mod query;
+pub mod rate;
+pub mod revocation;
 pub mod server;
 pub mod store;

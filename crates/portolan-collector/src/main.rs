@@ -42,7 +42,9 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    // Logs on stderr (`PORTOLAN_LOG`); traces over OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT`
+    // is set. Held to the end of `main`: dropping it exports the last spans.
+    let _telemetry = portolan_telemetry::init("portolan-collector");
     let config = match load_config(&cli) {
         Ok(c) => c,
         Err(e) => {
@@ -89,15 +91,6 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PORTOLAN_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-}
-
 fn load_config(cli: &Cli) -> Result<CollectorConfig> {
     let env: BTreeMap<String, String> = std::env::vars().collect();
     let mut flags = toml::Table::new();
@@ -129,6 +122,11 @@ async fn run(config: CollectorConfig, rules: Vec<CompiledRule>) -> Result<()> {
     // Check the certificates before anything slow starts.
     portolan_tls::server_config(&config.tls_files())
         .context("cannot load the collector's TLS files (see `[tls]`)")?;
+    if let Some(revoked) = config.revoked_file() {
+        portolan_tls::RevocationList::load(&revoked).context(
+            "cannot load the revocation list (see `tls.revoked`; an empty file revokes nothing)",
+        )?;
+    }
     // And the notification receivers (CA files, system CAs).
     let notifier = notifier(&config)?;
 

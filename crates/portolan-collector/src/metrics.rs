@@ -42,6 +42,8 @@ pub struct CollectorMetrics {
     pub rules_failed: Family,
     /// `portolan_collector_findings_open{severity}`.
     pub findings_open: Family,
+    /// `portolan_collector_spool_gaps_total`.
+    pub spool_gaps: Family,
     notifier: Mutex<Option<StatsSource>>,
 }
 
@@ -99,8 +101,13 @@ impl CollectorMetrics {
                 "portolan_collector_findings_open",
                 "Open findings by severity, as of this replica's last evaluation.",
             ),
+            spool_gaps: Family::counter(
+                "portolan_collector_spool_gaps_total",
+                "Snapshots that closed a gap in a host's history (the agent's spool overflowed while no collector was reachable).",
+            ),
             notifier: Mutex::new(None),
         };
+        m.spool_gaps.touch(&[]);
         m.agents_connected.set(&[], 0.0);
         m.clickhouse_errors.touch(&[]);
         m.rules_failed.touch(&[]);
@@ -136,6 +143,8 @@ impl CollectorMetrics {
             IngestError::Protocol(_) => "protocol",
             IngestError::Invalid(_) => "invalid",
             IngestError::TooLarge(_) => "too_large",
+            IngestError::Revoked(_) => "revoked",
+            IngestError::RateLimited(_) => "rate_limited",
             IngestError::Store(_) => {
                 self.clickhouse_errors.inc(&[]);
                 "storage"
@@ -178,6 +187,7 @@ impl CollectorMetrics {
         self.evaluations.render(&mut out);
         self.rules_failed.render(&mut out);
         self.findings_open.render(&mut out);
+        self.spool_gaps.render(&mut out);
         let stats = self
             .notifier
             .lock()

@@ -31,6 +31,7 @@ use tracing::{info, warn};
 
 pub use self::error::QueryError;
 use self::page::{PageToken, Part, TokenError, query_hash};
+use crate::revocation::{LiveSession, Revocable, Revocations};
 use crate::store::acks::{AckRecord, StoredAck};
 use crate::store::fleet::{
     FleetFlow, FleetSocket, FlowCursor, FlowFilter, HostFilter, HostSummary, SocketCursor,
@@ -59,6 +60,7 @@ pub struct Query {
     store: Arc<Store>,
     watches: Arc<Semaphore>,
     max_watches: usize,
+    revocations: Revocations,
 }
 
 impl Query {
@@ -69,7 +71,22 @@ impl Query {
             store,
             watches: Arc::new(Semaphore::new(DEFAULT_MAX_WATCHES)),
             max_watches: DEFAULT_MAX_WATCHES,
+            revocations: Revocations::none(),
         }
+    }
+
+    /// The same service, ending the watch streams of certificates `revocations` revokes.
+    pub fn with_revocations(self, revocations: Revocations) -> Query {
+        Query {
+            revocations,
+            ..self
+        }
+    }
+
+    /// Registers a watch stream of the caller, ended when its certificate is revoked.
+    fn live<T>(&self, request: &Request<T>) -> Result<LiveSession, Status> {
+        let peer = peer_info(request).ok_or(QueryError::NoCertificate)?;
+        self.revocations.open(peer, "watch")
     }
 
     /// The same service serving at most `max` watch streams at once (at least one).
@@ -136,6 +153,19 @@ fn protocol(value: i32) -> Result<Option<Protocol>, QueryError> {
 
 fn scope(value: i32) -> Result<Scope, QueryError> {
     scope_from_wire("exposures", value).map_err(|e| invalid(e.to_string()))
+}
+
+/// An optional filter string (pod glob, container id prefix): at most a Kubernetes name's
+/// length.
+fn bounded(field: &str, value: String) -> Result<String, QueryError> {
+    if value.len() > portolan_core::wire::MAX_NAME_BYTES {
+        return Err(invalid(format!(
+            "`{field}` is {} bytes long, over {}",
+            value.len(),
+            portolan_core::wire::MAX_NAME_BYTES
+        )));
+    }
+    Ok(value)
 }
 
 fn port(field: &str, value: u32) -> Result<u16, QueryError> {
@@ -647,6 +677,9 @@ impl Query {
                 .map(scope)
                 .collect::<Result<_, _>>()?,
             process: r.process,
+            pod: bounded("pod", r.pod)?,
+            container: bounded("container", r.container)?,
+            netns: r.netns_inode,
             at: instant("at_unix", r.at_unix)?,
             after: None,
             limit: 0,
@@ -685,6 +718,9 @@ impl Query {
             protocol: protocol(r.protocol)?,
             ports: Some((p, p)),
             listening: true,
+            pod: bounded("pod", r.pod)?,
+            container: bounded("container", r.container)?,
+            netns: r.netns_inode,
             limit: MAX_LIMIT,
             ..SocketFilter::default()
         };
@@ -1151,15 +1187,16 @@ impl QueryService for Query {
         ))
     }
 
-    type WatchFindingsStream = ReceiverStream<Result<pb::WatchFindingsResponse, Status>>;
+    type WatchFindingsStream = Revocable<ReceiverStream<Result<pb::WatchFindingsResponse, Status>>>;
 
     async fn watch_findings(
         &self,
         request: Request<pb::WatchFindingsRequest>,
     ) -> Result<Response<Self::WatchFindingsStream>, Status> {
         let (who, _) = operator(&request)?;
+        let live = self.live(&request)?;
         let stream = self.watch_findings_inner(who, request.into_inner()).await?;
-        Ok(Response::new(stream))
+        Ok(Response::new(live.guard(stream)))
     }
 
     async fn test_rules(
@@ -1172,15 +1209,16 @@ impl QueryService for Query {
         ))
     }
 
-    type WatchHostStream = ReceiverStream<Result<pb::WatchHostResponse, Status>>;
+    type WatchHostStream = Revocable<ReceiverStream<Result<pb::WatchHostResponse, Status>>>;
 
     async fn watch_host(
         &self,
         request: Request<pb::WatchHostRequest>,
     ) -> Result<Response<Self::WatchHostStream>, Status> {
         let (who, _) = operator(&request)?;
+        let live = self.live(&request)?;
         let stream = self.watch_host_inner(who, request.into_inner()).await?;
-        Ok(Response::new(stream))
+        Ok(Response::new(live.guard(stream)))
     }
 }
 

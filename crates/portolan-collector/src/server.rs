@@ -5,12 +5,13 @@ use std::sync::Arc;
 
 use portolan_proto::v1::ingest_service_server::IngestServiceServer;
 use portolan_proto::v1::query_service_server::QueryServiceServer;
-use portolan_tls::TlsIncoming;
+use portolan_tls::{AcceptOptions, ServerTls, TlsIncoming};
 use tokio::net::TcpListener;
 
 use crate::config::CollectorConfig;
 use crate::ingest::Ingest;
 use crate::query::Query;
+use crate::revocation::Revocations;
 use crate::store::Store;
 
 /// Why the server could not run.
@@ -29,7 +30,10 @@ pub enum ServeError {
 }
 
 /// Serves ingest on `listener` until `shutdown` resolves. Only clients presenting a
-/// certificate that chains to `tls.ca` get past the handshake.
+/// certificate that chains to `tls.ca` get past the handshake, and only those not listed
+/// in `tls.revoked` get past the first call. The `[tls]` files are re-read when they
+/// change ([`ServerTls`]): new connections get the new certificate and CAs, and open
+/// streams of a newly revoked certificate end.
 pub async fn serve(
     config: &CollectorConfig,
     collector_name: &str,
@@ -37,12 +41,20 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    let tls = portolan_tls::server_config(&config.tls_files())?;
-    let incoming = TlsIncoming::new(listener, tls);
-    let query = QueryServiceServer::new(Query::new(store.clone()));
-    let ingest =
-        IngestServiceServer::new(Ingest::new(store, config.limits.clone(), collector_name))
-            .max_decoding_message_size(config.limits.max_message_bytes as usize);
+    let tls = ServerTls::start(
+        config.tls_files(),
+        config.revoked_file(),
+        portolan_tls::DEFAULT_RELOAD_INTERVAL,
+    )?;
+    let incoming = TlsIncoming::reloading(listener, tls.config(), AcceptOptions::default());
+    let revocations = Revocations::new(tls.revocations());
+    let query =
+        QueryServiceServer::new(Query::new(store.clone()).with_revocations(revocations.clone()));
+    let ingest = IngestServiceServer::new(
+        Ingest::new(store, config.limits.clone(), collector_name)
+            .with_revocations(revocations.clone()),
+    )
+    .max_decoding_message_size(config.limits.max_message_bytes as usize);
     // Health checking (grpc.health.v1) and reflection, for load balancers and grpcurl.
     // Both still sit behind mutual TLS: any certificate of the fleet's CA may ask.
     let (health_reporter, health) = tonic_health::server::health_reporter();
@@ -58,6 +70,10 @@ pub async fn serve(
         .build_v1()
         .map_err(|e| ServeError::Reflection(e.to_string()))?;
     tonic::transport::Server::builder()
+        // Every call of a revoked certificate is refused here, before any service.
+        .layer(tonic::service::InterceptorLayer::new(
+            revocations.interceptor(),
+        ))
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
         .add_service(ingest)
@@ -66,5 +82,6 @@ pub async fn serve(
         .add_service(reflection)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
+    drop(tls);
     Ok(())
 }

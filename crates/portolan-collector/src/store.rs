@@ -40,6 +40,7 @@
 pub mod acks;
 pub mod findings;
 pub mod fleet;
+pub mod gaps;
 pub mod history;
 pub mod queries;
 mod rows;
@@ -475,7 +476,17 @@ pub struct Store {
     /// Hosts whose last write failed in this process: recovered before their next
     /// read or write.
     dirty: Mutex<HashSet<String>>,
+    /// Bounds this process's concurrent ClickHouse requests (see [`MAX_CONCURRENT_REQUESTS`]).
+    requests: tokio::sync::Semaphore,
 }
+
+/// Concurrent ClickHouse requests of one collector. ClickHouse refuses queries past its
+/// `max_concurrent_queries` (100 by default) with TOO_MANY_SIMULTANEOUS_QUERIES; a fleet
+/// reconnecting at once (every stream reads its host's state) would hit it and fail every
+/// stream. Past this bound, streams wait for their turn instead: they stop reading from
+/// their agents, which wait for their acknowledgements, and nothing fails. 32 leaves room
+/// for a few replicas and for the people querying the same server.
+pub const MAX_CONCURRENT_REQUESTS: usize = 32;
 
 impl fmt::Debug for Store {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -581,6 +592,7 @@ impl Store {
             database: config.database.clone(),
             info,
             dirty: Mutex::new(HashSet::new()),
+            requests: tokio::sync::Semaphore::new(MAX_CONCURRENT_REQUESTS),
         })
     }
 
@@ -685,6 +697,7 @@ impl Store {
         if rows.is_empty() {
             return Ok(0);
         }
+        let _turn = self.turn().await;
         let mut insert = self
             .client
             .insert::<T>(table)
@@ -711,10 +724,17 @@ impl Store {
     where
         T: Row + RowOwned + RowRead,
     {
+        let _turn = self.turn().await;
         query
             .fetch_all::<T>()
             .await
             .map_err(self.map_err("read", table))
+    }
+
+    /// Waits for a free ClickHouse request slot; released when the permit drops.
+    async fn turn(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        // The semaphore is never closed: `None` cannot happen, and would only mean no bound.
+        self.requests.acquire().await.ok()
     }
 
     fn mark_dirty(&self, host_id: &str) {
@@ -1329,6 +1349,7 @@ impl Store {
             report.ephemeral_known = facts.ephemeral_known;
             report.ephemeral_min = facts.ephemeral_min;
             report.ephemeral_max = facts.ephemeral_max;
+            report.interface_netns = facts.interface_netns;
         }
         receipt.host_reports = self.insert(table::HOST_REPORTS, &[report]).await?;
         tracing::debug!(
@@ -1402,19 +1423,28 @@ impl Store {
                     kernel_owned: r.kernel_owned,
                     scan_duration_micros: r.scan_duration_micros,
                     state_counts: r.state_names.into_iter().zip(r.state_counts).collect(),
+                    // Namespace counts are not stored (metrics and logs carry them).
+                    ..ScanStats::default()
                 },
             })
             .collect())
     }
 }
 
-/// The statement's table, for error messages: the word after `TABLE IF NOT EXISTS`.
+/// The statement's table, for error messages: the word after `TABLE IF NOT EXISTS`, or
+/// after `ALTER TABLE`.
 fn statement_table(statement: &str) -> &str {
-    statement
-        .split_whitespace()
-        .skip_while(|w| *w != "EXISTS")
-        .nth(1)
-        .unwrap_or("schema")
+    let after = |marker: &str| {
+        statement
+            .split_whitespace()
+            .skip_while(|w| *w != marker)
+            .nth(1)
+    };
+    if statement.starts_with("ALTER TABLE") {
+        after("TABLE").unwrap_or("schema")
+    } else {
+        after("EXISTS").unwrap_or("schema")
+    }
 }
 
 fn empty_host_row(host_id: &str) -> HostRow {
@@ -1437,6 +1467,7 @@ fn empty_host_row(host_id: &str) -> HostRow {
         seq: 0,
         updated_at: 0,
         updated_ns: 0,
+        interface_netns: Vec::new(),
     }
 }
 
@@ -1476,6 +1507,7 @@ fn report_row(host_id: &str, seq: u64, kind: &str, at: SystemTime, stats: &ScanS
         ephemeral_known: 0,
         ephemeral_min: 0,
         ephemeral_max: 0,
+        interface_netns: Vec::new(),
     }
 }
 

@@ -92,6 +92,7 @@ fn process(pid: u32, name: &str, unit: &str) -> Process {
         systemd_unit: unit.into(),
         container_id: String::new(),
         cgroup: format!("/system.slice/{unit}"),
+        ..Process::default()
     }
 }
 
@@ -117,6 +118,7 @@ fn listener(
             remote_address: unspecified,
             remote_port: 0,
             inode,
+            netns: 0,
         },
         state: match protocol {
             Protocol::Tcp => SocketState::Listen,
@@ -151,6 +153,7 @@ fn flow(
         service_port: port,
         state,
         pid,
+        netns: 0,
     }
 }
 
@@ -280,6 +283,7 @@ fn iface(name: &str, addr: &str, prefix_len: u8) -> InterfaceAddress {
         interface: name.into(),
         address: ip(addr),
         prefix_len,
+        netns: 0,
     }
 }
 
@@ -1677,6 +1681,7 @@ mod property {
                     systemd_unit,
                     container_id,
                     cgroup,
+                    ..Process::default()
                 },
             )
     }
@@ -1730,6 +1735,7 @@ mod property {
                         remote_address,
                         remote_port: 0,
                         inode,
+                        netns: 0,
                     },
                     state,
                     uid,
@@ -1761,6 +1767,7 @@ mod property {
                         service_port,
                         state,
                         pid,
+                        netns: 0,
                     }
                 },
             )
@@ -1784,6 +1791,7 @@ mod property {
                                 interface,
                                 address,
                                 prefix_len,
+                                netns: 0,
                             })
                             .collect(),
                         ephemeral_ports,

@@ -272,6 +272,85 @@ pub mod duration {
     }
 }
 
+/// Serde helpers for sizes written as `"64MiB"`, `"512KiB"`, `"1GiB"` or a plain number of
+/// bytes (binary units only: a spool bound is a count of bytes on disk).
+pub mod bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    const UNITS: [(&str, u64); 4] = [
+        ("GiB", 1 << 30),
+        ("MiB", 1 << 20),
+        ("KiB", 1 << 10),
+        ("B", 1),
+    ];
+
+    /// The size as text: the largest unit that divides it exactly.
+    pub fn format(n: u64) -> String {
+        for (unit, factor) in UNITS {
+            if n >= factor && n.is_multiple_of(factor) {
+                return format!("{}{unit}", n / factor);
+            }
+        }
+        format!("{n}B")
+    }
+
+    /// Parses `"64MiB"`, `"512 KiB"`, `"1GiB"`, `"4096B"` or `"4096"`.
+    pub fn parse(text: &str) -> Result<u64, String> {
+        let t = text.trim();
+        let (number, factor) = UNITS
+            .iter()
+            .find_map(|(unit, factor)| t.strip_suffix(unit).map(|n| (n.trim(), *factor)))
+            .unwrap_or((t, 1));
+        number
+            .parse::<u64>()
+            .ok()
+            .and_then(|n| n.checked_mul(factor))
+            .ok_or_else(|| format!("`{text}` is not a size like \"64MiB\", \"512KiB\" or \"1GiB\""))
+    }
+
+    /// Serialises as text (`"64MiB"`).
+    pub fn serialize<S: Serializer>(n: &u64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format(*n))
+    }
+
+    /// Parses a size as text or a number of bytes.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Size {
+            Bytes(u64),
+            Text(String),
+        }
+        match Size::deserialize(d)? {
+            Size::Bytes(n) => Ok(n),
+            Size::Text(t) => parse(&t).map_err(serde::de::Error::custom),
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn sizes_round_trip_through_text() {
+            for (text, n) in [
+                ("64MiB", 64 << 20),
+                ("512KiB", 512 << 10),
+                ("1GiB", 1 << 30),
+                ("100B", 100),
+                ("4096", 4096),
+                (" 2 MiB ", 2 << 20),
+            ] {
+                assert_eq!(parse(text), Ok(n), "{text}");
+                assert_eq!(parse(&format(n)), Ok(n));
+            }
+            assert!(parse("64MB").is_err());
+            assert!(parse("lots").is_err());
+            assert!(parse("99999999999999GiB").is_err());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -213,9 +213,19 @@ mod tests {
             prop_oneof![Just(SocketState::Listen), Just(SocketState::Close)],
             proptest::collection::vec(1u32..4, 0..3),
             prop_oneof![Just(Attribution::Owned), Just(Attribution::NoPermission)],
+            prop_oneof![Just(0u64), Just(4_026_532_001u64)],
         )
             .prop_map(
-                |(protocol, local_address, local_port, inode, state, mut pids, attribution)| {
+                |(
+                    protocol,
+                    local_address,
+                    local_port,
+                    inode,
+                    state,
+                    mut pids,
+                    attribution,
+                    netns,
+                )| {
                     pids.sort_unstable();
                     pids.dedup();
                     Socket {
@@ -226,6 +236,7 @@ mod tests {
                             remote_address: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
                             remote_port: 0,
                             inode,
+                            netns,
                         },
                         state,
                         uid: 0,
@@ -244,16 +255,20 @@ mod tests {
             prop_oneof![Just(Direction::Inbound), Just(Direction::Outbound)],
             0u32..4,
             prop_oneof![Just(80u16), Just(443)],
+            prop_oneof![Just(0u64), Just(4_026_532_001u64)],
         )
-            .prop_map(|(remote_address, direction, pid, service_port)| FlowKey {
-                protocol: Protocol::Tcp,
-                direction,
-                local_address: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
-                remote_address,
-                service_port,
-                state: SocketState::Established,
-                pid,
-            })
+            .prop_map(
+                |(remote_address, direction, pid, service_port, netns)| FlowKey {
+                    protocol: Protocol::Tcp,
+                    direction,
+                    local_address: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
+                    remote_address,
+                    service_port,
+                    state: SocketState::Established,
+                    pid,
+                    netns,
+                },
+            )
     }
 
     fn inventory() -> impl Strategy<Value = Inventory> {
@@ -271,6 +286,7 @@ mod tests {
                             interface: "eth0".into(),
                             address: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
                             prefix_len: 24,
+                            netns: 0,
                         }]
                     } else {
                         vec![]

@@ -58,10 +58,14 @@ pub struct FlowKey {
     /// Owning process (the lowest pid when several share the sockets); 0 when the kernel
     /// holds them without a process.
     pub pid: u32,
+    /// Network namespace of this host's end ([`crate::socket::HOST_NETNS`] for the
+    /// agent's own).
+    pub netns: u64,
 }
 
 impl fmt::Display for FlowKey {
-    /// Stable text form, used as a storage key.
+    /// Stable text form, used as a storage key; ` ns=<inode>` follows for a flow outside
+    /// the host's namespace.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
@@ -73,7 +77,11 @@ impl fmt::Display for FlowKey {
             self.service_port,
             self.state,
             self.pid
-        )
+        )?;
+        if self.netns != crate::socket::HOST_NETNS {
+            write!(f, " ns={}", self.netns)?;
+        }
+        Ok(())
     }
 }
 
@@ -86,38 +94,40 @@ pub struct Flow {
     pub connections: u32,
 }
 
-/// Folds connected sockets into flows. `listeners` tells which local (protocol, address,
-/// port) accept connections: a connected socket on such a port is inbound, any other is
-/// outbound. A listener on a wildcard address covers every local address.
+/// Folds connected sockets into flows. `listeners` tells which local (namespace,
+/// protocol, address, port) accept connections: a connected socket on such a port of its
+/// own namespace is inbound, any other is outbound. A listener on a wildcard address
+/// covers every local address of its namespace.
 pub fn fold_connections<'a>(
     connected: impl IntoIterator<Item = &'a Socket>,
     listeners: impl IntoIterator<Item = &'a Socket>,
 ) -> BTreeMap<FlowKey, u32> {
-    let listening: HashSet<(Protocol, IpAddr, u16)> = listeners
+    let listening: HashSet<(u64, Protocol, IpAddr, u16)> = listeners
         .into_iter()
         .map(|s| {
             (
+                s.key.netns,
                 s.key.protocol,
                 canonical(s.key.local_address),
                 s.key.local_port,
             )
         })
         .collect();
-    let is_listening = |protocol: Protocol, addr: IpAddr, port: u16| {
+    let is_listening = |netns: u64, protocol: Protocol, addr: IpAddr, port: u16| {
         let addr = canonical(addr);
         let wildcards: [IpAddr; 2] = [
             IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
             IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
         ];
-        listening.contains(&(protocol, addr, port))
+        listening.contains(&(netns, protocol, addr, port))
             || wildcards
                 .iter()
-                .any(|w| listening.contains(&(protocol, *w, port)))
+                .any(|w| listening.contains(&(netns, protocol, *w, port)))
     };
     let mut flows = BTreeMap::new();
     for socket in connected {
         let k = &socket.key;
-        let inbound = is_listening(k.protocol, k.local_address, k.local_port);
+        let inbound = is_listening(k.netns, k.protocol, k.local_address, k.local_port);
         let key = FlowKey {
             protocol: k.protocol,
             direction: if inbound {
@@ -130,6 +140,7 @@ pub fn fold_connections<'a>(
             service_port: if inbound { k.local_port } else { k.remote_port },
             state: socket.state,
             pid: socket.pids.first().copied().unwrap_or(0),
+            netns: k.netns,
         };
         *flows.entry(key).or_insert(0) += 1;
     }

@@ -14,13 +14,16 @@ pub struct InterfaceAddress {
     pub address: IpAddr,
     /// Prefix length of the interface's network.
     pub prefix_len: u8,
+    /// Network namespace the interface belongs to ([`crate::socket::HOST_NETNS`] for the
+    /// agent's own). Wildcard binds are scoped by the interfaces of their own namespace.
+    pub netns: u64,
 }
 
 /// Host facts that change rarely and travel with snapshots, and with deltas only when
 /// they changed.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
 pub struct HostState {
-    /// Interface addresses, sorted.
+    /// Interface addresses of every inventoried namespace, sorted.
     pub interfaces: Vec<InterfaceAddress>,
     /// `net.ipv4.ip_local_port_range`, `None` when unknown.
     pub ephemeral_ports: Option<(u16, u16)>,
@@ -48,4 +51,10 @@ pub struct ScanStats {
     pub scan_duration_micros: u64,
     /// Sockets per TCP state name; UDP sockets counted under `UDP`.
     pub state_counts: BTreeMap<String, u32>,
+    /// Network namespaces inventoried (1 when only the agent's own).
+    pub namespaces: u32,
+    /// Among them, namespaces read from `/proc/<pid>/net/*` because the agent could not
+    /// enter them (no CAP_SYS_ADMIN): without interface addresses, wildcard binds there
+    /// count as public.
+    pub namespaces_from_procfs: u32,
 }

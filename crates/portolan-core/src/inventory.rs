@@ -7,7 +7,7 @@ use serde::Serialize;
 use crate::flow::{Flow, FlowKey, fold_connections};
 use crate::host::HostState;
 use crate::process::Process;
-use crate::scope::{classify, exposure};
+use crate::scope::{classify, exposure_in};
 use crate::socket::{Attribution, Socket, SocketKey, SocketState};
 
 /// A socket as a scan lists it, before scopes are resolved and connections folded.
@@ -44,7 +44,7 @@ pub struct Inventory {
 
 impl Inventory {
     /// Builds an inventory from a scan: resolves every socket's scope and exposure against
-    /// the host's interfaces and folds connected sockets into flows. `processes` may hold
+    /// the interfaces of the socket's own network namespace and folds connected sockets into flows. `processes` may hold
     /// more than the sockets reference; the rest is dropped.
     pub fn from_scan(
         host: HostState,
@@ -64,7 +64,7 @@ impl Inventory {
                 pids,
                 attribution: s.attribution,
                 scope: classify(s.key.local_address),
-                exposure: exposure(s.key.local_address, &host.interfaces),
+                exposure: exposure_in(s.key.local_address, s.key.netns, &host.interfaces),
             };
             if socket.key.remote_port == 0 {
                 unconnected.insert(socket.key, socket);

@@ -9,6 +9,7 @@
 
 pub mod delta;
 pub mod flow;
+pub mod fuzz;
 pub mod host;
 pub mod inventory;
 pub mod process;
@@ -21,5 +22,5 @@ pub use flow::{Direction, Flow, FlowKey, fold_connections};
 pub use host::{HostState, InterfaceAddress, ScanStats};
 pub use inventory::Inventory;
 pub use process::Process;
-pub use scope::{Scope, classify, exposure};
-pub use socket::{Attribution, Protocol, Socket, SocketKey, SocketState};
+pub use scope::{Scope, classify, exposure, exposure_in};
+pub use socket::{Attribution, HOST_NETNS, Protocol, Socket, SocketKey, SocketState};

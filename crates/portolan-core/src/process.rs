@@ -23,6 +23,14 @@ pub struct Process {
     pub container_id: String,
     /// Raw cgroup path (v2 unified hierarchy, or the first v1 line).
     pub cgroup: String,
+    /// Kubernetes pod UID from the cgroup path (`kubepods…pod<uid>`); empty outside a pod.
+    pub pod_uid: String,
+    /// Pod name, when the agent could learn it (the kubelet's pod directory); empty when
+    /// unknown.
+    pub pod_name: String,
+    /// Pod namespace (Kubernetes namespace, not network namespace), when the agent could
+    /// learn it; empty when unknown.
+    pub pod_namespace: String,
 }
 
 impl Process {
@@ -77,6 +85,50 @@ fn is_container_id(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
+/// Extracts the Kubernetes pod UID from a cgroup path, with either cgroup driver:
+///
+/// - systemd: `/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod<uid>.slice/…`,
+///   where the UID's dashes are written as underscores;
+/// - cgroupfs: `/kubepods/burstable/pod<uid>/…` or `/kubepods/pod<uid>/…` (guaranteed QoS).
+///
+/// Returns the UID with dashes (`1d2c3b4a-…`), or an empty string outside a pod. Only
+/// segments below a `kubepods` segment count, so a unit named `pod….slice` elsewhere is
+/// not mistaken for a pod.
+pub fn parse_pod_uid(path: &str) -> String {
+    let mut in_kubepods = false;
+    let mut uid = String::new();
+    for segment in path.split('/').filter(|s| !s.is_empty()) {
+        if segment == "kubepods"
+            || segment.starts_with("kubepods.")
+            || segment.starts_with("kubepods-")
+        {
+            in_kubepods = true;
+        }
+        if !in_kubepods {
+            continue;
+        }
+        let stem = segment.strip_suffix(".slice").unwrap_or(segment);
+        // cgroupfs: `pod<uid>`; systemd: `kubepods[-<qos>]-pod<uid>`.
+        let raw = stem
+            .strip_prefix("pod")
+            .or_else(|| stem.rfind("-pod").and_then(|i| stem.get(i + 4..)));
+        if let Some(raw) = raw
+            && is_pod_uid(raw)
+        {
+            uid = raw.replace('_', "-");
+        }
+    }
+    uid
+}
+
+/// A pod UID as cgroup paths carry it: a UUID (dashes, or underscores under systemd), or
+/// the 32-hex hash the kubelet gives static pods.
+fn is_pod_uid(s: &str) -> bool {
+    let hex = s.bytes().filter(u8::is_ascii_hexdigit).count();
+    let separators = s.bytes().filter(|b| *b == b'-' || *b == b'_').count();
+    hex == 32 && (separators == 0 || separators == 4) && hex + separators == s.len()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,6 +178,84 @@ mod tests {
     #[test]
     fn cgroup_v1_docker() {
         assert_eq!(parse_cgroup(&format!("/docker/{ID}")).1, ID);
+    }
+
+    const POD: &str = "1d2c3b4a-5e6f-4a7b-8c9d-0e1f2a3b4c5d";
+
+    #[test]
+    fn pod_uid_with_the_systemd_driver() {
+        let path = format!(
+            "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-{ID}.scope",
+            POD.replace('-', "_")
+        );
+        assert_eq!(parse_pod_uid(&path), POD);
+        assert_eq!(parse_cgroup(&path).1, ID);
+        let guaranteed = format!(
+            "/kubepods.slice/kubepods-pod{}.slice/crio-{ID}.scope",
+            POD.replace('-', "_")
+        );
+        assert_eq!(parse_pod_uid(&guaranteed), POD);
+        assert_eq!(parse_cgroup(&guaranteed).1, ID);
+    }
+
+    #[test]
+    fn pod_uid_with_the_cgroupfs_driver() {
+        assert_eq!(
+            parse_pod_uid(&format!("/kubepods/besteffort/pod{POD}/{ID}")),
+            POD
+        );
+        assert_eq!(parse_pod_uid(&format!("/kubepods/pod{POD}/{ID}")), POD);
+        assert_eq!(parse_cgroup(&format!("/kubepods/pod{POD}/{ID}")).1, ID);
+        // A static pod's UID is a 32-hex hash.
+        let hash = "0123456789abcdef0123456789abcdef";
+        assert_eq!(
+            parse_pod_uid(&format!("/kubepods/burstable/pod{hash}/{ID}")),
+            hash
+        );
+    }
+
+    #[test]
+    fn no_pod_outside_kubepods() {
+        assert_eq!(parse_pod_uid(&format!("/system.slice/pod{POD}.slice")), "");
+        assert_eq!(
+            parse_pod_uid(&format!("/system.slice/docker-{ID}.scope")),
+            ""
+        );
+        assert_eq!(
+            parse_pod_uid("/kubepods.slice/kubepods-burstable.slice"),
+            ""
+        );
+        assert_eq!(parse_pod_uid("/kubepods/podnot-a-uid/x"), "");
+        assert_eq!(parse_pod_uid(""), "");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn pod_uid_survives_both_drivers(bytes in proptest::array::uniform16(proptest::prelude::any::<u8>()), qos in 0usize..3) {
+            let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            let uid = format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32]);
+            let class = ["", "burstable", "besteffort"][qos];
+            let systemd = if class.is_empty() {
+                format!("/kubepods.slice/kubepods-pod{}.slice/cri-containerd-{ID}.scope", uid.replace('-', "_"))
+            } else {
+                format!("/kubepods.slice/kubepods-{class}.slice/kubepods-{class}-pod{}.slice/cri-containerd-{ID}.scope", uid.replace('-', "_"))
+            };
+            let cgroupfs = if class.is_empty() {
+                format!("/kubepods/pod{uid}/{ID}")
+            } else {
+                format!("/kubepods/{class}/pod{uid}/{ID}")
+            };
+            proptest::prop_assert_eq!(parse_pod_uid(&systemd), uid.clone());
+            proptest::prop_assert_eq!(parse_pod_uid(&cgroupfs), uid);
+            proptest::prop_assert_eq!(parse_cgroup(&systemd).1, ID);
+            proptest::prop_assert_eq!(parse_cgroup(&cgroupfs).1, ID);
+        }
+
+        #[test]
+        fn parsing_never_panics(path in ".{0,200}") {
+            let _ = parse_pod_uid(&path);
+            let _ = parse_cgroup(&path);
+        }
     }
 
     #[test]

@@ -93,7 +93,8 @@ fn classify_v6(a: Ipv6Addr) -> Scope {
     }
 }
 
-/// How widely a socket bound to `bind` can be reached on a host with `interfaces`.
+/// How widely a socket bound to `bind` can be reached on a host with `interfaces` (the
+/// interfaces of the socket's own network namespace: see [`exposure_in`]).
 ///
 /// A specific address is as exposed as its own class. A wildcard bind is as exposed as
 /// the widest interface address it covers: IPv4 interfaces for `0.0.0.0`, IPv4 and IPv6
@@ -118,6 +119,21 @@ pub fn exposure(bind: IpAddr, interfaces: &[InterfaceAddress]) -> Scope {
         .unwrap_or(Scope::Public)
 }
 
+/// [`exposure`] of a socket in network namespace `netns`, against the interfaces of that
+/// namespace only: a wildcard bind inside a pod reaches the pod's addresses, not the
+/// node's.
+pub fn exposure_in(bind: IpAddr, netns: u64, interfaces: &[InterfaceAddress]) -> Scope {
+    if classify(bind) != Scope::Wildcard {
+        return classify(bind);
+    }
+    let own: Vec<InterfaceAddress> = interfaces
+        .iter()
+        .filter(|i| i.netns == netns)
+        .cloned()
+        .collect();
+    exposure(bind, &own)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,6 +148,7 @@ mod tests {
             interface: "eth0".into(),
             address: ip(s),
             prefix_len: 24,
+            netns: 0,
         }
     }
 
@@ -178,6 +195,31 @@ mod tests {
     }
 
     #[test]
+    fn wildcard_in_a_namespace_takes_only_that_namespace_s_interfaces() {
+        let at = |s: &str, netns: u64| InterfaceAddress { netns, ..iface(s) };
+        // The node has a public address; the pod only loopback and a pod address.
+        let ifaces = [
+            at("203.0.113.7", 0),
+            at("127.0.0.1", 0),
+            at("127.0.0.1", 4026532999),
+            at("10.244.1.5", 4026532999),
+            at("127.0.0.1", 4026533000),
+        ];
+        assert_eq!(exposure_in(ip("0.0.0.0"), 0, &ifaces), Scope::Public);
+        assert_eq!(
+            exposure_in(ip("0.0.0.0"), 4026532999, &ifaces),
+            Scope::Private
+        );
+        assert_eq!(
+            exposure_in(ip("0.0.0.0"), 4026533000, &ifaces),
+            Scope::Loopback
+        );
+        // A namespace the agent knows no interface of: unknown is never safe.
+        assert_eq!(exposure_in(ip("0.0.0.0"), 1, &ifaces), Scope::Public);
+        assert_eq!(exposure_in(ip("10.0.0.1"), 1, &ifaces), Scope::Private);
+    }
+
+    #[test]
     fn wildcard_without_interfaces_is_public() {
         assert_eq!(exposure(ip("0.0.0.0"), &[]), Scope::Public);
     }
@@ -186,7 +228,7 @@ mod tests {
         #[test]
         fn exposure_of_specific_address_is_its_class(a in any::<u32>(), ifs in proptest::collection::vec(any::<u32>(), 0..4)) {
             let addr = IpAddr::V4(Ipv4Addr::from(a));
-            let ifaces: Vec<_> = ifs.into_iter().map(|i| InterfaceAddress { interface: "x".into(), address: IpAddr::V4(Ipv4Addr::from(i)), prefix_len: 8 }).collect();
+            let ifaces: Vec<_> = ifs.into_iter().map(|i| InterfaceAddress { interface: "x".into(), address: IpAddr::V4(Ipv4Addr::from(i)), prefix_len: 8, netns: 0 }).collect();
             let e = exposure(addr, &ifaces);
             if addr.is_unspecified() {
                 prop_assert_ne!(e, Scope::Wildcard);

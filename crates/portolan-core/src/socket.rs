@@ -138,11 +138,20 @@ pub struct SocketKey {
     pub remote_port: u16,
     /// Socket inode (0 when the kernel reports none).
     pub inode: u64,
+    /// Network namespace the socket lives in: the inode of its `/proc/<pid>/ns/net`, or
+    /// [`HOST_NETNS`] for the agent's own namespace (the host's, as before namespaces
+    /// were inventoried). Two pods may both listen on `0.0.0.0:80`: the namespace tells
+    /// them apart.
+    pub netns: u64,
 }
 
+/// The namespace id of the agent's own network namespace (the host's).
+pub const HOST_NETNS: u64 = 0;
+
 impl fmt::Display for SocketKey {
-    /// `tcp 10.0.0.1:5432 0.0.0.0:0 #12345`, IPv6 addresses in brackets. Stable: used as a
-    /// key in storage.
+    /// `tcp 10.0.0.1:5432 0.0.0.0:0 #12345`, IPv6 addresses in brackets, followed by
+    /// ` ns=<inode>` for a socket outside the host's namespace. Stable: used as a key in
+    /// storage (a host-namespace socket keeps the key it had before namespaces).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
@@ -151,7 +160,11 @@ impl fmt::Display for SocketKey {
             Endpoint(self.local_address, self.local_port),
             Endpoint(self.remote_address, self.remote_port),
             self.inode
-        )
+        )?;
+        if self.netns != HOST_NETNS {
+            write!(f, " ns={}", self.netns)?;
+        }
+        Ok(())
     }
 }
 

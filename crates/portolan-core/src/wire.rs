@@ -48,13 +48,15 @@ pub enum WireError {
         /// Its value.
         value: i32,
     },
-    /// A string is longer than [`MAX_STRING_BYTES`].
-    #[error("`{field}` is {len} bytes, over the limit of {MAX_STRING_BYTES}")]
+    /// A string is longer than its limit ([`MAX_STRING_BYTES`], [`MAX_NAME_BYTES`]).
+    #[error("`{field}` is {len} bytes, over the limit of {limit}")]
     StringTooLong {
         /// The field.
         field: &'static str,
         /// Its length.
         len: usize,
+        /// The limit.
+        limit: usize,
     },
     /// A flow counts no connection.
     #[error("flow `{0}` counts 0 connections; a flow holds at least one")]
@@ -89,10 +91,24 @@ fn port_from_wire(field: &'static str, value: u32) -> Result<u16, WireError> {
 }
 
 fn string_from_wire(field: &'static str, s: String) -> Result<String, WireError> {
-    if s.len() > MAX_STRING_BYTES {
+    string_within(field, s, MAX_STRING_BYTES)
+}
+
+/// Longest pod UID, pod name or pod namespace accepted (Kubernetes names are at most 253
+/// bytes).
+pub const MAX_NAME_BYTES: usize = 253;
+
+/// A Kubernetes name or UID: at most [`MAX_NAME_BYTES`].
+fn short_string_from_wire(field: &'static str, s: String) -> Result<String, WireError> {
+    string_within(field, s, MAX_NAME_BYTES)
+}
+
+fn string_within(field: &'static str, s: String, limit: usize) -> Result<String, WireError> {
+    if s.len() > limit {
         return Err(WireError::StringTooLong {
             field,
             len: s.len(),
+            limit,
         });
     }
     Ok(s)
@@ -226,6 +242,7 @@ impl From<&Socket> for pb::Socket {
             attribution: pb::Attribution::from(s.attribution) as i32,
             scope: pb::Scope::from(s.scope) as i32,
             exposure: pb::Scope::from(s.exposure) as i32,
+            netns_inode: s.key.netns,
         }
     }
 }
@@ -245,6 +262,7 @@ impl TryFrom<pb::Socket> for Socket {
                 remote_address: addr_from_wire("remote_address", &s.remote_address)?,
                 remote_port: port_from_wire("remote_port", s.remote_port)?,
                 inode: s.inode,
+                netns: s.netns_inode,
             },
             state: state_from_wire(s.state)?,
             uid: s.uid,
@@ -271,6 +289,7 @@ impl From<&Flow> for pb::Flow {
             state: pb::SocketState::from(k.state) as i32,
             pid: k.pid,
             connections: f.connections,
+            netns_inode: k.netns,
         }
     }
 }
@@ -297,6 +316,7 @@ impl TryFrom<pb::Flow> for Flow {
             service_port: port_from_wire("service_port", f.service_port)?,
             state: state_from_wire(f.state)?,
             pid: f.pid,
+            netns: f.netns_inode,
         };
         if f.connections == 0 {
             return Err(WireError::EmptyFlow(key.to_string()));
@@ -320,6 +340,9 @@ impl From<&Process> for pb::Process {
             systemd_unit: p.systemd_unit.clone(),
             container_id: p.container_id.clone(),
             cgroup: p.cgroup.clone(),
+            pod_uid: p.pod_uid.clone(),
+            pod_name: p.pod_name.clone(),
+            pod_namespace: p.pod_namespace.clone(),
         }
     }
 }
@@ -338,6 +361,9 @@ impl TryFrom<pb::Process> for Process {
             systemd_unit: string_from_wire("process.systemd_unit", p.systemd_unit)?,
             container_id: string_from_wire("process.container_id", p.container_id)?,
             cgroup: string_from_wire("process.cgroup", p.cgroup)?,
+            pod_uid: short_string_from_wire("process.pod_uid", p.pod_uid)?,
+            pod_name: short_string_from_wire("process.pod_name", p.pod_name)?,
+            pod_namespace: short_string_from_wire("process.pod_namespace", p.pod_namespace)?,
         })
     }
 }
@@ -353,6 +379,7 @@ impl From<&HostState> for pb::HostState {
                     interface: i.interface.clone(),
                     address: addr_to_wire(i.address),
                     prefix_len: u32::from(i.prefix_len),
+                    netns_inode: i.netns,
                 })
                 .collect(),
             ephemeral_port_min: u32::from(min),
@@ -373,6 +400,7 @@ impl TryFrom<pb::HostState> for HostState {
                     interface: string_from_wire("interface", i.interface)?,
                     address: addr_from_wire("interface.address", &i.address)?,
                     prefix_len: u8::try_from(i.prefix_len.min(128)).unwrap_or(128),
+                    netns: i.netns_inode,
                 })
             })
             .collect::<Result<Vec<_>, WireError>>()?;
@@ -402,6 +430,8 @@ impl From<&ScanStats> for pb::ScanStats {
                 .iter()
                 .map(|(k, v)| (k.clone(), *v))
                 .collect(),
+            namespaces: s.namespaces,
+            namespaces_from_procfs: s.namespaces_from_procfs,
         }
     }
 }
@@ -423,6 +453,8 @@ impl From<pb::ScanStats> for ScanStats {
                 .filter(|(k, _)| k.len() <= 32)
                 .take(32)
                 .collect(),
+            namespaces: s.namespaces,
+            namespaces_from_procfs: s.namespaces_from_procfs,
         }
     }
 }
@@ -471,6 +503,8 @@ pub fn snapshot_parts(
                 .collect(),
             last_part: false,
             stats: first.then(|| pb::ScanStats::from(stats)),
+            gap: None,
+            traceparent: String::new(),
         });
         si = s_end;
         fi = f_end;
@@ -598,6 +632,7 @@ pub fn delta_to_wire(
         flows_removed: delta.flows_removed.iter().map(pb::Flow::from).collect(),
         processes: delta.processes.iter().map(pb::Process::from).collect(),
         stats: Some(pb::ScanStats::from(stats)),
+        traceparent: String::new(),
     }
 }
 
@@ -660,6 +695,7 @@ mod tests {
                 remote_address: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
                 remote_port: 0,
                 inode: u64::from(port),
+                netns: 0,
             },
             state: SocketState::Listen,
             uid: 0,

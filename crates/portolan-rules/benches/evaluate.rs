@@ -240,11 +240,13 @@ async fn seed_template(store: &Store, t: usize) -> Result<()> {
                     interface: "lo".into(),
                     address: ip("127.0.0.1")?,
                     prefix_len: 8,
+                    netns: 0,
                 },
                 InterfaceAddress {
                     interface: "eth0".into(),
                     address: ip(&addr)?,
                     prefix_len: 16,
+                    netns: 0,
                 },
             ],
             ephemeral_ports: Some((32768, 60999)),
@@ -297,6 +299,7 @@ async fn seed_template(store: &Store, t: usize) -> Result<()> {
                 service_port: port,
                 state: SocketState::Established,
                 pid: 1000,
+                netns: 0,
             },
             3,
         );
@@ -385,6 +388,7 @@ fn add_listener(
             remote_address: ip("0.0.0.0")?,
             remote_port: 0,
             inode,
+            netns: 0,
         },
         state: SocketState::Listen,
         uid: 0,
@@ -406,6 +410,7 @@ fn add_listener(
             systemd_unit: format!("{program}.service"),
             container_id: String::new(),
             cgroup: format!("/system.slice/{program}.service"),
+            ..Process::default()
         },
     );
     Ok(())

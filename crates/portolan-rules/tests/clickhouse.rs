@@ -41,6 +41,7 @@ fn process(pid: u32, name: &str, executable: &str, unit: &str) -> Process {
         systemd_unit: unit.into(),
         container_id: String::new(),
         cgroup: format!("/system.slice/{unit}"),
+        ..Process::default()
     }
 }
 
@@ -58,6 +59,7 @@ fn listener(addr: &str, port: u16, inode: u64, pids: &[u32], exposure: Scope) ->
             },
             remote_port: 0,
             inode,
+            netns: 0,
         },
         state: SocketState::Listen,
         uid: 0,
@@ -77,6 +79,7 @@ fn flow(direction: Direction, local: &str, remote: &str, port: u16, state: Socke
         service_port: port,
         state,
         pid: 0,
+        netns: 0,
     }
 }
 
@@ -85,6 +88,7 @@ fn iface(addr: &str, prefix_len: u8) -> InterfaceAddress {
         interface: "eth0".into(),
         address: ip(addr),
         prefix_len,
+        netns: 0,
     }
 }
 

@@ -9,6 +9,8 @@
 //!   never with a bare sleep.
 //! - [`receiver`]: [`Receiver`], a real HTTP server on 127.0.0.1 that records every
 //!   request and answers with scripted statuses and delays (Alertmanager, webhooks).
+//! - [`otlp`]: [`OtlpReceiver`], a real OTLP/gRPC trace receiver that records every span
+//!   with its service, ids and parent, to follow a trace across processes.
 //! - [`free_port`] and [`TempState`]: small helpers.
 //!
 //! Everything that touches namespaces needs root (CAP_SYS_ADMIN and CAP_NET_ADMIN) and
@@ -20,6 +22,7 @@ pub mod error;
 pub mod eventually;
 pub mod fixture;
 pub mod netns;
+pub mod otlp;
 pub mod receiver;
 pub mod ss;
 mod util;
@@ -27,6 +30,7 @@ mod util;
 pub use error::{Error, Result};
 pub use fixture::{FixtureId, SocketFixture, fixture_binary};
 pub use netns::{ChildGuard, Lab, NetnsHost, StaleCleanup, check_privileges};
+pub use otlp::{OtlpReceiver, ReceivedSpan};
 pub use receiver::{Receiver, Recorded, Reply};
 pub use ss::{SsSocket, parse_ss_line, parse_ss_output, ss_sockets};
 pub use util::{TempState, free_port};

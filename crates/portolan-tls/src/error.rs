@@ -70,6 +70,14 @@ pub enum TlsError {
         /// What rustls said.
         error: rustls::Error,
     },
+    /// The revocation list (`tls.revoked`) has a line that is not an entry.
+    #[error("cannot read `tls.revoked` at {}: {error}", path.display())]
+    Revocation {
+        /// The revocation file.
+        path: PathBuf,
+        /// Which line is wrong and why.
+        error: crate::revocation::RevocationParseError,
+    },
     /// rustls refused the protocol versions (cannot happen with the ring provider; kept so
     /// that no configuration error is swallowed).
     #[error("cannot configure tls protocol versions: {0}")]

@@ -270,6 +270,12 @@ pub fn identity_from_der(cert_der: &[u8]) -> Result<Identity, IdentityError> {
     parse_certificate(cert_der).and_then(|parsed| parsed.identity)
 }
 
+/// The serial number of a DER certificate (big-endian bytes), as revocation lists name
+/// it (see [`crate::serial_hex`]).
+pub fn certificate_serial(cert_der: &[u8]) -> Result<Vec<u8>, IdentityError> {
+    parse_certificate(cert_der).map(|parsed| parsed.serial)
+}
+
 /// What Portolan reads from a peer certificate: its identity and its serial number.
 pub(crate) struct ParsedCertificate {
     pub(crate) identity: Result<Identity, IdentityError>,

@@ -12,6 +12,8 @@
 //!   ([`TlsIncoming`]), whose [`PeerInfo`] handlers read with [`peer_info`];
 //! - builds the agent's and CLI's client configuration ([`client_config`]) and connects a
 //!   tonic [`Channel`](tonic::transport::Channel) ([`connect`]);
+//! - reloads the collector's certificate, key, CAs and revocation list when their files
+//!   change, without a restart ([`ServerTls`], [`RevocationList`]);
 //! - with the `pki` feature, runs a development CA ([`pki::Ca`]).
 
 #![forbid(unsafe_code)]
@@ -27,6 +29,8 @@ pub mod files;
 pub mod identity;
 #[cfg(feature = "pki")]
 pub mod pki;
+pub mod reload;
+pub mod revocation;
 pub mod server;
 
 pub use client::{
@@ -34,7 +38,9 @@ pub use client::{
 };
 pub use error::TlsError;
 pub use files::TlsFiles;
-pub use identity::{Identity, IdentityError, OperatorRole, identity_from_der};
+pub use identity::{Identity, IdentityError, OperatorRole, certificate_serial, identity_from_der};
+pub use reload::{DEFAULT_RELOAD_INTERVAL, ServerTls};
+pub use revocation::{RevocationList, RevocationParseError, serial_hex};
 pub use server::{AcceptOptions, PeerInfo, PeerStream, TlsIncoming, peer_info, server_config};
 
 /// The ALPN protocol of gRPC.

@@ -21,7 +21,7 @@ use rustls::ServerConfig;
 use rustls::server::WebPkiClientVerifier;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
@@ -67,6 +67,11 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
             error,
         })?;
     config.alpn_protocols = vec![crate::ALPN_H2.to_vec()];
+    // No session resumption: every handshake verifies the client certificate in full. A
+    // resumed session would skip its expiry and the CAs in force now (short-lived
+    // certificates, CA rotation); agents hold long-lived connections, so the cost is nil.
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
     Ok(Arc::new(config))
 }
 
@@ -87,6 +92,19 @@ pub struct PeerInfo {
 }
 
 impl PeerInfo {
+    /// A peer as a handshake would describe it (for tests and in-process transports).
+    pub fn new(
+        remote_addr: SocketAddr,
+        identity: Result<Identity, IdentityError>,
+        serial: Vec<u8>,
+    ) -> Self {
+        PeerInfo {
+            remote_addr,
+            identity,
+            serial,
+        }
+    }
+
     /// Reads identity and serial from the leaf certificate a peer presented.
     fn from_certificate(remote_addr: SocketAddr, cert_der: Option<&[u8]>) -> Self {
         let parsed = match cert_der {
@@ -252,14 +270,25 @@ impl TlsIncoming {
         config: Arc<ServerConfig>,
         options: AcceptOptions,
     ) -> Self {
+        // The sender goes away at once: the receiver keeps the one configuration.
+        let (_, config) = watch::channel(config);
+        Self::reloading(listener, config, options)
+    }
+
+    /// Starts accepting on `listener`; each handshake uses the configuration `config`
+    /// holds at that moment, so that certificates and CAs swapped in by a
+    /// [`ServerTls`](crate::ServerTls) serve new connections without a restart (open
+    /// connections keep theirs).
+    ///
+    /// Must be called from within a Tokio runtime (it spawns the accept task).
+    pub fn reloading(
+        listener: TcpListener,
+        config: watch::Receiver<Arc<ServerConfig>>,
+        options: AcceptOptions,
+    ) -> Self {
         let local_addr = listener.local_addr().ok();
         let (tx, connections) = mpsc::channel(16);
-        let accept_task = tokio::spawn(accept_loop(
-            listener,
-            TlsAcceptor::from(config),
-            tx,
-            options,
-        ));
+        let accept_task = tokio::spawn(accept_loop(listener, config, tx, options));
         TlsIncoming {
             connections,
             accept_task,
@@ -289,7 +318,7 @@ impl tokio_stream::Stream for TlsIncoming {
 
 async fn accept_loop(
     listener: TcpListener,
-    acceptor: TlsAcceptor,
+    config: watch::Receiver<Arc<ServerConfig>>,
     tx: mpsc::Sender<PeerStream>,
     options: AcceptOptions,
 ) {
@@ -319,7 +348,7 @@ async fn accept_loop(
         if tx.is_closed() {
             return;
         }
-        let acceptor = acceptor.clone();
+        let acceptor = TlsAcceptor::from(config.borrow().clone());
         let tx = tx.clone();
         tokio::spawn(async move {
             let _permit = permit;
@@ -331,7 +360,10 @@ async fn accept_loop(
                     let stream = PeerStream::new(tls, remote_addr);
                     match &stream.info.identity {
                         Ok(identity) => {
-                            tracing::debug!("tls connection from {remote_addr} as {identity}")
+                            tracing::debug!(
+                                "tls connection from {remote_addr} as {identity} (certificate serial {})",
+                                crate::revocation::serial_hex(&stream.info.serial)
+                            )
                         }
                         Err(e) => tracing::warn!(
                             "tls connection from {remote_addr} has a certificate without identity: {e}"

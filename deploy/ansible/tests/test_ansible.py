@@ -15,7 +15,9 @@
    the installed units.
 6. The agent's two capabilities are exactly what it needs: an unprivileged user with
    CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE attributes a socket of a root process, with
-   either one alone it cannot, and it lists the socket even with none.
+   either one alone it cannot, and it lists the socket even with none. With
+   `namespaces = "all"` and the same two, it lists and attributes a listener in another
+   network namespace, read from /proc/<pid>/net (entering it needs CAP_SYS_ADMIN).
 
 Binaries come from `${CARGO_TARGET_DIR:-target}/debug` (`cargo build --workspace --bins`).
 """
@@ -256,6 +258,8 @@ def installed(workdir):
         "portolan_collector_rules_evaluate": True,
         "portolan_collector_rules_interval": "2s",
         "portolan_collector_rules_src": [str(REPO / "deploy" / "rules" / "default.yaml")],
+        # Named by the role, written by the operator (the test, before the collector starts).
+        "portolan_collector_tls_revoked": "/etc/portolan/revoked.txt",
     }
     inventory = workdir / "inventory.json"
     inventory.write_text(
@@ -334,7 +338,11 @@ def test_playbook_installs_an_agent_that_reaches_the_collector(installed, workdi
     # The rendered files point into the root, and the installed binaries accept them.
     agent = tomllib.loads(agent_toml.read_text())
     collector = tomllib.loads(collector_toml.read_text())
-    for path in [*agent["tls"].values(), *collector["tls"].values(), collector["state_dir"], *collector["rules"]["files"]]:
+    revoked = Path(collector["tls"]["revoked"])
+    assert revoked == root / "etc/portolan/revoked.txt"
+    # Another host's agent is revoked: this one still gets through.
+    revoked.write_text("# revoked by the test\nhost:another-host\n")
+    for path in [*agent["tls"].values(), *collector["tls"].values(), agent["spool"]["dir"], collector["state_dir"], *collector["rules"]["files"]]:
         assert Path(path).is_relative_to(root) and Path(path).exists(), path
     assert agent["labels"]["note"] == 'quote " backslash \\ é'
     for command in ([agent_bin, "run", "--print-config", "--config", agent_toml], [collector_bin, "--print-config", "--config", collector_toml]):
@@ -499,6 +507,49 @@ def test_agent_attributes_other_users_sockets_with_exactly_its_two_capabilities(
         assert found["attribution"] == attribution and os.getpid() in pids, found
     else:
         assert found["attribution"] != "owned" and not pids, found
+
+
+def test_agent_reads_other_namespaces_without_entering_them(installed):
+    """`namespaces = "all"` (`--all-namespaces`) with the unit's user and two capabilities,
+    as argument_specs.yml describes it: a listener that a root process holds in another
+    network namespace is listed and attributed, read from /proc/<pid>/net because entering
+    the namespace (setns) needs CAP_SYS_ADMIN, and the agent says so."""
+    agent = installed["root"] / "usr/local/bin/portolan-agent"
+    nobody = pwd.getpwnam("nobody")
+    spec = "+dac_read_search,+sys_ptrace"
+    command = [
+        *("setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups", "--no-new-privs"),
+        *(f"--inh-caps=-all,{spec}", f"--ambient-caps={spec}", f"--bounding-set=-all,{spec}"),
+    ]
+    hold = (
+        "import socket, sys\n"
+        "s = socket.socket()\n"
+        "s.bind(('0.0.0.0', 0))\n"
+        "s.listen()\n"
+        "print(s.getsockname()[1], flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    # unshare execs python in the new namespace: the holder's pid is the process's.
+    holder = subprocess.Popen(["unshare", "--net", sys.executable, "-c", hold], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        line = holder.stdout.readline()
+        assert line.strip().isdigit(), f"the listener in a new network namespace did not start (unshare --net: {holder.poll()})"
+        port = int(line)
+        result = run([*command, agent, "scan", "--listening", "--all-namespaces", "--output", "json"])
+        own = run([*command, agent, "scan", "--listening", "--output", "json"])
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=10)
+    assert result.returncode == 0 and own.returncode == 0, result.stderr + own.stderr
+    document = json.loads(result.stdout)
+
+    def held(doc: dict) -> list[dict]:
+        return [s for s in doc["sockets"] if s["local_port"] == port and s["protocol"] == "tcp" and s["local_address"] == "0.0.0.0"]
+
+    assert not [s for s in held(json.loads(own.stdout)) if holder.pid in [p["pid"] for p in s["processes"]]], "own namespace only, yet the other namespace's listener is listed"
+    (found,) = held(document)
+    assert found["attribution"] == "owned" and holder.pid in [p["pid"] for p in found["processes"]], found
+    assert any("cannot enter network namespaces" in w and "CAP_SYS_ADMIN" in w for w in document["warnings"]), document["warnings"]
 
 
 # --- the example inventory ---------------------------------------------------------------------

@@ -160,6 +160,12 @@ BAD_VALUES = [
     ("plaintext collector endpoint", {"agent": {"config": {"collector": {"endpoint": "http://c:7443"}}}}, "endpoint"),
     ("a port out of range", {"metrics": {"port": 70000}}, "/metrics/port"),
     ("an operator role that does not exist", {"tls": {"certManager": {"operator": {"role": "root"}}}}, "role"),
+    ("a Kubernetes quantity for a size", {"agent": {"config": {"spool": {"max_size": "64Mi"}}}}, "max_size"),
+    ("the spool directory in config", {"agent": {"config": {"spool": {"dir": "/tmp/spool"}}}}, "dir"),
+    ("a namespaces mode that does not exist", {"agent": {"config": {"namespaces": "pods"}}}, "namespaces"),
+    ("a zero message rate", {"collector": {"config": {"limits": {"max_messages_per_second": 0}}}}, "max_messages_per_second"),
+    ("the revocation list in config", {"collector": {"config": {"tls": {"revoked": "/x"}}}}, "tls"),
+    ("a relative spool host path", {"agent": {"spoolHostPath": "spool"}}, "spoolHostPath"),
 ]
 
 
@@ -203,6 +209,8 @@ AGENT_OWNED = {
     "version": "always 1",
     "host_id": "the node name, PORTOLAN_HOST_ID from the downward API",
     "proc_root": "/host/proc, where the node's /proc is mounted",
+    "pod_logs_dir": "/var/log/pods, where agent.podLogsHostPath is mounted",
+    "spool.dir": "agent.spoolHostPath, mounted from the node at the same path",
     "tls.ca": "the mounted certificate directory",
     "tls.cert": "the mounted certificate directory",
     "tls.key": "the mounted certificate directory",
@@ -216,6 +224,7 @@ COLLECTOR_OWNED = {
     "tls.ca": "the mounted certificate Secret",
     "tls.cert": "the mounted certificate Secret",
     "tls.key": "the mounted certificate Secret",
+    "tls.revoked": "the mounted ConfigMap collector.revocation.configMap",
     "clickhouse.url": "from clickhouse.url",
     "clickhouse.database": "from clickhouse.database",
     "clickhouse.user": "PORTOLAN_CLICKHOUSE_USER from the credentials Secret",
@@ -229,6 +238,7 @@ COLLECTOR_OWNED = {
 # Keys whose chart default differs from the binary's, and why.
 CHART_DEFAULTS = {
     "collector.endpoint": "empty means the collector Service of the release, not localhost",
+    "namespaces": "all: on a Kubernetes node most sockets live in pods' network namespaces",
 }
 
 
@@ -346,15 +356,22 @@ def test_security_properties(case: str, renders: dict[str, Render]) -> None:
     assert not agent.get("hostIPC")
     (container,) = agent["containers"]
     sc = container["securityContext"]
-    assert sorted(sc["capabilities"]["add"]) == ["DAC_READ_SEARCH", "SYS_PTRACE"]
+    values = read_values(case)
+    entering = ["SYS_ADMIN"] if values.get("agent", {}).get("enterNamespaces") else []
+    assert sorted(sc["capabilities"]["add"]) == sorted(["DAC_READ_SEARCH", "SYS_PTRACE", *entering])
     assert sc["capabilities"]["drop"] == ["ALL"]
     assert sc["readOnlyRootFilesystem"] is True
     assert sc["allowPrivilegeEscalation"] is False
     assert not sc.get("privileged")
-    host_volumes = {v["name"] for v in agent["volumes"] if "hostPath" in v}
+    host_volumes = {v["name"]: v["hostPath"] for v in agent["volumes"] if "hostPath" in v}
     assert "host-proc" in host_volumes
+    # The one writable host path: the spool, at the same path as on the node.
+    spool = values.get("agent", {}).get("spoolHostPath", "/var/lib/portolan-agent")
+    assert host_volumes["spool"] == {"path": spool, "type": "DirectoryOrCreate"}
     for mount in container["volumeMounts"]:
-        if mount["name"] in host_volumes and not mount.get("readOnly"):
+        if mount["name"] == "spool":
+            assert mount["mountPath"] == spool and not mount.get("readOnly")
+        elif mount["name"] in host_volumes and not mount.get("readOnly"):
             problems.append(f"agent mounts host path volume {mount['name']} writable")
     for w in r.workloads():
         name = f"{w['kind']}/{w['metadata']['name']}"
@@ -408,6 +425,20 @@ def test_optional_objects_are_off_by_default(renders: dict[str, Render]) -> None
     names = {m["metadata"]["name"] for m in renders["defaults"].manifests}
     assert f"{RELEASE}-dashboards" not in names
     assert "metrics" not in json.dumps(renders["defaults"].one("Service", COLLECTOR))
+
+
+def test_dashboards_configmap_ships_the_grafana_dashboards(renders: dict[str, Render]) -> None:
+    """Every dashboard of deploy/grafana, as is, labelled and annotated for the sidecar."""
+    config_map = renders["dashboards"].one("ConfigMap", f"{RELEASE}-dashboards")
+    sources = sorted((REPO / "deploy" / "grafana" / "dashboards").glob("*.json"))
+    assert len(sources) == 5, sources
+    assert sorted(config_map["data"]) == [p.name for p in sources]
+    for path in sources:
+        assert config_map["data"][path.name] == path.read_text(), path.name
+        dashboard = json.loads(config_map["data"][path.name])
+        assert dashboard["uid"].startswith("portolan-") and dashboard["panels"], path.name
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert config_map["metadata"]["annotations"] == {"grafana_folder": "Portolan"}
 
 
 def test_existing_secrets_are_only_referenced(renders: dict[str, Render]) -> None:
@@ -555,6 +586,20 @@ def test_agent_accepts_its_config(case: str, renders: dict[str, Render], tmp_pat
     assert config["scan_interval"] == want.get("scan_interval", "10s")
     assert config["attribute_processes"] == want.get("attribute_processes", True)
     assert config["labels"] == want.get("labels", {})
+    assert config["namespaces"] == want.get("namespaces", "all")
+    assert pod["hostPID"] is True, "namespaces = all finds pods' namespaces through the node's processes"
+    for key, value in want.get("footprint", {}).items():
+        assert config["footprint"][key] == value, key
+    assert config["spool"]["max_size"] == want.get("spool", {}).get("max_size", "64MiB")
+    # The spool survives the pod: a node directory, writable, at the path the agent uses.
+    agent_values = values.get("agent", {})
+    spool = mounted(pod, f"{config['spool']['dir']}/spool.log")
+    assert spool["hostPath"]["path"] == config["spool"]["dir"] == agent_values.get("spoolHostPath", "/var/lib/portolan-agent")
+    # The kubelet's pod log directories, read-only, where pod_logs_dir points.
+    logs = mounted(pod, f"{config['pod_logs_dir']}/x")
+    assert logs["hostPath"] == {"path": agent_values.get("podLogsHostPath", "/var/log/pods"), "type": "Directory"}
+    (container,) = pod["containers"]
+    assert next(m for m in container["volumeMounts"] if m["name"] == logs["name"])["readOnly"] is True
     source = values.get("agent", {}).get("tls", {}).get("source", "hostPath")
     if source != "hostPath":
         assert config["tls"]["cert"] == f"/etc/portolan/tls/agent-{node}.pem"
@@ -582,6 +627,14 @@ def test_collector_accepts_its_config(case: str, workload: str, renders: dict[st
     for key in ("ca", "cert", "key"):
         path = config["tls"][key]
         assert secret_file_provided(mounted(pod, path), Path(path).name), f"tls.{key} = {path} is provided by no volume"
+    revocation = values.get("collector", {}).get("revocation", {})
+    if revocation.get("configMap"):
+        # The whole ConfigMap as a directory (no items, no subPath): updates reach the file.
+        volume = mounted(pod, config["tls"]["revoked"])
+        assert volume["configMap"] == {"name": revocation["configMap"]}
+        assert Path(config["tls"]["revoked"]).name == revocation.get("key", "revoked.txt")
+    else:
+        assert config["tls"]["revoked"] == ""
     if workload == COLLECTOR:
         assert config["rules"]["evaluate"] is False
         return

@@ -27,6 +27,7 @@ pub(crate) fn interface_addresses() -> nix::Result<Vec<InterfaceAddress>> {
                 interface: ifaddr.interface_name,
                 address,
                 prefix_len,
+                netns: 0,
             })
         })
         .collect();

@@ -10,7 +10,7 @@ use std::time::SystemTime;
 
 use nix::errno::Errno;
 use portolan_core::Process;
-use portolan_core::process::parse_cgroup;
+use portolan_core::process::{parse_cgroup, parse_pod_uid};
 
 /// Longest command line kept, in bytes.
 pub(crate) const MAX_COMMAND_LINE: u64 = 4096;
@@ -163,6 +163,7 @@ pub(crate) fn read_process(proc_root: &Path, pid: u32, users: &Users) -> Process
         .map(|b| cgroup_path(&String::from_utf8_lossy(&b)))
         .unwrap_or_default();
     let (systemd_unit, container_id) = parse_cgroup(&cgroup);
+    let pod_uid = parse_pod_uid(&cgroup);
     Process {
         pid,
         name,
@@ -173,6 +174,9 @@ pub(crate) fn read_process(proc_root: &Path, pid: u32, users: &Users) -> Process
         systemd_unit,
         container_id,
         cgroup,
+        pod_uid,
+        pod_name: String::new(),
+        pod_namespace: String::new(),
     }
 }
 

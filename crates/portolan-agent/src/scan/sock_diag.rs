@@ -97,6 +97,8 @@ pub(crate) struct RawSocket {
     pub(crate) remote_port: u16,
     pub(crate) uid: u32,
     pub(crate) inode: u32,
+    /// Network namespace ([`portolan_core::HOST_NETNS`] for the agent's own).
+    pub(crate) netns: u64,
 }
 
 /// Reusable state for dumps: the receive buffer.
@@ -292,6 +294,7 @@ fn parse_socket(payload: &[u8], table: Table) -> Result<Option<RawSocket>, DumpE
         remote_port: port(2..4),
         uid: msg.uid(),
         inode: msg.inode(),
+        netns: portolan_core::HOST_NETNS,
     }))
 }
 
@@ -308,7 +311,7 @@ fn ipv6(b: &[u8]) -> IpAddr {
 }
 
 /// Kernel TCP state numbers (`include/net/tcp_states.h`).
-fn tcp_state(n: u8) -> Option<SocketState> {
+pub(crate) fn tcp_state(n: u8) -> Option<SocketState> {
     Some(match n {
         1 => SocketState::Established,
         2 => SocketState::SynSent,

@@ -82,6 +82,7 @@ impl FakeProc {
             proc_root: self.root.clone(),
             attribute_processes: true,
             passwd_path: self.passwd.clone(),
+            ..ScanOptions::default()
         })
     }
 }
@@ -105,6 +106,7 @@ fn raw(protocol: Protocol, state: SocketState, port: u16, inode: u32) -> RawSock
         },
         uid: 33,
         inode,
+        netns: 0,
     }
 }
 
@@ -113,7 +115,10 @@ fn scan_with(fake: &FakeProc, sockets: Vec<RawSocket>) -> (super::Scan, WalkOutc
     let mut scanner = fake.scanner();
     scanner.raw = sockets;
     let walked = scanner.walker.walk(&fake.root);
-    (scanner.finish(Some(walked.clone()), Instant::now()), walked)
+    (
+        scanner.finish(Some(walked.clone()), Default::default(), Instant::now()),
+        walked,
+    )
 }
 
 fn by_port(scan: &super::Scan, port: u16) -> &portolan_core::inventory::ScannedSocket {
@@ -233,7 +238,7 @@ fn vanished_owner_details_stay_empty_without_failing() {
     let walked = scanner.walker.walk(&fake.root);
     // the owner exits between the walk and the detail reads
     fs::remove_dir_all(&dir).expect("rm");
-    let scan = scanner.finish(Some(walked), Instant::now());
+    let scan = scanner.finish(Some(walked), Default::default(), Instant::now());
     assert_eq!(scan.sockets[0].pids, vec![100]);
     assert_eq!(scan.processes.len(), 1);
     assert_eq!(scan.processes[0].pid, 100);
@@ -274,7 +279,7 @@ fn missing_proc_root_is_no_permission_with_a_warning() {
     });
     scanner.raw = vec![raw(Protocol::Tcp, SocketState::Listen, 80, 1)];
     let walked = scanner.walker.walk(&fake.root.join("missing"));
-    let scan = scanner.finish(Some(walked), Instant::now());
+    let scan = scanner.finish(Some(walked), Default::default(), Instant::now());
     assert_eq!(scan.sockets[0].attribution, Attribution::NoPermission);
     assert_eq!(scan.host.ephemeral_ports, None);
     assert_eq!(scan.warnings.len(), 1, "{:?}", scan.warnings);
@@ -286,7 +291,7 @@ fn without_attribution_nothing_is_walked() {
     fake.process(100, "app", 0, "0::/\n", &[(3, "socket:[1]")]);
     let mut scanner = fake.scanner();
     scanner.raw = vec![raw(Protocol::Tcp, SocketState::Listen, 80, 1)];
-    let scan = scanner.finish(None, Instant::now());
+    let scan = scanner.finish(None, Default::default(), Instant::now());
     assert!(!scan.processes_attributed);
     assert!(scan.sockets[0].pids.is_empty());
     assert_eq!(scan.sockets[0].attribution, Attribution::Unknown);

@@ -18,6 +18,9 @@ pub fn process_row(p: &pb::Process) -> Process {
         systemd_unit: p.systemd_unit.clone(),
         container_id: p.container_id.clone(),
         cgroup: p.cgroup.clone(),
+        pod_uid: p.pod_uid.clone(),
+        pod_name: p.pod_name.clone(),
+        pod_namespace: p.pod_namespace.clone(),
     }
 }
 

@@ -39,6 +39,8 @@ pub struct SocketRow {
     pub attribution: String,
     /// Socket inode.
     pub inode: u64,
+    /// Network namespace inode; 0: the host's own (the agent's).
+    pub netns: u64,
     /// Owner's user id.
     pub uid: u32,
     /// Owning process ids.
@@ -65,6 +67,7 @@ impl From<&pb::HostSocket> for SocketRow {
             exposure: enum_name::<pb::Scope>(socket.exposure),
             attribution: enum_name::<pb::Attribution>(socket.attribution),
             inode: socket.inode,
+            netns: socket.netns_inode,
             uid: socket.uid,
             pids: socket.pids.clone(),
             processes: s.processes.iter().map(process_row).collect(),
@@ -93,6 +96,16 @@ impl SocketRow {
             (0, true) => String::new(),
             (0, false) => "*".into(),
             _ => endpoint(&self.remote_address, self.remote_port),
+        }
+    }
+
+    /// `namespace/name` of the first owner's pod, its UID when the name is unknown, or
+    /// empty outside a pod.
+    fn pod(&self) -> String {
+        match self.process() {
+            Some(p) if !p.pod_name.is_empty() => format!("{}/{}", p.pod_namespace, p.pod_name),
+            Some(p) => p.pod_uid.clone(),
+            None => String::new(),
         }
     }
 
@@ -163,6 +176,8 @@ impl Record for SocketRow {
             r.of_process(|p| &p.container_id)
         })
         .wide(),
+        Column::<Self>::key("POD", "pod", |r, _| r.pod()).wide(),
+        Column::<Self>::key("NETNS", "netns", |r, _| r.netns.to_string()).wide(),
         Column::<Self>::key("UPDATED", "updated", |r, ctx| ctx.time(r.updated_unix)).wide(),
         Column::<Self>::free("EXECUTABLE", "executable", 12, |r, _| {
             r.of_process(|p| &p.executable)

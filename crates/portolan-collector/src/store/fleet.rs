@@ -47,6 +47,13 @@ pub struct SocketFilter {
     pub exposures: Vec<Scope>,
     /// Glob on the first owner's process name (`*`, `?`); empty: any.
     pub process: String,
+    /// Glob on the first owner's pod name, or on `namespace/name` when it holds a `/`;
+    /// empty: any.
+    pub pod: String,
+    /// Container id prefix; empty: any.
+    pub container: String,
+    /// Network namespace inode (0: the host's own); `None`: every namespace.
+    pub netns: Option<u64>,
     /// The instant (Unix seconds) whose sockets to list, rebuilt from history; `None`:
     /// the current sockets.
     pub at: Option<u64>,
@@ -200,6 +207,17 @@ pub(crate) fn socket_list_sql(filter: &SocketFilter, hosts_bound: bool) -> Strin
     if !filter.process.is_empty() {
         sql.push_str(" AND process LIKE ?");
     }
+    if filter.pod.contains('/') {
+        sql.push_str(" AND concat(pod_namespace, '/', pod_name) LIKE ?");
+    } else if !filter.pod.is_empty() {
+        sql.push_str(" AND pod_name LIKE ?");
+    }
+    if !filter.container.is_empty() {
+        sql.push_str(" AND container_id LIKE ?");
+    }
+    if filter.netns.is_some() {
+        sql.push_str(" AND netns = ?");
+    }
     if filter.after.is_some() {
         sql.push_str(" AND (host_id, local_port, socket_key) > (?, ?, ?)");
     }
@@ -231,6 +249,19 @@ pub(crate) fn bind_socket_list(
     }
     if !filter.process.is_empty() {
         query = query.bind(glob_to_like(&filter.process));
+    }
+    if !filter.pod.is_empty() {
+        query = query.bind(glob_to_like(&filter.pod));
+    }
+    if !filter.container.is_empty() {
+        // A prefix: the id's own characters are hex, LIKE's wildcards escaped anyway.
+        query = query.bind(format!(
+            "{}%",
+            glob_to_like(&filter.container.replace(['*', '?'], ""))
+        ));
+    }
+    if let Some(netns) = filter.netns {
+        query = query.bind(netns);
     }
     if let Some(after) = &filter.after {
         query = query

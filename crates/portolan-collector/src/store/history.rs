@@ -125,15 +125,20 @@ pub fn hosts_as_of(at_unix_secs: u64) -> String {
     let at = clamp(at_unix_secs);
     let hello = schema::host_hello_columns().join(", ");
     let facts = schema::host_fact_columns();
+    let late = schema::host_late_fact_columns();
+    let picked = |c: &str| format!(", if(f_known = 1, f_{c}, h_{c}) AS {c}");
     let mut out = format!("(SELECT host_id, {}", hello.replacen("host_id, ", "", 1));
-    for c in &facts {
-        let _ = write!(out, ", if(f_known = 1, f_{c}, h_{c}) AS {c}");
+    for c in facts.iter().filter(|c| !late.contains(c)) {
+        out.push_str(&picked(c));
     }
     out.push_str(
         ", if(f_known = 1, f_seq, h_seq) AS seq, \
          if(f_known = 1, f_at, h_updated_at) AS updated_at, \
          if(f_known = 1, toUInt64(f_at) * 1000000000, h_updated_ns) AS updated_ns",
     );
+    for c in &late {
+        out.push_str(&picked(c));
+    }
     let _ = write!(out, " FROM (SELECT {hello}");
     for c in &facts {
         let _ = write!(out, ", {c} AS h_{c}");

@@ -194,6 +194,7 @@ pub fn catalog(flavor: Flavor) -> Vec<CatalogEntry> {
         seq,
         updated_at: 1_760_000_001,
         updated_ns: 1_760_000_001_000_000_000,
+        interface_netns: Vec::new(),
     };
     host.set_facts(facts.clone());
     push(
@@ -269,6 +270,7 @@ pub fn catalog(flavor: Flavor) -> Vec<CatalogEntry> {
         ephemeral_known: facts.ephemeral_known,
         ephemeral_min: facts.ephemeral_min,
         ephemeral_max: facts.ephemeral_max,
+        interface_netns: facts.interface_netns,
     };
     push(
         "write_change / write_heartbeat: insert host_reports",
@@ -612,6 +614,7 @@ fn sample_socket() -> (Socket, Vec<Process>) {
             systemd_unit: "postgresql@15-main.service".into(),
             container_id: String::new(),
             cgroup: "/system.slice/system-postgresql.slice/postgresql@15-main.service".into(),
+            ..Process::default()
         },
         Process {
             pid: 813,
@@ -629,6 +632,7 @@ fn sample_socket() -> (Socket, Vec<Process>) {
             remote_address: IpAddr::V6(Ipv6Addr::UNSPECIFIED),
             remote_port: 0,
             inode: 31337,
+            netns: 0,
         },
         state: SocketState::Listen,
         uid: 105,
@@ -650,6 +654,7 @@ fn sample_flow() -> Flow {
             service_port: 5432,
             state: SocketState::Established,
             pid: 812,
+            netns: 0,
         },
         connections: 17,
     }
@@ -662,6 +667,7 @@ fn sample_host() -> HostState {
                 interface: "eth0".into(),
                 address: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 5)),
                 prefix_len: 24,
+                netns: 0,
             },
             InterfaceAddress {
                 interface: "eth0".into(),
@@ -669,6 +675,7 @@ fn sample_host() -> HostState {
                     .parse()
                     .unwrap_or(IpAddr::V6(Ipv6Addr::LOCALHOST)),
                 prefix_len: 64,
+                netns: 0,
             },
         ],
         ephemeral_ports: Some((32768, 60999)),

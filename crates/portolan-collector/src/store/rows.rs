@@ -116,6 +116,7 @@ pub(crate) struct HostFactsCols {
     pub ephemeral_known: u8,
     pub ephemeral_min: u16,
     pub ephemeral_max: u16,
+    pub interface_netns: Vec<u64>,
 }
 
 impl HostFactsCols {
@@ -135,6 +136,7 @@ impl HostFactsCols {
             ephemeral_known: u8::from(state.ephemeral_ports.is_some()),
             ephemeral_min: min,
             ephemeral_max: max,
+            interface_netns: state.interfaces.iter().map(|i| i.netns).collect(),
         }
     }
 
@@ -146,11 +148,20 @@ impl HostFactsCols {
                 "an array as long as `interfaces`",
             ));
         }
+        // Rows written before migration 4 have no namespaces: every interface is the host's.
+        if !self.interface_netns.is_empty() && self.interface_netns.len() != self.interfaces.len() {
+            return Err(corrupt(
+                table,
+                "interface_netns",
+                "an array as long as `interfaces`",
+            ));
+        }
         let interfaces = self
             .interface_names
             .iter()
             .zip(&self.interfaces)
-            .map(|(name, cidr)| {
+            .enumerate()
+            .map(|(i, (name, cidr))| {
                 let (addr, prefix) = cidr
                     .rsplit_once('/')
                     .ok_or_else(|| corrupt(table, "interfaces", cidr))?;
@@ -160,6 +171,7 @@ impl HostFactsCols {
                     prefix_len: prefix
                         .parse()
                         .map_err(|_| corrupt(table, "interfaces", cidr))?,
+                    netns: self.interface_netns.get(i).copied().unwrap_or(0),
                 })
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
@@ -192,6 +204,7 @@ pub(crate) struct HostRow {
     pub seq: u64,
     pub updated_at: u32,
     pub updated_ns: u64,
+    pub interface_netns: Vec<u64>,
 }
 
 impl HostRow {
@@ -202,6 +215,7 @@ impl HostRow {
             ephemeral_known: self.ephemeral_known,
             ephemeral_min: self.ephemeral_min,
             ephemeral_max: self.ephemeral_max,
+            interface_netns: self.interface_netns.clone(),
         }
     }
 
@@ -211,6 +225,7 @@ impl HostRow {
         self.ephemeral_known = f.ephemeral_known;
         self.ephemeral_min = f.ephemeral_min;
         self.ephemeral_max = f.ephemeral_max;
+        self.interface_netns = f.interface_netns;
     }
 
     pub fn labels(&self) -> Result<BTreeMap<String, String>, StoreError> {
@@ -259,6 +274,7 @@ pub(crate) struct ReportRow {
     pub ephemeral_known: u8,
     pub ephemeral_min: u16,
     pub ephemeral_max: u16,
+    pub interface_netns: Vec<u64>,
 }
 
 impl ReportRow {
@@ -269,6 +285,7 @@ impl ReportRow {
             ephemeral_known: self.ephemeral_known,
             ephemeral_min: self.ephemeral_min,
             ephemeral_max: self.ephemeral_max,
+            interface_netns: self.interface_netns.clone(),
         }
     }
 }
@@ -303,6 +320,13 @@ pub(crate) struct SocketCols {
     pub executable: String,
     pub systemd_unit: String,
     pub container_id: String,
+    pub netns: u64,
+    pub process_pod_uids: Vec<String>,
+    pub process_pod_names: Vec<String>,
+    pub process_pod_namespaces: Vec<String>,
+    pub pod_uid: String,
+    pub pod_name: String,
+    pub pod_namespace: String,
 }
 
 impl SocketCols {
@@ -324,6 +348,7 @@ impl SocketCols {
             scope: socket.scope.as_str().into(),
             exposure: socket.exposure.as_str().into(),
             pids: socket.pids.clone(),
+            netns: k.netns,
             ..SocketCols::default()
         };
         for pid in &socket.pids {
@@ -339,12 +364,18 @@ impl SocketCols {
             c.process_units.push(q.systemd_unit.clone());
             c.process_containers.push(q.container_id.clone());
             c.process_cgroups.push(q.cgroup.clone());
+            c.process_pod_uids.push(q.pod_uid.clone());
+            c.process_pod_names.push(q.pod_name.clone());
+            c.process_pod_namespaces.push(q.pod_namespace.clone());
         }
         if let Some(first) = socket.pids.first().and_then(|pid| process(*pid)) {
             c.process = first.name.clone();
             c.executable = first.executable.clone();
             c.systemd_unit = first.systemd_unit.clone();
             c.container_id = first.container_id.clone();
+            c.pod_uid = first.pod_uid.clone();
+            c.pod_name = first.pod_name.clone();
+            c.pod_namespace = first.pod_namespace.clone();
         }
         c
     }
@@ -358,6 +389,7 @@ impl SocketCols {
             remote_address: parse_addr(table, "remote_address", &self.remote_address)?,
             remote_port: self.remote_port,
             inode: self.inode,
+            netns: self.netns,
         };
         let socket = Socket {
             key,
@@ -383,6 +415,16 @@ impl SocketCols {
         if lengths.iter().any(|l| *l != n) {
             return Err(corrupt(table, "process_*", "arrays as long as `pids`"));
         }
+        // Rows written before migration 4 have no pod arrays: no pods.
+        let pods = [
+            &self.process_pod_uids,
+            &self.process_pod_names,
+            &self.process_pod_namespaces,
+        ];
+        if pods.iter().any(|a| !a.is_empty() && a.len() != n) {
+            return Err(corrupt(table, "process_pod_*", "arrays as long as `pids`"));
+        }
+        let pod = |a: &Vec<String>, i: usize| a.get(i).cloned().unwrap_or_default();
         let processes = (0..n)
             .filter(|i| self.process_known[*i] != 0)
             .map(|i| Process {
@@ -395,6 +437,9 @@ impl SocketCols {
                 systemd_unit: self.process_units[i].clone(),
                 container_id: self.process_containers[i].clone(),
                 cgroup: self.process_cgroups[i].clone(),
+                pod_uid: pod(&self.process_pod_uids, i),
+                pod_name: pod(&self.process_pod_names, i),
+                pod_namespace: pod(&self.process_pod_namespaces, i),
             })
             .collect();
         Ok((socket, processes))
@@ -422,6 +467,10 @@ pub(crate) struct FlowCols {
     pub systemd_unit: String,
     pub container_id: String,
     pub cgroup: String,
+    pub netns: u64,
+    pub pod_uid: String,
+    pub pod_name: String,
+    pub pod_namespace: String,
 }
 
 impl FlowCols {
@@ -449,6 +498,10 @@ impl FlowCols {
             systemd_unit: p.systemd_unit.clone(),
             container_id: p.container_id.clone(),
             cgroup: p.cgroup.clone(),
+            netns: k.netns,
+            pod_uid: p.pod_uid.clone(),
+            pod_name: p.pod_name.clone(),
+            pod_namespace: p.pod_namespace.clone(),
         }
     }
 
@@ -462,6 +515,7 @@ impl FlowCols {
             service_port: self.service_port,
             state: parse_state(table, &self.state)?,
             pid: self.pid,
+            netns: self.netns,
         };
         let process = (self.process_known != 0).then(|| Process {
             pid: self.pid,
@@ -473,6 +527,9 @@ impl FlowCols {
             systemd_unit: self.systemd_unit.clone(),
             container_id: self.container_id.clone(),
             cgroup: self.cgroup.clone(),
+            pod_uid: self.pod_uid.clone(),
+            pod_name: self.pod_name.clone(),
+            pod_namespace: self.pod_namespace.clone(),
         });
         Ok((
             Flow {
@@ -546,6 +603,13 @@ macro_rules! socket_row {
                 executable: String,
                 systemd_unit: String,
                 container_id: String,
+                netns: u64,
+                process_pod_uids: Vec<String>,
+                process_pod_names: Vec<String>,
+                process_pod_namespaces: Vec<String>,
+                pod_uid: String,
+                pod_name: String,
+                pod_namespace: String,
             }
         }
     };
@@ -575,6 +639,10 @@ macro_rules! flow_row {
                 systemd_unit: String,
                 container_id: String,
                 cgroup: String,
+                netns: u64,
+                pod_uid: String,
+                pod_name: String,
+                pod_namespace: String,
             }
         }
     };
@@ -614,6 +682,7 @@ mod tests {
                 remote_address: IpAddr::V6(Ipv6Addr::UNSPECIFIED),
                 remote_port: 0,
                 inode: 77,
+                netns: 4_026_532_001,
             },
             state: SocketState::Close,
             uid: 101,
@@ -630,6 +699,9 @@ mod tests {
             pid: 9,
             name: "dnsmasq".into(),
             cgroup: "/system.slice/dnsmasq.service".into(),
+            pod_uid: "1d2c3b4a-5e6f-4a7b-8c9d-0e1f2a3b4c5d".into(),
+            pod_name: "dns-0".into(),
+            pod_namespace: "kube-system".into(),
             ..Process::default()
         };
         let cols = SocketCols::encode(&socket(), |pid| (pid == 9).then_some(&known));
@@ -648,11 +720,13 @@ mod tests {
                     interface: "eth0".into(),
                     address: IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3)),
                     prefix_len: 24,
+                    netns: 0,
                 },
                 InterfaceAddress {
                     interface: "eth0".into(),
                     address: "fe80::1".parse().expect("addr"),
                     prefix_len: 64,
+                    netns: 4_026_532_001,
                 },
             ],
             ephemeral_ports: Some((0, 0)),

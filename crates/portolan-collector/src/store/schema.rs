@@ -64,6 +64,8 @@ pub mod table {
     pub const FINDINGS: &str = "findings";
     /// Acknowledgements of findings, latest row per fingerprint.
     pub const FINDING_ACKS: &str = "finding_acks";
+    /// Gaps in hosts' history from agents' full spools.
+    pub const SPOOL_GAPS: &str = "spool_gaps";
 }
 
 /// One migration: a version, a name and idempotent statements.
@@ -90,6 +92,7 @@ enum Ty {
     ArrStr,
     ArrU8,
     ArrU32,
+    ArrU64,
 }
 
 impl Ty {
@@ -105,6 +108,7 @@ impl Ty {
             (Ty::ArrStr, _) => "Array(String)",
             (Ty::ArrU8, _) => "Array(UInt8)",
             (Ty::ArrU32, _) => "Array(UInt32)",
+            (Ty::ArrU64, _) => "Array(UInt64)",
         }
     }
 }
@@ -126,6 +130,13 @@ const HOST_FACTS: Columns = &[
     ("ephemeral_known", Ty::U8),
     ("ephemeral_min", Ty::U16),
     ("ephemeral_max", Ty::U16),
+];
+
+/// Host facts added by migration 4 (appended to `hosts` and `host_reports`).
+const HOST_NETNS_FACTS: Columns = &[
+    // Parallel to `interfaces`: the network namespace (inode) of each interface address,
+    // 0 for the agent's own. Empty in rows written before migration 4: all 0.
+    ("interface_netns", Ty::ArrU64),
 ];
 
 const HOSTS_COLUMNS: Columns = &[
@@ -207,6 +218,30 @@ const SOCKET_COLUMNS: Columns = &[
     ("container_id", Ty::Str),
 ];
 
+/// Socket columns added by migration 4 (appended to `socket_events` and
+/// `sockets_current`): the socket's network namespace and the Kubernetes pod of its
+/// processes.
+const SOCKET_NETNS_COLUMNS: Columns = &[
+    // Network namespace inode; 0: the agent's own (the host's).
+    ("netns", Ty::U64),
+    // Parallel to `pids` (empty in rows written before migration 4).
+    ("process_pod_uids", Ty::ArrStr),
+    ("process_pod_names", Ty::ArrStr),
+    ("process_pod_namespaces", Ty::ArrStr),
+    // The first pid's pod, for convenience; empty outside a pod or when unknown.
+    ("pod_uid", Ty::Str),
+    ("pod_name", Ty::Str),
+    ("pod_namespace", Ty::Lc),
+];
+
+/// Flow columns added by migration 4 (appended to `flow_events` and `flows_current`).
+const FLOW_NETNS_COLUMNS: Columns = &[
+    ("netns", Ty::U64),
+    ("pod_uid", Ty::Str),
+    ("pod_name", Ty::Str),
+    ("pod_namespace", Ty::Lc),
+];
+
 const FLOW_COLUMNS: Columns = &[
     ("protocol", Ty::Lc),
     ("direction", Ty::Lc),
@@ -279,6 +314,17 @@ const FINDING_COLUMNS: Columns = &[
     ("version", Ty::U64),
 ];
 
+const SPOOL_GAP_COLUMNS: Columns = &[
+    ("host_id", Ty::Str),
+    // The snapshot that closed the gap.
+    ("seq", Ty::U64),
+    // Scan times of the first change folded away and of that snapshot.
+    ("gap_from", Ty::DateTime),
+    ("gap_to", Ty::DateTime),
+    ("dropped_changes", Ty::U64),
+    ("received_at", Ty::DateTime),
+];
+
 const FINDING_ACK_COLUMNS: Columns = &[
     ("fingerprint", Ty::Str),
     // 1: acknowledged; 0: the acknowledgement was cleared.
@@ -309,17 +355,23 @@ fn names(parts: &[Columns]) -> Vec<&'static str> {
 /// The columns `socket_events` and `sockets_current` share (everything after their
 /// heads), in table order.
 pub fn socket_columns() -> Vec<&'static str> {
-    names(&[SOCKET_COLUMNS])
+    names(&[SOCKET_COLUMNS, SOCKET_NETNS_COLUMNS])
 }
 
 /// The columns `flow_events` and `flows_current` share, in table order.
 pub fn flow_columns() -> Vec<&'static str> {
-    names(&[FLOW_COLUMNS])
+    names(&[FLOW_COLUMNS, FLOW_NETNS_COLUMNS])
 }
 
 /// The host facts columns `hosts` and `host_reports` share, in table order.
 pub fn host_fact_columns() -> Vec<&'static str> {
-    names(&[HOST_FACTS])
+    names(&[HOST_FACTS, HOST_NETNS_FACTS])
+}
+
+/// The host facts columns of `hosts` after its `seq`, `updated_at` and `updated_ns`
+/// (added by a later migration, so appended), in table order.
+pub fn host_late_fact_columns() -> Vec<&'static str> {
+    names(&[HOST_NETNS_FACTS])
 }
 
 /// The columns of `hosts` before its host facts (the Hello facts), in table order.
@@ -331,14 +383,15 @@ pub fn host_hello_columns() -> Vec<&'static str> {
 pub fn table_columns(name: &str) -> Option<Vec<&'static str>> {
     let parts: &[Columns] = match name {
         table::SCHEMA_MIGRATIONS => &[MIGRATIONS_COLUMNS],
-        table::HOSTS => &[HOSTS_COLUMNS, HOST_FACTS, HOSTS_TAIL],
-        table::HOST_REPORTS => &[REPORT_COLUMNS, HOST_FACTS],
-        table::SOCKET_EVENTS => &[SOCKET_EVENT_HEAD, SOCKET_COLUMNS],
-        table::SOCKETS_CURRENT => &[SOCKET_CURRENT_HEAD, SOCKET_COLUMNS],
-        table::FLOW_EVENTS => &[FLOW_EVENT_HEAD, FLOW_COLUMNS],
-        table::FLOWS_CURRENT => &[FLOW_CURRENT_HEAD, FLOW_COLUMNS],
+        table::HOSTS => &[HOSTS_COLUMNS, HOST_FACTS, HOSTS_TAIL, HOST_NETNS_FACTS],
+        table::HOST_REPORTS => &[REPORT_COLUMNS, HOST_FACTS, HOST_NETNS_FACTS],
+        table::SOCKET_EVENTS => &[SOCKET_EVENT_HEAD, SOCKET_COLUMNS, SOCKET_NETNS_COLUMNS],
+        table::SOCKETS_CURRENT => &[SOCKET_CURRENT_HEAD, SOCKET_COLUMNS, SOCKET_NETNS_COLUMNS],
+        table::FLOW_EVENTS => &[FLOW_EVENT_HEAD, FLOW_COLUMNS, FLOW_NETNS_COLUMNS],
+        table::FLOWS_CURRENT => &[FLOW_CURRENT_HEAD, FLOW_COLUMNS, FLOW_NETNS_COLUMNS],
         table::FINDINGS => &[FINDING_COLUMNS],
         table::FINDING_ACKS => &[FINDING_ACK_COLUMNS],
+        table::SPOOL_GAPS => &[SPOOL_GAP_COLUMNS],
         _ => return None,
     };
     Some(names(parts))
@@ -364,6 +417,17 @@ fn create(
         let _ = write!(sql, "\n{modern_tail}");
     }
     sql
+}
+
+/// `ALTER TABLE name ADD COLUMN …` for each column of `columns`, appended in order. A
+/// second run fails with "already exists", which the migrator counts as done (two
+/// collectors migrating at once); one statement is applied whole or not at all.
+fn add_columns(flavor: Flavor, name: &str, columns: Columns) -> String {
+    let adds: Vec<String> = columns
+        .iter()
+        .map(|(c, t)| format!("ADD COLUMN {c} {}", t.sql(flavor)))
+        .collect();
+    format!("ALTER TABLE {name}\n    {}", adds.join(",\n    "))
 }
 
 /// The statement that creates `schema_migrations`; run before anything else.
@@ -463,6 +527,30 @@ pub fn migrations(flavor: Flavor) -> Vec<Migration> {
                 "",
             )],
         },
+        Migration {
+            version: 4,
+            name: "network namespaces and Kubernetes pods of sockets, flows and interfaces",
+            statements: vec![
+                add_columns(flavor, table::HOSTS, HOST_NETNS_FACTS),
+                add_columns(flavor, table::HOST_REPORTS, HOST_NETNS_FACTS),
+                add_columns(flavor, table::SOCKET_EVENTS, SOCKET_NETNS_COLUMNS),
+                add_columns(flavor, table::SOCKETS_CURRENT, SOCKET_NETNS_COLUMNS),
+                add_columns(flavor, table::FLOW_EVENTS, FLOW_NETNS_COLUMNS),
+                add_columns(flavor, table::FLOWS_CURRENT, FLOW_NETNS_COLUMNS),
+            ],
+        },
+        Migration {
+            version: 5,
+            name: "gaps in history from agents' full spools",
+            statements: vec![create(
+                flavor,
+                table::SPOOL_GAPS,
+                &[SPOOL_GAP_COLUMNS],
+                "ReplacingMergeTree(received_at)",
+                "ORDER BY (host_id, seq)",
+                "",
+            )],
+        },
     ]
 }
 
@@ -489,7 +577,10 @@ mod tests {
     #[test]
     fn legacy_has_no_modern_features() {
         for s in statements(Flavor::Legacy) {
-            assert!(s.starts_with("CREATE TABLE IF NOT EXISTS "), "{s}");
+            assert!(
+                s.starts_with("CREATE TABLE IF NOT EXISTS ") || s.starts_with("ALTER TABLE "),
+                "{s}"
+            );
             assert!(!s.contains("LowCardinality"), "{s}");
             assert!(!s.contains("TTL"), "{s}");
         }

@@ -111,6 +111,31 @@ pub struct Snapshot {
     /// Scan statistics. Present in the first part.
     #[prost(message, optional, tag = "8")]
     pub stats: ::core::option::Option<ScanStats>,
+    /// W3C Trace Context of the agent's `send` span ("00-<trace id>-<span id>-<flags>"), the
+    /// same in every part. Empty: not traced (the agent exports no traces), and the collector
+    /// starts a trace of its own. A malformed value is ignored, never refused.
+    #[prost(string, tag = "15")]
+    pub traceparent: ::prost::alloc::string::String,
+    /// Present in the first part when the agent's spool filled up while the collector was
+    /// unreachable: the changes between `from` and `to` were compacted into this snapshot,
+    /// so history holds their net effect at `scanned_at`, not each change. Absent: nothing
+    /// was dropped.
+    #[prost(message, optional, tag = "20")]
+    pub gap: ::core::option::Option<SpoolGap>,
+}
+/// Changes an agent dropped from its full spool (see `Snapshot.gap`).
+#[allow(clippy::all)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SpoolGap {
+    /// Scan time of the first dropped change (Unix time, nanoseconds).
+    #[prost(int64, tag = "1")]
+    pub from_unix_nanos: i64,
+    /// Scan time of the snapshot that replaced them.
+    #[prost(int64, tag = "2")]
+    pub to_unix_nanos: i64,
+    /// How many deltas were dropped.
+    #[prost(uint64, tag = "3")]
+    pub dropped_changes: u64,
 }
 /// What changed between the inventory at `base_seq` and the inventory at `seq`.
 #[allow(clippy::all)]
@@ -145,6 +170,9 @@ pub struct Delta {
     pub processes: ::prost::alloc::vec::Vec<Process>,
     #[prost(message, optional, tag = "11")]
     pub stats: ::core::option::Option<ScanStats>,
+    /// W3C Trace Context of the agent's `send` span; as in `Snapshot.traceparent`.
+    #[prost(string, tag = "15")]
+    pub traceparent: ::prost::alloc::string::String,
 }
 /// Sent instead of a delta when nothing changed: proves the agent is alive.
 #[allow(clippy::all)]
@@ -157,6 +185,9 @@ pub struct Heartbeat {
     pub at_unix_nanos: i64,
     #[prost(message, optional, tag = "3")]
     pub stats: ::core::option::Option<ScanStats>,
+    /// W3C Trace Context of the agent's `send` span; as in `Snapshot.traceparent`.
+    #[prost(string, tag = "15")]
+    pub traceparent: ::prost::alloc::string::String,
 }
 /// The data of `seq` is durably stored.
 #[allow(clippy::all)]
@@ -196,6 +227,11 @@ pub struct InterfaceAddress {
     pub address: ::prost::alloc::vec::Vec<u8>,
     #[prost(uint32, tag = "3")]
     pub prefix_len: u32,
+    /// Network namespace the interface belongs to: the inode of /proc/<pid>/ns/net. 0: the
+    /// agent's own namespace (the host's; every interface of agents that predate
+    /// namespaces). Wildcard binds are scoped by the interfaces of their own namespace.
+    #[prost(uint64, tag = "4")]
+    pub netns_inode: u64,
 }
 /// One kernel socket: a listener, a bound UDP socket, or a long-lived connection that is
 /// not folded into a flow.
@@ -230,6 +266,11 @@ pub struct Socket {
     pub scope: i32,
     #[prost(enumeration = "Scope", tag = "12")]
     pub exposure: i32,
+    /// Network namespace the socket lives in (inode of /proc/<pid>/ns/net). 0: the agent's
+    /// own namespace, the host's. Part of the socket's identity: two pods may both listen
+    /// on 0.0.0.0:80.
+    #[prost(uint64, tag = "13")]
+    pub netns_inode: u64,
 }
 /// Connections folded by endpoint: every connection between `local_address` and
 /// `remote_address` on the service port, in one state and owned by one process, counts
@@ -255,6 +296,10 @@ pub struct Flow {
     pub pid: u32,
     #[prost(uint32, tag = "8")]
     pub connections: u32,
+    /// Network namespace of this host's end; 0: the agent's own namespace. Part of the
+    /// flow's identity.
+    #[prost(uint64, tag = "9")]
+    pub netns_inode: u64,
 }
 /// A process that owns sockets.
 #[allow(clippy::all)]
@@ -282,6 +327,15 @@ pub struct Process {
     pub container_id: ::prost::alloc::string::String,
     #[prost(string, tag = "9")]
     pub cgroup: ::prost::alloc::string::String,
+    /// Kubernetes pod UID from the cgroup path (kubepods…pod<uid>); empty outside a pod.
+    #[prost(string, tag = "10")]
+    pub pod_uid: ::prost::alloc::string::String,
+    /// Pod name and Kubernetes namespace, when the agent could learn them (from the
+    /// kubelet's pod directory); empty when unknown.
+    #[prost(string, tag = "11")]
+    pub pod_name: ::prost::alloc::string::String,
+    #[prost(string, tag = "12")]
+    pub pod_namespace: ::prost::alloc::string::String,
 }
 /// What the scan saw and what it could not attribute.
 #[allow(clippy::all)]
@@ -306,6 +360,15 @@ pub struct ScanStats {
     /// Sockets per TCP state name ("ESTABLISHED" → n); UDP counted under "UDP".
     #[prost(map = "string, uint32", tag = "9")]
     pub state_counts: ::std::collections::HashMap<::prost::alloc::string::String, u32>,
+    /// Network namespaces inventoried; 0 from agents that predate namespaces (they
+    /// inventory their own only).
+    #[prost(uint32, tag = "10")]
+    pub namespaces: u32,
+    /// Among them, namespaces read from /proc/<pid>/net/\* because the agent could not enter
+    /// them (no CAP_SYS_ADMIN): their interfaces are unknown and wildcard binds there count
+    /// as public.
+    #[prost(uint32, tag = "11")]
+    pub namespaces_from_procfs: u32,
 }
 #[allow(clippy::all)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
@@ -955,6 +1018,16 @@ pub struct ListSocketsRequest {
     /// Labels in `hosts` select hosts by their labels now. 0: the current sockets.
     #[prost(int64, tag = "11")]
     pub at_unix: i64,
+    /// Kubernetes pod glob (`web-*`) on the first owner's pod name, or on
+    /// `namespace/name` when it holds a `/`; empty: any socket, in a pod or not.
+    #[prost(string, tag = "12")]
+    pub pod: ::prost::alloc::string::String,
+    /// Container id or a prefix of it (`3f2a9c`); empty: any socket.
+    #[prost(string, tag = "13")]
+    pub container: ::prost::alloc::string::String,
+    /// Network namespace inode; 0: the host's own (the agent's). Absent: every namespace.
+    #[prost(uint64, optional, tag = "14")]
+    pub netns_inode: ::core::option::Option<u64>,
 }
 /// Ordered by host id, local port and socket.
 #[allow(clippy::all)]
@@ -995,6 +1068,13 @@ pub struct WhoListensRequest {
     pub protocol: i32,
     #[prost(message, optional, tag = "3")]
     pub hosts: ::core::option::Option<HostSelector>,
+    /// As in ListSocketsRequest: pod glob, container id prefix, network namespace.
+    #[prost(string, tag = "4")]
+    pub pod: ::prost::alloc::string::String,
+    #[prost(string, tag = "5")]
+    pub container: ::prost::alloc::string::String,
+    #[prost(uint64, optional, tag = "6")]
+    pub netns_inode: ::core::option::Option<u64>,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, ::prost::Message)]

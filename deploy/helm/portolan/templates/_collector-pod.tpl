@@ -84,6 +84,13 @@ spec:
         - name: tls
           mountPath: /etc/portolan/tls
           readOnly: true
+        {{- if $root.Values.collector.revocation.configMap }}
+        # A directory, never subPath: the kubelet's updates reach the file, which the
+        # collector re-reads within a second of a change.
+        - name: revocation
+          mountPath: {{ include "portolan.collector.revocationDir" $root }}
+          readOnly: true
+        {{- end }}
         {{- if .rules }}
         - name: rules
           mountPath: /etc/portolan/rules
@@ -101,6 +108,11 @@ spec:
       secret:
         secretName: {{ include "portolan.collector.tlsSecret" $root }}
         defaultMode: 0440
+    {{- with $root.Values.collector.revocation.configMap }}
+    - name: revocation
+      configMap:
+        name: {{ . }}
+    {{- end }}
     {{- if .rules }}
     - name: rules
       configMap:

@@ -93,6 +93,9 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 {{- end -}}
 
+{{/* Where the revocation list's ConfigMap is mounted, as a whole directory. */}}
+{{- define "portolan.collector.revocationDir" -}}/etc/portolan/revocation{{- end -}}
+
 {{/* The Secret holding the ClickHouse credentials. */}}
 {{- define "portolan.clickhouse.secret" -}}
 {{- default (printf "%s-clickhouse" (include "portolan.fullname" .)) .Values.clickhouse.existingSecret -}}
@@ -121,6 +124,20 @@ app.kubernetes.io/component: {{ .component }}
       name: {{ include "portolan.clickhouse.secret" . }}
       key: {{ .Values.clickhouse.passwordKey }}
       optional: true
+{{- end -}}
+
+{{/* Security context of the agent container: agent.securityContext, plus CAP_SYS_ADMIN with agent.enterNamespaces. */}}
+{{- define "portolan.agent.securityContext" -}}
+{{- $sc := deepCopy .Values.agent.securityContext -}}
+{{- if .Values.agent.enterNamespaces -}}
+{{- $caps := default (dict) (get $sc "capabilities") -}}
+{{- $add := default (list) (get $caps "add") -}}
+{{- if not (has "SYS_ADMIN" $add) -}}
+{{- $_ := set $caps "add" (append $add "SYS_ADMIN") -}}
+{{- end -}}
+{{- $_ := set $sc "capabilities" $caps -}}
+{{- end -}}
+{{- toYaml $sc -}}
 {{- end -}}
 
 {{/* Security context of the collector and evaluator containers: nothing but the network. */}}
@@ -152,6 +169,10 @@ owns because they depend on how the pods are built (paths, ports, evaluation).
 {{- $_ := set $config "collector" $collector -}}
 {{- $_ = set $config "version" 1 -}}
 {{- $_ = set $config "proc_root" "/host/proc" -}}
+{{- $_ = set $config "pod_logs_dir" "/var/log/pods" -}}
+{{- $spool := default (dict) (get $config "spool") -}}
+{{- $_ = set $spool "dir" .Values.agent.spoolHostPath -}}
+{{- $_ = set $config "spool" $spool -}}
 {{- $_ = set $config "tls" (dict "ca" (printf "%s/ca.pem" $tlsDir) "cert" (printf "%s/agent.pem" $tlsDir) "key" (printf "%s/agent.key" $tlsDir)) -}}
 {{- if .Values.metrics.enabled -}}
 {{- $_ = set $config "metrics" (dict "listen" (printf "0.0.0.0:%d" (int .Values.metrics.port))) -}}
@@ -167,7 +188,11 @@ owns because they depend on how the pods are built (paths, ports, evaluation).
 {{- $_ := set $config "version" 1 -}}
 {{- $_ = set $config "listen" (printf "0.0.0.0:%d" (int $root.Values.collector.port)) -}}
 {{- $_ = set $config "state_dir" "/var/lib/portolan-collector" -}}
-{{- $_ = set $config "tls" (dict "ca" (printf "%s/ca.crt" $tlsDir) "cert" (printf "%s/tls.crt" $tlsDir) "key" (printf "%s/tls.key" $tlsDir)) -}}
+{{- $tls := dict "ca" (printf "%s/ca.crt" $tlsDir) "cert" (printf "%s/tls.crt" $tlsDir) "key" (printf "%s/tls.key" $tlsDir) -}}
+{{- with $root.Values.collector.revocation.configMap -}}
+{{- $_ = set $tls "revoked" (printf "%s/%s" (include "portolan.collector.revocationDir" $root) $root.Values.collector.revocation.key) -}}
+{{- end -}}
+{{- $_ = set $config "tls" $tls -}}
 {{- $_ = set $config "clickhouse" (dict "url" (include "portolan.clickhouse.url" $root) "database" $root.Values.clickhouse.database) -}}
 {{- if $root.Values.metrics.enabled -}}
 {{- $_ = set $config "metrics" (dict "listen" (printf "0.0.0.0:%d" (int $root.Values.metrics.port))) -}}
