@@ -16,7 +16,7 @@ use portolan_testkit::{
     ChildGuard, FixtureId, Lab, NetnsHost, SocketFixture, eventually_async, fixture_binary,
 };
 
-use crate::support::{Cluster, Limits, describe_difference, inventory_from_ss, view};
+use crate::support::{Cluster, Limits, rss_kib, stored_equals_kernel};
 
 const INTERVAL: Duration = Duration::from_secs(1);
 /// How long each churned listener stays open: several scans, so every one is seen.
@@ -194,23 +194,7 @@ async fn assert_nothing_lost(cluster: &Cluster, churn: &Churn, what: &str) -> Re
     let current = eventually_async!(
         timeout = Duration::from_secs(30),
         interval = Duration::from_millis(500),
-        {
-            let stored = cluster
-                .store
-                .load_current(&churn.host_id)
-                .await
-                .map_err(|e| e.to_string())?;
-            let kernel = inventory_from_ss(
-                &churn.host.sockets().map_err(|e| e.to_string())?,
-                stored.host.clone(),
-            );
-            let (s, k) = (view(&stored), view(&kernel));
-            if s == k {
-                Ok(stored)
-            } else {
-                Err(describe_difference(&s, &k))
-            }
-        }
+        stored_equals_kernel(cluster, &churn.host_id, &churn.host).await
     );
     println!(
         "{what}: host {}: stored current state equals ss ({} sockets, {} flows: no flow counted twice)",
@@ -272,19 +256,6 @@ async fn wait_connected(cluster: &Cluster, host_id: &str) -> Result<()> {
         }
     );
     Ok(())
-}
-
-/// `VmRSS` of a process in KiB (0 when it is gone).
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|n| n.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 fn snapshots(reports: &[portolan_collector::store::HostReport]) -> usize {

@@ -2,14 +2,13 @@
 //! to a collector; both scrapes show what happened.
 
 use std::net::{IpAddr, SocketAddr};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
-use portolan_testkit::{ChildGuard, Lab, eventually_async};
+use anyhow::Result;
+use portolan_testkit::{Lab, eventually_async};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::support::{Cluster, Limits, binary};
+use crate::support::{Cluster, Limits};
 
 /// `GET /metrics` over plain HTTP/1.0; the body.
 async fn scrape(addr: SocketAddr) -> Result<String, String> {
@@ -59,28 +58,13 @@ async fn both_binaries_export_metrics_of_real_activity() -> Result<()> {
 
     // The agent serves its metrics inside its namespace, reached through the bridge.
     let agent_metrics = host.ipv4_addr(9464);
-    let (cert, key) = cluster.pki.agent("host-m")?;
-    let config = cluster.state.path().join("agent-host-m.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "version = 1\nhost_id = \"host-m\"\nscan_interval = \"500ms\"\n\n[collector]\nendpoint = \"https://{collector}\"\n\n[spool]\ndir = {spool:?}\n\n[tls]\nca = {ca:?}\ncert = {cert:?}\nkey = {key:?}\n\n[metrics]\nlisten = \"{agent_metrics}\"\n",
-            collector = SocketAddr::new(bridge, cluster.collector_port),
-            spool = cluster.agent_spool_dir("host-m").display().to_string(),
-            ca = cluster.pki.ca_path().display().to_string(),
-            cert = cert.display().to_string(),
-            key = key.display().to_string(),
-        ),
+    let _agent = cluster.spawn_agent_with_config(
+        Some(&host),
+        "host-m",
+        SocketAddr::new(bridge, cluster.collector_port),
+        Duration::from_millis(500),
+        &format!("\n[metrics]\nlisten = \"{agent_metrics}\"\n"),
     )?;
-    let log = std::fs::File::create(cluster.state.path().join("agent-host-m.log"))?;
-    let mut command: Command = host.command(binary("portolan-agent")?);
-    command
-        .args(["run", "--config"])
-        .arg(&config)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log);
-    let _agent = ChildGuard::spawn(&mut command).context("cannot start the agent")?;
 
     let agent = eventually_async!(
         timeout = Duration::from_secs(60),
@@ -170,31 +154,16 @@ async fn an_agent_over_its_cpu_budget_backs_off_and_says_so() -> Result<()> {
     let bridge = IpAddr::V4(lab.bridge_ipv4());
     let cluster = Cluster::start("footprint", &[bridge], Limits::default()).await?;
     let agent_metrics = host.ipv4_addr(9464);
-    let (cert, key) = cluster.pki.agent("host-f")?;
-    let config = cluster.state.path().join("agent-host-f.toml");
     let interval = Duration::from_millis(200);
-    std::fs::write(
-        &config,
-        format!(
-            "version = 1\nhost_id = \"host-f\"\nscan_interval = \"{ms}ms\"\n\n[collector]\nendpoint = \"https://{collector}\"\n\n[spool]\ndir = {spool:?}\n\n[footprint]\nmax_cpu_percent = 0.001\n\n[tls]\nca = {ca:?}\ncert = {cert:?}\nkey = {key:?}\n\n[metrics]\nlisten = \"{agent_metrics}\"\n",
-            ms = interval.as_millis(),
-            collector = SocketAddr::new(bridge, cluster.collector_port),
-            spool = cluster.agent_spool_dir("host-f").display().to_string(),
-            ca = cluster.pki.ca_path().display().to_string(),
-            cert = cert.display().to_string(),
-            key = key.display().to_string(),
+    let _agent = cluster.spawn_agent_with_config(
+        Some(&host),
+        "host-f",
+        SocketAddr::new(bridge, cluster.collector_port),
+        interval,
+        &format!(
+            "\n[footprint]\nmax_cpu_percent = 0.001\n\n[metrics]\nlisten = \"{agent_metrics}\"\n"
         ),
     )?;
-    let log_path = cluster.state.path().join("agent-host-f.log");
-    let log = std::fs::File::create(&log_path)?;
-    let mut command: Command = host.command(binary("portolan-agent")?);
-    command
-        .args(["run", "--config"])
-        .arg(&config)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log);
-    let _agent = ChildGuard::spawn(&mut command).context("cannot start the agent")?;
 
     let text = eventually_async!(
         timeout = Duration::from_secs(60),
@@ -226,7 +195,7 @@ async fn an_agent_over_its_cpu_budget_backs_off_and_says_so() -> Result<()> {
         scanned <= nominal / 2.0,
         "{scanned} scans in {window:?}: the interval did not grow"
     );
-    let log = std::fs::read_to_string(&log_path)?;
+    let log = cluster.agent_log("host-f");
     assert!(
         log.contains("footprint guard changed process attribution"),
         "the agent logged the back-off:\n{log}"

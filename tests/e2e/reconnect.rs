@@ -8,7 +8,7 @@ use anyhow::Result;
 use portolan_core::Protocol;
 use portolan_testkit::{Lab, SocketFixture, eventually_async, fixture_binary};
 
-use crate::support::{Cluster, Limits, describe_difference, inventory_from_ss, view};
+use crate::support::{Cluster, Limits, stored_equals_kernel};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_reconnects_after_a_collector_crash() -> Result<()> {
@@ -70,21 +70,7 @@ async fn agent_reconnects_after_a_collector_crash() -> Result<()> {
         interval = Duration::from_millis(250),
         {
             has_port(&cluster, 6000).await?;
-            let stored = cluster
-                .store
-                .load_current("host-r")
-                .await
-                .map_err(|e| e.to_string())?;
-            let kernel = inventory_from_ss(
-                &host.sockets().map_err(|e| e.to_string())?,
-                stored.host.clone(),
-            );
-            let (s, k) = (view(&stored), view(&kernel));
-            if s == k {
-                Ok(stored)
-            } else {
-                Err(describe_difference(&s, &k))
-            }
+            stored_equals_kernel(&cluster, "host-r", &host).await
         }
     );
     println!(

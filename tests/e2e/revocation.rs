@@ -116,8 +116,6 @@ async fn a_revoked_certificate_loses_its_open_streams_and_stays_out() -> Result<
 
     // Revoke host-a's certificate by serial while its stream is open.
     let serial = serial_of(&cluster.pki.dir.join("agent-host-a.pem"))?;
-    let reports_before = reports(&cluster, "host-a").await?;
-    let seq_before = cluster.store.last_seq("host-a").await?;
     let revoked_at = revoke(&cluster, &format!("serial:{serial}  # host-a's laptop"))?;
     println!("injected: `serial:{serial}` (host-a) into the revocation list");
     // The agent learns it from the status that ends its stream.
@@ -152,6 +150,11 @@ async fn a_revoked_certificate_loses_its_open_streams_and_stays_out() -> Result<
         "{}",
         ended.1
     );
+    // Counted once the stream ended: a change the agent sent before the collector saw
+    // the new list may still have been stored (its scans go on into the spool); after
+    // the end, nothing more may be.
+    let reports_before = reports(&cluster, "host-a").await?;
+    let seq_before = cluster.store.last_seq("host-a").await?;
     let log = cluster.collector_log();
     assert!(
         log.contains("agent stream ended with an error") && log.contains("is revoked"),

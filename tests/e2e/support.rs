@@ -67,6 +67,44 @@ impl Pki {
     }
 }
 
+/// `VmRSS` of a process in KiB (0 when it is gone).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// One look at whether what ClickHouse holds as `host_id`'s current inventory equals
+/// what `ss` shows in `host` (for `eventually_async!`): the stored inventory, or the
+/// difference.
+pub async fn stored_equals_kernel(
+    cluster: &Cluster,
+    host_id: &str,
+    host: &NetnsHost,
+) -> Result<Inventory, String> {
+    let stored = cluster
+        .store
+        .load_current(host_id)
+        .await
+        .map_err(|e| e.to_string())?;
+    let kernel = inventory_from_ss(
+        &host.sockets().map_err(|e| e.to_string())?,
+        stored.host.clone(),
+    );
+    let (s, k) = (view(&stored), view(&kernel));
+    if s == k {
+        Ok(stored)
+    } else {
+        Err(describe_difference(&s, &k))
+    }
+}
+
 /// ClickHouse, PKI and a running collector.
 pub struct Cluster {
     pub state: TempState,
@@ -326,6 +364,33 @@ impl Cluster {
         labels: &[(&str, &str)],
         env: &[(&str, &str)],
     ) -> Result<ChildGuard> {
+        self.spawn_agent_configured(host, host_id, collector, interval, labels, env, "")
+    }
+
+    /// [`Cluster::spawn_agent`] with TOML sections appended to the agent's configuration
+    /// (e.g. `[metrics]`, `[footprint]`).
+    pub fn spawn_agent_with_config(
+        &self,
+        host: Option<&NetnsHost>,
+        host_id: &str,
+        collector: SocketAddr,
+        interval: Duration,
+        extra_toml: &str,
+    ) -> Result<ChildGuard> {
+        self.spawn_agent_configured(host, host_id, collector, interval, &[], &[], extra_toml)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn spawn_agent_configured(
+        &self,
+        host: Option<&NetnsHost>,
+        host_id: &str,
+        collector: SocketAddr,
+        interval: Duration,
+        labels: &[(&str, &str)],
+        env: &[(&str, &str)],
+        extra_toml: &str,
+    ) -> Result<ChildGuard> {
         let (cert, key) = self.pki.agent(host_id)?;
         let endpoint = format!("https://{collector}");
         let labels: String = labels
@@ -342,7 +407,7 @@ impl Cluster {
                 ca = self.pki.ca_path().display().to_string(),
                 cert = cert.display().to_string(),
                 key = key.display().to_string(),
-            ),
+            ) + extra_toml,
         )?;
         // Appended to: an agent restarted under the same host_id keeps one log.
         let log = std::fs::OpenOptions::new()

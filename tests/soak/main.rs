@@ -21,7 +21,7 @@ use anyhow::{Context, Result, bail};
 use portolan_core::Protocol;
 use portolan_testkit::{ChildGuard, FixtureId, Lab, NetnsHost, SocketFixture, fixture_binary};
 
-use support::{Cluster, Limits};
+use support::{Cluster, Limits, rss_kib};
 
 const INTERVAL: Duration = Duration::from_secs(10);
 /// One listener opens per step in each host and stays two steps: every agent sees it.
@@ -37,19 +37,6 @@ fn env_number(name: &str, default: u64) -> Result<u64> {
             .with_context(|| format!("`{name}` is `{v}`; give a whole number")),
         Err(_) => Ok(default),
     }
-}
-
-/// `VmRSS` of a process in KiB (0 when it is gone).
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|n| n.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 struct Sample {

@@ -35,9 +35,13 @@ const MAX_HELLO_STRING: usize = 256;
 /// Most labels a host may carry.
 const MAX_LABELS: usize = 64;
 
+mod fence;
+
 /// The `IngestService` implementation.
 #[derive(Debug, Clone)]
 pub struct Ingest {
+    /// One stream per host at a time (see [`fence`]).
+    streams: Arc<fence::HostStreams>,
     store: Arc<Store>,
     limits: LimitsSection,
     collector_name: Arc<str>,
@@ -50,6 +54,7 @@ impl Ingest {
     pub fn new(store: Arc<Store>, limits: LimitsSection, collector_name: &str) -> Ingest {
         let rate = RateLimiter::new(limits.max_messages_per_second, limits.max_message_burst);
         Ingest {
+            streams: Arc::new(fence::HostStreams::default()),
             store,
             limits,
             collector_name: collector_name.into(),
@@ -101,6 +106,7 @@ impl IngestService for Ingest {
         })?;
         let (tx, rx) = mpsc::channel(8);
         let session = Session {
+            streams: self.streams.clone(),
             live,
             rate: self.rate.clone(),
             store: self.store.clone(),
@@ -132,6 +138,8 @@ impl IngestService for Ingest {
 }
 
 struct Session {
+    /// The hosts' stream slots: this stream holds its host's while it runs.
+    streams: Arc<fence::HostStreams>,
     /// Ends the stream when the certificate is revoked.
     live: LiveSession,
     /// Messages per second of this host.
@@ -175,10 +183,18 @@ impl Session {
         mut self,
         mut inbound: Streaming<pb::StreamInventoryRequest>,
     ) -> Result<(), IngestError> {
+        // Before anything is read from the store: an older stream of this host finishes
+        // its write and ends first.
+        let mut claim = self.streams.claim(&self.host_id).await;
         loop {
             let received = tokio::select! {
                 received = inbound.message() => received,
                 reason = self.live.revoked() => return Err(IngestError::Revoked(reason)),
+                () = claim.superseded() => {
+                    return Err(IngestError::Protocol(
+                        "a newer stream of this host took over (the agent reconnected)".into(),
+                    ));
+                }
             };
             let message = match received {
                 Ok(Some(m)) => m,
