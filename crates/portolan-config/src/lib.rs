@@ -404,8 +404,8 @@ mod tests {
 
     #[test]
     fn precedence_flag_env_file_default() -> Result<(), Box<dyn std::error::Error>> {
-        let dir = tempfile_dir()?;
-        let file = dir.join("c.toml");
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("c.toml");
         std::fs::write(
             &file,
             "name = \"file\"\n[click]\nurl = \"http://file\"\nport = 1\n",
@@ -433,8 +433,8 @@ mod tests {
 
     #[test]
     fn unknown_key_in_file_names_the_file() -> Result<(), Box<dyn std::error::Error>> {
-        let dir = tempfile_dir()?;
-        let file = dir.join("bad.toml");
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("bad.toml");
         std::fs::write(&file, "nmae = \"x\"\n")?;
         let err = load::<Conf>(Some(&file), &BTreeMap::new(), "P_", Table::new())
             .expect_err("unknown key");
@@ -458,15 +458,5 @@ mod tests {
         let err = load::<Conf>(None, &env(&[("P_INTERVAL", "soon")]), "P_", Table::new())
             .expect_err("bad duration");
         assert!(err.to_string().contains("not a duration"), "{err}");
-    }
-
-    fn tempfile_dir() -> std::io::Result<std::path::PathBuf> {
-        let dir = std::env::temp_dir().join(format!(
-            "portolan-config-test-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        std::fs::create_dir_all(&dir)?;
-        Ok(dir)
     }
 }
