@@ -308,7 +308,14 @@ fn write(
         .write_files(&dir.dir, name, write_mode(dir))
         .map_err(pki_error)?;
     print_paths(out, &[&written.cert, &written.key])?;
-    eprintln!("issued {what}, valid until {}", rfc3339(cert.not_after));
+    match cert.serial_hex() {
+        // The serial is what a `tls.revoked` entry names (`serial:<hex>`).
+        Some(serial) => eprintln!(
+            "issued {what}, serial {serial}, valid until {}",
+            rfc3339(cert.not_after)
+        ),
+        None => eprintln!("issued {what}, valid until {}", rfc3339(cert.not_after)),
+    }
     Ok(())
 }
 

@@ -133,6 +133,17 @@ impl std::fmt::Debug for IssuedCert {
 }
 
 impl IssuedCert {
+    /// The certificate's serial number in the form a revocation list takes after
+    /// `serial:` (see [`crate::serial_hex`]); `None` if the PEM does not parse, which
+    /// cannot happen for a certificate this module issued.
+    pub fn serial_hex(&self) -> Option<String> {
+        let der: rustls_pki_types::CertificateDer<'static> =
+            rustls_pki_types::pem::PemObject::from_pem_slice(self.cert_pem.as_bytes()).ok()?;
+        crate::certificate_serial(&der)
+            .ok()
+            .map(|serial| crate::serial_hex(&serial))
+    }
+
     /// Writes `<dir>/<name>.pem` and `<dir>/<name>.key` (mode 0600 on Unix), creating
     /// `dir` if needed.
     pub fn write_files(
@@ -488,6 +499,36 @@ fn write_file(
     file.write_all(contents).map_err(err)?;
     file.sync_all().map_err(err)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod serial_tests {
+    use super::*;
+
+    #[test]
+    fn issued_certificates_name_their_serial_as_a_revocation_list_does() -> Result<(), PkiError> {
+        let ca = Ca::generate("test CA")?;
+        let a = ca.issue_agent("web-1", Duration::from_secs(60))?;
+        let b = ca.issue_agent("web-1", Duration::from_secs(60))?;
+        let (sa, sb) = (a.serial_hex(), b.serial_hex());
+        assert!(sa.as_deref().is_some_and(|s| s.len() >= 2), "{sa:?}");
+        assert_ne!(sa, sb, "every certificate has its own serial");
+        // The printed form, put in a revocation list, revokes that certificate and no other.
+        let list = crate::RevocationList::parse(&format!("serial:{}\n", sa.unwrap_or_default()))
+            .map_err(|e| PkiError::LoadCa {
+                what: "list",
+                reason: e.to_string(),
+            })?;
+        let serial_of = |c: &IssuedCert| -> Vec<u8> {
+            let der: rustls_pki_types::CertificateDer<'static> =
+                rustls_pki_types::pem::PemObject::from_pem_slice(c.cert_pem.as_bytes())
+                    .unwrap_or_else(|e| panic!("issued PEM: {e}"));
+            crate::certificate_serial(&der).unwrap_or_else(|e| panic!("serial: {e}"))
+        };
+        assert!(list.check(&serial_of(&a), None).is_some());
+        assert!(list.check(&serial_of(&b), None).is_none());
+        Ok(())
+    }
 }
 
 #[cfg(test)]
