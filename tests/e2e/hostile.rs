@@ -14,7 +14,7 @@ use portolan_core::Protocol;
 use portolan_proto::v1 as pb;
 use portolan_proto::v1::stream_inventory_request::Message as AgentMessage;
 use portolan_proto::v1::stream_inventory_response::Message as CollectorMessage;
-use portolan_testkit::{Lab, SocketFixture, eventually_async, fixture_binary};
+use portolan_testkit::{Lab, eventually_async};
 use portolan_tls::ConnectOptions;
 use prost::Message as _;
 use tokio::sync::mpsc;
@@ -23,7 +23,7 @@ use tonic::Code;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 
 use crate::refusals::{files, hello, listener_socket, snapshot};
-use crate::support::{Cluster, Limits};
+use crate::support::{Cluster, Limits, stored_port};
 
 /// Frames as bytes: whatever the test wants on the wire, valid protobuf or not.
 #[derive(Debug, Clone, Copy, Default)]
@@ -152,19 +152,6 @@ async fn rows(cluster: &Cluster, host: &str) -> Result<(usize, usize, usize)> {
     ))
 }
 
-async fn stored_port(cluster: &Cluster, host: &str, port: u16) -> Result<(), String> {
-    let current = cluster
-        .store
-        .load_current(host)
-        .await
-        .map_err(|e| e.to_string())?;
-    if current.sockets.values().any(|s| s.key.local_port == port) {
-        Ok(())
-    } else {
-        Err(format!("{host}: port {port} not stored yet"))
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hostile_agent_is_refused_logged_and_stores_nothing() -> Result<()> {
     let lab = Lab::new("hostl")?;
@@ -178,20 +165,9 @@ async fn a_hostile_agent_is_refused_logged_and_stores_nothing() -> Result<()> {
     };
     let cluster = Cluster::start("hostile", &[bridge], limits).await?;
     let collector = SocketAddr::new(bridge, cluster.collector_port);
-    let fixture = SocketFixture::spawn(Some(&good_host), &fixture_binary()?)?;
-    fixture.listen(Protocol::Tcp, good_host.ipv4_addr(7401))?;
-    let _good = cluster.spawn_agent(
-        Some(&good_host),
-        "host-good",
-        collector,
-        Duration::from_secs(1),
-        &[],
-    )?;
-    eventually_async!(
-        timeout = Duration::from_secs(60),
-        interval = Duration::from_millis(200),
-        stored_port(&cluster, "host-good", 7401).await
-    );
+    let (fixture, _good) = cluster
+        .streaming_agent(&good_host, "host-good", collector, 7401)
+        .await?;
     let good_before = rows(&cluster, "host-good").await?;
 
     let (cert, key) = cluster.pki.agent("host-evil")?;

@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use anyhow::Result;
 use portolan_core::Protocol;
-use portolan_testkit::{Lab, SocketFixture, eventually_async, fixture_binary};
+use portolan_testkit::{Lab, eventually_async};
 
-use crate::support::{Cluster, Limits, stored_equals_kernel};
+use crate::support::{Cluster, Limits, stored_equals_kernel, stored_port};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_reconnects_after_a_collector_crash() -> Result<()> {
@@ -16,34 +16,10 @@ async fn agent_reconnects_after_a_collector_crash() -> Result<()> {
     let host = lab.add_host("a")?;
     let bridge = IpAddr::V4(lab.bridge_ipv4());
     let mut cluster = Cluster::start("reconnect", &[bridge], Limits::default()).await?;
-    let fixture = SocketFixture::spawn(Some(&host), &fixture_binary()?)?;
-    fixture.listen(Protocol::Tcp, host.ipv4_addr(5432))?;
     let collector = SocketAddr::new(bridge, cluster.collector_port);
-    let _agent = cluster.spawn_agent(
-        Some(&host),
-        "host-r",
-        collector,
-        Duration::from_secs(1),
-        &[],
-    )?;
-
-    let has_port = async |cluster: &Cluster, port: u16| -> Result<(), String> {
-        let current = cluster
-            .store
-            .load_current("host-r")
-            .await
-            .map_err(|e| e.to_string())?;
-        if current.sockets.values().any(|s| s.key.local_port == port) {
-            Ok(())
-        } else {
-            Err(format!("port {port} not stored"))
-        }
-    };
-    eventually_async!(
-        timeout = Duration::from_secs(60),
-        interval = Duration::from_millis(200),
-        has_port(&cluster, 5432).await
-    );
+    let (fixture, _agent) = cluster
+        .streaming_agent(&host, "host-r", collector, 5432)
+        .await?;
 
     // The collector crashes; a listener opens while it is down.
     cluster.kill_collector(0);
@@ -69,7 +45,7 @@ async fn agent_reconnects_after_a_collector_crash() -> Result<()> {
         timeout = Duration::from_secs(60),
         interval = Duration::from_millis(250),
         {
-            has_port(&cluster, 6000).await?;
+            stored_port(&cluster, "host-r", 6000).await?;
             stored_equals_kernel(&cluster, "host-r", &host).await
         }
     );

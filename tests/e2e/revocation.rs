@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use portolan_core::Protocol;
 use portolan_proto::v1 as pb;
 use portolan_proto::v1::query_service_client::QueryServiceClient;
-use portolan_testkit::{Lab, SocketFixture, eventually_async, fixture_binary};
+use portolan_testkit::{Lab, eventually_async};
 use portolan_tls::pki::{Ca, WriteMode};
 use portolan_tls::{ConnectOptions, OperatorRole, TlsFiles};
 use rustls::pki_types::CertificateDer;
@@ -19,7 +19,7 @@ use rustls::pki_types::pem::PemObject;
 use tonic::Code;
 
 use crate::refusals::{Ending, attempt, files, hello, listener_socket, snapshot};
-use crate::support::{Cluster, Limits};
+use crate::support::{Cluster, Limits, stored_port};
 
 /// How long a revoked stream may stay open: the list is polled every second.
 const REVOCATION_DEADLINE: Duration = Duration::from_secs(5);
@@ -47,19 +47,6 @@ async fn reports(cluster: &Cluster, host: &str) -> Result<usize> {
     Ok(cluster.store.reports(host).await?.len())
 }
 
-async fn stored_port(cluster: &Cluster, host: &str, port: u16) -> Result<(), String> {
-    let current = cluster
-        .store
-        .load_current(host)
-        .await
-        .map_err(|e| e.to_string())?;
-    if current.sockets.values().any(|s| s.key.local_port == port) {
-        Ok(())
-    } else {
-        Err(format!("{host}: port {port} not stored yet"))
-    }
-}
-
 async fn query_client(
     cluster: &Cluster,
     cert: &Path,
@@ -83,21 +70,12 @@ async fn a_revoked_certificate_loses_its_open_streams_and_stays_out() -> Result<
     };
     let cluster = Cluster::start("revocation", &[bridge], limits).await?;
     let collector = SocketAddr::new(bridge, cluster.collector_port);
-    let fixture_a = SocketFixture::spawn(Some(&host_a), &fixture_binary()?)?;
-    let fixture_b = SocketFixture::spawn(Some(&host_b), &fixture_binary()?)?;
-    fixture_a.listen(Protocol::Tcp, host_a.ipv4_addr(7101))?;
-    fixture_b.listen(Protocol::Tcp, host_b.ipv4_addr(7201))?;
-    let interval = Duration::from_secs(1);
-    let _agent_a = cluster.spawn_agent(Some(&host_a), "host-a", collector, interval, &[])?;
-    let _agent_b = cluster.spawn_agent(Some(&host_b), "host-b", collector, interval, &[])?;
-    eventually_async!(
-        timeout = Duration::from_secs(60),
-        interval = Duration::from_millis(200),
-        {
-            stored_port(&cluster, "host-a", 7101).await?;
-            stored_port(&cluster, "host-b", 7201).await
-        }
-    );
+    let (fixture_a, _agent_a) = cluster
+        .streaming_agent(&host_a, "host-a", collector, 7101)
+        .await?;
+    let (fixture_b, _agent_b) = cluster
+        .streaming_agent(&host_b, "host-b", collector, 7201)
+        .await?;
 
     // An operator watches host-b: a stream that must end too when the operator is revoked.
     let op = cluster
@@ -251,20 +229,9 @@ async fn renewed_certificates_and_a_new_ca_are_used_without_restart() -> Result<
     };
     let cluster = Cluster::start("renewal", &[bridge], limits).await?;
     let collector = SocketAddr::new(bridge, cluster.collector_port);
-    let fixture = SocketFixture::spawn(Some(&host), &fixture_binary()?)?;
-    fixture.listen(Protocol::Tcp, host.ipv4_addr(7301))?;
-    let _agent = cluster.spawn_agent(
-        Some(&host),
-        "host-c",
-        collector,
-        Duration::from_secs(1),
-        &[],
-    )?;
-    eventually_async!(
-        timeout = Duration::from_secs(60),
-        interval = Duration::from_millis(200),
-        stored_port(&cluster, "host-c", 7301).await
-    );
+    let (fixture, _agent) = cluster
+        .streaming_agent(&host, "host-c", collector, 7301)
+        .await?;
 
     // The agent's certificate is renewed on disk, then the old one revoked: the open
     // stream ends, and the agent's next connection presents the renewed certificate.

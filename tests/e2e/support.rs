@@ -12,7 +12,10 @@ use portolan_collector::managed_clickhouse::{ManagedClickHouse, ManagedOptions};
 use portolan_collector::store::{ClickHouseConfig, Store};
 use portolan_core::inventory::ScannedSocket;
 use portolan_core::{Attribution, FlowKey, HostState, Inventory, SocketKey, SocketState};
-use portolan_testkit::{ChildGuard, NetnsHost, SsSocket, TempState};
+use portolan_testkit::{
+    ChildGuard, NetnsHost, Protocol, SocketFixture, SsSocket, TempState, eventually_async,
+    fixture_binary,
+};
 use portolan_tls::pki::{Ca, WriteMode};
 
 /// A binary of this workspace, built next to the test executable's profile directory.
@@ -102,6 +105,20 @@ pub async fn stored_equals_kernel(
         Ok(stored)
     } else {
         Err(describe_difference(&s, &k))
+    }
+}
+
+/// Whether ClickHouse holds a current socket of `host` on `port` (for `eventually_async!`).
+pub async fn stored_port(cluster: &Cluster, host: &str, port: u16) -> Result<(), String> {
+    let current = cluster
+        .store
+        .load_current(host)
+        .await
+        .map_err(|e| e.to_string())?;
+    if current.sockets.values().any(|s| s.key.local_port == port) {
+        Ok(())
+    } else {
+        Err(format!("{host}: port {port} not stored yet"))
     }
 }
 
@@ -427,6 +444,28 @@ impl Cluster {
             .stdout(log.try_clone()?)
             .stderr(log);
         Ok(ChildGuard::spawn(&mut command)?)
+    }
+
+    /// A listener on `port` in `host` and an agent `host_id` there (1 s scans) streaming
+    /// to `collector`, once ClickHouse holds the listener: the usual start of a test
+    /// about a streaming agent. The fixture opens and closes more sockets later.
+    pub async fn streaming_agent(
+        &self,
+        host: &NetnsHost,
+        host_id: &str,
+        collector: SocketAddr,
+        port: u16,
+    ) -> Result<(SocketFixture, ChildGuard)> {
+        let fixture = SocketFixture::spawn(Some(host), &fixture_binary()?)?;
+        fixture.listen(Protocol::Tcp, host.ipv4_addr(port))?;
+        let agent =
+            self.spawn_agent(Some(host), host_id, collector, Duration::from_secs(1), &[])?;
+        eventually_async!(
+            timeout = Duration::from_secs(60),
+            interval = Duration::from_millis(200),
+            stored_port(self, host_id, port).await
+        );
+        Ok((fixture, agent))
     }
 
     /// The spool directory of the agent `host_id` (kept across its restarts).

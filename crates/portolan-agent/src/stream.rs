@@ -473,8 +473,13 @@ async fn session(
         if let Some(report) = report
             && !report.changed
         {
-            let (pending, acked) =
-                with_spool(spool, |s| Ok((s.pending(), s.acked_seq().unwrap_or(0)))).await?;
+            // Two counters, no disk: read under the lock, not on a blocking thread.
+            let (pending, acked) = {
+                let s = spool.lock().map_err(|_| {
+                    StreamError::Spool("the spool lock was poisoned by a panic".into())
+                })?;
+                (s.pending(), s.acked_seq().unwrap_or(0))
+            };
             if pending == 0 {
                 heartbeat(&tx, acked, report.at, &report.stats).await?;
                 metrics::global().sent.inc(&[("kind", "heartbeat")]);
