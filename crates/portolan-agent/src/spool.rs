@@ -164,6 +164,8 @@ pub struct Spool {
     entries: Vec<Entry>,
     /// The inventory after the last record (empty before the first).
     tip: Inventory,
+    /// The statistics of the latest recorded scan, for a snapshot made of `tip`.
+    tip_stats: ScanStats,
     /// The last seq the collector holds, once a collector said so in this run.
     acked: Option<u64>,
     /// The base's gap, kept for merging when the spool overflows again before it is sent.
@@ -224,6 +226,7 @@ impl Spool {
             len,
             entries: loaded.entries,
             tip: loaded.tip,
+            tip_stats: loaded.tip_stats,
             acked: None,
             base_gap: loaded.base_gap,
         })
@@ -238,6 +241,7 @@ impl Spool {
         at: i64,
         stats: &ScanStats,
     ) -> Result<Recorded, SpoolError> {
+        self.tip_stats.clone_from(stats);
         let Some(last) = self.entries.last().copied() else {
             let seq = self.acked.map_or(1, |a| a + 1);
             self.rewrite_with_base(seq, &inventory, at, stats, None)?;
@@ -323,7 +327,7 @@ impl Spool {
             .filter(|e| e.kind == Kind::Delta && acked.is_none_or(|a| e.seq > a))
             .count();
         let gap = (unsent_deltas > 1).then(|| self.overflow_gap(last.at));
-        let stats = ScanStats::default();
+        let stats = self.tip_stats.clone();
         let tip = std::mem::take(&mut self.tip);
         self.rewrite_with_base(last_seq + 1, &tip, last.at, &stats, gap)?;
         self.tip = tip;
@@ -553,6 +557,7 @@ impl Spool {
 struct Loaded {
     entries: Vec<Entry>,
     tip: Inventory,
+    tip_stats: ScanStats,
     base_gap: Option<pb::SpoolGap>,
     /// Bytes up to the end of the last whole record (0: no usable file).
     valid_len: u64,
@@ -603,6 +608,7 @@ fn load(path: &Path) -> Result<Loaded, SpoolError> {
                     break;
                 };
                 loaded.tip = base.inventory;
+                loaded.tip_stats = base.stats;
                 loaded.base_gap = base.gap;
                 Entry {
                     kind: Kind::Base,
@@ -620,6 +626,7 @@ fn load(path: &Path) -> Result<Loaded, SpoolError> {
                 if seq != expected {
                     break;
                 }
+                let stats = wire.stats.clone().map(ScanStats::from).unwrap_or_default();
                 let Ok(delta) = delta_from_wire(wire) else {
                     break;
                 };
@@ -627,6 +634,7 @@ fn load(path: &Path) -> Result<Loaded, SpoolError> {
                     break;
                 };
                 loaded.tip = next;
+                loaded.tip_stats = stats;
                 Entry {
                     kind: Kind::Delta,
                     seq,

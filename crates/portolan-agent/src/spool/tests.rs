@@ -250,15 +250,24 @@ fn resync_sends_the_newest_inventory_after_the_collectors_seq() {
     record(&mut spool, &[22], 1);
     spool.connected(0).expect("connected");
     record(&mut spool, &[22, 80], 2);
-    record(&mut spool, &[80], 3);
+    let latest = ScanStats {
+        sockets: 7,
+        ..ScanStats::default()
+    };
+    spool.record(inventory(&[80]), 3, &latest).expect("record");
     spool.resync(9).expect("resync");
     match spool.next_to_send().expect("next") {
         Some(Outgoing::Snapshot {
             seq,
             inventory: inv,
             gap,
+            stats,
             ..
         }) => {
+            assert_eq!(
+                stats, latest,
+                "the snapshot carries the latest scan's figures"
+            );
             assert_eq!(seq, 10);
             assert_eq!(inv, inventory(&[80]));
             assert!(gap.is_some(), "two unsent deltas were folded");
