@@ -64,11 +64,51 @@ lint:
 
 # A bounded soak: 200 real agents (SOAK_AGENTS) streaming to one collector for 3 minutes (SOAK_MINUTES) while listeners churn; reports the memory growth of the collector and the agents, fails on a lost or doubled event.
 soak: setup build
-    ulimit -n 65536 && cargo run -p portolan-e2e --example soak
+    ulimit -n "$(ulimit -Hn)" && cargo run -p portolan-e2e --example soak
 
-# The scan benchmark: 20,000 loopback sockets, agent scan time as a ratio to `ss -tanp` in the same run.
+# Every benchmark, then one table of ratios (each against a reference measured in the same run) with the machine and the command; the same as JSON in <target>/bench/report.json. A part that fails is reported as failed and the suite goes on; fan-in, ingest and latency run once their examples exist.
+bench: setup
+    #!/usr/bin/env bash
+    set -uo pipefail
+    out="${CARGO_TARGET_DIR:-target}/bench"
+    mkdir -p "$out"
+    rm -f "$out"/*.json "$out"/*.log
+    parts=()
+    part() {
+        local name=$1; shift
+        echo "=== bench part $name: $*"
+        if "$@" 2>&1 | tee "$out/$name.log"; then parts+=("$name=ok"); else parts+=("$name=failed"); fi
+    }
+    # The end-to-end parts run the release binaries.
+    if ! cargo build --release --workspace --bins; then
+        echo "the release build failed: the end-to-end parts are skipped" >&2
+        e2e=no
+    else
+        e2e=yes
+    fi
+    part scan "{{just_executable()}}" bench-scan
+    if [ "$e2e" = yes ]; then part steady "{{just_executable()}}" bench-steady; else parts+=("steady=failed"); fi
+    part netns "{{just_executable()}}" bench-netns
+    part rules "{{just_executable()}}" bench-rules
+    for example in fanin ingest latency; do
+        if [ ! -f "tests/bench/$example.rs" ] || ! grep -q "^name = \"$example\"" tests/Cargo.toml; then
+            parts+=("$example=absent")
+        elif [ "$e2e" = yes ]; then
+            part "$example" bash -c "ulimit -n \"\$(ulimit -Hn)\"; cargo run --release -p portolan-e2e --example $example"
+        else
+            parts+=("$example=failed")
+        fi
+    done
+    python3 tools/bench/report.py --command "just bench" "${parts[@]}"
+
+# The scan benchmark: 1,000, 20,000 and 100,000 loopback sockets held by worker processes (PORTOLAN_BENCH_SOCKETS=1000,20000,100000), agent scan time as a ratio to `ss -tanp` and `ss -tan` in the same run.
 bench-scan: setup
     cargo bench -p portolan-agent --bench scan
+
+# Steady state: a real agent (10 s scans) streaming over mTLS to a collector and ClickHouse at 1,000 and 20,000 sockets with 1% churn per interval; its CPU against `ss -tanp` once per interval, its memory, and its bytes on the wire idle and with churn against one full snapshot (root: the agent runs in a network namespace).
+bench-steady: setup
+    cargo build --release -p portolan-agent -p portolan-collector --bins
+    ulimit -n "$(ulimit -Hn)" && cargo run --release -p portolan-e2e --example steady
 
 # The namespace benchmark: one scan of every network namespace at 1, 10 and 100 namespaces, as a ratio to `ss -tuanp` run inside each of them in the same run (root).
 bench-netns: setup

@@ -22,6 +22,9 @@
 //!   scoped by their own namespace's interfaces.
 //! - `pipeline`: three hosts stream their inventories; ClickHouse equals `ss` in each
 //!   host; listeners opened and closed show up within two scan intervals.
+//! - `protocols`: Unix listeners (on a path and an abstract name) and a raw ICMP socket
+//!   in a host's namespace reach ClickHouse with their paths, protocol numbers, exposure
+//!   and owner, as `ss -xl` and `ss -w` list them there.
 //! - `refusals`: no client certificate, another CA, a certificate for another host, a
 //!   non-agent certificate, oversized and malformed messages: refused with a clear status,
 //!   nothing stored, other agents unaffected.
@@ -46,6 +49,7 @@ mod hostile;
 mod metrics;
 mod namespaces;
 mod pipeline;
+mod protocols;
 mod query;
 mod reconnect;
 mod refusals;

@@ -2,7 +2,9 @@
 //! child network namespaces on its node (pods and a container, each with its own
 //! processes, addresses and cgroup), attributes each socket to its namespace, process,
 //! container and pod, and scopes wildcard binds by the interfaces of the socket's own
-//! namespace. The oracle is `ss` run inside each namespace.
+//! namespace. The oracle is `ss` run inside each namespace. Flows between the node's
+//! namespaces are joined to the peer's pod by its pod IP (`portolan flows`), and rules
+//! select sockets by pod on the real server.
 //!
 //! The node is a PID namespace of its own (`unshare --pid --mount-proc`): its agent sees
 //! exactly the processes of this test, not those of the machine or of tests running in
@@ -20,23 +22,30 @@ use portolan_collector::store::fleet::SocketFilter;
 use portolan_core::{Inventory, Protocol, Scope, SocketKey, SocketState};
 use portolan_testkit::{ChildGuard, Lab, NetnsHost, eventually_async};
 
+use crate::query::Cli;
 use crate::support::{Cluster, Limits, binary, inventory_from_ss};
 
 const INTERVAL: Duration = Duration::from_secs(2);
 const POD_A: &str = "0a1b2c3d-0000-4000-8000-00000000000a";
 const POD_B: &str = "0a1b2c3d-0000-4000-8000-00000000000b";
+const POD_D: &str = "0a1b2c3d-0000-4000-8000-00000000000d";
 
 /// A server in one namespace: TCP on `0.0.0.0:80` (the same bind in every namespace) and
-/// `127.0.0.1:8080`, UDP on `0.0.0.0:53`; optionally one connection to `argv[2]:80`.
+/// `127.0.0.1:8080` (accepting and holding what connects), UDP on `0.0.0.0:53`; optionally
+/// one connection to `argv[2]:80`.
 const SERVER: &str = r#"
-import socket, sys, time
+import socket, sys, threading, time
 held = []
+def accept_all(s):
+    while True:
+        held.append(s.accept()[0])
 def tcp(address, port):
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind((address, port))
     s.listen(16)
     held.append(s)
+    threading.Thread(target=accept_all, args=(s,), daemon=True).start()
 tcp("0.0.0.0", 80)
 tcp("127.0.0.1", 8080)
 u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -146,7 +155,13 @@ async fn one_agent_inventories_every_namespace_of_its_node() -> Result<()> {
     let lab = Lab::new("nsinv")?;
     let node = lab.add_host("node")?;
     let bridge = IpAddr::V4(lab.bridge_ipv4());
-    let cluster = Cluster::start("namespaces", &[bridge], Limits::default()).await?;
+    // The operator's CLI reaches the collector on loopback.
+    let cluster = Cluster::start(
+        "namespaces",
+        &[bridge, IpAddr::from([127, 0, 0, 1])],
+        Limits::default(),
+    )
+    .await?;
     let cg_root = cgroup2_root()?;
     let mut cgroups = Cgroups { made: Vec::new() };
     let base = format!("ptl-e2e-{}", std::process::id());
@@ -185,6 +200,17 @@ async fn one_agent_inventories_every_namespace_of_its_node() -> Result<()> {
             container_id: id64('c'),
             pod_uid: "",
             pod: None,
+            wildcard_exposure: Scope::Private,
+        },
+        Child {
+            host: lab.add_host("pod-d")?,
+            cgroup: format!(
+                "{base}/kubepods/besteffort/pod{POD_D}/cri-containerd-{}.scope",
+                id64('d')
+            ),
+            container_id: id64('d'),
+            pod_uid: POD_D,
+            pod: Some(("billing", "api-d")),
             wildcard_exposure: Scope::Private,
         },
     ];
@@ -242,8 +268,9 @@ async fn one_agent_inventories_every_namespace_of_its_node() -> Result<()> {
     start(&node_cgroup, &node.netns, "server-node", None);
     for (i, c) in children.iter().enumerate() {
         let path = cgroups.make(&cg_root, &c.cgroup)?;
-        // The container connects to the first pod's address: a flow between namespaces.
-        let target = (i == 2).then_some(IpAddr::V4(children[0].host.ipv4));
+        // The container and the last pod connect to the first pod's address: flows
+        // between namespaces.
+        let target = (i >= 2).then_some(IpAddr::V4(children[0].host.ipv4));
         start(
             &path,
             &c.host.netns,
@@ -413,7 +440,7 @@ async fn one_agent_inventories_every_namespace_of_its_node() -> Result<()> {
         netns.dedup();
         anyhow::Ok((found.len(), netns))
     };
-    let (pod_a, pod_b, ctr_c) = (inodes[1].0, inodes[2].0, inodes[3].0);
+    let (pod_a, pod_b, ctr_c, pod_d) = (inodes[1].0, inodes[2].0, inodes[3].0, inodes[4].0);
     let mut both = vec![pod_a, pod_b];
     both.sort_unstable();
     assert_eq!(
@@ -456,6 +483,172 @@ async fn one_agent_inventories_every_namespace_of_its_node() -> Result<()> {
         .await?
         .1,
         vec![0]
+    );
+
+    // Rules select by pod on the real server: the same `0.0.0.0:80` in every namespace,
+    // and each rule fires for its pods' sockets only.
+    let rules = portolan_rules::parse(
+        "pods.yaml",
+        "rules:\n  - {id: web-pods, kind: listener, severity: high, sockets: {pod: \"web-*\", ports: [80]}}\n  - {id: billing, kind: listener, severity: high, sockets: {pod: \"billing/*\", protocol: tcp, ports: [80]}}\n  - {id: node-only, kind: listener, severity: low, sockets: {netns: host, protocol: tcp, ports: [80]}}\n",
+    )?;
+    let mut fired = BTreeSet::new();
+    for rule in &rules.rules {
+        let sql = format!("{}\nFORMAT TabSeparated", portolan_rules::compile(rule));
+        let rows = cluster
+            .http_query(&sql)
+            .with_context(|| format!("rule `{}`", rule.id))?;
+        for row in rows.lines() {
+            // rule_id, host_id, fingerprint, severity, subject, evidence
+            let f: Vec<&str> = row.split('\t').collect();
+            assert_eq!(f.len(), 6, "{row}");
+            assert_eq!(f[1], host_id, "{row}");
+            assert_eq!(f[2].len(), 16, "{row}");
+            assert!(f[0] == "node-only" || f[5].contains(" pod="), "{row}");
+            fired.insert((f[0].to_string(), f[4].to_string()));
+        }
+    }
+    let expected: BTreeSet<(String, String)> = [
+        ("web-pods", "tcp 0.0.0.0:80 in pod shop/web-a"),
+        ("web-pods", "tcp 0.0.0.0:80 in pod shop/web-b"),
+        ("billing", "tcp 0.0.0.0:80 in pod billing/api-d"),
+        ("node-only", "tcp 0.0.0.0:80"),
+    ]
+    .into_iter()
+    .map(|(r, s)| (r.to_string(), s.to_string()))
+    .collect();
+    assert_eq!(fired, expected);
+
+    // Flows between the node's namespaces resolve to the peer's pod by its pod IP, on
+    // both ends (what `portolan flows` shows).
+    let op = cluster
+        .pki
+        .ca
+        .issue_operator(
+            "reader",
+            portolan_tls::OperatorRole::Reader,
+            Duration::from_secs(3600),
+        )?
+        .write_files(
+            &cluster.pki.dir,
+            "operator-reader",
+            portolan_tls::pki::WriteMode::Overwrite,
+        )?;
+    let cli = Cli {
+        cluster: &cluster,
+        cert: op.cert.clone(),
+        key: op.key.clone(),
+        port: cluster.collector_port,
+    };
+    // The clients connect while the servers start: wait until both ends of both
+    // connections are stored.
+    let (c_ip, d_ip) = (
+        children[2].host.ipv4.to_string(),
+        children[3].host.ipv4.to_string(),
+    );
+    let doc = eventually_async!(
+        timeout = Duration::from_secs(60),
+        interval = Duration::from_millis(500),
+        {
+            let doc = cli
+                .json(&["flows", "--port", "80", "-o", "json"])
+                .map_err(|e| format!("{e:#}"))?;
+            let remotes: BTreeSet<(String, String)> = doc
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|f| (f["direction"].to_string(), f["remote_address"].to_string()))
+                .collect();
+            let inbound = |ip: &str| ("\"inbound\"".to_string(), format!("{ip:?}"));
+            if remotes.contains(&inbound(&c_ip)) && remotes.contains(&inbound(&d_ip)) {
+                Ok(doc)
+            } else {
+                Err(format!("not yet both connections to pod-a: {doc:#}"))
+            }
+        }
+    );
+    let flows = doc.as_array().context("flows: a JSON array")?;
+    let a_ip = children[0].host.ipv4.to_string();
+    let find = |direction: &str, netns: u64| {
+        flows
+            .iter()
+            .find(|f| {
+                f["direction"] == direction
+                    && f["netns"] == netns
+                    && f["state"]
+                        .as_str()
+                        .is_some_and(|s| s.eq_ignore_ascii_case("established"))
+            })
+            .with_context(|| format!("a {direction} flow in netns {netns}: {doc:#}"))
+    };
+    let pod_of = |v: &serde_json::Value| {
+        format!(
+            "{}/{}",
+            v["pod_namespace"].as_str().unwrap_or_default(),
+            v["pod_name"].as_str().unwrap_or_default()
+        )
+    };
+    // pod-d (billing/api-d) → pod-a (shop/web-a).
+    let out = find("outbound", pod_d)?;
+    assert_eq!(out["remote_address"], a_ip.as_str(), "{out:#}");
+    assert_eq!(pod_of(&out["process"]), "billing/api-d", "{out:#}");
+    assert_eq!(
+        (
+            out["peer"].as_str(),
+            out["peer_host_id"].as_str(),
+            out["peer_netns"].as_u64(),
+            out["peer_pod_namespace"].as_str(),
+            out["peer_pod_name"].as_str(),
+            out["peer_pod_uid"].as_str(),
+        ),
+        (
+            Some("inside"),
+            Some(host_id),
+            Some(pod_a),
+            Some("shop"),
+            Some("web-a"),
+            Some(POD_A)
+        ),
+        "{out:#}"
+    );
+    // The other end of the same connection: pod-a accepted it from pod-d's pod IP.
+    let inbound: Vec<&serde_json::Value> = flows
+        .iter()
+        .filter(|f| f["direction"] == "inbound" && f["netns"] == pod_a)
+        .collect();
+    let from_d = inbound
+        .iter()
+        .find(|f| f["remote_address"] == d_ip.as_str())
+        .with_context(|| format!("pod-a's flow from pod-d: {doc:#}"))?;
+    assert_eq!(pod_of(&from_d["process"]), "shop/web-a", "{from_d:#}");
+    assert_eq!(
+        (
+            from_d["peer_netns"].as_u64(),
+            from_d["peer_pod_namespace"].as_str(),
+            from_d["peer_pod_name"].as_str()
+        ),
+        (Some(pod_d), Some("billing"), Some("api-d")),
+        "{from_d:#}"
+    );
+    // From the docker container: its namespace, and no pod.
+    let from_c = inbound
+        .iter()
+        .find(|f| f["remote_address"] == c_ip.as_str())
+        .with_context(|| format!("pod-a's flow from the container: {doc:#}"))?;
+    assert_eq!(
+        (
+            from_c["peer_host_id"].as_str(),
+            from_c["peer_netns"].as_u64(),
+            from_c["peer_pod_name"].as_str()
+        ),
+        (Some(host_id), Some(ctr_c), Some("")),
+        "{from_c:#}"
+    );
+    // People see the peer's pod in the table.
+    let (code, table, err) = cli.run(&["flows", "--port", "80", "--direction", "out"])?;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        table.contains(&format!("{host_id} pod shop/web-a")),
+        "{table}"
     );
     Ok(())
 }

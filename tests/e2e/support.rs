@@ -468,6 +468,36 @@ impl Cluster {
         Ok((fixture, agent))
     }
 
+    /// Runs `query` in the cluster's database over ClickHouse's HTTP interface (plain
+    /// HTTP/1.0, one connection per query); the body. For benchmarks and soaks that time
+    /// their own reads.
+    pub fn http_query(&self, query: &str) -> Result<String> {
+        use std::io::{Read, Write};
+        let url = &self.clickhouse_url;
+        let authority = url.trim_start_matches("http://").trim_end_matches('/');
+        let mut stream = std::net::TcpStream::connect(authority)
+            .with_context(|| format!("cannot connect to ClickHouse at {url}"))?;
+        stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+        write!(
+            stream,
+            "POST /?database={} HTTP/1.0\r\nHost: {authority}\r\nContent-Length: {}\r\n\r\n{query}",
+            self.database,
+            query.len()
+        )?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        match response.split_once("\r\n\r\n") {
+            Some((head, body)) if head.contains(" 200 ") => Ok(body.to_string()),
+            _ => bail!("ClickHouse answered: {response}"),
+        }
+    }
+
+    /// The native-protocol (TCP) port of the cluster's ClickHouse, for `clickhouse-client`.
+    #[allow(dead_code)]
+    pub fn clickhouse_tcp_port(&self) -> u16 {
+        self.clickhouse.tcp_port()
+    }
+
     /// The spool directory of the agent `host_id` (kept across its restarts).
     pub fn agent_spool_dir(&self, host_id: &str) -> PathBuf {
         self.state.path().join(format!("agent-{host_id}-spool"))
@@ -528,6 +558,7 @@ pub fn inventory_from_ss(ss: &[SsSocket], host: HostState) -> Inventory {
             } else {
                 Attribution::Owned
             },
+            path: String::new(),
         }
     });
     Inventory::from_scan(host, scanned, [])
@@ -540,8 +571,9 @@ fn unspecified_like(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// The comparable view of an inventory: each unconnected socket with its state and
-/// owners; each flow with its count.
+/// The comparable view of an inventory: each unconnected TCP or UDP socket with its
+/// state and owners (what `ss -tuanp` lists; Unix, raw and SCTP sockets are compared in
+/// `protocols`); each flow with its count.
 pub type View = (
     BTreeMap<SocketKey, (SocketState, Vec<u32>)>,
     BTreeMap<FlowKey, u32>,
@@ -552,6 +584,7 @@ pub fn view(inventory: &Inventory) -> View {
         inventory
             .sockets
             .iter()
+            .filter(|(k, _)| matches!(k.protocol, Protocol::Tcp | Protocol::Udp))
             .map(|(k, s)| (*k, (s.state, s.pids.clone())))
             .collect(),
         inventory.flows.clone(),

@@ -51,26 +51,6 @@ fn sample(collector_pid: u32, agents: &[ChildGuard]) -> Sample {
     }
 }
 
-/// Runs `query` over ClickHouse's HTTP interface (plain HTTP/1.0); the body.
-fn http_query(url: &str, database: &str, query: &str) -> Result<String> {
-    use std::io::{Read, Write};
-    let authority = url.trim_start_matches("http://").trim_end_matches('/');
-    let mut stream = std::net::TcpStream::connect(authority)
-        .with_context(|| format!("cannot connect to ClickHouse at {url}"))?;
-    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
-    write!(
-        stream,
-        "POST /?database={database} HTTP/1.0\r\nHost: {authority}\r\nContent-Length: {}\r\n\r\n{query}",
-        query.len()
-    )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    match response.split_once("\r\n\r\n") {
-        Some((head, body)) if head.contains(" 200 ") => Ok(body.to_string()),
-        _ => bail!("ClickHouse answered: {response}"),
-    }
-}
-
 fn agent_id(i: usize) -> String {
     format!("soak-{i:03}")
 }
@@ -168,7 +148,7 @@ async fn main() -> Result<()> {
     let mut problems;
     loop {
         problems = Vec::new();
-        match http_query(&cluster.clickhouse_url, &cluster.database, &query) {
+        match cluster.http_query(&query) {
             Ok(text) => {
                 let mut added: BTreeMap<(String, u16), u64> = BTreeMap::new();
                 for line in text.lines() {

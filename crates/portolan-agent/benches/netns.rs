@@ -7,6 +7,7 @@
 //! scan sees the bench's namespaces and no one else's. Each namespace holds one worker
 //! process (this binary again) with `PORTOLAN_BENCH_NETNS_SOCKETS` listeners (default
 //! 20), TCP and UDP, on loopback. Rounds: `PORTOLAN_BENCH_ROUNDS` (default 5); medians.
+//! Prints a table and writes the same to `<target>/bench/netns.json`.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, UdpSocket};
@@ -158,6 +159,8 @@ fn bench() -> Result<(), String> {
         "{:>10} {:>8} {:>12} {:>14} {:>8} {:>14}",
         "namespaces", "sockets", "scan (ms)", "ss each (ms)", "ratio", "scan/ns (ms)"
     );
+    let mut table = Vec::new();
+    let mut raw = Vec::new();
     for n in [1usize, 10, 100] {
         // n child namespaces besides the bench's own.
         grow(&mut fleet, n, sockets)?;
@@ -195,6 +198,40 @@ fn bench() -> Result<(), String> {
             scan.as_secs_f64() / reference.as_secs_f64().max(1e-9),
             scan.as_secs_f64() * 1e3 / (n + 1) as f64,
         );
+        let ratio = scan.as_secs_f64() / reference.as_secs_f64().max(1e-9);
+        table.push(serde_json::json!({
+            "measure": format!("scan of every namespace, {} namespaces ({seen} sockets)", n + 1),
+            "figure": format!("{:.1} ms", scan.as_secs_f64() * 1e3),
+            "reference": format!("ss -tuanp in each: {:.1} ms", reference.as_secs_f64() * 1e3),
+            "ratio": ratio,
+            "target": null,
+            "met": null,
+        }));
+        raw.push(serde_json::json!({
+            "namespaces": n + 1,
+            "sockets": seen,
+            "scan_median_ms": scan.as_secs_f64() * 1e3,
+            "ss_each_median_ms": reference.as_secs_f64() * 1e3,
+            "ratio": ratio,
+        }));
     }
+    let json = serde_json::json!({
+        "bench": "netns",
+        "table": table,
+        "rounds": rounds,
+        "listeners_per_namespace": sockets,
+        "sizes": raw,
+    });
+    let dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target")
+        })
+        .join("bench");
+    let path = dir.join("netns.json");
+    std::fs::create_dir_all(&dir)
+        .and_then(|()| std::fs::write(&path, format!("{json:#}\n")))
+        .map_err(|e| format!("cannot write `{}`: {e}", path.display()))?;
+    println!("wrote {}", path.display());
     Ok(())
 }

@@ -74,6 +74,7 @@ enum OutputFormat {
 const EXIT_USAGE: u8 = 64;
 
 fn main() -> ExitCode {
+    keep_large_blocks_in_own_mappings();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -98,6 +99,26 @@ fn main() -> ExitCode {
         }
     }
 }
+
+/// Blocks of at least this many bytes get their own mapping from glibc's malloc.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const MMAP_THRESHOLD: libc::c_int = 128 * 1024;
+
+/// Fixes glibc's mmap threshold at its default. Left dynamic, it rises to the largest block
+/// freed so far, and a scan's buffers (megabytes at 20,000 sockets) are then carved from
+/// the arenas of the threads that scan, walk `/proc` and send, which keep the memory once
+/// it is freed: the agent's resident size grew by a scan's working set per arena (22.8 MiB
+/// after a minute at 20,000 sockets; 13.9 MiB with the threshold fixed).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn keep_large_blocks_in_own_mappings() {
+    // SAFETY: mallopt sets one allocator parameter; it takes no pointers and is safe to
+    // call at any time. On failure (0) the threshold stays dynamic, which costs memory only.
+    let _ = unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD) };
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn keep_large_blocks_in_own_mappings() {}
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {

@@ -2,7 +2,9 @@
 //!
 //! Both list the same sockets in the same order: listeners first, then by local port,
 //! protocol and addresses. Every socket's exposure is resolved against the scanned
-//! interfaces with [`portolan_core::classify`] and [`portolan_core::exposure`].
+//! interfaces of the socket's own network namespace with [`portolan_core::SocketKey::scopes`]
+//! (a Unix socket is host-local), as the stream path does: with `--all-namespaces` a
+//! wildcard bind inside a pod is scoped by the pod's interfaces, not the node's.
 
 use std::cmp::Ordering;
 use std::fmt::Write as _;
@@ -11,9 +13,7 @@ use std::net::IpAddr;
 
 use portolan_core::inventory::ScannedSocket;
 use portolan_core::socket::Endpoint;
-use portolan_core::{
-    Attribution, HostState, Process, Protocol, ScanStats, Scope, SocketState, classify, exposure,
-};
+use portolan_core::{Attribution, HostState, Process, Protocol, ScanStats, Scope, SocketState};
 use serde::Serialize;
 
 use crate::scan::{Scan, is_listener};
@@ -44,7 +44,7 @@ pub struct Document<'a> {
 /// One socket of the JSON document.
 #[derive(Debug, Serialize)]
 pub struct SocketEntry<'a> {
-    /// `tcp` or `udp`.
+    /// `tcp`, `udp`, `raw`, `unix` or `sctp`.
     pub protocol: Protocol,
     /// Kernel state; bound unconnected UDP sockets are `LISTEN`, connected ones
     /// `ESTABLISHED`.
@@ -59,10 +59,16 @@ pub struct SocketEntry<'a> {
     pub remote_port: u16,
     /// Socket inode; 0 for sockets without one (TIME_WAIT).
     pub inode: u64,
+    /// Network namespace (inode); 0: the agent's own. Others appear with
+    /// `--all-namespaces`.
+    pub netns: u64,
     /// Owner uid as the kernel reports it.
     pub uid: u32,
     /// Scope of the local address.
     pub scope: Scope,
+    /// A Unix socket's path (`@name` when abstract); absent for other protocols.
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub path: &'a str,
     /// Widest scope the socket is reachable on.
     pub exposure: Scope,
     /// TCP LISTEN or bound, unconnected UDP.
@@ -126,9 +132,11 @@ pub fn document(scan: &Scan, view: View) -> Document<'_> {
             remote_address: s.key.remote_address,
             remote_port: s.key.remote_port,
             inode: s.key.inode,
+            netns: s.key.netns,
             uid: s.uid,
-            scope: classify(s.key.local_address),
-            exposure: exposure(s.key.local_address, &scan.host.interfaces),
+            scope: s.key.scopes(&scan.host.interfaces).0,
+            exposure: s.key.scopes(&scan.host.interfaces).1,
+            path: &s.path,
             listener: is_listener(s),
             attribution: s.attribution,
             processes: s
@@ -220,8 +228,7 @@ fn table_row(scan: &Scan, s: &ScannedSocket) -> [String; 8] {
     } else {
         Endpoint(key.remote_address, key.remote_port).to_string()
     };
-    let scope = classify(key.local_address);
-    let exposed = exposure(key.local_address, &scan.host.interfaces);
+    let (scope, exposed) = key.scopes(&scan.host.interfaces);
     let exposure = if scope == exposed {
         scope.to_string()
     } else {
@@ -261,7 +268,11 @@ fn table_row(scan: &Scan, s: &ScannedSocket) -> [String; 8] {
     [
         key.protocol.to_string(),
         state.to_string(),
-        Endpoint(key.local_address, key.local_port).to_string(),
+        if key.protocol == Protocol::Unix {
+            s.path.clone()
+        } else {
+            Endpoint(key.local_address, key.local_port).to_string()
+        },
         peer,
         exposure,
         process,
@@ -377,6 +388,7 @@ mod tests {
             uid: 1000,
             pids,
             attribution,
+            path: String::new(),
         }
     }
 
@@ -504,5 +516,103 @@ mod tests {
         assert_eq!(doc["host"]["ephemeral_ports"][0], 32768);
         assert_eq!(doc["host"]["interfaces"][0]["interface"], "eth0");
         assert_eq!(doc["stats"]["unattributed_no_permission"], 2);
+    }
+
+    #[test]
+    fn other_namespaces_wildcard_binds_are_scoped_by_their_own_interfaces() {
+        // The node has a public address; a pod (netns 4026532999) has only a private
+        // one, another (4026533000) only loopback: the same `0.0.0.0:80` is public on
+        // the node and private or loopback in the pods, as the stream path stores it.
+        let mut scan = sample();
+        scan.host.interfaces.push(InterfaceAddress {
+            interface: "eth1".into(),
+            address: ip("203.0.113.7"),
+            prefix_len: 32,
+            netns: 0,
+        });
+        let pods = [
+            (4_026_532_999u64, Some("10.244.1.7")),
+            (4_026_533_000, None),
+        ];
+        for (netns, address) in pods {
+            scan.host.interfaces.push(InterfaceAddress {
+                interface: "lo".into(),
+                address: ip("127.0.0.1"),
+                prefix_len: 8,
+                netns,
+            });
+            if let Some(a) = address {
+                scan.host.interfaces.push(InterfaceAddress {
+                    interface: "eth0".into(),
+                    address: ip(a),
+                    prefix_len: 24,
+                    netns,
+                });
+            }
+        }
+        for netns in [0, 4_026_532_999, 4_026_533_000] {
+            let mut s = socket(
+                Protocol::Tcp,
+                SocketState::Listen,
+                ("0.0.0.0", 80),
+                ("0.0.0.0", 0),
+                vec![],
+                Attribution::NoPermission,
+            );
+            s.key.netns = netns;
+            s.key.inode = 100 + netns;
+            scan.sockets.push(s);
+        }
+        let inventory = portolan_core::Inventory::from_scan(
+            scan.host.clone(),
+            scan.sockets.clone(),
+            Vec::new(),
+        );
+        let mut out = Vec::new();
+        write_json(&mut out, &scan, View::default()).expect("write to a vec");
+        let doc: serde_json::Value = serde_json::from_slice(&out).expect("valid json");
+        let port_80: Vec<(u64, String)> = doc["sockets"]
+            .as_array()
+            .expect("sockets array")
+            .iter()
+            .filter(|s| s["local_port"] == 80)
+            .map(|s| {
+                (
+                    s["netns"].as_u64().expect("a netns"),
+                    s["exposure"].as_str().expect("an exposure").to_string(),
+                )
+            })
+            .collect();
+        let mut port_80 = port_80;
+        port_80.sort();
+        assert_eq!(
+            port_80,
+            vec![
+                (0, "public".to_string()),
+                (4_026_532_999, "private".to_string()),
+                (4_026_533_000, "loopback".to_string()),
+            ]
+        );
+        // The same answer as what the agent streams.
+        for (netns, exposure) in &port_80 {
+            let stored = inventory
+                .sockets
+                .values()
+                .find(|s| s.key.netns == *netns && s.key.local_port == 80)
+                .expect("in the inventory");
+            assert_eq!(&stored.exposure.to_string(), exposure);
+        }
+        let mut out = Vec::new();
+        write_table(&mut out, &scan, View::default()).expect("write to a vec");
+        let text = String::from_utf8(out).expect("utf-8");
+        let rows: Vec<&str> = text.lines().filter(|l| l.contains("0.0.0.0:80")).collect();
+        assert_eq!(rows.len(), 3, "{text}");
+        for want in [
+            "wildcard (public)",
+            "wildcard (private)",
+            "wildcard (loopback)",
+        ] {
+            assert!(rows.iter().any(|r| r.contains(want)), "{want}: {text}");
+        }
     }
 }

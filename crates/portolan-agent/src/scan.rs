@@ -1,5 +1,7 @@
 //! The host scanner: every TCP and UDP socket (IPv4 and IPv6) from netlink `sock_diag`,
-//! the processes that own them from `/proc`, and the host facts exposure depends on.
+//! listening Unix sockets, raw sockets and SCTP where the kernel has them
+//! ([`protocols`]), the processes that own them from `/proc`, and the host facts exposure
+//! depends on.
 //!
 //! ```no_run
 //! use portolan_agent::scan::{ScanOptions, Scanner};
@@ -20,13 +22,14 @@ mod host;
 mod netns;
 mod pods;
 mod procfs;
+mod protocols;
 mod sock_diag;
 #[cfg(test)]
 mod tests;
 
 use std::collections::BTreeMap;
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::Instant;
 
@@ -124,7 +127,7 @@ pub struct Scan {
     /// Interface addresses and the ephemeral port range.
     pub host: HostState,
     /// Every socket the kernel listed, in dump order (TCP/IPv4, TCP/IPv6, UDP/IPv4,
-    /// UDP/IPv6).
+    /// UDP/IPv6, Unix listeners, raw, SCTP; then the other namespaces').
     pub sockets: Vec<ScannedSocket>,
     /// The processes owning at least one of `sockets`, sorted by pid; fields that could
     /// not be read are empty.
@@ -215,7 +218,7 @@ impl Scanner {
         } = self;
         let proc_root = &options.proc_root;
         let attribute = options.attribute_processes;
-        let (dumped, walked, others) = thread::scope(|scope| {
+        let (dumped, walked, others, more_warnings) = thread::scope(|scope| {
             let walk = if attribute {
                 thread::Builder::new()
                     .name("portolan-proc-walk".into())
@@ -234,7 +237,18 @@ impl Scanner {
                     })
                     .ok()
             };
-            let dumped = dumper.dump_all(raw);
+            let mut more_warnings = Vec::new();
+            let dumped = dumper.dump_all(raw).inspect(|()| {
+                // The agent's own namespace: this thread never leaves it, and
+                // /proc/self/net is the namespace of the process (its main thread).
+                protocols::read(
+                    dumper,
+                    Path::new("/proc/self/net"),
+                    protocols::UnixSource::SockDiag,
+                    raw,
+                    &mut more_warnings,
+                );
+            });
             let others = read_others.map(|handle| {
                 handle.join().unwrap_or_else(|_| netns::Others {
                     warnings: vec!["reading the other network namespaces failed".into()],
@@ -248,7 +262,7 @@ impl Scanner {
                     other_error: Some("the /proc walk failed".into()),
                 })
             });
-            (dumped, walked, others)
+            (dumped, walked, others, more_warnings)
         });
         let others = match others {
             Some(others) => others,
@@ -259,6 +273,8 @@ impl Scanner {
             }
             None => netns::Others::default(),
         };
+        let mut others = others;
+        others.warnings.extend(more_warnings);
         let walked = match walked {
             Some(walked) => Some(walked),
             // No thread to be had: walk after the dump.
@@ -370,6 +386,7 @@ fn attribute(
                 uid: s.uid,
                 pids,
                 attribution,
+                path: s.path.clone(),
             };
             count(&mut stats, &scanned);
             scanned
@@ -380,13 +397,9 @@ fn attribute(
     (sockets, owners, stats)
 }
 
-/// True for TCP LISTEN sockets and bound, unconnected UDP sockets (as
-/// [`portolan_core::Socket::is_listener`]).
+/// True for listeners, as [`portolan_core::Socket::is_listener`] decides.
 pub fn is_listener(socket: &ScannedSocket) -> bool {
-    match socket.key.protocol {
-        Protocol::Tcp => socket.state == SocketState::Listen,
-        Protocol::Udp => socket.key.remote_port == 0,
-    }
+    portolan_core::is_listener(&socket.key, socket.state)
 }
 
 fn count(stats: &mut ScanStats, s: &ScannedSocket) {
@@ -406,6 +419,9 @@ fn count(stats: &mut ScanStats, s: &ScannedSocket) {
     let state = match s.key.protocol {
         Protocol::Tcp => s.state.as_str(),
         Protocol::Udp => "UDP",
+        Protocol::Raw => "RAW",
+        Protocol::Unix => "UNIX",
+        Protocol::Sctp => "SCTP",
     };
     bump(&mut stats.state_counts, state);
 }

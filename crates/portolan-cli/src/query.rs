@@ -249,6 +249,12 @@ pub enum ProtocolArg {
     Tcp,
     /// UDP.
     Udp,
+    /// Raw IP sockets (port: the IP protocol number)
+    Raw,
+    /// Unix domain listening sockets
+    Unix,
+    /// SCTP endpoints and associations
+    Sctp,
 }
 
 impl ProtocolArg {
@@ -256,6 +262,9 @@ impl ProtocolArg {
         match self {
             ProtocolArg::Tcp => pb::Protocol::Tcp as i32,
             ProtocolArg::Udp => pb::Protocol::Udp as i32,
+            ProtocolArg::Raw => pb::Protocol::Raw as i32,
+            ProtocolArg::Unix => pb::Protocol::Unix as i32,
+            ProtocolArg::Sctp => pb::Protocol::Sctp as i32,
         }
     }
 }

@@ -261,6 +261,11 @@ fn flows() -> Vec<pb::HostFlow> {
             peer: pb::Peer::Inside as i32,
             peer_host_id: "web-1".into(),
             peer_hostname: "web-1.fra1.example.net".into(),
+            // The client is a pod on web-1: its pod IP is on the pod's namespace.
+            peer_netns_inode: 4_026_532_999,
+            peer_pod_uid: "0a1b2c3d-0000-4000-8000-00000000000a".into(),
+            peer_pod_namespace: "shop".into(),
+            peer_pod_name: "checkout-7d9f8".into(),
             updated_unix: ago(40),
             ..Default::default()
         },

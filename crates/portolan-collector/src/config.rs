@@ -185,6 +185,27 @@ pub struct ClickHouseSection {
     pub password: String,
     /// Path of the `clickhouse-server` binary for the managed server; empty: search PATH.
     pub binary: String,
+    /// Group commit: the changes and heartbeats of all agents arriving within this window
+    /// are written together, one INSERT per table, before any of them is acknowledged.
+    /// Longer: fewer, larger INSERTs and later acknowledgements. `"0s"`: every change is
+    /// written on its own.
+    #[serde(with = "portolan_config::duration")]
+    pub batch_window: Duration,
+    /// A batch holding this many rows is written without waiting for the window to close.
+    pub batch_max_rows: u32,
+}
+
+impl ClickHouseSection {
+    /// How the store groups writes.
+    pub fn batching(&self) -> crate::store::BatchConfig {
+        if self.batch_window.is_zero() {
+            return crate::store::BatchConfig::unbatched();
+        }
+        crate::store::BatchConfig {
+            window: self.batch_window,
+            max_rows: self.batch_max_rows as usize,
+        }
+    }
 }
 
 /// `[tls]`: the collector's certificate and key, the CAs client certificates must chain
@@ -259,6 +280,8 @@ impl Default for ClickHouseSection {
             user: String::new(),
             password: String::new(),
             binary: String::new(),
+            batch_window: crate::store::BatchConfig::default().window,
+            batch_max_rows: 100_000,
         }
     }
 }
@@ -296,6 +319,18 @@ impl CollectorConfig {
                 "`clickhouse.database` is `{}`; use letters, digits and `_`",
                 self.clickhouse.database
             ));
+        }
+        if self.clickhouse.batch_window > Duration::from_secs(5) {
+            problems.push(
+                "`clickhouse.batch_window` is over 5s; agents would wait that long for each acknowledgement (100ms is plenty)"
+                    .into(),
+            );
+        }
+        if !self.clickhouse.batch_window.is_zero() && self.clickhouse.batch_max_rows == 0 {
+            problems.push(
+                "`clickhouse.batch_max_rows` must be positive (set `clickhouse.batch_window = \"0s\"` to write every change on its own)"
+                    .into(),
+            );
         }
         if self.limits.max_message_bytes < 64 * 1024 {
             problems.push(

@@ -2,8 +2,9 @@
 //!
 //! The collector keeps no fleet state: everything a stream needs is read from ClickHouse
 //! when the stream starts (the host's last stored seq, its current inventory). Within a
-//! stream it keeps the host's current inventory to validate deltas strictly; any replica
-//! can take over a host at its next connection.
+//! stream it keeps the host's current inventory (and its latest `hosts` row) to validate
+//! deltas strictly and to write them without reading ClickHouse; any replica can take
+//! over a host at its next connection.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -28,7 +29,7 @@ use crate::metrics;
 use crate::rate::RateLimiter;
 use crate::revocation::{LiveSession, Revocations};
 use crate::store::gaps::SpoolGap;
-use crate::store::{ChangeKind, HostRecord, Store};
+use crate::store::{ChangeKind, HostRecord, KnownHost, Store};
 
 /// Longest host_id, hostname, label key or value, version or OS string in a Hello.
 const MAX_HELLO_STRING: usize = 256;
@@ -117,6 +118,7 @@ impl IngestService for Ingest {
             hello: None,
             last_seq: 0,
             current: None,
+            known_host: KnownHost::default(),
             assembly: SnapshotAssembly::default(),
             assembly_stats: None,
             assembly_gap: None,
@@ -153,6 +155,8 @@ struct Session {
     last_seq: u64,
     /// The host's inventory at `last_seq`, once known in this stream.
     current: Option<Inventory>,
+    /// The host's latest `hosts` row, as read or written with `current`.
+    known_host: KnownHost,
     assembly: SnapshotAssembly,
     /// Scan statistics of the snapshot being assembled (from its first part).
     assembly_stats: Option<ScanStats>,
@@ -338,7 +342,7 @@ impl Session {
                 ))
                 .await;
         }
-        let stored = self.store.load_current(&self.host_id).await?;
+        let (stored, _) = self.store.load_known(&self.host_id).await?;
         let change = diff(&stored, &inventory);
         if let Some(gap) = gap {
             // Before the snapshot: a crash in between leaves the gap, written again on
@@ -358,19 +362,22 @@ impl Session {
             metrics::global().spool_gaps.inc(&[]);
         }
         let store_span = store_span("snapshot", seq);
-        self.store
+        let mut known_host = self
+            .store
             .upsert_host(&self.host_record(&inventory))
             .instrument(store_span.clone())
             .await?;
         let receipt = self
             .store
-            .write_change(
+            .write_change_from(
                 &self.host_id,
                 seq,
                 ChangeKind::Snapshot,
                 scanned_at,
                 &change,
                 &stats,
+                &stored,
+                &mut known_host,
             )
             .instrument(store_span.clone())
             .await?;
@@ -384,6 +391,7 @@ impl Session {
             .observe(&[("kind", "snapshot")], received.elapsed().as_secs_f64());
         self.last_seq = seq;
         self.current = Some(inventory);
+        self.known_host = known_host;
         self.send(CollectorMessage::Ack(pb::Ack { seq })).await
     }
 
@@ -412,7 +420,9 @@ impl Session {
         // A delta on a fresh stream (the agent reconnected, perhaps to another replica)
         // applies to what ClickHouse holds: no snapshot needed when the seqs line up.
         if self.current.is_none() {
-            self.current = Some(self.store.load_current(&self.host_id).await?);
+            let (current, known_host) = self.store.load_known(&self.host_id).await?;
+            self.current = Some(current);
+            self.known_host = known_host;
         }
         let Some(current) = &self.current else {
             return self.resync("no current inventory".into()).await;
@@ -428,17 +438,21 @@ impl Session {
                     .await;
             }
         };
-        // New host facts travel inside the change: `write_change` stores them with it.
+        // New host facts travel inside the change: `write_change_from` stores them with
+        // it. What it needs of the stored state (last processes of removed sockets and
+        // flows, the host row) comes from this stream, not from ClickHouse.
         let store_span = store_span("delta", seq);
         let receipt = self
             .store
-            .write_change(
+            .write_change_from(
                 &self.host_id,
                 seq,
                 ChangeKind::Delta,
                 scanned_at,
                 &change,
                 &stats,
+                current,
+                &mut self.known_host,
             )
             .instrument(store_span.clone())
             .await?;
@@ -478,6 +492,7 @@ impl Session {
     async fn resync(&mut self, reason: String) -> Result<(), IngestError> {
         info!(host = %self.host_id, %reason, last_seq = self.last_seq, "asking the agent for a full snapshot");
         self.current = None;
+        self.known_host = KnownHost::default();
         self.assembly = SnapshotAssembly::default();
         self.assembly_stats = None;
         self.assembly_gap = None;

@@ -160,7 +160,8 @@ async fn run(config: CollectorConfig, rules: Vec<CompiledRule>) -> Result<()> {
     };
     let store = Store::connect(&ch)
         .await
-        .context("cannot connect to ClickHouse")?;
+        .context("cannot connect to ClickHouse")?
+        .with_batching(config.clickhouse.batching());
     store
         .migrate()
         .await

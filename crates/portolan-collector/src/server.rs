@@ -14,6 +14,19 @@ use crate::query::Query;
 use crate::revocation::Revocations;
 use crate::store::Store;
 
+/// HTTP/2 flow-control window of one stream: how much an agent may send before the
+/// collector has read it.
+const STREAM_WINDOW_BYTES: u32 = 256 * 1024;
+/// HTTP/2 flow-control window of one connection (all its streams).
+const CONNECTION_WINDOW_BYTES: u32 = 512 * 1024;
+/// Streams one connection may open at once: an agent needs one; an operator's client may
+/// multiplex many watches, which the query service bounds itself (and answers
+/// RESOURCE_EXHAUSTED), so this must stay above that bound: a lower one makes the
+/// client's next stream wait instead of being told.
+const MAX_STREAMS_PER_CONNECTION: u32 = 2 * crate::query::DEFAULT_MAX_WATCHES as u32;
+/// Largest header block a client may send (gRPC metadata is small).
+const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
+
 /// Why the server could not run.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -76,6 +89,16 @@ pub async fn serve(
         ))
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
+        // What one connection may make the collector hold. An agent has one stream and
+        // one message in flight, so hyper's defaults (1 MiB windows per stream and per
+        // connection, 200 streams) only let a connection park megabytes here while its
+        // writes wait on ClickHouse: thousands of agents times that is gigabytes. A
+        // window of 256 KiB still carries a 5,000-socket snapshot part in a few round
+        // trips.
+        .initial_stream_window_size(Some(STREAM_WINDOW_BYTES))
+        .initial_connection_window_size(Some(CONNECTION_WINDOW_BYTES))
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+        .http2_max_header_list_size(Some(MAX_HEADER_LIST_BYTES))
         .add_service(ingest)
         .add_service(query)
         .add_service(health)

@@ -38,6 +38,8 @@
 //! process and recovers them before their next read or write.
 
 pub mod acks;
+pub mod batch;
+mod change;
 pub mod findings;
 pub mod fleet;
 pub mod gaps;
@@ -48,16 +50,20 @@ pub mod schema;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use clickhouse::sql::Identifier;
 use clickhouse::{Client, Row, RowOwned, RowRead, RowWrite};
 use portolan_core::{Delta, Flow, HostState, Inventory, Process, ScanStats, Socket};
 
+pub use self::batch::{BatchConfig, WriteStats};
+use self::batch::{Batcher, Rows, Writer};
+pub use self::change::KnownHost;
+use self::change::{Before, Change};
 use self::rows::{
-    FlowCols, FlowCurrentRow, FlowEventRow, HostFactsCols, HostRow, MigrationRow, ReportRow,
-    SocketCols, SocketCurrentRow, SocketEventRow, from_datetime, to_datetime, to_nanos,
+    FlowCurrentRow, FlowEventRow, HostFactsCols, HostRow, MigrationRow, ReportRow,
+    SocketCurrentRow, SocketEventRow, from_datetime, to_datetime, to_nanos,
 };
 pub use self::schema::Flavor;
 use self::schema::table;
@@ -165,6 +171,22 @@ pub enum StoreError {
         "`{0}` is not a valid database name: use letters, digits and `_` (check `clickhouse.database`)"
     )]
     InvalidDatabase(String),
+    /// A batched write failed: nothing in it is acknowledged, and each of its hosts is
+    /// rolled back before its next read or write.
+    #[error(
+        "{error} (in a batched write of {writes} changes; each of their hosts is rolled back before its next write)"
+    )]
+    Batch {
+        /// Writes in the batch.
+        writes: usize,
+        /// What failed.
+        error: Arc<StoreError>,
+    },
+    /// The batch task ended before the write was stored (its runtime shut down).
+    #[error(
+        "the batched writer stopped before this change was stored (is the collector shutting down?)"
+    )]
+    BatchLost,
     /// Rolling back an uncommitted write did not finish.
     #[error(
         "rolling back the uncommitted rows of host `{host_id}` did not finish within {secs} s (see `system.mutations` on the server)"
@@ -475,9 +497,11 @@ pub struct Store {
     info: ServerInfo,
     /// Hosts whose last write failed in this process: recovered before their next
     /// read or write.
-    dirty: Mutex<HashSet<String>>,
+    dirty: Arc<Mutex<HashSet<String>>>,
     /// Bounds this process's concurrent ClickHouse requests (see [`MAX_CONCURRENT_REQUESTS`]).
-    requests: tokio::sync::Semaphore,
+    requests: Arc<tokio::sync::Semaphore>,
+    /// Groups the writes of all streams into batches (see [`batch`]).
+    batcher: Batcher,
 }
 
 /// Concurrent ClickHouse requests of one collector. ClickHouse refuses queries past its
@@ -583,17 +607,54 @@ impl Store {
             .execute()
             .await
             .map_err(map("create database", &config.database))?;
+        // LZ4-compressed INSERT bodies (`decompress=1`, ClickHouse's native block
+        // framing): understood by 18.16 and by current servers.
         let client = base
             .with_database(&config.database)
-            .with_validation(!info.legacy);
+            .with_validation(!info.legacy)
+            .with_compression(clickhouse::Compression::Lz4);
+        let dirty = Arc::new(Mutex::new(HashSet::new()));
+        let requests = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_REQUESTS));
+        let writer = Arc::new(Writer::new(
+            client.clone(),
+            config.url.clone(),
+            requests.clone(),
+            dirty.clone(),
+        ));
         Ok(Store {
             client,
             url: config.url.clone(),
             database: config.database.clone(),
             info,
-            dirty: Mutex::new(HashSet::new()),
-            requests: tokio::sync::Semaphore::new(MAX_CONCURRENT_REQUESTS),
+            dirty,
+            requests,
+            batcher: Batcher::new(BatchConfig::default(), writer),
         })
+    }
+
+    /// The same store, grouping writes as `config` says (the default:
+    /// [`BatchConfig::default`]). Call before the first write.
+    pub fn with_batching(self, config: BatchConfig) -> Store {
+        let writer = Arc::new(Writer::new(
+            self.client.clone(),
+            self.url.clone(),
+            self.requests.clone(),
+            self.dirty.clone(),
+        ));
+        Store {
+            batcher: Batcher::new(config, writer),
+            ..self
+        }
+    }
+
+    /// How writes are grouped.
+    pub fn batching(&self) -> BatchConfig {
+        self.batcher.config()
+    }
+
+    /// What this store has written since it connected: INSERTs, rows, batches.
+    pub fn write_stats(&self) -> WriteStats {
+        self.batcher.writer().stats()
     }
 
     /// The server's version and path.
@@ -694,26 +755,7 @@ impl Store {
     where
         T: Row + RowOwned + RowWrite,
     {
-        if rows.is_empty() {
-            return Ok(0);
-        }
-        let _turn = self.turn().await;
-        let mut insert = self
-            .client
-            .insert::<T>(table)
-            .await
-            .map_err(self.map_err("insert into", table))?;
-        for row in rows {
-            insert
-                .write(row)
-                .await
-                .map_err(self.map_err("insert into", table))?;
-        }
-        insert
-            .end()
-            .await
-            .map_err(self.map_err("insert into", table))?;
-        Ok(rows.len() as u64)
+        self.batcher.writer().insert(table, rows).await
     }
 
     async fn fetch<T>(
@@ -735,13 +777,6 @@ impl Store {
     async fn turn(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
         // The semaphore is never closed: `None` cannot happen, and would only mean no bound.
         self.requests.acquire().await.ok()
-    }
-
-    fn mark_dirty(&self, host_id: &str) {
-        self.dirty
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(host_id.to_string());
     }
 
     async fn recover_if_dirty(&self, host_id: &str) -> Result<(), StoreError> {
@@ -1072,8 +1107,10 @@ impl Store {
     }
 
     /// Records a host's Hello facts, keeping the stored host facts; `record.host` is
-    /// used only when the host has no row yet (see [`HostRecord::host`]).
-    pub async fn upsert_host(&self, record: &HostRecord) -> Result<(), StoreError> {
+    /// used only when the host has no row yet (see [`HostRecord::host`]). Returns the row
+    /// written, for [`Store::write_change_from`]. Written with the changes of other
+    /// streams (see [`batch`]).
+    pub async fn upsert_host(&self, record: &HostRecord) -> Result<KnownHost, StoreError> {
         self.recover_if_dirty(&record.host_id).await?;
         let latest = self.latest_host_row(&record.host_id).await?;
         let mut row = HostRow {
@@ -1097,8 +1134,12 @@ impl Store {
             None => row.set_facts(HostFactsCols::encode(&record.host)),
         }
         stamp(&mut row, latest.as_ref());
-        self.insert(table::HOSTS, &[row]).await?;
-        Ok(())
+        let rows = Rows {
+            hosts: vec![row.clone()],
+            ..Rows::default()
+        };
+        self.batcher.commit(&record.host_id, rows).await?;
+        Ok(KnownHost { row: Some(row) })
     }
 
     /// The current sockets of a host, ordered by key.
@@ -1129,8 +1170,15 @@ impl Store {
     /// sockets and flows, and the processes they reference. Equal to the inventory whose
     /// changes were written (the collector diffs snapshots against it).
     pub async fn load_current(&self, host_id: &str) -> Result<Inventory, StoreError> {
+        Ok(self.load_known(host_id).await?.0)
+    }
+
+    /// [`Store::load_current`], with the host's latest `hosts` row: what a stream holds
+    /// to write its host's changes with [`Store::write_change_from`].
+    pub async fn load_known(&self, host_id: &str) -> Result<(Inventory, KnownHost), StoreError> {
         self.recover_if_dirty(host_id).await?;
-        let host = match self.latest_host_row(host_id).await? {
+        let latest = self.latest_host_row(host_id).await?;
+        let host = match &latest {
             Some(row) => row.facts().decode(table::HOSTS)?,
             None => HostState::default(),
         };
@@ -1159,7 +1207,7 @@ impl Store {
             }
             inventory.flows.insert(f.flow.key, f.flow.connections);
         }
-        Ok(inventory)
+        Ok((inventory, KnownHost { row: latest }))
     }
 
     /// Stores one change of a host: history rows, current rows, host facts when
@@ -1167,7 +1215,8 @@ impl Store {
     ///
     /// `delta` must apply to the stored state ([`Store::load_current`]): the history is
     /// the sequence of deltas, and removed sockets and flows take their last-known
-    /// processes from the stored rows.
+    /// processes from the stored rows, which this reads. A stream that holds its host's
+    /// inventory writes with [`Store::write_change_from`] instead, which reads nothing.
     ///
     /// Idempotent: writing the same change again leaves what queries see unchanged.
     /// When it fails, the rows it wrote are rolled back before the host's next read or
@@ -1182,16 +1231,32 @@ impl Store {
         stats: &ScanStats,
     ) -> Result<WriteReceipt, StoreError> {
         self.recover_if_dirty(host_id).await?;
-        let result = self
-            .write_change_inner(host_id, seq, kind, scanned_at, delta, stats)
-            .await;
-        if result.is_err() {
-            self.mark_dirty(host_id);
-        }
-        result
+        let before = match self.read_before(host_id, kind, delta).await {
+            Ok(before) => before,
+            Err(e) => {
+                self.batcher.writer().mark_dirty(host_id);
+                return Err(e);
+            }
+        };
+        let change = Change {
+            host_id,
+            seq,
+            kind,
+            scanned_at,
+            delta,
+            stats,
+        };
+        self.commit_change(&change, before).await.map(|(r, _)| r)
     }
 
-    async fn write_change_inner(
+    /// [`Store::write_change`] for a stream that holds its host's stored state: `prior`
+    /// is the host's inventory before `delta` (what [`Store::load_known`] returned, with
+    /// every change since applied) and `host` its latest `hosts` row as this stream read
+    /// or wrote it; `host` is updated when the change writes new host facts. Reads
+    /// nothing from ClickHouse, and writes with the changes of other streams (see
+    /// [`batch`]): it resolves once the change is durable.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn write_change_from(
         &self,
         host_id: &str,
         seq: u64,
@@ -1199,12 +1264,34 @@ impl Store {
         scanned_at: SystemTime,
         delta: &Delta,
         stats: &ScanStats,
+        prior: &Inventory,
+        host: &mut KnownHost,
     ) -> Result<WriteReceipt, StoreError> {
-        let at = to_datetime(scanned_at);
-        let known: BTreeMap<u32, &Process> = delta.processes.iter().map(|p| (p.pid, p)).collect();
+        self.recover_if_dirty(host_id).await?;
+        let before = Before::from_inventory(prior, delta, host.row.clone());
+        let change = Change {
+            host_id,
+            seq,
+            kind,
+            scanned_at,
+            delta,
+            stats,
+        };
+        let (receipt, row) = self.commit_change(&change, before).await?;
+        if let Some(row) = row {
+            host.row = Some(row);
+        }
+        Ok(receipt)
+    }
 
-        // Removed sockets and flows carry their last-known processes, which the delta
-        // does not have: they come from the stored rows.
+    /// What the rows of a change need of the stored state before it, read from
+    /// ClickHouse.
+    async fn read_before(
+        &self,
+        host_id: &str,
+        kind: ChangeKind,
+        delta: &Delta,
+    ) -> Result<Before, StoreError> {
         let removed_keys: Vec<String> = delta.removed.iter().map(|s| s.key.to_string()).collect();
         let stored_sockets = self.socket_rows_by_key(host_id, &removed_keys).await?;
         let removed_flow_keys: Vec<String> = delta
@@ -1213,30 +1300,9 @@ impl Store {
             .map(|f| f.key.to_string())
             .collect();
         let stored_flows = self.flow_rows_by_key(host_id, &removed_flow_keys).await?;
-
-        let mut socket_events = Vec::new();
-        let mut sockets_current = Vec::new();
-        let mut push_socket = |socket: &Socket, event: SocketEventKind, cols: SocketCols| {
-            let key = socket.key.to_string();
-            socket_events.push(SocketEventRow::with_cols(
-                host_id.to_string(),
-                seq,
-                at,
-                event.as_str().to_string(),
-                key.clone(),
-                cols.clone(),
-            ));
-            sockets_current.push(SocketCurrentRow::with_cols(
-                host_id.to_string(),
-                key,
-                seq,
-                u8::from(event != SocketEventKind::Removed),
-                at,
-                cols,
-            ));
-        };
-        for (socket, key) in delta.removed.iter().zip(&removed_keys) {
-            let last: BTreeMap<u32, Process> = match stored_sockets.get(key) {
+        let mut removed_sockets = Vec::with_capacity(removed_keys.len());
+        for key in &removed_keys {
+            removed_sockets.push(match stored_sockets.get(key) {
                 Some(row) => row
                     .cols()
                     .decode(table::SOCKETS_CURRENT)?
@@ -1245,125 +1311,51 @@ impl Store {
                     .map(|p| (p.pid, p))
                     .collect(),
                 None => BTreeMap::new(),
-            };
-            let cols = SocketCols::encode(socket, |pid| {
-                last.get(&pid).or_else(|| known.get(&pid).copied())
             });
-            push_socket(socket, SocketEventKind::Removed, cols);
         }
-        for socket in &delta.changed {
-            let cols = SocketCols::encode(socket, |pid| known.get(&pid).copied());
-            push_socket(socket, SocketEventKind::Changed, cols);
-        }
-        for socket in &delta.added {
-            let cols = SocketCols::encode(socket, |pid| known.get(&pid).copied());
-            push_socket(socket, SocketEventKind::Added, cols);
-        }
-
-        let mut flow_events = Vec::new();
-        let mut flows_current = Vec::new();
-        let mut push_flow = |flow: &Flow, event: FlowEventKind, cols: FlowCols| {
-            let key = flow.key.to_string();
-            flow_events.push(FlowEventRow::with_cols(
-                host_id.to_string(),
-                seq,
-                at,
-                event.as_str().to_string(),
-                key.clone(),
-                cols.clone(),
-            ));
-            flows_current.push(FlowCurrentRow::with_cols(
-                host_id.to_string(),
-                key,
-                seq,
-                u8::from(event != FlowEventKind::Removed),
-                at,
-                cols,
-            ));
-        };
-        for (flow, key) in delta.flows_removed.iter().zip(&removed_flow_keys) {
-            let last = match stored_flows.get(key) {
+        let mut removed_flows = Vec::with_capacity(removed_flow_keys.len());
+        for key in &removed_flow_keys {
+            removed_flows.push(match stored_flows.get(key) {
                 Some(row) => row.cols().decode(table::FLOWS_CURRENT)?.1,
                 None => None,
-            };
-            let process = last.or_else(|| known.get(&flow.key.pid).map(|p| (*p).clone()));
-            push_flow(
-                flow,
-                FlowEventKind::Removed,
-                FlowCols::encode(flow, process.as_ref()),
-            );
+            });
         }
-        for flow in &delta.flows_upserted {
-            let process = known.get(&flow.key.pid).copied();
-            push_flow(
-                flow,
-                FlowEventKind::Upserted,
-                FlowCols::encode(flow, process),
-            );
-        }
-
-        let mut receipt = WriteReceipt {
-            socket_events: self.insert(table::SOCKET_EVENTS, &socket_events).await?,
-            flow_events: self.insert(table::FLOW_EVENTS, &flow_events).await?,
-            sockets_current: self
-                .insert(table::SOCKETS_CURRENT, &sockets_current)
-                .await?,
-            flows_current: self.insert(table::FLOWS_CURRENT, &flows_current).await?,
-            ..WriteReceipt::default()
+        // New host facts are written on the latest row; a snapshot's report carries the
+        // unchanged ones.
+        let host = if delta.host.is_some() || kind == ChangeKind::Snapshot {
+            self.latest_host_row(host_id).await?
+        } else {
+            None
         };
+        Ok(Before {
+            removed_sockets,
+            removed_flows,
+            host,
+        })
+    }
 
-        if let Some(state) = &delta.host {
-            let latest = self.latest_host_row(host_id).await?;
-            // A replay of an older change must not overwrite newer host facts.
-            if latest.as_ref().is_none_or(|h| h.seq <= seq) {
-                let mut row = latest.clone().unwrap_or_else(|| empty_host_row(host_id));
-                row.set_facts(HostFactsCols::encode(state));
-                row.seq = seq;
-                stamp(&mut row, latest.as_ref());
-                receipt.hosts = self.insert(table::HOSTS, &[row]).await?;
-            }
-        }
-
-        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
-        let mut report = report_row(host_id, seq, kind.as_str(), scanned_at, stats);
-        report.added = count(delta.added.len());
-        report.removed = count(delta.removed.len());
-        report.changed = count(delta.changed.len());
-        report.flows_upserted = count(delta.flows_upserted.len());
-        report.flows_removed = count(delta.flows_removed.len());
-        // The report carries the host facts: new ones (1), or at a snapshot the
-        // unchanged ones (2), so that the history of host facts is complete from each
-        // stream's first snapshot on (see `history::hosts_as_of`).
-        let facts = match &delta.host {
-            Some(state) => Some((1, HostFactsCols::encode(state))),
-            None if kind == ChangeKind::Snapshot => self
-                .latest_host_row(host_id)
-                .await?
-                .map(|row| (2, row.facts())),
-            None => None,
-        };
-        if let Some((has_host, facts)) = facts {
-            report.has_host = has_host;
-            report.interface_names = facts.interface_names;
-            report.interfaces = facts.interfaces;
-            report.ephemeral_known = facts.ephemeral_known;
-            report.ephemeral_min = facts.ephemeral_min;
-            report.ephemeral_max = facts.ephemeral_max;
-            report.interface_netns = facts.interface_netns;
-        }
-        receipt.host_reports = self.insert(table::HOST_REPORTS, &[report]).await?;
+    /// Builds the rows of `change` and commits them (through the batcher); returns the
+    /// receipt and the `hosts` row written, if any.
+    async fn commit_change(
+        &self,
+        change: &Change<'_>,
+        before: Before,
+    ) -> Result<(WriteReceipt, Option<HostRow>), StoreError> {
+        let (rows, receipt, host_row) = change.rows(before);
+        self.batcher.commit(change.host_id, rows).await?;
         tracing::debug!(
-            host_id,
-            seq,
-            kind = kind.as_str(),
+            host_id = change.host_id,
+            seq = change.seq,
+            kind = change.kind.as_str(),
             rows = receipt.total(),
             "change stored"
         );
-        Ok(receipt)
+        Ok((receipt, host_row))
     }
 
     /// Records a heartbeat: `seq` is the agent's last sent seq. Does not commit anything:
-    /// [`Store::last_seq`] ignores heartbeats.
+    /// [`Store::last_seq`] ignores heartbeats. Written with the changes of other streams
+    /// (see [`batch`]).
     pub async fn write_heartbeat(
         &self,
         host_id: &str,
@@ -1371,9 +1363,11 @@ impl Store {
         at: SystemTime,
         stats: &ScanStats,
     ) -> Result<(), StoreError> {
-        let row = report_row(host_id, seq, "heartbeat", at, stats);
-        self.insert(table::HOST_REPORTS, &[row]).await?;
-        Ok(())
+        let rows = Rows {
+            host_reports: vec![report_row(host_id, seq, "heartbeat", at, stats)],
+            ..Rows::default()
+        };
+        self.batcher.commit(host_id, rows).await
     }
 
     /// The socket history of a host, ordered by seq (deduplicated with `FINAL`).
@@ -1524,6 +1518,16 @@ mod tests {
         send(store.write_change("h", 1, ChangeKind::Delta, now, delta, stats));
         send(store.write_heartbeat("h", 1, now, stats));
         send(store.load_current("h"));
+        send(store.write_change_from(
+            "h",
+            1,
+            ChangeKind::Delta,
+            now,
+            delta,
+            stats,
+            &Inventory::default(),
+            &mut KnownHost::default(),
+        ));
         send(store.last_seq("h"));
         send(store.recover("h"));
         send(store.upsert_host(record));

@@ -35,6 +35,7 @@ fn postgres(inode: u64) -> (Socket, Process) {
         attribution: Attribution::Owned,
         scope: Scope::Wildcard,
         exposure: Scope::Private,
+        path: String::new(),
     };
     let process = Process {
         pid: 4242,

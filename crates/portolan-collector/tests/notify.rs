@@ -569,6 +569,7 @@ async fn findings_from_real_rules_reach_alertmanager_and_webhooks() -> Result<()
                 attribution: Attribution::Owned,
                 scope: Scope::Wildcard,
                 exposure: Scope::Private,
+                path: String::new(),
             };
             inv.sockets.insert(socket.key, socket);
             inv.processes.insert(

@@ -121,8 +121,8 @@ fn listener(
             netns: 0,
         },
         state: match protocol {
-            Protocol::Tcp => SocketState::Listen,
             Protocol::Udp => SocketState::Close,
+            _ => SocketState::Listen,
         },
         uid: 0,
         pids: pids.to_vec(),
@@ -133,6 +133,7 @@ fn listener(
         },
         scope: portolan_core::classify(local),
         exposure,
+        path: String::new(),
     }
 }
 
@@ -1743,6 +1744,7 @@ mod property {
                     attribution,
                     scope,
                     exposure,
+                    path: String::new(),
                 },
             )
     }

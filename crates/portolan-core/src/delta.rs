@@ -206,7 +206,13 @@ mod tests {
 
     fn socket() -> impl Strategy<Value = Socket> {
         (
-            prop_oneof![Just(Protocol::Tcp), Just(Protocol::Udp)],
+            prop_oneof![
+                Just(Protocol::Tcp),
+                Just(Protocol::Udp),
+                Just(Protocol::Raw),
+                Just(Protocol::Unix),
+                Just(Protocol::Sctp)
+            ],
             addr(),
             prop_oneof![Just(22u16), Just(80), Just(5432)],
             0u64..3,
@@ -214,6 +220,7 @@ mod tests {
             proptest::collection::vec(1u32..4, 0..3),
             prop_oneof![Just(Attribution::Owned), Just(Attribution::NoPermission)],
             prop_oneof![Just(0u64), Just(4_026_532_001u64)],
+            prop_oneof![Just(""), Just("/run/app.sock"), Just("@abstract")],
         )
             .prop_map(
                 |(
@@ -225,6 +232,7 @@ mod tests {
                     mut pids,
                     attribution,
                     netns,
+                    path,
                 )| {
                     pids.sort_unstable();
                     pids.dedup();
@@ -244,6 +252,7 @@ mod tests {
                         attribution,
                         scope: Scope::Wildcard,
                         exposure: Scope::Private,
+                        path: path.into(),
                     }
                 },
             )
@@ -256,10 +265,11 @@ mod tests {
             0u32..4,
             prop_oneof![Just(80u16), Just(443)],
             prop_oneof![Just(0u64), Just(4_026_532_001u64)],
+            prop_oneof![Just(Protocol::Tcp), Just(Protocol::Sctp)],
         )
             .prop_map(
-                |(remote_address, direction, pid, service_port, netns)| FlowKey {
-                    protocol: Protocol::Tcp,
+                |(remote_address, direction, pid, service_port, netns, protocol)| FlowKey {
+                    protocol,
                     direction,
                     local_address: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
                     remote_address,

@@ -7,7 +7,6 @@ use serde::Serialize;
 use crate::flow::{Flow, FlowKey, fold_connections};
 use crate::host::HostState;
 use crate::process::Process;
-use crate::scope::{classify, exposure_in};
 use crate::socket::{Attribution, Socket, SocketKey, SocketState};
 
 /// A socket as a scan lists it, before scopes are resolved and connections folded.
@@ -23,6 +22,8 @@ pub struct ScannedSocket {
     pub pids: Vec<u32>,
     /// Why the owners are what they are.
     pub attribution: Attribution,
+    /// A Unix socket's path (see [`Socket::path`]); empty otherwise.
+    pub path: String,
 }
 
 /// The inventory: listeners and other unconnected sockets individually, connected
@@ -57,14 +58,16 @@ impl Inventory {
             let mut pids = s.pids;
             pids.sort_unstable();
             pids.dedup();
+            let (scope, exposure) = s.key.scopes(&host.interfaces);
             let socket = Socket {
                 key: s.key,
                 state: s.state,
                 uid: s.uid,
                 pids,
                 attribution: s.attribution,
-                scope: classify(s.key.local_address),
-                exposure: exposure_in(s.key.local_address, s.key.netns, &host.interfaces),
+                scope,
+                exposure,
+                path: s.path,
             };
             if socket.key.remote_port == 0 {
                 unconnected.insert(socket.key, socket);
@@ -116,7 +119,7 @@ impl Inventory {
             .collect()
     }
 
-    /// Listeners (TCP LISTEN, bound unconnected UDP).
+    /// Listeners (see [`Socket::is_listener`]).
     pub fn listeners(&self) -> impl Iterator<Item = &Socket> {
         self.sockets.values().filter(|s| s.is_listener())
     }

@@ -23,4 +23,6 @@ pub use host::{HostState, InterfaceAddress, ScanStats};
 pub use inventory::Inventory;
 pub use process::Process;
 pub use scope::{Scope, classify, exposure, exposure_in};
-pub use socket::{Attribution, HOST_NETNS, Protocol, Socket, SocketKey, SocketState};
+pub use socket::{
+    Attribution, HOST_NETNS, Protocol, Socket, SocketKey, SocketState, UNIX_ADDRESS, is_listener,
+};

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::scope::Scope;
 
-/// Transport protocol of a socket. The address family is carried by the addresses.
+/// Protocol of a socket. The address family is carried by the addresses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
@@ -15,15 +15,45 @@ pub enum Protocol {
     Tcp,
     /// UDP.
     Udp,
+    /// A raw IP socket: its ports carry the IP protocol number (1 for ICMP), as `ss -w`
+    /// prints it. Unconnected, it is [`SocketState::Listen`] like a bound UDP socket.
+    Raw,
+    /// A Unix domain socket (only listening ones are inventoried). Its addresses are
+    /// [`UNIX_ADDRESS`] and its ports 0; [`Socket::path`] and the inode identify it.
+    Unix,
+    /// SCTP: endpoints ([`SocketState::Listen`] when listening) and associations.
+    Sctp,
 }
 
+/// The address a Unix socket's key carries in place of an IP address (`0.0.0.0`). Its
+/// scope and exposure are not derived from it: a Unix socket is host-local
+/// ([`Scope::Loopback`]).
+pub const UNIX_ADDRESS: IpAddr = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
+
 impl Protocol {
-    /// Lowercase name: `tcp`, `udp`.
+    /// Every protocol.
+    pub const ALL: [Protocol; 5] = [
+        Protocol::Tcp,
+        Protocol::Udp,
+        Protocol::Raw,
+        Protocol::Unix,
+        Protocol::Sctp,
+    ];
+
+    /// Lowercase name: `tcp`, `udp`, `raw`, `unix`, `sctp`.
     pub fn as_str(self) -> &'static str {
         match self {
             Protocol::Tcp => "tcp",
             Protocol::Udp => "udp",
+            Protocol::Raw => "raw",
+            Protocol::Unix => "unix",
+            Protocol::Sctp => "sctp",
         }
+    }
+
+    /// The protocol named `name` ([`Protocol::as_str`]), `None` for any other name.
+    pub fn from_name(name: &str) -> Option<Protocol> {
+        Protocol::ALL.into_iter().find(|p| p.as_str() == name)
     }
 }
 
@@ -145,6 +175,21 @@ pub struct SocketKey {
     pub netns: u64,
 }
 
+impl SocketKey {
+    /// The scope of the bind address and the widest scope the socket is reachable on,
+    /// against the interfaces of its own namespace ([`crate::exposure_in`]). A Unix
+    /// socket is host-local: [`Scope::Loopback`] for both, whatever its key's address.
+    pub fn scopes(&self, interfaces: &[crate::InterfaceAddress]) -> (Scope, Scope) {
+        if self.protocol == Protocol::Unix {
+            return (Scope::Loopback, Scope::Loopback);
+        }
+        (
+            crate::classify(self.local_address),
+            crate::exposure_in(self.local_address, self.netns, interfaces),
+        )
+    }
+}
+
 /// The namespace id of the agent's own network namespace (the host's).
 pub const HOST_NETNS: u64 = 0;
 
@@ -200,14 +245,57 @@ pub struct Socket {
     pub scope: Scope,
     /// Widest scope the socket is reachable on (see [`crate::exposure`]).
     pub exposure: Scope,
+    /// The path of a Unix domain socket, an abstract name with a leading `@` as `ss`
+    /// prints it; empty for every other protocol.
+    pub path: String,
 }
 
 impl Socket {
-    /// True for TCP LISTEN sockets and bound, unconnected UDP sockets.
+    /// True for TCP, SCTP and Unix LISTEN sockets, bound unconnected UDP sockets and
+    /// unconnected raw sockets.
     pub fn is_listener(&self) -> bool {
-        match self.key.protocol {
-            Protocol::Tcp => self.state == SocketState::Listen,
-            Protocol::Udp => self.key.remote_port == 0,
+        is_listener(&self.key, self.state)
+    }
+}
+
+/// Whether a socket with `key` in `state` is a listener (see [`Socket::is_listener`]).
+pub fn is_listener(key: &SocketKey, state: SocketState) -> bool {
+    match key.protocol {
+        Protocol::Tcp | Protocol::Sctp | Protocol::Unix => state == SocketState::Listen,
+        Protocol::Udp => key.remote_port == 0,
+        // A raw socket's ports are its IP protocol: only a peer address says connected.
+        Protocol::Raw => key.remote_address.is_unspecified(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn protocol_names_round_trip() {
+        for p in Protocol::ALL {
+            assert_eq!(Protocol::from_name(p.as_str()), Some(p));
         }
+        assert_eq!(Protocol::from_name("TCP"), None);
+        assert_eq!(Protocol::from_name("icmp"), None);
+    }
+
+    #[test]
+    fn raw_listens_until_connected() {
+        let mut key = SocketKey {
+            protocol: Protocol::Raw,
+            local_address: UNIX_ADDRESS,
+            local_port: 1,
+            remote_address: UNIX_ADDRESS,
+            remote_port: 0,
+            inode: 7,
+            netns: HOST_NETNS,
+        };
+        assert!(is_listener(&key, SocketState::Listen));
+        key.remote_address = IpAddr::from([10, 0, 0, 1]);
+        assert!(!is_listener(&key, SocketState::Established));
+        key.protocol = Protocol::Unix;
+        assert!(!is_listener(&key, SocketState::Close));
     }
 }

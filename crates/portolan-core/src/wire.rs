@@ -119,6 +119,9 @@ impl From<Protocol> for pb::Protocol {
         match p {
             Protocol::Tcp => pb::Protocol::Tcp,
             Protocol::Udp => pb::Protocol::Udp,
+            Protocol::Raw => pb::Protocol::Raw,
+            Protocol::Unix => pb::Protocol::Unix,
+            Protocol::Sctp => pb::Protocol::Sctp,
         }
     }
 }
@@ -128,6 +131,9 @@ pub fn protocol_from_wire(value: i32) -> Result<Protocol, WireError> {
     match pb::Protocol::try_from(value) {
         Ok(pb::Protocol::Tcp) => Ok(Protocol::Tcp),
         Ok(pb::Protocol::Udp) => Ok(Protocol::Udp),
+        Ok(pb::Protocol::Raw) => Ok(Protocol::Raw),
+        Ok(pb::Protocol::Unix) => Ok(Protocol::Unix),
+        Ok(pb::Protocol::Sctp) => Ok(Protocol::Sctp),
         _ => Err(WireError::Enum {
             field: "protocol",
             value,
@@ -243,6 +249,7 @@ impl From<&Socket> for pb::Socket {
             scope: pb::Scope::from(s.scope) as i32,
             exposure: pb::Scope::from(s.exposure) as i32,
             netns_inode: s.key.netns,
+            path: s.path.clone(),
         }
     }
 }
@@ -270,6 +277,7 @@ impl TryFrom<pb::Socket> for Socket {
             attribution: attribution_from_wire(s.attribution)?,
             scope: scope_from_wire("scope", s.scope)?,
             exposure: scope_from_wire("exposure", s.exposure)?,
+            path: string_from_wire("path", s.path)?,
         })
     }
 }
@@ -703,7 +711,27 @@ mod tests {
             attribution: Attribution::Owned,
             scope: Scope::Wildcard,
             exposure: Scope::Private,
+            path: String::new(),
         }
+    }
+
+    #[test]
+    fn every_protocol_and_a_unix_path_round_trip() {
+        for protocol in Protocol::ALL {
+            let mut s = listener(80, 1);
+            s.key.protocol = protocol;
+            if protocol == Protocol::Unix {
+                s.path = "@/tmp/.X11-unix/X0".into();
+            }
+            let back = Socket::try_from(pb::Socket::from(&s)).expect("valid socket");
+            assert_eq!(back, s);
+        }
+        let mut long = pb::Socket::from(&listener(80, 1));
+        long.path = "x".repeat(MAX_STRING_BYTES + 1);
+        assert!(matches!(
+            Socket::try_from(long),
+            Err(WireError::StringTooLong { field: "path", .. })
+        ));
     }
 
     fn inventory(n: u16) -> Inventory {

@@ -25,7 +25,17 @@
 //!       exposure: [public, wildcard]
 //!       process: "postgres*"      # globs on any owning process: process, executable,
 //!                                 # user, unit, container
+//!       pod: ["db-*", "shop/pg-*"] # Kubernetes pod name, or namespace/name with a `/`
+//!       pod_namespace: [shop]     # the pod's Kubernetes namespace
+//!       netns: [host]             # network namespaces: `host` (the agent's own) or inodes
 //! ```
+//!
+//! A socket in another network namespace than the agent's (a pod, a container) is its
+//! own finding: the subject says where (`tcp 0.0.0.0:80 in pod shop/web-1`, or
+//! `in netns 4026532999` outside a known pod), the evidence carries `netns=` and `pod=`,
+//! and the fingerprint includes the pod (`namespace/name`, stable across the pod's
+//! restarts) or the namespace. Sockets of the host's own namespace keep the subjects and
+//! fingerprints they always had.
 //!
 //! Kinds and their parameters are described on [`Kind`]. The SQL avoids everything that
 //! Debian's `clickhouse-server` 18.16 lacks (no window functions, no CTEs, one JOIN per

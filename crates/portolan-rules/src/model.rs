@@ -127,6 +127,14 @@ pub struct SocketPredicate {
     pub unit: Vec<Glob>,
     /// Container id (`"?*"`: in any container).
     pub container: Vec<Glob>,
+    /// Kubernetes pod name (`web-*`), or `namespace/name` when the glob holds a `/`
+    /// (`shop/web-*`); `"?*"`: in any pod whose name the agent learned.
+    pub pod: Vec<Glob>,
+    /// Kubernetes namespace of the pod.
+    pub pod_namespace: Vec<Glob>,
+    /// Network namespaces by inode; 0 is the agent's own (the host's, written `host`
+    /// in rule files).
+    pub netns: Vec<u64>,
 }
 
 impl SocketPredicate {
@@ -183,7 +191,7 @@ pub enum Kind {
     },
     /// `flow_policy`: servers (the rule's `hosts`) accept connections on the matched
     /// service ports (the rule's `sockets`: protocol, ports, process, executable, user,
-    /// unit, container) only from clients matching `clients`, from `networks`, and (with
+    /// unit, container, pod, pod_namespace, netns: of the server's end) only from clients matching `clients`, from `networks`, and (with
     /// `outside: allow`) from anywhere outside the fleet. A client address is joined to
     /// the fleet host that holds it on an interface. One finding per (server, protocol,
     /// port, client host or outside address). Parameters: `clients` (a host selector;

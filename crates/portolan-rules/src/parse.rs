@@ -38,7 +38,7 @@ const KINDS: [&str; 8] = [
 ];
 const COMMON_KEYS: [&str; 6] = ["id", "kind", "severity", "description", "hosts", "sockets"];
 const HOST_KEYS: [&str; 3] = ["labels", "hostname", "host_id"];
-const SOCKET_KEYS: [&str; 9] = [
+const SOCKET_KEYS: [&str; 12] = [
     "protocol",
     "ports",
     "state",
@@ -48,6 +48,9 @@ const SOCKET_KEYS: [&str; 9] = [
     "user",
     "unit",
     "container",
+    "pod",
+    "pod_namespace",
+    "netns",
 ];
 /// Longest accepted string anywhere in a rule file.
 const MAX_STRING: usize = 1024;
@@ -456,10 +459,34 @@ impl Cx<'_> {
                 "user" => p.user = self.globs(value, "`user`"),
                 "unit" => p.unit = self.globs(value, "`unit`"),
                 "container" => p.container = self.globs(value, "`container`"),
+                "pod" => p.pod = self.globs(value, "`pod`"),
+                "pod_namespace" => p.pod_namespace = self.globs(value, "`pod_namespace`"),
+                "netns" => p.netns = self.netns(value),
                 _ => {}
             }
         }
         p
+    }
+
+    /// Network namespace inodes; `host` is 0, the agent's own.
+    fn netns(&mut self, node: &Node) -> Vec<u64> {
+        let mut out = Vec::new();
+        for s in self.list(node, "`netns`") {
+            let text = s.as_str().trim();
+            match text {
+                "host" => out.push(0),
+                _ => match text.parse::<u64>() {
+                    Ok(n) => out.push(n),
+                    Err(_) => self.problem(
+                        s.span(),
+                        format!(
+                            "`netns` takes `host` (the agent's own namespace) and namespace inodes such as 4026532999 (`portolan sockets -o wide` shows them); got `{text}`"
+                        ),
+                    ),
+                },
+            }
+        }
+        out
     }
 
     fn ports(&mut self, node: &Node) -> Vec<PortRange> {
@@ -859,6 +886,51 @@ mod tests {
     }
 
     #[test]
+    fn pod_container_and_netns_selectors_parse_in_every_socket_selector() {
+        let text = "rules:\n  - id: a\n    kind: listener\n    severity: low\n    sockets: {pod: \"web-*\", pod_namespace: [shop, \"kube-*\"], container: \"?*\", netns: [host, 4026532999]}\n  - id: b\n    kind: flow_policy\n    severity: high\n    clients: {}\n    sockets: {ports: [5432], pod: [\"shop/db-*\"], netns: 4026533000}\n  - id: c\n    kind: new_listener\n    severity: low\n    allow: [{pod_namespace: kube-system}]\n  - {id: d, kind: shared_port, severity: low, sockets: {pod: \"?*\"}}\n  - {id: e, kind: peer_drift, severity: low, label: role, sockets: {netns: host}}\n  - {id: f, kind: port_owner_change, severity: low, sockets: {pod: api}}\n";
+        let set = parse("rules.yaml", text).expect("valid");
+        let a = &set.rules[0].sockets;
+        assert_eq!(a.pod, vec![Glob("web-*".into())]);
+        assert_eq!(
+            a.pod_namespace,
+            vec![Glob("shop".into()), Glob("kube-*".into())]
+        );
+        assert_eq!(a.container, vec![Glob("?*".into())]);
+        assert_eq!(a.netns, vec![0, 4_026_532_999]);
+        assert_eq!(set.rules[1].sockets.pod, vec![Glob("shop/db-*".into())]);
+        assert_eq!(set.rules[1].sockets.netns, vec![4_026_533_000]);
+        let Kind::NewListener(params) = &set.rules[2].kind else {
+            panic!("new_listener: {:?}", set.rules[2].kind);
+        };
+        assert_eq!(
+            params.allow[0].pod_namespace,
+            vec![Glob("kube-system".into())]
+        );
+        assert_eq!(set.rules[5].sockets.pod, vec![Glob("api".into())]);
+        for rule in &set.rules {
+            let sql = crate::compile(rule);
+            assert!(sql.starts_with("SELECT "), "{sql}");
+        }
+    }
+
+    #[test]
+    fn a_bad_netns_and_pods_on_connection_counting_rules_are_errors() {
+        let text = "rules:\n  - {id: a, kind: listener, severity: low, sockets: {netns: [pod, -1]}}\n  - {id: b, kind: scan, severity: low, by: ports, min: 3, sockets: {pod: web}}\n";
+        let got = problems(text);
+        assert_eq!(got.len(), 3, "{got:#?}");
+        assert!(
+            got[0].starts_with("rules.yaml:2:62: `netns` takes `host`")
+                && got[0].ends_with("got `pod`"),
+            "{got:#?}"
+        );
+        assert!(got[1].ends_with("got `-1`"), "{got:#?}");
+        assert!(
+            got[2].contains("`sockets` does not apply to `scan` rules"),
+            "{got:#?}"
+        );
+    }
+
+    #[test]
     fn not_yaml_is_one_problem() {
         let got = problems("rules: [\n");
         assert_eq!(got.len(), 1);
@@ -892,6 +964,20 @@ mod tests {
             let set = parse("p.yaml", &text).expect("valid");
             prop_assert_eq!(&set.rules[0].hosts.hostname, &vec![Glob(s.clone())]);
             prop_assert_eq!(&set.rules[0].hosts.labels, &vec![("k".to_string(), Glob(s))]);
+        }
+
+        /// Any string given as a pod or pod namespace glob survives parsing unchanged,
+        /// and any inode as a `netns`.
+        #[test]
+        fn pod_selectors_survive_parsing(s in "[^\\x00-\\x1f\\x7f]{0,40}", inode in any::<u64>()) {
+            let quoted = s.replace('\\', "\\\\").replace('"', "\\\"");
+            let text = format!(
+                "rules:\n  - id: a\n    kind: listener\n    severity: low\n    sockets:\n      pod: \"{quoted}\"\n      pod_namespace: [\"{quoted}\"]\n      netns: [{inode}, host]\n"
+            );
+            let set = parse("p.yaml", &text).expect("valid");
+            prop_assert_eq!(&set.rules[0].sockets.pod, &vec![Glob(s.clone())]);
+            prop_assert_eq!(&set.rules[0].sockets.pod_namespace, &vec![Glob(s)]);
+            prop_assert_eq!(&set.rules[0].sockets.netns, &vec![inode, 0]);
         }
     }
 }

@@ -224,10 +224,28 @@ fn flow_cond(p: &SocketPredicate) -> String {
         ("user", &p.user),
         ("systemd_unit", &p.unit),
         ("container_id", &p.container),
+        ("pod_namespace", &p.pod_namespace),
     ] {
         if !globs.is_empty() {
             parts.push(glob_cond(column, globs));
         }
+    }
+    if !p.pod.is_empty() {
+        let (names, qualified) = split_pod_globs(&p.pod);
+        let mut any = Vec::new();
+        if !names.is_empty() {
+            any.push(glob_cond("pod_name", &names));
+        }
+        if !qualified.is_empty() {
+            any.push(glob_cond(
+                "concat(pod_namespace, '/', pod_name)",
+                &qualified,
+            ));
+        }
+        parts.push(format!("({})", any.join(" OR ")));
+    }
+    if !p.netns.is_empty() {
+        parts.push(netns_cond(&p.netns));
     }
     if parts.is_empty() {
         "1".into()
@@ -306,16 +324,84 @@ fn socket_cond(p: &SocketPredicate) -> String {
         ("process_users", &p.user),
         ("process_units", &p.unit),
         ("process_containers", &p.container),
+        ("process_pod_namespaces", &p.pod_namespace),
     ] {
         if !globs.is_empty() {
             parts.push(array_glob_cond(column, globs));
         }
+    }
+    if !p.pod.is_empty() {
+        let (names, qualified) = split_pod_globs(&p.pod);
+        let mut any = Vec::new();
+        if !names.is_empty() {
+            any.push(array_glob_cond("process_pod_names", &names));
+        }
+        if !qualified.is_empty() {
+            any.push(format!(
+                "arrayExists((n, ns) -> {}, process_pod_names, process_pod_namespaces)",
+                glob_cond("concat(ns, '/', n)", &qualified)
+            ));
+        }
+        parts.push(format!("({})", any.join(" OR ")));
+    }
+    if !p.netns.is_empty() {
+        parts.push(netns_cond(&p.netns));
     }
     if parts.is_empty() {
         "1".into()
     } else {
         parts.join(" AND ")
     }
+}
+
+/// Pod globs on the name alone, and those on `namespace/name` (holding a `/`).
+fn split_pod_globs(globs: &[Glob]) -> (Vec<Glob>, Vec<Glob>) {
+    globs.iter().cloned().partition(|g| !g.0.contains('/'))
+}
+
+/// The `netns` column is one of `inodes`.
+fn netns_cond(inodes: &[u64]) -> String {
+    let list: Vec<String> = inodes.iter().map(u64::to_string).collect();
+    format!("netns IN ({})", list.join(", "))
+}
+
+/// Where a socket is, for a subject: nothing in the host's own namespace (netns 0),
+/// ` in pod namespace/name` in a pod whose name is known, ` in netns <inode>` otherwise.
+fn place(netns: &str, pod_namespace: &str, pod_name: &str) -> String {
+    format!(
+        "if({netns} = 0, '', if({pod_name} != '', concat(' in pod ', {pod_namespace}, '/', {pod_name}), concat(' in netns ', toString({netns}))))"
+    )
+}
+
+/// Evidence about where a socket is: nothing in the host's own namespace, else
+/// ` netns=<inode> pod=<namespace/name>` (`pod=` empty outside a known pod).
+fn place_evidence(netns: &str, pod_namespace: &str, pod_name: &str) -> String {
+    format!(
+        "if({netns} = 0, '', concat(' netns=', toString({netns}), ' pod=', if({pod_name} != '', concat({pod_namespace}, '/', {pod_name}), '')))"
+    )
+}
+
+/// [`fingerprint`] of a finding about a socket in network namespace `netns`: in the
+/// host's own namespace exactly `identity`'s (findings from before namespaces keep their
+/// fingerprints); elsewhere `identity` and the pod (`namespace/name`, stable across a
+/// pod's restarts), or the namespace's inode outside a known pod.
+fn fingerprint_in(
+    rule_id: &str,
+    identity: &[&str],
+    netns: &str,
+    pod_namespace: &str,
+    pod_name: &str,
+) -> String {
+    let place = format!(
+        "if({pod_name} != '', concat({pod_namespace}, '/', {pod_name}), toString({netns}))"
+    );
+    let mut placed = identity.to_vec();
+    placed.push(&place);
+    format!(
+        "if({netns} = 0, {}, {})",
+        fingerprint(rule_id, identity),
+        fingerprint(rule_id, &placed)
+    )
 }
 
 /// 16 upper-case hex digits of `cityHash64` over the rule id and `identity`.
@@ -384,16 +470,21 @@ fn current_listeners(rule: &Rule, extra: &str, src: &Sources) -> String {
 
 fn listener(rule: &Rule, src: &Sources) -> String {
     format!(
-        "SELECT host_id,\n    {fp} AS fingerprint,\n    concat(protocol, ' ', {ep}) AS subject,\n    concat('exposure=', any(exposure), ' scope=', any(scope), ' processes=', {names}, ' users=', {users}, ' units=', {units}, ' pids=', {pids}, ' sockets=', toString(count())) AS evidence\n{from}\nGROUP BY host_id, protocol, family, local_address, local_port",
-        fp = fingerprint(
+        "SELECT host_id,\n    {fp} AS fingerprint,\n    concat(protocol, ' ', {ep}, {place}) AS subject,\n    concat('exposure=', any(exposure), ' scope=', any(scope), ' processes=', {names}, ' users=', {users}, ' units=', {units}, ' pids=', {pids}, ' sockets=', toString(count()), {evidence}) AS evidence\n{from}\nGROUP BY host_id, protocol, family, local_address, local_port, netns",
+        fp = fingerprint_in(
             &rule.id,
             &[
                 "host_id",
                 "protocol",
                 "local_address",
                 "toString(local_port)"
-            ]
+            ],
+            "netns",
+            "any(pod_namespace)",
+            "any(pod_name)"
         ),
+        place = place("netns", "any(pod_namespace)", "any(pod_name)"),
+        evidence = place_evidence("netns", "any(pod_namespace)", "any(pod_name)"),
         ep = endpoint("family", "local_address", "local_port"),
         names = join_strings("groupUniqArrayArray(process_names)"),
         users = join_strings("groupUniqArrayArray(process_users)"),
@@ -410,22 +501,34 @@ fn shared_port(rule: &Rule, by: SharedBy, min: u32, src: &Sources) -> String {
         SharedBy::Sockets => "inodes",
     };
     format!(
-        "SELECT host_id,\n    {fp} AS fingerprint,\n    concat(protocol, ' port ', toString(local_port)) AS subject,\n    concat('programs=', arrayStringConcat(programs, ','), ' processes=', arrayStringConcat(names, ','), ' pids=', arrayStringConcat(arrayMap(x -> toString(x), all_pids), ','), ' sockets=', toString(length(inodes)), ' addresses=', arrayStringConcat(addresses, ',')) AS evidence\nFROM\n(\nSELECT host_id, protocol, local_port,\n    arraySort(arrayFilter(x -> x != '', groupUniqArrayArray(process_executables))) AS programs,\n    arraySort(groupUniqArrayArray(process_names)) AS names,\n    arraySort(groupUniqArrayArray(pids)) AS all_pids,\n    groupUniqArray(inode) AS inodes,\n    arraySort(groupUniqArray(local_address)) AS addresses\n{from}\nGROUP BY host_id, protocol, local_port\n)\nWHERE length({counted}) >= {min}",
-        fp = fingerprint(&rule.id, &["host_id", "protocol", "toString(local_port)"]),
+        "SELECT host_id,\n    {fp} AS fingerprint,\n    concat(protocol, ' port ', toString(local_port), {place}) AS subject,\n    concat('programs=', arrayStringConcat(programs, ','), ' processes=', arrayStringConcat(names, ','), ' pids=', arrayStringConcat(arrayMap(x -> toString(x), all_pids), ','), ' sockets=', toString(length(inodes)), ' addresses=', arrayStringConcat(addresses, ','), {evidence}) AS evidence\nFROM\n(\nSELECT host_id, protocol, local_port, netns,\n    arraySort(arrayFilter(x -> x != '', groupUniqArrayArray(process_executables))) AS programs,\n    arraySort(groupUniqArrayArray(process_names)) AS names,\n    arraySort(groupUniqArrayArray(pids)) AS all_pids,\n    groupUniqArray(inode) AS inodes,\n    arraySort(groupUniqArray(local_address)) AS addresses,\n    any(pod_namespace) AS pod_namespace_seen,\n    any(pod_name) AS pod_name_seen\n{from}\nGROUP BY host_id, protocol, local_port, netns\n)\nWHERE length({counted}) >= {min}",
+        fp = fingerprint_in(
+            &rule.id,
+            &["host_id", "protocol", "toString(local_port)"],
+            "netns",
+            "pod_namespace_seen",
+            "pod_name_seen"
+        ),
+        place = place("netns", "pod_namespace_seen", "pod_name_seen"),
+        evidence = place_evidence("netns", "pod_namespace_seen", "pod_name_seen"),
         from = current_listeners(rule, "", src),
     )
 }
 
 fn ephemeral(rule: &Rule, share: f64, per: EphemeralPer, src: &Sources) -> String {
+    // Every network namespace has its own ports: a pod's connections do not use the
+    // node's. (The agent reports the range of its own namespace; pods are assumed to
+    // have the same, the kernel's default unless changed per pod.)
+    let ns = ("netns", "pod_namespace_seen", "pod_name_seen");
     let (group, fp, subject) = match per {
         EphemeralPer::Host => (
-            "host_id".to_string(),
-            fingerprint(&rule.id, &["host_id"]),
-            "'ephemeral ports'".to_string(),
+            "host_id, netns".to_string(),
+            fingerprint_in(&rule.id, &["host_id"], ns.0, ns.1, ns.2),
+            format!("concat('ephemeral ports', {})", place(ns.0, ns.1, ns.2)),
         ),
         EphemeralPer::Destination => (
-            "host_id, protocol, family, remote_address, service_port".to_string(),
-            fingerprint(
+            "host_id, protocol, family, remote_address, service_port, netns".to_string(),
+            fingerprint_in(
                 &rule.id,
                 &[
                     "host_id",
@@ -433,18 +536,23 @@ fn ephemeral(rule: &Rule, share: f64, per: EphemeralPer, src: &Sources) -> Strin
                     "remote_address",
                     "toString(service_port)",
                 ],
+                ns.0,
+                ns.1,
+                ns.2,
             ),
             format!(
-                "concat('ephemeral ports toward ', protocol, ' ', {})",
-                endpoint("family", "remote_address", "service_port")
+                "concat('ephemeral ports toward ', protocol, ' ', {}, {})",
+                endpoint("family", "remote_address", "service_port"),
+                place(ns.0, ns.1, ns.2)
             ),
         ),
     };
     format!(
-        "SELECT host_id,\n    {fp} AS fingerprint,\n    {subject} AS subject,\n    concat('used=', toString(used), ' range=', toString(ephemeral_min), '-', toString(ephemeral_max), ' share=', toString(round(used / range_size, 3)), ' threshold={share}') AS evidence\nFROM\n(\nSELECT {group}, sum(connections) AS used\nFROM {flows_t}\nWHERE present = 1 AND direction = 'outbound'{hosts}\nGROUP BY {group}\n) AS joined_left\nALL INNER JOIN\n(\nSELECT host_id, ephemeral_min, ephemeral_max, toInt64(ephemeral_max) - toInt64(ephemeral_min) + 1 AS range_size\nFROM {hosts_t}\nWHERE ephemeral_known = 1 AND ephemeral_max >= ephemeral_min\n) AS joined_right USING host_id\nWHERE used >= {share} * range_size",
+        "SELECT host_id,\n    {fp} AS fingerprint,\n    {subject} AS subject,\n    concat('used=', toString(used), ' range=', toString(ephemeral_min), '-', toString(ephemeral_max), ' share=', toString(round(used / range_size, 3)), ' threshold={share}', {evidence}) AS evidence\nFROM\n(\nSELECT {group}, sum(connections) AS used, any(pod_namespace) AS pod_namespace_seen, any(pod_name) AS pod_name_seen\nFROM {flows_t}\nWHERE present = 1 AND direction = 'outbound'{hosts}\nGROUP BY {group}\n) AS joined_left\nALL INNER JOIN\n(\nSELECT host_id, ephemeral_min, ephemeral_max, toInt64(ephemeral_max) - toInt64(ephemeral_min) + 1 AS range_size\nFROM {hosts_t}\nWHERE ephemeral_known = 1 AND ephemeral_max >= ephemeral_min\n) AS joined_right USING host_id\nWHERE used >= {share} * range_size",
         hosts = host_filter(&rule.hosts, src),
         hosts_t = src.hosts,
         flows_t = src.flows,
+        evidence = place_evidence(ns.0, ns.1, ns.2),
     )
 }
 
@@ -525,8 +633,8 @@ fn new_listener(rule: &Rule, p: &NewListenerParams, src: &Sources) -> String {
         BaselineScope::Fleet => String::new(),
     };
     format!(
-        "SELECT host_id,\n    {fp} AS fingerprint,\n    concat(protocol, ' ', {ep}) AS subject,\n    concat('first_seen=', toString(first_seen), ' process=', process_name, ' executable=', executable, ' unit=', systemd_unit, ' exposure=', exposure_seen) AS evidence\nFROM\n(\nSELECT host_id, protocol, family, local_address, local_port, scope, executable, systemd_unit, any(process) AS process_name, any(exposure) AS exposure_seen\n{from}\nGROUP BY host_id, protocol, family, local_address, local_port, scope, executable, systemd_unit\n) AS joined_left\nALL INNER JOIN\n(\nSELECT {identity}, min(at) AS first_seen\nFROM {events}\nWHERE listener = 1{event_hosts}\nGROUP BY {identity}\n) AS joined_right USING ({identity})\nWHERE first_seen >= {since} AND {baseline_guard}",
-        fp = fingerprint(
+        "SELECT host_id,\n    {fp} AS fingerprint,\n    concat(protocol, ' ', {ep}, {place}) AS subject,\n    concat('first_seen=', toString(first_seen), ' process=', process_name, ' executable=', executable, ' unit=', systemd_unit, ' exposure=', exposure_seen, {evidence}) AS evidence\nFROM\n(\nSELECT host_id, protocol, family, local_address, local_port, scope, executable, systemd_unit, netns, any(process) AS process_name, any(exposure) AS exposure_seen, any(pod_namespace) AS pod_namespace_seen, any(pod_name) AS pod_name_seen\n{from}\nGROUP BY host_id, protocol, family, local_address, local_port, scope, executable, systemd_unit, netns\n) AS joined_left\nALL INNER JOIN\n(\nSELECT {identity}, min(at) AS first_seen\nFROM {events}\nWHERE listener = 1{event_hosts}\nGROUP BY {identity}\n) AS joined_right USING ({identity})\nWHERE first_seen >= {since} AND {baseline_guard}",
+        fp = fingerprint_in(
             &rule.id,
             &[
                 "host_id",
@@ -535,9 +643,14 @@ fn new_listener(rule: &Rule, p: &NewListenerParams, src: &Sources) -> String {
                 "toString(local_port)",
                 "executable",
                 "systemd_unit"
-            ]
+            ],
+            "netns",
+            "pod_namespace_seen",
+            "pod_name_seen"
         ),
         ep = endpoint("family", "local_address", "local_port"),
+        place = place("netns", "pod_namespace_seen", "pod_name_seen"),
+        evidence = place_evidence("netns", "pod_namespace_seen", "pod_name_seen"),
         from = current_listeners(rule, &allow, src),
         events = src.socket_events,
     )
@@ -739,6 +852,83 @@ mod tests {
     }
 
     #[test]
+    fn pod_container_and_netns_selectors_compile_to_their_columns() {
+        let p = SocketPredicate {
+            pod: vec![Glob("web-*".into()), Glob("shop/api-?".into())],
+            pod_namespace: vec![Glob("shop".into())],
+            container: vec![Glob("abc*".into())],
+            netns: vec![0, 4_026_532_999],
+            ..SocketPredicate::default()
+        };
+        assert_eq!(
+            socket_cond(&p),
+            r"arrayExists(x -> (match(x, '^abc.*$')), process_containers) AND arrayExists(x -> (x = 'shop'), process_pod_namespaces) AND (arrayExists(x -> (match(x, '^web\\-.*$')), process_pod_names) OR arrayExists((n, ns) -> (match(concat(ns, '/', n), '^shop\\/api\\-.$')), process_pod_names, process_pod_namespaces)) AND netns IN (0, 4026532999)"
+        );
+        assert_eq!(
+            flow_cond(&p),
+            r"(match(container_id, '^abc.*$')) AND (pod_namespace = 'shop') AND ((match(pod_name, '^web\\-.*$')) OR (match(concat(pod_namespace, '/', pod_name), '^shop\\/api\\-.$'))) AND netns IN (0, 4026532999)"
+        );
+    }
+
+    #[test]
+    fn findings_in_other_namespaces_say_where_and_keep_host_fingerprints() {
+        let listener = compile(&rule(
+            Kind::Listener,
+            HostSelector::default(),
+            SocketPredicate::default(),
+        ));
+        assert!(
+            listener
+                .contains("GROUP BY host_id, protocol, family, local_address, local_port, netns"),
+            "{listener}"
+        );
+        assert!(
+            listener.contains("concat(' in pod ', any(pod_namespace), '/', any(pod_name))"),
+            "{listener}"
+        );
+        // In the host's namespace, the fingerprint is the one from before namespaces.
+        let old = fingerprint(
+            "r",
+            &[
+                "host_id",
+                "protocol",
+                "local_address",
+                "toString(local_port)",
+            ],
+        );
+        assert!(
+            listener.contains(&format!("if(netns = 0, {old}, ")),
+            "{listener}"
+        );
+        for kind in [
+            Kind::SharedPort {
+                distinct: SharedBy::Programs,
+                min: 2,
+            },
+            Kind::EphemeralExhaustion {
+                share: 0.8,
+                per: EphemeralPer::Host,
+            },
+            Kind::NewListener(NewListenerParams {
+                window_secs: 60,
+                scope: BaselineScope::Host,
+                allow: Vec::new(),
+            }),
+        ] {
+            let sql = compile(&rule(
+                kind,
+                HostSelector::default(),
+                SocketPredicate::default(),
+            ));
+            assert!(
+                sql.contains("GROUP BY host_id") && sql.contains(", netns\n"),
+                "{sql}"
+            );
+            assert!(sql.contains("' in pod '"), "{sql}");
+        }
+    }
+
+    #[test]
     fn networks_compile_to_numeric_ranges() {
         let nets = [
             Cidr::parse("10.1.0.0/16").expect("v4"),
@@ -771,6 +961,8 @@ mod tests {
             hostname in any::<String>(),
             host_id in any::<String>(),
             process in any::<String>(),
+            pod in any::<String>(),
+            netns in proptest::collection::vec(any::<u64>(), 0..3),
             kind in 0usize..8,
         ) {
             let hosts = HostSelector {
@@ -781,6 +973,10 @@ mod tests {
             let sockets = SocketPredicate {
                 process: vec![Glob(process.clone())],
                 executable: vec![Glob(format!("*{process}?"))],
+                pod: vec![Glob(pod.clone()), Glob(format!("{pod}/{process}*"))],
+                pod_namespace: vec![Glob(format!("{pod}?"))],
+                container: vec![Glob(format!("*{pod}"))],
+                netns,
                 ..SocketPredicate::default()
             };
             let kind = match kind {

@@ -67,6 +67,7 @@ fn listener(addr: &str, port: u16, inode: u64, pids: &[u32], exposure: Scope) ->
         attribution: Attribution::Owned,
         scope: portolan_core::classify(local),
         exposure,
+        path: String::new(),
     }
 }
 
@@ -930,5 +931,163 @@ async fn run(store: &Store) -> Result<()> {
             .any(|(r, h, _)| *r == "cache-exposed" || (*r == "database-exposed" && *h != "db1")),
         "{got:#?}"
     );
+    Ok(())
+}
+
+/// A process of a pod: its container and pod, as the agent attributes them.
+fn pod_process(pid: u32, name: &str, container: char, pod: (&str, &str)) -> Process {
+    Process {
+        container_id: std::iter::repeat_n(container, 64).collect(),
+        pod_uid: format!("uid-{}", pod.1),
+        pod_namespace: pod.0.into(),
+        pod_name: pod.1.into(),
+        ..process(pid, name, &format!("/usr/bin/{name}"), "")
+    }
+}
+
+fn in_netns(mut socket: Socket, netns: u64) -> Socket {
+    socket.key.netns = netns;
+    socket
+}
+
+const POD_RULES: &str = r#"
+rules:
+  - {id: web-pods, kind: listener, severity: high, sockets: {pod: "web-*", ports: [80]}}
+  - {id: shop-pods, kind: listener, severity: high, sockets: {pod: "shop/*", ports: [80]}}
+  - {id: billing-namespace, kind: listener, severity: high, sockets: {pod_namespace: [billing]}}
+  - {id: node-itself, kind: listener, severity: low, sockets: {netns: host, ports: [80]}}
+  - {id: by-container, kind: listener, severity: low, sockets: {container: "aaaa*"}}
+  - {id: shared, kind: shared_port, severity: low, distinct: sockets}
+  - {id: pod-db-clients, kind: flow_policy, severity: high, sockets: {ports: [5432], pod: "shop/db-*"}}
+"#;
+
+/// Rules select sockets and flows by pod, pod namespace, container and network
+/// namespace on the real server: each fires for its pod's socket and not for another
+/// pod's, and the same `0.0.0.0:80` in three namespaces of one node is three findings
+/// (and no shared port).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_selectors_fire_for_their_pod_only() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let clickhouse = ManagedClickHouse::start(ManagedOptions {
+        state_dir: dir.path().to_path_buf(),
+        binary: None,
+    })
+    .await?;
+    let store = clickhouse
+        .migrated_store("pod_selectors_fire_for_their_pod_only")
+        .await?;
+    let result = run_pods(&store).await;
+    clickhouse.shutdown().await?;
+    result
+}
+
+async fn run_pods(store: &Store) -> Result<()> {
+    let fleet = Fleet {
+        store,
+        now: SystemTime::now(),
+    };
+    let (web_ns, api_ns, db_ns) = (4_026_532_001u64, 4_026_532_002, 4_026_532_003);
+    let web = pod_process(10, "nginx", 'a', ("shop", "web-a"));
+    let api = pod_process(20, "envoy", 'b', ("billing", "api-b"));
+    let db = pod_process(30, "postgres", 'c', ("shop", "db-0"));
+    let mut inv = inventory(
+        "10.0.0.1",
+        (32768, 60999),
+        vec![
+            (
+                listener("0.0.0.0", 80, 1, &[1], Scope::Private),
+                vec![process(1, "nginx", "/usr/sbin/nginx", "nginx.service")],
+            ),
+            (
+                in_netns(listener("0.0.0.0", 80, 2, &[10], Scope::Private), web_ns),
+                vec![web],
+            ),
+            (
+                in_netns(listener("0.0.0.0", 80, 3, &[20], Scope::Private), api_ns),
+                vec![api],
+            ),
+            (
+                in_netns(listener("0.0.0.0", 5432, 4, &[30], Scope::Private), db_ns),
+                vec![db],
+            ),
+        ],
+        Vec::new(),
+    );
+    // Both the database pod and the api pod accept connections on 5432 from outside.
+    for (netns, pid, local) in [(db_ns, 30, "10.244.0.3"), (api_ns, 20, "10.244.0.2")] {
+        let mut key = flow(
+            Direction::Inbound,
+            local,
+            "203.0.113.50",
+            5432,
+            SocketState::Established,
+        );
+        key.netns = netns;
+        key.pid = pid;
+        inv.flows.insert(key, 1);
+    }
+    fleet.host("node1", "node-1", &[], vec![(60, inv)]).await?;
+
+    let rules = parse("pods.yaml", POD_RULES)?;
+    let sql: Vec<(String, String)> = rules
+        .rules
+        .iter()
+        .map(|r| (r.id.clone(), compile(r)))
+        .collect();
+    let found = evaluate(store, &sql).await?;
+    let got: BTreeSet<(String, String)> = found
+        .iter()
+        .map(|f| (f.rule_id.clone(), f.subject.clone()))
+        .collect();
+    let want: BTreeSet<(String, String)> = [
+        ("web-pods", "tcp 0.0.0.0:80 in pod shop/web-a"),
+        ("shop-pods", "tcp 0.0.0.0:80 in pod shop/web-a"),
+        ("billing-namespace", "tcp 0.0.0.0:80 in pod billing/api-b"),
+        ("node-itself", "tcp 0.0.0.0:80"),
+        ("by-container", "tcp 0.0.0.0:80 in pod shop/web-a"),
+        (
+            "pod-db-clients",
+            "tcp port 5432 from 203.0.113.50 (outside the fleet)",
+        ),
+    ]
+    .into_iter()
+    .map(|(r, s)| (r.to_string(), s.to_string()))
+    .collect();
+    assert_eq!(got, want, "{found:#?}");
+    assert_eq!(found.len(), want.len(), "one row per finding: {found:#?}");
+    let web_finding = found
+        .iter()
+        .find(|f| f.rule_id == "web-pods")
+        .context("web-pods")?;
+    assert!(
+        web_finding
+            .evidence
+            .ends_with(&format!(" netns={web_ns} pod=shop/web-a")),
+        "{web_finding:?}"
+    );
+    let clients = found
+        .iter()
+        .find(|f| f.rule_id == "pod-db-clients")
+        .context("pod-db-clients")?;
+    assert!(
+        clients.evidence.contains("server_processes=postgres"),
+        "the database pod's flow, not the api pod's: {clients:?}"
+    );
+    // The node's own listener keeps the fingerprint it had before namespaces: the
+    // plain hash of (rule, host, protocol, address, port).
+    #[derive(Debug, clickhouse::Row, serde::Deserialize)]
+    struct Print {
+        p: String,
+    }
+    let node = found
+        .iter()
+        .find(|f| f.rule_id == "node-itself")
+        .context("node-itself")?;
+    let plain = store
+        .client()
+        .query("SELECT substring(concat('0000000000000000', hex(cityHash64('node-itself', 'node1', 'tcp', '0.0.0.0', '80'))), length(hex(cityHash64('node-itself', 'node1', 'tcp', '0.0.0.0', '80'))) + 1, 16) AS p")
+        .fetch_one::<Print>()
+        .await?;
+    assert_eq!(node.fingerprint, plain.p);
     Ok(())
 }

@@ -7,6 +7,10 @@
 //! [`SocketState::SynSent`] and so on; a UDP socket is [`SocketState::Listen`] when bound
 //! and unconnected (`UNCONN`) and [`SocketState::Established`] when connected; a TCP
 //! socket in `UNCONN` (bound, neither listening nor connected) is [`SocketState::Close`].
+//!
+//! [`ss_raw`] (`ss -wanpH`) lists raw sockets the same way, their port being the IP
+//! protocol number (`UNCONN` is [`SocketState::Listen`], as for UDP); [`ss_unix`]
+//! (`ss -xapH`) lists Unix domain sockets with their paths ([`SsUnix`]).
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::process::Command;
@@ -79,7 +83,12 @@ pub fn parse_ss_line(line: &str) -> Result<SsSocket> {
     let protocol = match next("netid")? {
         "tcp" => Protocol::Tcp,
         "udp" => Protocol::Udp,
-        other => return Err(fail(&format!("netid `{other}` is neither `tcp` nor `udp`"))),
+        "raw" => Protocol::Raw,
+        other => {
+            return Err(fail(&format!(
+                "netid `{other}` is none of `tcp`, `udp`, `raw`"
+            )));
+        }
     };
     let state_text = next("state")?;
     let state = state(protocol, state_text)
@@ -125,7 +134,7 @@ pub fn parse_ss_line(line: &str) -> Result<SsSocket> {
 
 fn state(protocol: Protocol, text: &str) -> Option<SocketState> {
     Some(match (protocol, text) {
-        (Protocol::Udp, "UNCONN") => SocketState::Listen,
+        (Protocol::Udp | Protocol::Raw, "UNCONN") => SocketState::Listen,
         (Protocol::Tcp, "UNCONN") => SocketState::Close,
         (_, "ESTAB") => SocketState::Established,
         (_, "SYN-SENT") => SocketState::SynSent,
@@ -165,6 +174,112 @@ fn endpoint(text: &str) -> Option<(SocketAddr, Option<String>)> {
         address.parse().ok()?
     };
     Some((SocketAddr::new(ip, port), interface.map(str::to_string)))
+}
+
+/// Runs `ss -wanpH` (raw sockets), in the network namespace `netns` or in this process's
+/// own when `None`, and parses its output ([`parse_ss_raw_output`]).
+pub fn ss_raw(netns: Option<&str>) -> Result<Vec<SsSocket>> {
+    let mut command = Command::new("ss");
+    if let Some(netns) = netns {
+        command.args(["-N", netns]);
+    }
+    command.arg("-wanpH");
+    parse_ss_raw_output(&run(&mut command)?)
+}
+
+/// Parses the output of `ss -wanpH`: lines as [`parse_ss_line`]'s without the netid
+/// column (ss omits it when one kind of socket is listed). The port is the IP protocol
+/// number; `protocol` is [`Protocol::Raw`].
+pub fn parse_ss_raw_output(text: &str) -> Result<Vec<SsSocket>> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| parse_ss_line(&format!("raw {l}")))
+        .collect()
+}
+
+/// One Unix domain socket as `ss -x` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SsUnix {
+    /// `u_str`, `u_seq` or `u_dgr`.
+    pub kind: String,
+    /// True when `ss` prints `LISTEN`.
+    pub listening: bool,
+    /// The path, `@name` for an abstract name; empty for an unnamed socket (`*`).
+    pub path: String,
+    /// The socket's inode.
+    pub inode: u64,
+    /// Every process holding it, sorted, without duplicates.
+    pub pids: Vec<u32>,
+}
+
+/// Runs `ss -xapH` (every Unix socket), in the network namespace `netns` or in this
+/// process's own when `None`, and parses its output ([`parse_ss_unix_output`]).
+pub fn ss_unix(netns: Option<&str>) -> Result<Vec<SsUnix>> {
+    let mut command = Command::new("ss");
+    if let Some(netns) = netns {
+        command.args(["-N", netns]);
+    }
+    command.arg("-xapH");
+    parse_ss_unix_output(&run(&mut command)?)
+}
+
+/// Parses the output of `ss -x[l|a]pH`, one socket per non-empty line:
+/// `netid state recv-q send-q path inode peer peer-inode [users:((…))]`. A path may hold
+/// spaces (`@proto abs`): it is what lies between the queues and the last three fields.
+pub fn parse_ss_unix_output(text: &str) -> Result<Vec<SsUnix>> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(parse_ss_unix_line)
+        .collect()
+}
+
+fn parse_ss_unix_line(line: &str) -> Result<SsUnix> {
+    let fail = |reason: &str| Error::SsParse {
+        line: line.trim().to_string(),
+        reason: reason.to_string(),
+    };
+    let mut rest = line.trim_start();
+    let mut field = |what: &str| {
+        let (f, r) = rest
+            .split_once(char::is_whitespace)
+            .ok_or_else(|| fail(&format!("no {what}")))?;
+        rest = r.trim_start();
+        Ok::<&str, Error>(f)
+    };
+    let kind = field("netid")?.to_string();
+    let listening = field("state")? == "LISTEN";
+    field("Recv-Q")?;
+    field("Send-Q")?;
+    let (addresses, users) = match rest.find(" users:(") {
+        Some(at) => (&rest[..at], rest[at..].trim_start()),
+        None => (rest, ""),
+    };
+    let mut addresses = addresses.trim_end();
+    let mut last = || {
+        let (head, tail) = addresses
+            .rsplit_once(char::is_whitespace)
+            .ok_or_else(|| fail("fewer than four address fields"))?;
+        addresses = head.trim_end();
+        Ok::<&str, Error>(tail)
+    };
+    let _peer_inode = last()?;
+    let _peer = last()?;
+    let inode = last()?.parse().map_err(|_| fail("bad inode"))?;
+    let path = match addresses.trim() {
+        "*" => String::new(),
+        path => path.to_string(),
+    };
+    let (users, _) = split_users(users);
+    let mut pids = pids_of(users);
+    pids.sort_unstable();
+    pids.dedup();
+    Ok(SsUnix {
+        kind,
+        listening,
+        path,
+        inode,
+        pids,
+    })
 }
 
 /// Splits `users:((…)) rest` into the users field and the rest.
@@ -353,6 +468,56 @@ mod tests {
         let line = r#"udp UNCONN     0      0              0.0.0.0%d0:68               0.0.0.0:*     users:(("fix (ture",pid=14906,fd=8))"#;
         let s = parse_ss_line(line).expect("parses");
         assert_eq!((s.inode, s.pids), (None, vec![14906]));
+    }
+
+    /// Real output of `ss -xlpH` and `ss -wanpH` on this kernel (iproute2 6.1): a stream
+    /// listener on a path, an abstract seqpacket listener whose name has a space, a bound
+    /// datagram socket; raw ICMP on the wildcard, raw UDP on loopback, raw TCP connected,
+    /// raw ICMPv6 dual-stack.
+    #[test]
+    fn unix_and_raw_lines() {
+        let unix = r#"u_str LISTEN 0      128    /tmp/proto-x.sock 4072765 * 0 users:(("python3",pid=25408,fd=7))
+u_dgr UNCONN 0      0      /tmp/proto-d.sock 4072767 * 0 users:(("python3",pid=25408,fd=9))
+u_seq LISTEN 0      128           @proto abs 4072766 * 0 users:(("python3",pid=25408,fd=8),("python3",pid=25401,fd=8))
+u_str ESTAB  0      0                      * 4072770 * 4072771
+"#;
+        let got = parse_ss_unix_output(unix).expect("parses");
+        assert_eq!(got.len(), 4);
+        assert_eq!(
+            got[0],
+            SsUnix {
+                kind: "u_str".into(),
+                listening: true,
+                path: "/tmp/proto-x.sock".into(),
+                inode: 4072765,
+                pids: vec![25408],
+            }
+        );
+        assert!(!got[1].listening);
+        assert_eq!(
+            (got[2].path.as_str(), got[2].inode),
+            ("@proto abs", 4072766)
+        );
+        assert_eq!(got[2].pids, vec![25401, 25408]);
+        assert_eq!((got[3].path.as_str(), got[3].pids.len()), ("", 0));
+
+        let raw = r#"ESTAB  0      0      127.0.0.1:6  127.0.0.2:* users:(("python3",pid=25408,fd=6))
+UNCONN 0      0        0.0.0.0:1    0.0.0.0:* users:(("python3",pid=25408,fd=3))
+UNCONN 0      0      127.0.0.1:17   0.0.0.0:* users:(("python3",pid=25408,fd=5))
+UNCONN 0      0              *:58         *:* users:(("python3",pid=25408,fd=4))
+"#;
+        let got = parse_ss_raw_output(raw).expect("parses");
+        assert_eq!(got.len(), 4);
+        assert!(got.iter().all(|s| s.protocol == Protocol::Raw));
+        assert_eq!(got[0].state, SocketState::Established);
+        assert_eq!(got[0].remote, Some(addr("127.0.0.2:0")));
+        assert_eq!(
+            (got[1].local, got[1].state),
+            (addr("0.0.0.0:1"), SocketState::Listen)
+        );
+        assert_eq!(got[2].local, addr("127.0.0.1:17"));
+        assert_eq!((got[3].local, got[3].remote), (addr("[::]:58"), None));
+        assert!(parse_ss_unix_output("u_str LISTEN 0").is_err());
     }
 
     #[test]

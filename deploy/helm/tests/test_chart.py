@@ -230,6 +230,8 @@ COLLECTOR_OWNED = {
     "clickhouse.user": "PORTOLAN_CLICKHOUSE_USER from the credentials Secret",
     "clickhouse.password": "PORTOLAN_CLICKHOUSE_PASSWORD from the credentials Secret",
     "clickhouse.binary": "the managed ClickHouse is not used in Kubernetes",
+    "clickhouse.batch_window": "from clickhouse.batchWindow",
+    "clickhouse.batch_max_rows": "from clickhouse.batchMaxRows",
     "rules.evaluate": "false on the collector, true on the evaluator",
     "rules.files": "the rules ConfigMap's files",
     "metrics.listen": "0.0.0.0:<metrics.port> when metrics.enabled",

@@ -22,6 +22,7 @@ use portolan_core::{InterfaceAddress, Protocol, SocketState};
 
 use super::host;
 use super::procfs::parse_u32;
+use super::protocols::{self, UnixSource};
 use super::sock_diag::{Dumper, RawSocket};
 
 /// A network namespace and the process it is read through.
@@ -143,6 +144,13 @@ pub(crate) fn read_all(
                 match dumped {
                     Ok(()) => {
                         others.sockets.append(&mut buf);
+                        protocols::read(
+                            dumper,
+                            &proc_root.join(ns.pid.to_string()).join("net"),
+                            UnixSource::SockDiag,
+                            &mut others.sockets,
+                            &mut others.warnings,
+                        );
                         match host::interface_addresses() {
                             Ok(list) => others.interfaces.extend(list.into_iter().map(|i| {
                                 InterfaceAddress {
@@ -175,6 +183,13 @@ pub(crate) fn read_all(
             }
             Source::Procfs => match read_procfs(proc_root, ns.pid, &mut others.sockets) {
                 Ok(()) => {
+                    protocols::read(
+                        dumper,
+                        &proc_root.join(ns.pid.to_string()).join("net"),
+                        UnixSource::Procfs,
+                        &mut others.sockets,
+                        &mut others.warnings,
+                    );
                     others.from_procfs += 1;
                     true
                 }
@@ -216,7 +231,8 @@ fn enter(proc_root: &Path, ns: &Namespace) -> io::Result<()> {
     nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(io::Error::from)
 }
 
-/// Appends the sockets of `/proc/<pid>/net/{tcp,tcp6,udp,udp6}`. One readable file is
+/// Appends the TCP and UDP sockets of `/proc/<pid>/net/{tcp,tcp6,udp,udp6}` (the other
+/// protocols: [`protocols::read`]). One readable file is
 /// enough (IPv6 may be disabled); fails when none could be read (the process exited).
 pub(crate) fn read_procfs(proc_root: &Path, pid: u32, out: &mut Vec<RawSocket>) -> io::Result<()> {
     let dir = proc_root.join(pid.to_string()).join("net");
@@ -264,9 +280,10 @@ pub(crate) fn parse_proc_net_line(line: &str, protocol: Protocol) -> Option<RawS
     let _timeout = f.next()?;
     let inode = f.next()?.parse().ok()?;
     let state = match protocol {
-        Protocol::Tcp => super::sock_diag::tcp_state(st)?,
-        Protocol::Udp if st == 1 => SocketState::Established,
-        Protocol::Udp => SocketState::Listen,
+        // UDP and raw: TCP_ESTABLISHED when connected, TCP_CLOSE when not.
+        Protocol::Udp | Protocol::Raw if st == 1 => SocketState::Established,
+        Protocol::Udp | Protocol::Raw => SocketState::Listen,
+        _ => super::sock_diag::tcp_state(st)?,
     };
     Some(RawSocket {
         protocol,
@@ -278,6 +295,7 @@ pub(crate) fn parse_proc_net_line(line: &str, protocol: Protocol) -> Option<RawS
         uid,
         inode,
         netns: 0,
+        path: String::new(),
     })
 }
 

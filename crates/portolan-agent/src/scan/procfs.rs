@@ -1,9 +1,18 @@
 //! Process attribution through `/proc`: one walk of every `/proc/<pid>/fd` per scan maps
 //! socket inodes to pids, then the owning processes alone are read in detail.
+//!
+//! The walk is the agent's hottest loop (one `readlinkat` per open fd on the host), so it
+//! lists directories with `getdents64` into reused buffers, opens `<pid>/fd` relative
+//! to the `/proc` directory and reads each link into a stack buffer: no path and no
+//! allocation per process or per fd.
 
 use std::collections::HashMap;
+use std::ffi::CStr;
+use std::fmt;
 use std::fs;
 use std::io::{self, Read};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -11,9 +20,20 @@ use std::time::SystemTime;
 use nix::errno::Errno;
 use portolan_core::Process;
 use portolan_core::process::{parse_cgroup, parse_pod_uid};
+use rustix::fs::{CWD, Mode, OFlags, RawDir, openat, readlinkat_raw};
 
 /// Longest command line kept, in bytes.
 pub(crate) const MAX_COMMAND_LINE: u64 = 4096;
+
+/// Bytes of directory entries read per `getdents64` call (a few hundred entries).
+const DIR_BUFFER: usize = 16 * 1024;
+
+/// Bytes read of an fd's link: `socket:[18446744073709551615]` takes 29, and a longer
+/// target (a file path) is not a socket.
+const LINK_BUFFER: usize = 64;
+
+/// `<pid>/fd` with its NUL: a pid directory name has at most 20 digits ([`parse_u32`]).
+const FD_PATH_BUFFER: usize = 32;
 
 /// What one walk of `/proc/*/fd` saw besides the inode → pid pairs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -28,11 +48,22 @@ pub(crate) struct WalkOutcome {
 }
 
 /// Walks `/proc/<pid>/fd` of every process; reuses its buffers from scan to scan.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct FdWalker {
     /// `(inode, pid)` of every socket fd, sorted and deduplicated after [`FdWalker::walk`].
     pub(crate) owners: Vec<(u64, u32)>,
-    path: PathBuf,
+    /// `getdents64` buffer of the `/proc` listing.
+    root_buffer: Vec<MaybeUninit<u8>>,
+    /// `getdents64` buffer of one process's fd listing.
+    fd_buffer: Vec<MaybeUninit<u8>>,
+}
+
+impl fmt::Debug for FdWalker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FdWalker")
+            .field("owners", &self.owners.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl FdWalker {
@@ -41,60 +72,47 @@ impl FdWalker {
     pub(crate) fn walk(&mut self, proc_root: &Path) -> WalkOutcome {
         self.owners.clear();
         let mut outcome = WalkOutcome::default();
-        let entries = match fs::read_dir(proc_root) {
-            Ok(entries) => entries,
+        let root = match open_directory(CWD, proc_root) {
+            Ok(root) => root,
             Err(e) => {
                 outcome.unreadable = true;
-                outcome.other_error = Some(format!("cannot read `{}`: {e}", proc_root.display()));
+                outcome.other_error = Some(format!(
+                    "cannot read `{}`: {}",
+                    proc_root.display(),
+                    io::Error::from(e)
+                ));
                 return outcome;
             }
         };
-        for entry in entries {
+        let FdWalker {
+            owners,
+            root_buffer,
+            fd_buffer,
+        } = self;
+        ensure_len(root_buffer, DIR_BUFFER);
+        ensure_len(fd_buffer, DIR_BUFFER);
+        let mut entries = RawDir::new(&root, root_buffer);
+        while let Some(entry) = entries.next() {
             let Ok(entry) = entry else {
+                // getdents64 would fail again: the listing ends here, as `ReadDir` does
                 outcome.unreadable = true;
+                break;
+            };
+            let name = entry.file_name().to_bytes();
+            let Some(pid) = parse_u32(name) else {
                 continue;
             };
-            let name = entry.file_name();
-            let Some(pid) = parse_u32(name.as_bytes()) else {
-                continue;
+            let fds = FdDirectory {
+                proc_root,
+                root: root.as_fd(),
+                name,
+                pid,
             };
-            self.path.clear();
-            self.path.push(proc_root);
-            self.path.push(&name);
-            self.path.push("fd");
-            self.walk_fds(pid, &mut outcome);
+            fds.walk(fd_buffer, owners, &mut outcome);
         }
-        self.owners.sort_unstable();
-        self.owners.dedup();
+        owners.sort_unstable();
+        owners.dedup();
         outcome
-    }
-
-    /// Reads the fd directory at `self.path`.
-    fn walk_fds(&mut self, pid: u32, outcome: &mut WalkOutcome) {
-        let fds = match fs::read_dir(&self.path) {
-            Ok(fds) => fds,
-            Err(e) => {
-                record(&e, &self.path, outcome);
-                return;
-            }
-        };
-        for fd in fds {
-            let fd = match fd {
-                Ok(fd) => fd,
-                Err(e) => {
-                    record(&e, &self.path, outcome);
-                    return;
-                }
-            };
-            self.path.push(fd.file_name());
-            // An fd closed since the listing is not a vanished process: ignore it.
-            if let Ok(target) = fs::read_link(&self.path)
-                && let Some(inode) = socket_inode(target.as_os_str().as_bytes())
-            {
-                self.owners.push((inode, pid));
-            }
-            self.path.pop();
-        }
     }
 
     /// Pids holding `inode`, in ascending order.
@@ -104,6 +122,90 @@ impl FdWalker {
             .iter()
             .take_while(move |(i, _)| *i == inode)
             .map(|(_, pid)| *pid)
+    }
+}
+
+/// `<proc_root>/<name>/fd` of one process.
+struct FdDirectory<'a> {
+    proc_root: &'a Path,
+    root: BorrowedFd<'a>,
+    /// The pid directory's name as listed.
+    name: &'a [u8],
+    pid: u32,
+}
+
+impl FdDirectory<'_> {
+    /// Pushes `(inode, pid)` for every socket fd onto `owners`.
+    fn walk(
+        &self,
+        buffer: &mut [MaybeUninit<u8>],
+        owners: &mut Vec<(u64, u32)>,
+        outcome: &mut WalkOutcome,
+    ) {
+        let mut path = [0u8; FD_PATH_BUFFER];
+        let Some(relative) = fd_path(self.name, &mut path) else {
+            return;
+        };
+        let fds = match open_directory(self.root, relative) {
+            Ok(fds) => fds,
+            Err(e) => return self.record(e, outcome),
+        };
+        let mut entries = RawDir::new(&fds, buffer);
+        while let Some(entry) = entries.next() {
+            let entry = match entry {
+                Ok(entry) => entry,
+                Err(e) => return self.record(e, outcome),
+            };
+            let fd = entry.file_name();
+            if matches!(fd.to_bytes(), b"." | b"..") {
+                continue;
+            }
+            let mut link = [MaybeUninit::<u8>::uninit(); LINK_BUFFER];
+            // An fd closed since the listing is not a vanished process: ignore it.
+            if let Ok((target, _)) = readlinkat_raw(&fds, fd, &mut link)
+                && target.len() < LINK_BUFFER
+                && let Some(inode) = socket_inode(target)
+            {
+                owners.push((inode, self.pid));
+            }
+        }
+    }
+
+    fn record(&self, e: rustix::io::Errno, outcome: &mut WalkOutcome) {
+        let path = self
+            .proc_root
+            .join(std::ffi::OsStr::from_bytes(self.name))
+            .join("fd");
+        record(&io::Error::from(e), &path, outcome);
+    }
+}
+
+/// Opens a directory for listing, as `opendir` does.
+fn open_directory<P: rustix::path::Arg>(
+    at: impl AsFd,
+    path: P,
+) -> rustix::io::Result<std::os::fd::OwnedFd> {
+    openat(
+        at,
+        path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NONBLOCK,
+        Mode::empty(),
+    )
+}
+
+/// `<name>/fd` as a C string in `buffer`; `None` if it does not fit.
+fn fd_path<'b>(name: &[u8], buffer: &'b mut [u8; FD_PATH_BUFFER]) -> Option<&'b CStr> {
+    const SUFFIX: &[u8] = b"/fd\0";
+    let len = name.len() + SUFFIX.len();
+    buffer.get_mut(..name.len())?.copy_from_slice(name);
+    buffer.get_mut(name.len()..len)?.copy_from_slice(SUFFIX);
+    CStr::from_bytes_with_nul(buffer.get(..len)?).ok()
+}
+
+/// Grows a reused buffer to `len` once; later walks find it allocated.
+fn ensure_len(buffer: &mut Vec<MaybeUninit<u8>>, len: usize) {
+    if buffer.len() < len {
+        buffer.resize(len, MaybeUninit::uninit());
     }
 }
 
@@ -304,6 +406,46 @@ mod tests {
         assert_eq!(socket_inode(b"pipe:[123]"), None);
         assert_eq!(socket_inode(b"/dev/null"), None);
         assert_eq!(socket_inode(b"anon_inode:[eventfd]"), None);
+    }
+
+    #[test]
+    fn fd_paths_are_c_strings() {
+        let mut buffer = [0u8; FD_PATH_BUFFER];
+        assert_eq!(fd_path(b"123", &mut buffer), Some(c"123/fd"));
+        let longest = [b'9'; 20];
+        assert!(fd_path(&longest, &mut buffer).is_some());
+        assert_eq!(fd_path(&[b'1'; 29], &mut buffer), None);
+    }
+
+    /// The walk finds every socket this process holds, with this pid, in sorted and
+    /// deduplicated owners; the reference is `std::fs` on `/proc/self/fd`.
+    #[test]
+    fn real_walk_finds_every_socket_of_this_process() {
+        use std::os::fd::AsRawFd;
+        let listeners: Vec<std::net::TcpListener> = (0..64)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"))
+            .collect();
+        let inodes: Vec<u64> = listeners
+            .iter()
+            .map(|l| {
+                let link = fs::read_link(format!("/proc/self/fd/{}", l.as_raw_fd()))
+                    .expect("read own fd link");
+                socket_inode(link.as_os_str().as_bytes()).expect("a socket link")
+            })
+            .collect();
+        let mut walker = FdWalker::default();
+        for _ in 0..2 {
+            let outcome = walker.walk(Path::new("/proc"));
+            assert!(outcome.other_error.is_none(), "{outcome:?}");
+            let me = std::process::id();
+            for inode in &inodes {
+                assert!(
+                    walker.pids_of(*inode).any(|pid| pid == me),
+                    "socket:[{inode}] not attributed to {me}"
+                );
+            }
+            assert!(walker.owners.windows(2).all(|w| w[0] < w[1]));
+        }
     }
 
     #[test]

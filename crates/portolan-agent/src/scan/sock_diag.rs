@@ -75,19 +75,20 @@ impl Table {
             (Protocol::Tcp, _) => "tcp/ipv6",
             (Protocol::Udp, AF_INET) => "udp/ipv4",
             (Protocol::Udp, _) => "udp/ipv6",
+            (protocol, _) => protocol.as_str(),
         }
     }
 
     fn ip_protocol(self) -> u8 {
         match self.protocol {
-            Protocol::Tcp => IPPROTO_TCP,
             Protocol::Udp => IPPROTO_UDP,
+            _ => IPPROTO_TCP,
         }
     }
 }
 
 /// One socket as the kernel lists it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct RawSocket {
     pub(crate) protocol: Protocol,
     pub(crate) state: SocketState,
@@ -99,7 +100,20 @@ pub(crate) struct RawSocket {
     pub(crate) inode: u32,
     /// Network namespace ([`portolan_core::HOST_NETNS`] for the agent's own).
     pub(crate) netns: u64,
+    /// A Unix socket's path (`@name` for an abstract one); empty otherwise.
+    pub(crate) path: String,
 }
+
+/// `AF_UNIX`, and the `unix_diag` request and attributes used (`linux/unix_diag.h`).
+const AF_UNIX: u8 = 1;
+const UDIAG_SHOW_NAME: u32 = 0x01;
+const UDIAG_SHOW_UID: u32 = 0x40;
+const UNIX_DIAG_NAME: u16 = 0;
+const UNIX_DIAG_UID: u16 = 9;
+/// `1 << TCP_LISTEN`: listening Unix sockets only.
+const UNIX_LISTEN_STATES: u32 = 1 << 10;
+/// `struct unix_diag_msg`.
+const UNIX_DIAG_MSG_LEN: usize = 16;
 
 /// Reusable state for dumps: the receive buffer.
 #[derive(Debug)]
@@ -121,48 +135,66 @@ impl Dumper {
         out.clear();
         let mut socket = open().map_err(|source| ScanError::NetlinkUnavailable { source })?;
         for table in Table::ALL {
-            self.dump(&mut socket, table, out)?;
+            self.dump(
+                &mut socket,
+                table.name(),
+                &request(table),
+                out,
+                |payload, out| {
+                    if let Some(socket) = parse_socket(payload, table)? {
+                        out.push(socket);
+                    }
+                    Ok(())
+                },
+            )?;
         }
         Ok(())
+    }
+
+    /// Appends every listening Unix domain socket (stream and seqpacket) of the calling
+    /// thread's network namespace to `out`, with its path and owner uid (`ss -xl`).
+    pub(crate) fn dump_unix_listeners(
+        &mut self,
+        out: &mut Vec<RawSocket>,
+    ) -> Result<(), ScanError> {
+        let mut socket = open().map_err(|source| ScanError::NetlinkUnavailable { source })?;
+        self.dump(&mut socket, "unix", &unix_request(), out, |payload, out| {
+            if let Some(socket) = parse_unix(payload)? {
+                out.push(socket);
+            }
+            Ok(())
+        })
     }
 
     fn dump(
         &mut self,
         socket: &mut Socket,
-        table: Table,
+        table: &'static str,
+        request: &[u8],
         out: &mut Vec<RawSocket>,
+        parse: impl Fn(&[u8], &mut Vec<RawSocket>) -> Result<(), DumpError>,
     ) -> Result<(), ScanError> {
-        let request = request(table);
         socket
-            .send(&request, 0)
-            .map_err(|source| ScanError::Netlink {
-                table: table.name(),
-                source,
-            })?;
+            .send(request, 0)
+            .map_err(|source| ScanError::Netlink { table, source })?;
         loop {
             let n = match socket.recv(&mut &mut self.buf[..], 0) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(source) => {
-                    return Err(ScanError::Netlink {
-                        table: table.name(),
-                        source,
-                    });
+                    return Err(ScanError::Netlink { table, source });
                 }
             };
             let received = self.buf.get(..n).unwrap_or(&self.buf);
-            match parse_messages(received, table, out) {
+            match parse_messages_with(received, out, &parse) {
                 Ok(Progress::More) => {}
                 Ok(Progress::Done) => return Ok(()),
                 Err(DumpError::Refused(source)) => {
-                    return Err(ScanError::SockDiagRefused {
-                        table: table.name(),
-                        source,
-                    });
+                    return Err(ScanError::SockDiagRefused { table, source });
                 }
                 Err(DumpError::Malformed(reason)) => {
                     return Err(ScanError::Netlink {
-                        table: table.name(),
+                        table,
                         source: io::Error::new(io::ErrorKind::InvalidData, reason),
                     });
                 }
@@ -203,6 +235,87 @@ fn request(table: Table) -> Vec<u8> {
     buf
 }
 
+/// The `SOCK_DIAG_BY_FAMILY` dump request for listening Unix sockets: `nlmsghdr` and
+/// `struct unix_diag_req`, with their names and owners' uids.
+fn unix_request() -> Vec<u8> {
+    const LEN: u32 = 16 + 24;
+    let mut m = Vec::with_capacity(LEN as usize);
+    m.extend_from_slice(&LEN.to_ne_bytes());
+    m.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    m.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    m.extend_from_slice(&0u32.to_ne_bytes()); // sequence number
+    m.extend_from_slice(&0u32.to_ne_bytes()); // port id
+    m.extend_from_slice(&[AF_UNIX, 0, 0, 0]); // family, protocol, padding
+    m.extend_from_slice(&UNIX_LISTEN_STATES.to_ne_bytes());
+    m.extend_from_slice(&0u32.to_ne_bytes()); // inode: ignored by dumps
+    m.extend_from_slice(&(UDIAG_SHOW_NAME | UDIAG_SHOW_UID).to_ne_bytes());
+    m.extend_from_slice(&[0xff; 8]); // cookie: none
+    m
+}
+
+/// Parses one `unix_diag_msg` and its attributes; `None` for a socket that is not
+/// listening.
+fn parse_unix(payload: &[u8]) -> Result<Option<RawSocket>, DumpError> {
+    let header = payload
+        .get(..UNIX_DIAG_MSG_LEN)
+        .ok_or_else(|| DumpError::Malformed(format!("unix_diag_msg of {} bytes", payload.len())))?;
+    if header[2] != 10 {
+        return Ok(None);
+    }
+    let inode = u32::from_ne_bytes([header[4], header[5], header[6], header[7]]);
+    let mut path = String::new();
+    let mut uid = 0;
+    let mut attributes = &payload[UNIX_DIAG_MSG_LEN..];
+    while attributes.len() >= 4 {
+        let len = usize::from(u16::from_ne_bytes([attributes[0], attributes[1]]));
+        let kind = u16::from_ne_bytes([attributes[2], attributes[3]]) & 0x3fff;
+        let value = attributes
+            .get(4..len.max(4))
+            .ok_or_else(|| DumpError::Malformed(format!("unix_diag attribute of {len} bytes")))?;
+        match kind {
+            UNIX_DIAG_NAME => path = unix_path(value),
+            UNIX_DIAG_UID => {
+                if let Ok(b) = <[u8; 4]>::try_from(value) {
+                    uid = u32::from_ne_bytes(b);
+                }
+            }
+            _ => {}
+        }
+        let aligned = (len.max(4) + 3) & !3;
+        attributes = attributes.get(aligned..).unwrap_or_default();
+    }
+    Ok(Some(RawSocket {
+        protocol: Protocol::Unix,
+        state: SocketState::Listen,
+        local_address: portolan_core::UNIX_ADDRESS,
+        local_port: 0,
+        remote_address: portolan_core::UNIX_ADDRESS,
+        remote_port: 0,
+        uid,
+        inode,
+        netns: portolan_core::HOST_NETNS,
+        path,
+    }))
+}
+
+/// A `sun_path` as `ss` prints it: an abstract name (leading NUL) as `@name`, every other
+/// NUL of it as `@` too; bytes that are not UTF-8 replaced.
+pub(crate) fn unix_path(raw: &[u8]) -> String {
+    match raw.split_first() {
+        Some((0, name)) => {
+            let name: Vec<u8> = name
+                .iter()
+                .map(|b| if *b == 0 { b'@' } else { *b })
+                .collect();
+            format!("@{}", String::from_utf8_lossy(&name))
+        }
+        _ => {
+            let end = raw.iter().position(|b| *b == 0).unwrap_or(raw.len());
+            String::from_utf8_lossy(&raw[..end]).into_owned()
+        }
+    }
+}
+
 #[derive(Debug, PartialEq, Eq)]
 enum Progress {
     More,
@@ -217,12 +330,27 @@ enum DumpError {
     Malformed(String),
 }
 
-/// Parses one datagram of a dump: zero or more socket messages, possibly ending with
-/// `NLMSG_DONE` or an error.
+/// Parses one datagram of a TCP or UDP dump (see [`parse_messages_with`]).
+#[cfg(test)]
 fn parse_messages(
-    mut bytes: &[u8],
+    bytes: &[u8],
     table: Table,
     out: &mut Vec<RawSocket>,
+) -> Result<Progress, DumpError> {
+    parse_messages_with(bytes, out, &|payload: &[u8], out: &mut Vec<RawSocket>| {
+        if let Some(socket) = parse_socket(payload, table)? {
+            out.push(socket);
+        }
+        Ok(())
+    })
+}
+
+/// Parses one datagram of a dump: zero or more socket messages, each handed to `parse`,
+/// possibly ending with `NLMSG_DONE` or an error.
+fn parse_messages_with(
+    mut bytes: &[u8],
+    out: &mut Vec<RawSocket>,
+    parse: &impl Fn(&[u8], &mut Vec<RawSocket>) -> Result<(), DumpError>,
 ) -> Result<Progress, DumpError> {
     while !bytes.is_empty() {
         let message = NetlinkBuffer::new_checked(bytes)
@@ -241,11 +369,7 @@ fn parse_messages(
                     None => Ok(Progress::Done),
                 };
             }
-            SOCK_DIAG_BY_FAMILY => {
-                if let Some(socket) = parse_socket(message.payload(), table)? {
-                    out.push(socket);
-                }
-            }
+            SOCK_DIAG_BY_FAMILY => parse(message.payload(), out)?,
             // NLMSG_NOOP and anything unexpected: skip.
             _ => {}
         }
@@ -277,13 +401,13 @@ fn parse_socket(payload: &[u8], table: Table) -> Result<Option<RawSocket>, DumpE
             .unwrap_or_default()
     };
     let state = match table.protocol {
-        Protocol::Tcp => match tcp_state(msg.state()) {
+        Protocol::Udp if msg.state() == 1 => SocketState::Established,
+        // UDP: TCP_ESTABLISHED when connected, TCP_CLOSE when only bound.
+        Protocol::Udp => SocketState::Listen,
+        _ => match tcp_state(msg.state()) {
             Some(state) => state,
             None => return Ok(None),
         },
-        // UDP: TCP_ESTABLISHED when connected, TCP_CLOSE when only bound.
-        Protocol::Udp if msg.state() == 1 => SocketState::Established,
-        Protocol::Udp => SocketState::Listen,
     };
     Ok(Some(RawSocket {
         protocol: table.protocol,
@@ -295,6 +419,7 @@ fn parse_socket(payload: &[u8], table: Table) -> Result<Option<RawSocket>, DumpE
         uid: msg.uid(),
         inode: msg.inode(),
         netns: portolan_core::HOST_NETNS,
+        path: String::new(),
     }))
 }
 
@@ -445,6 +570,54 @@ mod tests {
         short[0..4].copy_from_slice(&40u32.to_ne_bytes());
         assert!(matches!(
             parse_messages(&short, TCP4, &mut out),
+            Err(DumpError::Malformed(_))
+        ));
+    }
+
+    /// An `nlmsghdr` + `unix_diag_msg` + `UNIX_DIAG_NAME` + `UNIX_DIAG_UID`.
+    fn unix_message(state: u8, inode: u32, name: &[u8], uid: u32) -> Vec<u8> {
+        let name_attr = 4 + name.len();
+        let len = 16 + 16 + ((name_attr + 3) & !3) + 8;
+        let mut m = vec![0u8; len];
+        m[0..4].copy_from_slice(&(len as u32).to_ne_bytes());
+        m[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+        let p = &mut m[16..];
+        p[0] = AF_UNIX;
+        p[1] = 1;
+        p[2] = state;
+        p[4..8].copy_from_slice(&inode.to_ne_bytes());
+        p[16..18].copy_from_slice(&(name_attr as u16).to_ne_bytes());
+        p[18..20].copy_from_slice(&UNIX_DIAG_NAME.to_ne_bytes());
+        p[20..20 + name.len()].copy_from_slice(name);
+        let at = 16 + ((name_attr + 3) & !3);
+        p[at..at + 2].copy_from_slice(&8u16.to_ne_bytes());
+        p[at + 2..at + 4].copy_from_slice(&UNIX_DIAG_UID.to_ne_bytes());
+        p[at + 4..at + 8].copy_from_slice(&uid.to_ne_bytes());
+        m
+    }
+
+    #[test]
+    fn unix_listeners_with_paths_and_abstract_names() {
+        let mut bytes = unix_message(10, 77, b"/run/a b.sock", 1000);
+        bytes.extend(unix_message(10, 78, b"\0portolan\0x", 0));
+        bytes.extend(unix_message(1, 79, b"/run/connected", 0));
+        let mut out = Vec::new();
+        let parse = |payload: &[u8], out: &mut Vec<RawSocket>| {
+            out.extend(parse_unix(payload)?);
+            Ok(())
+        };
+        assert!(parse_messages_with(&bytes, &mut out, &parse).is_ok());
+        assert_eq!(out.len(), 2);
+        assert_eq!((out[0].inode, out[0].uid), (77, 1000));
+        assert_eq!(out[0].path, "/run/a b.sock");
+        assert_eq!(out[0].protocol, Protocol::Unix);
+        assert_eq!(out[0].state, SocketState::Listen);
+        assert_eq!(out[1].path, "@portolan@x");
+        let mut short = unix_message(10, 77, b"/x", 0);
+        short.truncate(24);
+        short[0..4].copy_from_slice(&24u32.to_ne_bytes());
+        assert!(matches!(
+            parse_messages_with(&short, &mut out, &parse),
             Err(DumpError::Malformed(_))
         ));
     }

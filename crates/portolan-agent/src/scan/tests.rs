@@ -107,6 +107,7 @@ fn raw(protocol: Protocol, state: SocketState, port: u16, inode: u32) -> RawSock
         uid: 33,
         inode,
         netns: 0,
+        path: String::new(),
     }
 }
 
@@ -330,4 +331,171 @@ fn real_proc_walk_finds_this_process() {
         "{outcome:?}"
     );
     drop(listener);
+}
+
+/// Unix listeners on a path and on an abstract name, a raw ICMP socket and a raw socket
+/// bound to loopback, opened by this process: the scan finds each with the right
+/// protocol, path or protocol number, state and owner, and `ss -xl` / `ss -w` list the
+/// same sockets (by inode for Unix, by address and protocol number for raw).
+#[test]
+fn unix_listeners_and_raw_sockets_of_this_process() {
+    use std::os::fd::AsRawFd;
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram, UnixListener};
+
+    use nix::sys::socket::{
+        AddressFamily, SockFlag, SockProtocol, SockType, SockaddrIn, bind, socket,
+    };
+    use portolan_core::Scope;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("portolan test.sock");
+    let on_path = UnixListener::bind(&path).expect("bind a unix listener on a path");
+    let name = format!("portolan-test-{}", std::process::id());
+    let abstract_address = SocketAddr::from_abstract_name(name.as_bytes()).expect("abstract name");
+    let on_name = UnixListener::bind_addr(&abstract_address).expect("bind an abstract listener");
+    // Bound but not listening: not in the inventory (`ss -xl` lists it as UNCONN).
+    let datagram = UnixDatagram::bind(dir.path().join("dgram.sock")).expect("bind a datagram");
+    let icmp = socket(
+        AddressFamily::Inet,
+        SockType::Raw,
+        SockFlag::SOCK_CLOEXEC,
+        SockProtocol::Icmp,
+    )
+    .expect("open a raw ICMP socket (the test runs as root)");
+    let udp_raw = socket(
+        AddressFamily::Inet,
+        SockType::Raw,
+        SockFlag::SOCK_CLOEXEC,
+        SockProtocol::Udp,
+    )
+    .expect("open a raw UDP socket");
+    bind(udp_raw.as_raw_fd(), &SockaddrIn::new(127, 0, 0, 1, 0)).expect("bind to loopback");
+
+    let scan = Scanner::new(ScanOptions::default()).scan().expect("scan");
+    let inventory = scan.inventory();
+    let me = std::process::id();
+    let inode_of = |fd: i32| -> u64 {
+        let link = fs::read_link(format!("/proc/self/fd/{fd}")).expect("fd link");
+        super::procfs::socket_inode(link.as_os_str().as_encoded_bytes()).expect("socket link")
+    };
+
+    // Unix: path, abstract name, state, owner, host-local exposure.
+    let unix: Vec<_> = inventory
+        .sockets
+        .values()
+        .filter(|s| s.key.protocol == Protocol::Unix && s.pids.contains(&me))
+        .collect();
+    let wanted = [
+        (inode_of(on_path.as_raw_fd()), path.display().to_string()),
+        (inode_of(on_name.as_raw_fd()), format!("@{name}")),
+    ];
+    for (inode, want) in &wanted {
+        let s = unix
+            .iter()
+            .find(|s| s.key.inode == *inode)
+            .unwrap_or_else(|| panic!("unix listener {want} (inode {inode}) in {unix:?}"));
+        assert_eq!(&s.path, want);
+        assert_eq!(s.state, SocketState::Listen);
+        assert!(s.is_listener());
+        assert_eq!(s.attribution, Attribution::Owned);
+        assert_eq!((s.scope, s.exposure), (Scope::Loopback, Scope::Loopback));
+    }
+    let datagram_inode = inode_of(datagram.as_raw_fd());
+    assert!(unix.iter().all(|s| s.key.inode != datagram_inode));
+    assert_eq!(unix.len(), 2, "{unix:?}");
+    let me_process = scan.process(me).expect("this process is an owner");
+    assert!(!me_process.name.is_empty());
+
+    // ss -xl in the same namespace: the same listeners with the same paths and owner.
+    let ss = run(&["-xlpH"]);
+    let ss_unix = portolan_testkit::ss::parse_ss_unix_output(&ss).expect("ss -xl parses");
+    for (inode, want) in &wanted {
+        let line = ss_unix
+            .iter()
+            .find(|u| u.inode == *inode)
+            .unwrap_or_else(|| panic!("ss -xl lists inode {inode}:\n{ss}"));
+        assert_eq!(&line.path, want);
+        assert!(line.listening);
+        assert_eq!(line.pids, vec![me]);
+    }
+    let scanned_inodes: std::collections::BTreeSet<u64> = inventory
+        .sockets
+        .values()
+        .filter(|s| s.key.protocol == Protocol::Unix)
+        .map(|s| s.key.inode)
+        .collect();
+    let ss_inodes: std::collections::BTreeSet<u64> = ss_unix
+        .iter()
+        .filter(|u| u.listening)
+        .map(|u| u.inode)
+        .collect();
+    assert!(
+        ss_inodes.is_subset(&scanned_inodes),
+        "every listener of ss -xl is scanned: {:?} missing",
+        ss_inodes.difference(&scanned_inodes).collect::<Vec<_>>()
+    );
+
+    // Raw: the IP protocol number as the port, wildcard bind exposed like a listener.
+    let raw = |inode: u64| {
+        inventory
+            .sockets
+            .values()
+            .find(|s| s.key.protocol == Protocol::Raw && s.key.inode == inode)
+            .unwrap_or_else(|| panic!("raw socket {inode} in the inventory"))
+    };
+    let on_icmp = raw(inode_of(icmp.as_raw_fd()));
+    assert_eq!(on_icmp.key.local_port, 1);
+    assert!(on_icmp.key.local_address.is_unspecified());
+    assert_eq!(on_icmp.scope, Scope::Wildcard);
+    assert_eq!(
+        on_icmp.exposure,
+        portolan_core::exposure(on_icmp.key.local_address, &scan.host.interfaces)
+    );
+    assert!(on_icmp.is_listener());
+    assert_eq!(on_icmp.pids, vec![me]);
+    let on_udp = raw(inode_of(udp_raw.as_raw_fd()));
+    assert_eq!(on_udp.key.local_address, IpAddr::from([127, 0, 0, 1]));
+    assert_eq!(on_udp.key.local_port, 17);
+    assert_eq!(
+        (on_udp.scope, on_udp.exposure),
+        (Scope::Loopback, Scope::Loopback)
+    );
+
+    // ss -w: the same raw sockets, owned by this process.
+    let ss = run(&["-wanpH"]);
+    let ss_raw = portolan_testkit::ss::parse_ss_raw_output(&ss).expect("ss -w parses");
+    for s in [on_icmp, on_udp] {
+        let line = ss_raw
+            .iter()
+            .find(|r| {
+                r.local.port() == s.key.local_port
+                    && (r.local.ip() == s.key.local_address
+                        || (r.local.ip().is_unspecified() && s.key.local_address.is_unspecified()))
+                    && r.pids.contains(&me)
+            })
+            .unwrap_or_else(|| panic!("ss -w lists {}:\n{ss}", s.key));
+        assert_eq!(line.protocol, Protocol::Raw);
+        assert_eq!(line.state, s.state);
+    }
+    let raw_count = |pids: &[u32]| pids.contains(&me);
+    assert_eq!(
+        inventory
+            .sockets
+            .values()
+            .filter(|s| s.key.protocol == Protocol::Raw && raw_count(&s.pids))
+            .count(),
+        ss_raw.iter().filter(|r| raw_count(&r.pids)).count()
+    );
+    drop((on_path, on_name, datagram, icmp, udp_raw));
+}
+
+/// Runs `ss` with `args` in this namespace and returns its output.
+pub(super) fn run(args: &[&str]) -> String {
+    let out = std::process::Command::new("ss")
+        .args(args)
+        .output()
+        .expect("run ss (iproute2)");
+    assert!(out.status.success(), "ss {args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }

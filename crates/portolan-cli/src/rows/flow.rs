@@ -41,6 +41,17 @@ pub struct FlowRow {
     pub peer_host_id: String,
     /// Its hostname.
     pub peer_hostname: String,
+    /// This end's network namespace (inode); 0: the host's own.
+    pub netns: u64,
+    /// The network namespace holding the peer address on the peer host; 0: the host's
+    /// own, or outside the fleet.
+    pub peer_netns: u64,
+    /// The Kubernetes pod of the peer's namespace; empty when not in a known pod.
+    pub peer_pod_uid: String,
+    /// Its Kubernetes namespace; empty when unknown.
+    pub peer_pod_namespace: String,
+    /// Its name; empty when unknown.
+    pub peer_pod_name: String,
     /// Unix seconds of the change that last touched it.
     pub updated_unix: i64,
 }
@@ -63,6 +74,11 @@ impl From<&pb::HostFlow> for FlowRow {
             peer: enum_name::<pb::Peer>(f.peer),
             peer_host_id: f.peer_host_id.clone(),
             peer_hostname: f.peer_hostname.clone(),
+            netns: flow.netns_inode,
+            peer_netns: f.peer_netns_inode,
+            peer_pod_uid: f.peer_pod_uid.clone(),
+            peer_pod_namespace: f.peer_pod_namespace.clone(),
+            peer_pod_name: f.peer_pod_name.clone(),
             updated_unix: f.updated_unix,
         }
     }
@@ -77,12 +93,33 @@ impl FlowRow {
         }
     }
 
+    /// The peer host for people, with the peer's pod when known: `node-1 pod shop/web-1`.
     fn peer_host(&self) -> String {
         if self.peer_host_id.is_empty() {
-            format!("({})", self.peer)
-        } else {
-            host_name(&self.peer_hostname, &self.peer_host_id).to_string()
+            return format!("({})", self.peer);
         }
+        let host = host_name(&self.peer_hostname, &self.peer_host_id);
+        match self.peer_pod() {
+            pod if pod.is_empty() => host.to_string(),
+            pod => format!("{host} pod {pod}"),
+        }
+    }
+
+    /// `namespace/name` of the peer's pod, its UID when the name is unknown, or empty.
+    fn peer_pod(&self) -> String {
+        pod_text(
+            &self.peer_pod_uid,
+            &self.peer_pod_namespace,
+            &self.peer_pod_name,
+        )
+    }
+
+    /// `namespace/name` of this end's pod (its process's), as [`FlowRow::peer_pod`].
+    fn pod(&self) -> String {
+        self.process
+            .as_ref()
+            .map(|p| pod_text(&p.pod_uid, &p.pod_namespace, &p.pod_name))
+            .unwrap_or_default()
     }
 
     fn of_process(&self, field: fn(&Process) -> &str) -> String {
@@ -91,6 +128,14 @@ impl FlowRow {
             .map(field)
             .unwrap_or_default()
             .to_string()
+    }
+}
+
+fn pod_text(uid: &str, namespace: &str, name: &str) -> String {
+    if name.is_empty() {
+        uid.to_string()
+    } else {
+        format!("{namespace}/{name}")
     }
 }
 
@@ -138,6 +183,10 @@ impl Record for FlowRow {
             r.of_process(|p| &p.container_id)
         })
         .wide(),
+        Column::<Self>::key("POD", "pod", |r, _| r.pod()).wide(),
+        Column::<Self>::key("NETNS", "netns", |r, _| r.netns.to_string()).wide(),
+        Column::<Self>::key("PEER POD", "peer_pod", |r, _| r.peer_pod()).wide(),
+        Column::<Self>::key("PEER NETNS", "peer_netns", |r, _| r.peer_netns.to_string()).wide(),
         Column::<Self>::key("UPDATED", "updated", |r, ctx| ctx.time(r.updated_unix)).wide(),
         Column::<Self>::free("EXECUTABLE", "executable", 12, |r, _| {
             r.of_process(|p| &p.executable)

@@ -15,7 +15,7 @@ pub struct SocketRow {
     pub host_id: String,
     /// The host's hostname.
     pub hostname: String,
-    /// `tcp` or `udp`.
+    /// `tcp`, `udp`, `raw`, `unix` or `sctp`.
     pub protocol: String,
     /// Kernel state: `listen`, `established`, `time_wait`, … (UDP: `listen` when bound and
     /// unconnected, `established` when connected).
@@ -49,6 +49,8 @@ pub struct SocketRow {
     pub processes: Vec<Process>,
     /// Unix seconds of the change that last touched it.
     pub updated_unix: i64,
+    /// A Unix socket's path (`@name` when abstract); empty for other protocols.
+    pub path: String,
 }
 
 impl From<&pb::HostSocket> for SocketRow {
@@ -72,6 +74,7 @@ impl From<&pb::HostSocket> for SocketRow {
             pids: socket.pids.clone(),
             processes: s.processes.iter().map(process_row).collect(),
             updated_unix: s.updated_unix,
+            path: socket.path.clone(),
         }
     }
 }
@@ -147,7 +150,11 @@ impl Record for SocketRow {
         Column::<Self>::key("STATE", "state", |r, ctx| state_text(&r.state, ctx))
             .paint(|r| state_paint(&r.state)),
         Column::<Self>::key("LOCAL", "local", |r, _| {
-            endpoint(&r.local_address, r.local_port)
+            if r.protocol == "unix" {
+                r.path.clone()
+            } else {
+                endpoint(&r.local_address, r.local_port)
+            }
         }),
         Column::<Self>::key("PEER", "peer", |r, ctx| r.peer(ctx)),
         Column::<Self>::key("EXPOSURE", "exposure", |r, _| r.exposure.clone())

@@ -158,6 +158,35 @@ pub struct FleetFlow {
     pub flow: StoredFlow,
 }
 
+/// The Kubernetes pod of one network namespace of a host, as its sockets and flows say
+/// (the pod of their processes).
+#[derive(Debug, Clone, PartialEq, Eq, Row, Deserialize)]
+pub struct NamespacePod {
+    /// The host (node).
+    pub host_id: String,
+    /// The namespace's inode on that host; never 0 (the host's own).
+    pub netns: u64,
+    /// The pod's UID.
+    pub pod_uid: String,
+    /// The pod's Kubernetes namespace; empty when the agent did not learn it.
+    pub pod_namespace: String,
+    /// The pod's name; empty when the agent did not learn it.
+    pub pod_name: String,
+}
+
+/// The statement of [`Store::namespace_pods`]: one row per (host, network namespace)
+/// whose current sockets or flows belong to a pod. `max` prefers a learned name to an
+/// empty one.
+pub(crate) const NAMESPACE_PODS: &str = "SELECT host_id, netns, \
+     CAST(max(uid_of) AS String) AS pod_uid, \
+     CAST(max(namespace_of) AS String) AS pod_namespace, \
+     CAST(max(name_of) AS String) AS pod_name \
+     FROM (SELECT host_id, netns, pod_uid AS uid_of, pod_namespace AS namespace_of, pod_name AS name_of \
+     FROM sockets_current FINAL WHERE present = 1 AND netns != 0 AND pod_uid != '' \
+     UNION ALL SELECT host_id, netns, pod_uid AS uid_of, pod_namespace AS namespace_of, pod_name AS name_of \
+     FROM flows_current FINAL WHERE present = 1 AND netns != 0 AND pod_uid != '') \
+     GROUP BY host_id, netns ORDER BY host_id, netns";
+
 #[derive(Debug, Row, Deserialize)]
 struct LastReport {
     host_id: String,
@@ -357,6 +386,14 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// The pod of every network namespace of the fleet that holds a pod's current
+    /// sockets or flows: with the hosts' interfaces (and the namespace of each), what
+    /// turns a pod IP into a pod.
+    pub async fn namespace_pods(&self) -> Result<Vec<NamespacePod>, StoreError> {
+        self.fetch(table::SOCKETS_CURRENT, self.client.query(NAMESPACE_PODS))
+            .await
     }
 
     /// Every host matching `filter`, with its last report and current counts.

@@ -21,8 +21,8 @@ use serde::Serialize;
 use super::acks::{ACK_BY_FINGERPRINT, ALL_ACKS, FindingAckRow};
 use super::findings::{ALL_FINDINGS, FINDING_BY_FINGERPRINT, FindingRow};
 use super::fleet::{
-    FlowCursor, FlowFilter, SocketCursor, SocketFilter, bind_flow_list, bind_socket_list,
-    flow_list_sql, socket_list_sql,
+    FlowCursor, FlowFilter, NAMESPACE_PODS, SocketCursor, SocketFilter, bind_flow_list,
+    bind_socket_list, flow_list_sql, socket_list_sql,
 };
 use super::history::{
     EventCursor, EventQuery, EventSource, LAST_CHANGE_AT, bind_events, events_sql, flows_as_of,
@@ -434,6 +434,10 @@ fn history_and_findings(
             );
         }
     }
+    push(
+        "namespace_pods: pods of network namespaces",
+        NAMESPACE_PODS.to_string(),
+    );
     let plain = SocketFilter {
         at: Some(t),
         limit: 10,
@@ -640,6 +644,7 @@ fn sample_socket() -> (Socket, Vec<Process>) {
         attribution: Attribution::Owned,
         scope: Scope::Wildcard,
         exposure: Scope::Public,
+        path: String::new(),
     };
     (socket, processes)
 }

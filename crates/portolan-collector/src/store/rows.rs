@@ -53,10 +53,7 @@ fn parse_addr(table: &'static str, column: &'static str, s: &str) -> Result<IpAd
 }
 
 fn parse_protocol(table: &'static str, s: &str) -> Result<Protocol, StoreError> {
-    [Protocol::Tcp, Protocol::Udp]
-        .into_iter()
-        .find(|p| p.as_str() == s)
-        .ok_or_else(|| corrupt(table, "protocol", s))
+    Protocol::from_name(s).ok_or_else(|| corrupt(table, "protocol", s))
 }
 
 fn parse_state(table: &'static str, s: &str) -> Result<SocketState, StoreError> {
@@ -327,6 +324,7 @@ pub(crate) struct SocketCols {
     pub pod_uid: String,
     pub pod_name: String,
     pub pod_namespace: String,
+    pub path: String,
 }
 
 impl SocketCols {
@@ -349,6 +347,7 @@ impl SocketCols {
             exposure: socket.exposure.as_str().into(),
             pids: socket.pids.clone(),
             netns: k.netns,
+            path: socket.path.clone(),
             ..SocketCols::default()
         };
         for pid in &socket.pids {
@@ -399,6 +398,7 @@ impl SocketCols {
             attribution: parse_attribution(table, &self.attribution)?,
             scope: parse_scope(table, "scope", &self.scope)?,
             exposure: parse_scope(table, "exposure", &self.exposure)?,
+            path: self.path.clone(),
         };
         let n = self.pids.len();
         let lengths = [
@@ -610,6 +610,7 @@ macro_rules! socket_row {
                 pod_uid: String,
                 pod_name: String,
                 pod_namespace: String,
+                path: String,
             }
         }
     };
@@ -690,6 +691,7 @@ mod tests {
             attribution: Attribution::Owned,
             scope: Scope::Loopback,
             exposure: Scope::Loopback,
+            path: String::new(),
         }
     }
 
@@ -710,6 +712,26 @@ mod tests {
         let (back, processes) = cols.decode("t").expect("decodes");
         assert_eq!(back, socket());
         assert_eq!(processes, vec![known]);
+    }
+
+    #[test]
+    fn every_protocol_and_a_unix_path_round_trip() {
+        for protocol in Protocol::ALL {
+            let mut s = socket();
+            s.key.protocol = protocol;
+            if protocol == Protocol::Unix {
+                s.path = "@/tmp/.X11-unix/X0".into();
+            }
+            let cols = SocketCols::encode(&s, |_| None);
+            assert_eq!(cols.protocol, protocol.as_str());
+            assert_eq!(cols.path, s.path);
+            assert_eq!(cols.decode("t").expect("decodes").0, s);
+        }
+        let cols = SocketCols {
+            protocol: "icmp".into(),
+            ..SocketCols::encode(&socket(), |_| None)
+        };
+        assert!(cols.decode("t").is_err());
     }
 
     #[test]

@@ -234,6 +234,14 @@ const SOCKET_NETNS_COLUMNS: Columns = &[
     ("pod_namespace", Ty::Lc),
 ];
 
+/// Socket columns added by migration 6 (appended to `socket_events` and
+/// `sockets_current`).
+const SOCKET_PATH_COLUMNS: Columns = &[
+    // A Unix socket's path (`@name` when abstract); empty for other protocols and in
+    // rows written before migration 6.
+    ("path", Ty::Str),
+];
+
 /// Flow columns added by migration 4 (appended to `flow_events` and `flows_current`).
 const FLOW_NETNS_COLUMNS: Columns = &[
     ("netns", Ty::U64),
@@ -355,7 +363,7 @@ fn names(parts: &[Columns]) -> Vec<&'static str> {
 /// The columns `socket_events` and `sockets_current` share (everything after their
 /// heads), in table order.
 pub fn socket_columns() -> Vec<&'static str> {
-    names(&[SOCKET_COLUMNS, SOCKET_NETNS_COLUMNS])
+    names(&[SOCKET_COLUMNS, SOCKET_NETNS_COLUMNS, SOCKET_PATH_COLUMNS])
 }
 
 /// The columns `flow_events` and `flows_current` share, in table order.
@@ -385,8 +393,18 @@ pub fn table_columns(name: &str) -> Option<Vec<&'static str>> {
         table::SCHEMA_MIGRATIONS => &[MIGRATIONS_COLUMNS],
         table::HOSTS => &[HOSTS_COLUMNS, HOST_FACTS, HOSTS_TAIL, HOST_NETNS_FACTS],
         table::HOST_REPORTS => &[REPORT_COLUMNS, HOST_FACTS, HOST_NETNS_FACTS],
-        table::SOCKET_EVENTS => &[SOCKET_EVENT_HEAD, SOCKET_COLUMNS, SOCKET_NETNS_COLUMNS],
-        table::SOCKETS_CURRENT => &[SOCKET_CURRENT_HEAD, SOCKET_COLUMNS, SOCKET_NETNS_COLUMNS],
+        table::SOCKET_EVENTS => &[
+            SOCKET_EVENT_HEAD,
+            SOCKET_COLUMNS,
+            SOCKET_NETNS_COLUMNS,
+            SOCKET_PATH_COLUMNS,
+        ],
+        table::SOCKETS_CURRENT => &[
+            SOCKET_CURRENT_HEAD,
+            SOCKET_COLUMNS,
+            SOCKET_NETNS_COLUMNS,
+            SOCKET_PATH_COLUMNS,
+        ],
         table::FLOW_EVENTS => &[FLOW_EVENT_HEAD, FLOW_COLUMNS, FLOW_NETNS_COLUMNS],
         table::FLOWS_CURRENT => &[FLOW_CURRENT_HEAD, FLOW_COLUMNS, FLOW_NETNS_COLUMNS],
         table::FINDINGS => &[FINDING_COLUMNS],
@@ -550,6 +568,14 @@ pub fn migrations(flavor: Flavor) -> Vec<Migration> {
                 "ORDER BY (host_id, seq)",
                 "",
             )],
+        },
+        Migration {
+            version: 6,
+            name: "paths of Unix domain sockets (protocols raw, unix and sctp need no DDL)",
+            statements: vec![
+                add_columns(flavor, table::SOCKET_EVENTS, SOCKET_PATH_COLUMNS),
+                add_columns(flavor, table::SOCKETS_CURRENT, SOCKET_PATH_COLUMNS),
+            ],
         },
     ]
 }

@@ -271,6 +271,10 @@ pub struct Socket {
     /// on 0.0.0.0:80.
     #[prost(uint64, tag = "13")]
     pub netns_inode: u64,
+    /// The filesystem path of a Unix domain socket; an abstract name starts with `@` (as `ss`
+    /// prints it). Empty for every other protocol, and for an unnamed Unix socket.
+    #[prost(string, tag = "14")]
+    pub path: ::prost::alloc::string::String,
 }
 /// Connections folded by endpoint: every connection between `local_address` and
 /// `remote_address` on the service port, in one state and owned by one process, counts
@@ -377,6 +381,15 @@ pub enum Protocol {
     Unspecified = 0,
     Tcp = 1,
     Udp = 2,
+    /// A raw IP socket (SOCK_RAW). Its local and remote ports carry the IP protocol number
+    /// (1 for ICMP), as `ss -w` prints it; unconnected raw sockets are LISTEN, like UDP.
+    Raw = 3,
+    /// A Unix domain socket; only listening ones are inventoried. The addresses are
+    /// unspecified and the ports 0: `Socket.path` and the inode identify it.
+    Unix = 4,
+    /// SCTP: endpoints (LISTEN when listening) and associations (connections), from
+    /// /proc/net/sctp where the kernel has SCTP loaded.
+    Sctp = 5,
 }
 impl Protocol {
     /// String value of the enum field names used in the ProtoBuf definition.
@@ -388,6 +401,9 @@ impl Protocol {
             Self::Unspecified => "PROTOCOL_UNSPECIFIED",
             Self::Tcp => "PROTOCOL_TCP",
             Self::Udp => "PROTOCOL_UDP",
+            Self::Raw => "PROTOCOL_RAW",
+            Self::Unix => "PROTOCOL_UNIX",
+            Self::Sctp => "PROTOCOL_SCTP",
         }
     }
     /// Creates an enum from field names used in the ProtoBuf definition.
@@ -396,6 +412,9 @@ impl Protocol {
             "PROTOCOL_UNSPECIFIED" => Some(Self::Unspecified),
             "PROTOCOL_TCP" => Some(Self::Tcp),
             "PROTOCOL_UDP" => Some(Self::Udp),
+            "PROTOCOL_RAW" => Some(Self::Raw),
+            "PROTOCOL_UNIX" => Some(Self::Unix),
+            "PROTOCOL_SCTP" => Some(Self::Sctp),
             _ => None,
         }
     }
@@ -986,7 +1005,7 @@ pub struct GetHostResponse {
 pub struct ListSocketsRequest {
     #[prost(message, optional, tag = "1")]
     pub hosts: ::core::option::Option<HostSelector>,
-    /// PROTOCOL_UNSPECIFIED: both.
+    /// PROTOCOL_UNSPECIFIED: every protocol.
     #[prost(enumeration = "Protocol", tag = "2")]
     pub protocol: i32,
     /// 0: any port; otherwise ports from port_min to port_max (port_max 0: port_min only).
@@ -1063,7 +1082,7 @@ pub struct HostSocket {
 pub struct WhoListensRequest {
     #[prost(uint32, tag = "1")]
     pub port: u32,
-    /// PROTOCOL_UNSPECIFIED: both.
+    /// PROTOCOL_UNSPECIFIED: every protocol.
     #[prost(enumeration = "Protocol", tag = "2")]
     pub protocol: i32,
     #[prost(message, optional, tag = "3")]
@@ -1147,6 +1166,19 @@ pub struct HostFlow {
     pub peer_hostname: ::prost::alloc::string::String,
     #[prost(int64, tag = "8")]
     pub updated_unix: i64,
+    /// The network namespace holding the peer address on the peer host (a pod IP is on
+    /// an interface of the pod's namespace); 0: the host's own, or outside the fleet.
+    #[prost(uint64, tag = "9")]
+    pub peer_netns_inode: u64,
+    /// The Kubernetes pod of that namespace, as its sockets and flows say; empty when the
+    /// peer is not in a known pod (name and namespace are empty when the agent only
+    /// learned the UID). This end's pod is the process's.
+    #[prost(string, tag = "10")]
+    pub peer_pod_uid: ::prost::alloc::string::String,
+    #[prost(string, tag = "11")]
+    pub peer_pod_namespace: ::prost::alloc::string::String,
+    #[prost(string, tag = "12")]
+    pub peer_pod_name: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, ::prost::Message)]

@@ -193,7 +193,7 @@ owns because they depend on how the pods are built (paths, ports, evaluation).
 {{- $_ = set $tls "revoked" (printf "%s/%s" (include "portolan.collector.revocationDir" $root) $root.Values.collector.revocation.key) -}}
 {{- end -}}
 {{- $_ = set $config "tls" $tls -}}
-{{- $_ = set $config "clickhouse" (dict "url" (include "portolan.clickhouse.url" $root) "database" $root.Values.clickhouse.database) -}}
+{{- $_ = set $config "clickhouse" (dict "url" (include "portolan.clickhouse.url" $root) "database" $root.Values.clickhouse.database "batch_window" $root.Values.clickhouse.batchWindow "batch_max_rows" (int $root.Values.clickhouse.batchMaxRows)) -}}
 {{- if $root.Values.metrics.enabled -}}
 {{- $_ = set $config "metrics" (dict "listen" (printf "0.0.0.0:%d" (int $root.Values.metrics.port))) -}}
 {{- end -}}

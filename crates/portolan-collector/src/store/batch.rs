@@ -1,0 +1,435 @@
+//! Group commit: the rows of the changes, heartbeats and Hello facts that reach the store
+//! within a short window, from every stream, written with one INSERT per table.
+//!
+//! A collector serving thousands of agents would otherwise send ClickHouse several tiny
+//! INSERTs per change, and ClickHouse (parts, merges, concurrent queries) gives out long
+//! before the collector's CPU does. Here the first write of a batch opens a window of
+//! [`BatchConfig::window`]; every write arriving until it closes (or until the batch holds
+//! [`BatchConfig::max_rows`]) joins the batch. A batch is written data tables first
+//! (concurrently, one INSERT each), then `host_reports`, whose rows are the commit markers
+//! of the batch's changes. Each writer's future completes only after that last INSERT
+//! returned: an agent is acknowledged only once its change is durable.
+//!
+//! When any INSERT of a batch fails, every host in the batch is marked dirty (the store
+//! rolls back its uncommitted rows with [`super::Store::recover`] before its next read or
+//! write) and every writer of the batch gets the error. A host has at most one write in
+//! flight (its stream awaits each one), so a batch never holds two changes of one host.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use clickhouse::{Client, Row, RowOwned, RowWrite};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use super::StoreError;
+use super::rows::{
+    FlowCurrentRow, FlowEventRow, HostRow, ReportRow, SocketCurrentRow, SocketEventRow,
+};
+use super::schema::table;
+
+/// Batches one collector writes at the same time. Each takes up to five of the
+/// [`super::MAX_CONCURRENT_REQUESTS`] request slots while its data tables are written, so
+/// that reads (streams starting, queries, rules) keep slots of their own.
+pub const MAX_BATCHES_IN_FLIGHT: usize = 4;
+
+/// Writes waiting for a batch; past this, writers wait for room (their streams stop
+/// reading from their agents, which wait for their acknowledgements).
+const QUEUE: usize = 16_384;
+
+/// How writes are grouped into batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchConfig {
+    /// How long the first write of a batch waits for others to join it. Zero: no
+    /// batching, every write is its own INSERTs, issued one after another.
+    pub window: Duration,
+    /// Rows past which a batch is written without waiting for its window to close. A
+    /// single write larger than this is a batch of its own.
+    pub max_rows: usize,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            window: Duration::from_millis(100),
+            max_rows: 100_000,
+        }
+    }
+}
+
+impl BatchConfig {
+    /// No batching: each write on its own, as one INSERT per table one after another.
+    pub fn unbatched() -> BatchConfig {
+        BatchConfig {
+            window: Duration::ZERO,
+            max_rows: 0,
+        }
+    }
+}
+
+/// What the store has written since it connected (all of its INSERTs, batched or not).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteStats {
+    /// INSERT statements sent to ClickHouse.
+    pub inserts: u64,
+    /// Rows in them.
+    pub rows: u64,
+    /// Batches written (successfully or not).
+    pub batches: u64,
+    /// Writes (changes, heartbeats, Hello facts) that went through a batch.
+    pub batched_writes: u64,
+    /// Batches that failed.
+    pub failed_batches: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    inserts: AtomicU64,
+    rows: AtomicU64,
+    batches: AtomicU64,
+    batched_writes: AtomicU64,
+    failed_batches: AtomicU64,
+}
+
+/// The rows of one or more writes, per table.
+#[derive(Debug, Default)]
+pub(crate) struct Rows {
+    pub socket_events: Vec<SocketEventRow>,
+    pub sockets_current: Vec<SocketCurrentRow>,
+    pub flow_events: Vec<FlowEventRow>,
+    pub flows_current: Vec<FlowCurrentRow>,
+    pub hosts: Vec<HostRow>,
+    /// Written last: the commit markers.
+    pub host_reports: Vec<ReportRow>,
+}
+
+impl Rows {
+    fn len(&self) -> usize {
+        self.socket_events.len()
+            + self.sockets_current.len()
+            + self.flow_events.len()
+            + self.flows_current.len()
+            + self.hosts.len()
+            + self.host_reports.len()
+    }
+
+    fn append(&mut self, mut other: Rows) {
+        self.socket_events.append(&mut other.socket_events);
+        self.sockets_current.append(&mut other.sockets_current);
+        self.flow_events.append(&mut other.flow_events);
+        self.flows_current.append(&mut other.flows_current);
+        self.hosts.append(&mut other.hosts);
+        self.host_reports.append(&mut other.host_reports);
+    }
+}
+
+/// Sends INSERTs within the store's request bound, and remembers hosts whose write
+/// failed. Shared by the store and its batch task.
+#[derive(Debug)]
+pub(crate) struct Writer {
+    client: Client,
+    url: String,
+    requests: Arc<Semaphore>,
+    dirty: Arc<Mutex<HashSet<String>>>,
+    counters: Counters,
+}
+
+impl Writer {
+    pub(crate) fn new(
+        client: Client,
+        url: String,
+        requests: Arc<Semaphore>,
+        dirty: Arc<Mutex<HashSet<String>>>,
+    ) -> Writer {
+        Writer {
+            client,
+            url,
+            requests,
+            dirty,
+            counters: Counters::default(),
+        }
+    }
+
+    pub(crate) fn mark_dirty(&self, host_id: &str) {
+        self.dirty
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(host_id.to_string());
+    }
+
+    pub(crate) fn stats(&self) -> WriteStats {
+        let c = &self.counters;
+        WriteStats {
+            inserts: c.inserts.load(Ordering::Relaxed),
+            rows: c.rows.load(Ordering::Relaxed),
+            batches: c.batches.load(Ordering::Relaxed),
+            batched_writes: c.batched_writes.load(Ordering::Relaxed),
+            failed_batches: c.failed_batches.load(Ordering::Relaxed),
+        }
+    }
+
+    fn map_err(&self, table: &str) -> impl FnOnce(clickhouse::error::Error) -> StoreError {
+        let url = self.url.clone();
+        let table = table.to_string();
+        move |error| {
+            if super::is_connect_error(&error) {
+                StoreError::Unreachable { url, error }
+            } else {
+                StoreError::Query {
+                    op: "insert into",
+                    table,
+                    error,
+                }
+            }
+        }
+    }
+
+    /// One INSERT of `rows` into `table` (none when `rows` is empty), within the
+    /// request bound.
+    pub(crate) async fn insert<T>(&self, table: &'static str, rows: &[T]) -> Result<u64, StoreError>
+    where
+        T: Row + RowOwned + RowWrite,
+    {
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        // The semaphore is never closed: `Err` cannot happen, and would only mean no bound.
+        let _turn = self.requests.acquire().await.ok();
+        self.counters.inserts.fetch_add(1, Ordering::Relaxed);
+        let mut insert = self
+            .client
+            .insert::<T>(table)
+            .await
+            .map_err(self.map_err(table))?;
+        for row in rows {
+            insert.write(row).await.map_err(self.map_err(table))?;
+        }
+        insert.end().await.map_err(self.map_err(table))?;
+        self.counters
+            .rows
+            .fetch_add(rows.len() as u64, Ordering::Relaxed);
+        Ok(rows.len() as u64)
+    }
+
+    /// Writes `rows` one table after another, `host_reports` last.
+    async fn write_sequential(&self, rows: &Rows) -> Result<(), StoreError> {
+        self.insert(table::SOCKET_EVENTS, &rows.socket_events)
+            .await?;
+        self.insert(table::FLOW_EVENTS, &rows.flow_events).await?;
+        self.insert(table::SOCKETS_CURRENT, &rows.sockets_current)
+            .await?;
+        self.insert(table::FLOWS_CURRENT, &rows.flows_current)
+            .await?;
+        self.insert(table::HOSTS, &rows.hosts).await?;
+        self.insert(table::HOST_REPORTS, &rows.host_reports).await?;
+        Ok(())
+    }
+
+    /// Writes `rows`: the data tables at the same time, then `host_reports`.
+    async fn write_concurrent(&self, rows: &Rows) -> Result<(), StoreError> {
+        tokio::try_join!(
+            self.insert(table::SOCKET_EVENTS, &rows.socket_events),
+            self.insert(table::FLOW_EVENTS, &rows.flow_events),
+            self.insert(table::SOCKETS_CURRENT, &rows.sockets_current),
+            self.insert(table::FLOWS_CURRENT, &rows.flows_current),
+            self.insert(table::HOSTS, &rows.hosts),
+        )?;
+        self.insert(table::HOST_REPORTS, &rows.host_reports).await?;
+        Ok(())
+    }
+
+    async fn write_batch(&self, jobs: Vec<Job>) {
+        let mut rows = Rows::default();
+        let mut hosts = Vec::with_capacity(jobs.len());
+        let mut done = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            rows.append(job.rows);
+            hosts.push(job.host_id);
+            done.push(job.done);
+        }
+        let c = &self.counters;
+        c.batches.fetch_add(1, Ordering::Relaxed);
+        c.batched_writes
+            .fetch_add(hosts.len() as u64, Ordering::Relaxed);
+        let result = self.write_concurrent(&rows).await;
+        match result {
+            Ok(()) => {
+                tracing::debug!(writes = hosts.len(), rows = rows.len(), "batch stored");
+                for d in done {
+                    let _ = d.send(Ok(()));
+                }
+            }
+            Err(error) => {
+                c.failed_batches.fetch_add(1, Ordering::Relaxed);
+                // Before anyone hears of the failure: each host's next write first rolls
+                // back what this batch left of it.
+                for host in &hosts {
+                    self.mark_dirty(host);
+                }
+                tracing::warn!(writes = hosts.len(), rows = rows.len(), %error, "batched write failed; its hosts are rolled back before their next write");
+                let error = Arc::new(error);
+                let writes = hosts.len();
+                for d in done {
+                    let _ = d.send(Err(BatchFailure {
+                        writes,
+                        error: error.clone(),
+                    }));
+                }
+            }
+        }
+    }
+}
+
+/// Why a batch failed, as each of its writers hears it.
+struct BatchFailure {
+    writes: usize,
+    error: Arc<StoreError>,
+}
+
+/// One write waiting for its batch.
+struct Job {
+    host_id: String,
+    rows: Rows,
+    done: oneshot::Sender<Result<(), BatchFailure>>,
+}
+
+/// Gathers writes into batches (see the module documentation).
+#[derive(Debug)]
+pub(crate) struct Batcher {
+    config: BatchConfig,
+    writer: Arc<Writer>,
+    /// The queue of the batch task; started by the first write (on the runtime of that
+    /// write), and again should that runtime have gone.
+    queue: Mutex<Option<mpsc::Sender<Job>>>,
+}
+
+impl Batcher {
+    pub(crate) fn new(config: BatchConfig, writer: Arc<Writer>) -> Batcher {
+        Batcher {
+            config,
+            writer,
+            queue: Mutex::new(None),
+        }
+    }
+
+    pub(crate) fn config(&self) -> BatchConfig {
+        self.config
+    }
+
+    pub(crate) fn writer(&self) -> &Writer {
+        &self.writer
+    }
+
+    /// Writes `rows` of `host_id` (with other writes when batching): resolves once they
+    /// are all stored, `host_reports` last. On failure the host is marked dirty.
+    pub(crate) async fn commit(&self, host_id: &str, rows: Rows) -> Result<(), StoreError> {
+        if rows.len() == 0 {
+            return Ok(());
+        }
+        if self.config.window.is_zero() {
+            let result = self.writer.write_sequential(&rows).await;
+            if result.is_err() {
+                self.writer.mark_dirty(host_id);
+            }
+            return result;
+        }
+        let (done, result) = oneshot::channel();
+        let mut job = Job {
+            host_id: host_id.to_string(),
+            rows,
+            done,
+        };
+        // A queue whose task is gone (its runtime ended) is replaced once.
+        for attempt in 0..2 {
+            match self.sender(attempt > 0).send(job).await {
+                Ok(()) => break,
+                Err(mpsc::error::SendError(back)) => job = back,
+            }
+            if attempt == 1 {
+                return Err(StoreError::BatchLost);
+            }
+        }
+        match result.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(failure)) => Err(StoreError::Batch {
+                writes: failure.writes,
+                error: failure.error,
+            }),
+            Err(_) => {
+                self.writer.mark_dirty(host_id);
+                Err(StoreError::BatchLost)
+            }
+        }
+    }
+
+    fn sender(&self, renew: bool) -> mpsc::Sender<Job> {
+        let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(tx) = queue.as_ref().filter(|tx| !renew && !tx.is_closed()) {
+            return tx.clone();
+        }
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(gather(rx, self.config, self.writer.clone()));
+        *queue = Some(tx.clone());
+        tx
+    }
+}
+
+/// The batch task: gathers writes for a window (or up to the row bound) and hands each
+/// batch to a task of its own, at most [`MAX_BATCHES_IN_FLIGHT`] at a time. Ends when the
+/// store is dropped.
+async fn gather(mut queue: mpsc::Receiver<Job>, config: BatchConfig, writer: Arc<Writer>) {
+    let in_flight = Arc::new(Semaphore::new(MAX_BATCHES_IN_FLIGHT));
+    loop {
+        // Never closed; `Err` would only mean no bound.
+        let permit = in_flight.clone().acquire_owned().await.ok();
+        let Some(first) = queue.recv().await else {
+            return;
+        };
+        let mut rows = first.rows.len();
+        let mut jobs = vec![first];
+        let deadline = tokio::time::Instant::now() + config.window;
+        while rows < config.max_rows {
+            match tokio::time::timeout_at(deadline, queue.recv()).await {
+                Ok(Some(job)) => {
+                    rows += job.rows.len();
+                    jobs.push(job);
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        let writer = writer.clone();
+        tokio::spawn(async move {
+            writer.write_batch(jobs).await;
+            drop(permit);
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_append_and_count() {
+        let mut a = Rows::default();
+        let b = Rows {
+            hosts: vec![crate::store::empty_host_row("h")],
+            ..Rows::default()
+        };
+        assert_eq!(a.len(), 0);
+        a.append(b);
+        a.append(Rows {
+            hosts: vec![crate::store::empty_host_row("g")],
+            ..Rows::default()
+        });
+        assert_eq!(a.len(), 2);
+        assert_eq!(a.hosts[1].host_id, "g");
+    }
+
+    #[test]
+    fn unbatched_means_no_window() {
+        assert!(BatchConfig::unbatched().window.is_zero());
+        assert!(!BatchConfig::default().window.is_zero());
+    }
+}

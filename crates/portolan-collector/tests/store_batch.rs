@@ -1,0 +1,621 @@
+//! Group commit against a real ClickHouse server (the managed one, one per test): many
+//! hosts writing at once store what they store one by one, with one INSERT per table
+//! per batch; a failed batch leaves each of its hosts recoverable; a replay changes
+//! nothing. Also prints the before/after figures of the change (run with
+//! `--no-capture`).
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, ensure};
+use portolan_collector::managed_clickhouse::{ManagedClickHouse, ManagedOptions};
+use portolan_collector::store::{
+    BatchConfig, ChangeKind, HostRecord, KnownHost, Store, StoreError, WriteStats,
+};
+use portolan_core::{
+    Attribution, Direction, FlowKey, HostState, InterfaceAddress, Inventory, Process, Protocol,
+    ScanStats, Scope, Socket, SocketKey, SocketState, diff,
+};
+
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("warn")
+        .with_test_writer()
+        .try_init();
+}
+
+/// A managed server in a temporary directory (removed after the server stops).
+struct Server {
+    clickhouse: ManagedClickHouse,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    async fn start() -> Result<Server> {
+        init_tracing();
+        let dir = tempfile::tempdir()?;
+        let clickhouse = ManagedClickHouse::start(ManagedOptions {
+            state_dir: dir.path().to_path_buf(),
+            binary: None,
+        })
+        .await?;
+        Ok(Server {
+            clickhouse,
+            _dir: dir,
+        })
+    }
+
+    /// A migrated store in its own database, grouping writes as `batching` says.
+    async fn store(&self, database: &str, batching: BatchConfig) -> Result<Store> {
+        Ok(self
+            .clickhouse
+            .migrated_store(database)
+            .await?
+            .with_batching(batching))
+    }
+
+    async fn shutdown(self) -> Result<()> {
+        self.clickhouse.shutdown().await?;
+        Ok(())
+    }
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("test address")
+}
+
+fn at(step: usize) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(1_700_000_000 + 10 * step as u64)
+}
+
+fn host_id(h: usize) -> String {
+    format!("host-{h:04}")
+}
+
+/// Host `h` at scan `step`: each step one listener goes and another comes, every third
+/// step the processes get a new command line (their sockets change), flows count up and
+/// one goes at step 3, and the host gains an interface at step 2.
+fn inventory(h: usize, step: usize) -> Inventory {
+    let mut inventory = Inventory {
+        host: HostState {
+            interfaces: vec![InterfaceAddress {
+                interface: "eth0".into(),
+                address: ip(&format!("10.{}.{}.1", h / 250, h % 250)),
+                prefix_len: 24,
+                netns: 0,
+            }],
+            ..HostState::default()
+        },
+        ..Inventory::default()
+    };
+    if step >= 2 {
+        inventory.host.interfaces.push(InterfaceAddress {
+            interface: "docker0".into(),
+            address: ip("172.17.0.1"),
+            prefix_len: 16,
+            netns: 0,
+        });
+    }
+    for j in 0..6 {
+        let port = 1000 + ((step + j) % 12) as u16;
+        let pid = u32::from(port) + 100;
+        let socket = Socket {
+            key: SocketKey {
+                protocol: Protocol::Tcp,
+                local_address: ip("0.0.0.0"),
+                local_port: port,
+                remote_address: ip("0.0.0.0"),
+                remote_port: 0,
+                inode: 100_000 * h as u64 + u64::from(port),
+                netns: 0,
+            },
+            state: SocketState::Listen,
+            uid: 0,
+            pids: vec![pid],
+            attribution: Attribution::Owned,
+            scope: portolan_core::classify(ip("0.0.0.0")),
+            exposure: Scope::Wildcard,
+            path: String::new(),
+        };
+        inventory.sockets.insert(socket.key, socket);
+        inventory.processes.insert(
+            pid,
+            Process {
+                pid,
+                name: format!("svc{port}"),
+                executable: format!("/usr/bin/svc{port}"),
+                command_line: format!("/usr/bin/svc{port} --generation {}", step / 3),
+                user: "svc".into(),
+                systemd_unit: format!("svc{port}.service"),
+                ..Process::default()
+            },
+        );
+    }
+    for (i, port) in [5432_u16, 6379].into_iter().enumerate() {
+        if port == 6379 && step >= 3 {
+            continue;
+        }
+        let pid = 1001; // svc901 is never a listener: the flows' own process
+        let key = FlowKey {
+            protocol: Protocol::Tcp,
+            direction: Direction::Outbound,
+            local_address: ip("10.0.0.1"),
+            remote_address: ip(&format!("10.9.0.{}", i + 1)),
+            service_port: port,
+            state: SocketState::Established,
+            pid,
+            netns: 0,
+        };
+        inventory.flows.insert(key, 1 + step as u32);
+        inventory.processes.insert(
+            pid,
+            Process {
+                pid,
+                name: "client".into(),
+                executable: "/usr/bin/client".into(),
+                command_line: "/usr/bin/client".into(),
+                ..Process::default()
+            },
+        );
+    }
+    inventory.retain_referenced_processes();
+    inventory
+}
+
+fn stats(step: usize) -> ScanStats {
+    ScanStats {
+        sockets: 8,
+        listeners: 6,
+        connections: 2,
+        scan_duration_micros: 100 + step as u64,
+        ..ScanStats::default()
+    }
+}
+
+fn record(h: usize, inventory: &Inventory) -> HostRecord {
+    HostRecord {
+        host_id: host_id(h),
+        hostname: format!("node{h}"),
+        labels: BTreeMap::from([("env".to_string(), "prod".to_string())]),
+        agent_version: "0.1.0".into(),
+        kernel: "6.1.0".into(),
+        os: "Debian GNU/Linux 12".into(),
+        scan_interval_ms: 10_000,
+        collector: "test".into(),
+        host: inventory.host.clone(),
+    }
+}
+
+/// Writes host `h`'s steps `0..steps` the way an ingest stream does: load once, then
+/// every change from what the stream holds (no reads), a heartbeat after each.
+async fn write_as_stream(store: &Store, h: usize, steps: usize) -> Result<()> {
+    let host = host_id(h);
+    let (mut current, _) = store.load_known(&host).await?;
+    let first = inventory(h, 0);
+    let mut known = store.upsert_host(&record(h, &first)).await?;
+    let change = diff(&current, &first);
+    store
+        .write_change_from(
+            &host,
+            1,
+            ChangeKind::Snapshot,
+            at(0),
+            &change,
+            &stats(0),
+            &current,
+            &mut known,
+        )
+        .await?;
+    current = first;
+    for step in 1..steps {
+        store
+            .write_heartbeat(&host, step as u64, at(step), &stats(step))
+            .await?;
+        let next = inventory(h, step);
+        let change = diff(&current, &next);
+        store
+            .write_change_from(
+                &host,
+                step as u64 + 1,
+                ChangeKind::Delta,
+                at(step),
+                &change,
+                &stats(step),
+                &current,
+                &mut known,
+            )
+            .await?;
+        current = next;
+    }
+    Ok(())
+}
+
+/// The same with [`Store::write_change`], which reads the stored state it needs (what
+/// every change did before batching).
+async fn write_reading(store: &Store, h: usize, steps: usize) -> Result<()> {
+    let host = host_id(h);
+    let mut current = store.load_current(&host).await?;
+    let first = inventory(h, 0);
+    store.upsert_host(&record(h, &first)).await?;
+    store
+        .write_change(
+            &host,
+            1,
+            ChangeKind::Snapshot,
+            at(0),
+            &diff(&current, &first),
+            &stats(0),
+        )
+        .await?;
+    current = first;
+    for step in 1..steps {
+        store
+            .write_heartbeat(&host, step as u64, at(step), &stats(step))
+            .await?;
+        let next = inventory(h, step);
+        store
+            .write_change(
+                &host,
+                step as u64 + 1,
+                ChangeKind::Delta,
+                at(step),
+                &diff(&current, &next),
+                &stats(step),
+            )
+            .await?;
+        current = next;
+    }
+    Ok(())
+}
+
+/// Everything queries see of a host, minus write times.
+async fn seen(store: &Store, host: &str) -> Result<String> {
+    // First: it rolls back what a failed write of this store left.
+    let current = store.load_current(host).await?;
+    let stored = store.host(host).await?.context("host row")?;
+    Ok(format!(
+        "{:?}\n{:?}\n{:?}\n{:?}\n{:?}\n{:?} {} {:?}",
+        current,
+        store.socket_events(host).await?,
+        store.flow_events(host).await?,
+        store.reports(host).await?,
+        store.last_seq(host).await?,
+        stored.state,
+        stored.seq,
+        (stored.hostname, stored.labels),
+    ))
+}
+
+/// INSERTs ClickHouse received into `table` of `database`: every INSERT makes one part
+/// of level 0 (all rows here fall in one partition), and a merged-away part stays listed
+/// (inactive) for minutes.
+async fn insert_parts(store: &Store, table: &str) -> Result<u64> {
+    Ok(store
+        .client()
+        .query("SELECT count() FROM system.parts WHERE database = ? AND table = ? AND level = 0")
+        .bind(store.database())
+        .bind(table)
+        .fetch_one::<u64>()
+        .await?)
+}
+
+async fn run_fleet<F, Fut>(store: &Arc<Store>, hosts: usize, steps: usize, write: F) -> Result<()>
+where
+    F: Fn(Arc<Store>, usize, usize) -> Fut,
+    Fut: std::future::Future<Output = Result<()>> + Send + 'static,
+{
+    let mut tasks = tokio::task::JoinSet::new();
+    for h in 0..hosts {
+        tasks.spawn(write(store.clone(), h, steps));
+    }
+    while let Some(done) = tasks.join_next().await {
+        done??;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_hosts_at_once_store_what_they_store_one_by_one_in_few_inserts() -> Result<()> {
+    let server = Server::start().await?;
+    let (hosts, steps) = (40, 6);
+    let serial = server
+        .store("batch_serial", BatchConfig::unbatched())
+        .await?;
+    for h in 0..hosts {
+        write_reading(&serial, h, steps).await?;
+    }
+    let batched = Arc::new(
+        server
+            .store("batch_concurrent", BatchConfig::default())
+            .await?,
+    );
+    run_fleet(&batched, hosts, steps, |store, h, steps| async move {
+        write_as_stream(&store, h, steps).await
+    })
+    .await?;
+
+    for h in 0..hosts {
+        let host = host_id(h);
+        assert_eq!(
+            seen(&batched, &host).await?,
+            seen(&serial, &host).await?,
+            "{host}"
+        );
+    }
+    assert_eq!(
+        batched.load_current(&host_id(7)).await?,
+        inventory(7, steps - 1)
+    );
+
+    // A batch holds the writes of many hosts: the store's count, and ClickHouse's.
+    let stats = batched.write_stats();
+    let writes = (hosts * (1 + steps + (steps - 1))) as u64; // Hello, changes, heartbeats
+    assert_eq!(stats.batched_writes, writes, "{stats:?}");
+    assert_eq!(stats.failed_batches, 0, "{stats:?}");
+    assert!(
+        stats.batches * 4 <= stats.batched_writes,
+        "fewer than 4 writes per batch: {stats:?}"
+    );
+    let changes = (hosts * steps) as u64;
+    let parts = insert_parts(&batched, "socket_events").await?;
+    let report_parts = insert_parts(&batched, "host_reports").await?;
+    let serial_parts = insert_parts(&serial, "socket_events").await?;
+    eprintln!(
+        "{changes} changes of {hosts} hosts: socket_events INSERTs one by one {serial_parts}, batched {parts}; host_reports INSERTs batched {report_parts}; {stats:?}"
+    );
+    assert_eq!(serial_parts, changes, "one INSERT per change one by one");
+    assert!(
+        parts * 4 <= changes,
+        "{parts} INSERTs into socket_events for {changes} changes"
+    );
+    assert!(report_parts <= stats.batches, "{report_parts} > {stats:?}");
+    server.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_batch_leaves_each_of_its_hosts_recoverable_and_nothing_half_committed()
+-> Result<()> {
+    let server = Server::start().await?;
+    let database = "batch_failure";
+    // A long window: the writes of all hosts below join one batch.
+    let batching = BatchConfig {
+        window: Duration::from_millis(500),
+        max_rows: 100_000,
+    };
+    let store = Arc::new(server.store(database, batching).await?);
+    let hosts = 12;
+    run_fleet(&store, hosts, 1, |store, h, steps| async move {
+        write_as_stream(&store, h, steps).await
+    })
+    .await?;
+    let mut committed = Vec::new();
+    for h in 0..hosts {
+        committed.push(seen(&store, &host_id(h)).await?);
+    }
+    let before = store.write_stats();
+
+    // The commit markers' table goes away: every data INSERT of the batch succeeds.
+    let client = store.client();
+    client
+        .query("RENAME TABLE host_reports TO host_reports_away")
+        .execute()
+        .await?;
+    let mut tasks = tokio::task::JoinSet::new();
+    for h in 0..hosts {
+        let store = store.clone();
+        tasks.spawn(async move {
+            let host = host_id(h);
+            let (current, mut known) = store.load_known(&host).await?;
+            let next = inventory(h, 1);
+            let result = store
+                .write_change_from(
+                    &host,
+                    2,
+                    ChangeKind::Delta,
+                    at(1),
+                    &diff(&current, &next),
+                    &stats(1),
+                    &current,
+                    &mut known,
+                )
+                .await;
+            anyhow::Ok(result)
+        });
+    }
+    let mut errors = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        errors.push(done??.expect_err("no host_reports table"));
+    }
+    client
+        .query("RENAME TABLE host_reports_away TO host_reports")
+        .execute()
+        .await?;
+    let after = store.write_stats();
+    assert!(
+        after.failed_batches > before.failed_batches,
+        "{before:?} {after:?}"
+    );
+    assert!(
+        after.batches - before.batches < hosts as u64,
+        "the failed writes shared batches: {before:?} {after:?}"
+    );
+    for e in &errors {
+        assert!(
+            matches!(e, StoreError::Batch { writes, .. } if *writes > 1),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string()
+                .starts_with("cannot insert into `host_reports`: "),
+            "{e}"
+        );
+    }
+    let half_written: u64 = client
+        .query("SELECT count() FROM socket_events WHERE seq = 2")
+        .fetch_one()
+        .await?;
+    assert!(half_written > 0, "the batch's data rows were written");
+
+    // A collector that never saw the failure (another replica, a restart) recovers the
+    // first half at their streams' start…
+    let fresh = server.store(database, BatchConfig::default()).await?;
+    for h in 0..hosts / 2 {
+        let recovery = fresh.recover(&host_id(h)).await?;
+        assert_eq!(recovery.last_seq, 1);
+        assert!(recovery.rolled_back_rows > 0, "{recovery:?}");
+    }
+    // …and the failed store remembers the rest before their next read.
+    for (h, committed) in committed.iter().enumerate() {
+        assert_eq!(&seen(&store, &host_id(h)).await?, committed, "{h}");
+    }
+    // Then the same change stores cleanly, and the host continues.
+    for h in 0..hosts {
+        let host = host_id(h);
+        let (current, mut known) = store.load_known(&host).await?;
+        let next = inventory(h, 1);
+        store
+            .write_change_from(
+                &host,
+                2,
+                ChangeKind::Delta,
+                at(1),
+                &diff(&current, &next),
+                &stats(1),
+                &current,
+                &mut known,
+            )
+            .await?;
+        assert_eq!(store.load_current(&host).await?, next);
+        assert_eq!(store.last_seq(&host).await?, 2);
+    }
+    server.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_batched_change_changes_nothing_users_see() -> Result<()> {
+    let server = Server::start().await?;
+    let store = server.store("batch_replay", BatchConfig::default()).await?;
+    let h = 3;
+    let host = host_id(h);
+    write_as_stream(&store, h, 2).await?;
+    // Seq 3 carries new host facts (a new interface) besides its sockets and flows.
+    let (prior, known) = store.load_known(&host).await?;
+    assert_eq!(known.seq(), 1);
+    let next = inventory(h, 2);
+    assert_ne!(prior.host, next.host);
+    let mut once = None;
+    // The agent did not hear the ack of seq 3 and sends it again on a stream that still
+    // holds the state before it (a replica that loaded before the write).
+    for _ in 0..3 {
+        let mut known: KnownHost = known.clone();
+        store
+            .write_change_from(
+                &host,
+                3,
+                ChangeKind::Delta,
+                at(2),
+                &diff(&prior, &next),
+                &stats(2),
+                &prior,
+                &mut known,
+            )
+            .await?;
+        assert_eq!(known.seq(), 3);
+        let now = seen(&store, &host).await?;
+        assert_eq!(store.load_current(&host).await?, next);
+        match &once {
+            None => once = Some(now),
+            Some(once) => assert_eq!(&now, once),
+        }
+    }
+    server.shutdown().await
+}
+
+/// One configuration's figures.
+struct Figures {
+    wall: Duration,
+    stats: WriteStats,
+}
+
+async fn measure(
+    server: &Server,
+    database: &str,
+    batching: BatchConfig,
+    hosts: usize,
+    steps: usize,
+    reading: bool,
+) -> Result<Figures> {
+    let store = Arc::new(server.store(database, batching).await?);
+    let started = Instant::now();
+    run_fleet(&store, hosts, steps, move |store, h, steps| async move {
+        if reading {
+            write_reading(&store, h, steps).await
+        } else {
+            write_as_stream(&store, h, steps).await
+        }
+    })
+    .await?;
+    Ok(Figures {
+        wall: started.elapsed(),
+        stats: store.write_stats(),
+    })
+}
+
+/// Before/after in one run: the same fleet written the old way (every change reads the
+/// stored rows it needs and sends its own INSERTs) and batched from what streams hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn figures_one_by_one_against_batched() -> Result<()> {
+    let server = Server::start().await?;
+    // Small enough for the test suite; the figures in the notes are from 100 x 5.
+    let (hosts, steps) = (30, 3);
+    let before = measure(
+        &server,
+        "figures_before",
+        BatchConfig::unbatched(),
+        hosts,
+        steps,
+        true,
+    )
+    .await?;
+    let after = measure(
+        &server,
+        "figures_after",
+        BatchConfig::default(),
+        hosts,
+        steps,
+        false,
+    )
+    .await?;
+    let rate = |f: &Figures| f.stats.rows as f64 / f.wall.as_secs_f64();
+    eprintln!("{hosts} hosts x {steps} changes (+ Hello and heartbeats), concurrently:");
+    for (name, f) in [("one by one", &before), ("batched", &after)] {
+        eprintln!(
+            "  {name:<11} INSERTs {:>6}  rows {:>6}  batches {:>4}  wall {:>7.2} s  rows/s {:>8.0}",
+            f.stats.inserts,
+            f.stats.rows,
+            f.stats.batches,
+            f.wall.as_secs_f64(),
+            rate(f)
+        );
+    }
+    eprintln!(
+        "  batched / one by one: INSERTs {:.3}x, rows/s {:.2}x",
+        after.stats.inserts as f64 / before.stats.inserts as f64,
+        rate(&after) / rate(&before)
+    );
+    ensure!(
+        before.stats.rows == after.stats.rows,
+        "both wrote the same rows: {} vs {}",
+        before.stats.rows,
+        after.stats.rows
+    );
+    ensure!(
+        after.stats.inserts * 5 < before.stats.inserts,
+        "batching cut INSERTs by less than 5x: {} vs {}",
+        after.stats.inserts,
+        before.stats.inserts
+    );
+    server.shutdown().await
+}

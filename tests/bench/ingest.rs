@@ -1,0 +1,293 @@
+//! `just bench`, ingest: rows per second the collector writes into ClickHouse from many
+//! agents over real mutual TLS, against `clickhouse-client` inserting the same rows into
+//! tables of the same schema, in the same run, on the same server.
+//!
+//! `INGEST_AGENTS` (50) simulated agents ([`fleet`]), each with its own certificate and
+//! stream, connect to a real collector; then all at once send a snapshot of
+//! `INGEST_SOCKETS` (2,000) sockets and `INGEST_DELTAS` (20) deltas replacing
+//! `INGEST_CHURN_PERCENT` (1)% of the sockets each, every message sent as soon as the one
+//! before is acknowledged (stored). The collector's time runs from the first snapshot to
+//! the last Ack; its rows are what the tables gained. Merges keep running (stopped, the
+//! parts of thousands of small inserts exhaust ClickHouse's open files): a merge may fold
+//! a replaced row of `sockets_current` away, which only undercounts the collector.
+//!
+//! The reference: every table the collector wrote to is exported with
+//! `SELECT * FORMAT Native`, and `clickhouse-client --query "INSERT INTO <copy> FORMAT
+//! Native" < file` inserts it into a copy (`CREATE TABLE <copy> AS <table>`): one bulk
+//! insert per table, timed, minus the client's start-up (timed with `SELECT 1`).
+//! Target: the collector at ≥ 0.7× the raw insert's rows per second. Writes
+//! `<target>/bench/ingest.json`.
+
+#[allow(dead_code)]
+#[path = "../e2e/support.rs"]
+mod support;
+
+#[allow(dead_code)]
+mod fleet;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use portolan_tls::pki::Ca;
+use serde_json::json;
+
+use fleet::{AgentShape, Fleet, Pace, cpu_seconds, env_float, env_number, quantile_ms};
+use support::{Cluster, Limits};
+
+const TARGET_RATIO: f64 = 0.7;
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<()> {
+    let agents = env_number("INGEST_AGENTS", 50)? as usize;
+    let sockets = env_number("INGEST_SOCKETS", 2_000)? as usize;
+    let deltas = env_number("INGEST_DELTAS", 20)?;
+    let churn = env_float("INGEST_CHURN_PERCENT", 1.0)? / 100.0;
+    fleet::raise_fd_limit(agents as u64 + 1_024)?;
+    let limits = Limits {
+        // Agents here send as fast as they are acknowledged, not once per scan.
+        message_rate: Some((100_000, 100_000)),
+        ..Limits::default()
+    };
+    let mut cluster = Cluster::start("ingest", &[], limits).await?;
+    let collector_pid = cluster
+        .collector_pid(0)
+        .context("the collector is not running")?;
+    let clickhouse_pid = fleet::clickhouse_pid(cluster.state.path());
+    let tables: Vec<String> = cluster
+        .http_query("SELECT name FROM system.tables WHERE database = currentDatabase() AND engine LIKE '%MergeTree' ORDER BY name FORMAT TabSeparated")?
+        .lines()
+        .map(str::to_string)
+        .collect();
+    println!(
+        "ingest: {agents} agents × {sockets}-socket snapshot + {deltas} deltas of {:.1}% churn, as fast as acknowledged",
+        churn * 100.0
+    );
+
+    let shape = AgentShape {
+        sockets,
+        churn,
+        pace: Pace::Saturate { deltas },
+    };
+    let mut fleet = Fleet::new(
+        Ca::from_pem(cluster.pki.ca.cert_pem(), cluster.pki.ca.key_pem())?,
+        cluster.collector_port,
+        "ingest",
+        shape,
+        32,
+        true,
+    );
+    fleet.grow_to(agents)?;
+    fleet
+        .wait_for("every agent connected", Duration::from_secs(120), |s| {
+            s.connected.load(Ordering::Relaxed) >= agents as u64
+        })
+        .await?;
+    let before = counts(&cluster, &tables)?;
+    let cpu_start = (
+        cpu_seconds(collector_pid),
+        clickhouse_pid.map_or(0.0, cpu_seconds),
+    );
+    let started = Instant::now();
+    fleet.go();
+    let expected_deltas = agents as u64 * deltas;
+    fleet
+        .wait_for(
+            "every snapshot and delta acknowledged",
+            Duration::from_secs(1_800),
+            |s| {
+                s.snapshots_acked.load(Ordering::Relaxed) >= agents as u64
+                    && s.deltas_acked.load(Ordering::Relaxed) >= expected_deltas
+                    || s.failed.load(Ordering::Relaxed) > 0
+            },
+        )
+        .await?;
+    let collector_s = started.elapsed().as_secs_f64();
+    let cpu_end = (
+        cpu_seconds(collector_pid),
+        clickhouse_pid.map_or(0.0, cpu_seconds),
+    );
+    if fleet.stats.failed.load(Ordering::Relaxed) > 0 {
+        bail!("agents failed: {}", fleet.describe());
+    }
+    let mut latencies = fleet.stats.take_latencies();
+    let after = counts(&cluster, &tables)?;
+    fleet.shutdown().await;
+
+    let written: BTreeMap<String, u64> = after
+        .iter()
+        .filter_map(|(t, n)| {
+            let grew = n.saturating_sub(before.get(t).copied().unwrap_or(0));
+            (grew > 0).then(|| (t.clone(), grew))
+        })
+        .collect();
+    let collector_rows: u64 = written.values().sum();
+    if collector_rows == 0 {
+        bail!("the collector wrote no rows: {}", fleet_summary(&after));
+    }
+
+    // The reference: the same tables' rows, one bulk insert per table.
+    let client = ClickHouseClient {
+        port: cluster.clickhouse_tcp_port(),
+        database: cluster.database.clone(),
+    };
+    let startup = (0..3)
+        .map(|_| client.timed("SELECT 1", None, None))
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .fold(f64::INFINITY, f64::min);
+    let dir = cluster.state.subdir("ingest-export")?;
+    let mut reference_s = 0.0;
+    let mut reference_rows = 0;
+    let mut per_table = Vec::new();
+    for table in written.keys() {
+        let copy = format!("bench_copy_{table}");
+        cluster.http_query(&format!("CREATE TABLE {copy} AS {table}"))?;
+        let exported = count(&cluster, table)?;
+        let file = dir.join(format!("{table}.native"));
+        client.timed(
+            &format!("SELECT * FROM {table} FORMAT Native"),
+            None,
+            Some(&file),
+        )?;
+        let bytes = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+        let took = client.timed(
+            &format!("INSERT INTO {copy} FORMAT Native"),
+            Some(&file),
+            None,
+        )?;
+        let rows = count(&cluster, &copy)?;
+        if rows != exported {
+            bail!("`{copy}` holds {rows} rows after the insert, `{table}` {exported}");
+        }
+        let net = (took - startup).max(0.001);
+        reference_s += net;
+        reference_rows += rows;
+        println!(
+            "  {table}: collector wrote {} rows; clickhouse-client inserted {rows} rows ({:.1} MiB Native) in {:.0} ms ({:.0} ms with client start-up)",
+            written[table],
+            bytes as f64 / 1_048_576.0,
+            net * 1000.0,
+            took * 1000.0
+        );
+        per_table.push(json!({
+            "table": table,
+            "collector_rows": written[table],
+            "reference_rows": rows,
+            "native_bytes": bytes,
+            "reference_ms": net * 1000.0,
+            "reference_ms_with_startup": took * 1000.0,
+        }));
+    }
+    let collector_rate = collector_rows as f64 / collector_s;
+    let reference_rate = reference_rows as f64 / reference_s;
+    let ratio = collector_rate / reference_rate;
+    let p50 = quantile_ms(&mut latencies, 0.5);
+    let p99 = quantile_ms(&mut latencies, 0.99);
+    let cpu = |a: f64, b: f64| 100.0 * (b - a) / collector_s;
+    println!(
+        "collector: {collector_rows} rows in {collector_s:.2} s = {collector_rate:.0} rows/s (ack p50 {p50:.0} ms, p99 {p99:.0} ms; CPU collector {:.0}%, clickhouse {:.0}%)",
+        cpu(cpu_start.0, cpu_end.0),
+        cpu(cpu_start.1, cpu_end.1)
+    );
+    println!(
+        "clickhouse-client: {reference_rows} rows in {reference_s:.2} s = {reference_rate:.0} rows/s (client start-up {:.0} ms per table, subtracted)",
+        startup * 1000.0
+    );
+    println!("ratio {ratio:.2} (target ≥ {TARGET_RATIO})");
+    let doc = json!({
+        "bench": "ingest",
+        "table": [{
+            "measure": format!("ingest: collector rows/s into ClickHouse, {agents} agents over mTLS ({sockets}-socket snapshots + {deltas} deltas each)"),
+            "figure": format!("{collector_rate:.0} rows/s"),
+            "reference": format!("clickhouse-client INSERT … FORMAT Native, same rows: {reference_rate:.0} rows/s"),
+            "ratio": ratio,
+            "target": format!(">= {TARGET_RATIO}x"),
+            "met": ratio >= TARGET_RATIO,
+        }],
+        "agents": agents,
+        "sockets_per_agent": sockets,
+        "deltas_per_agent": deltas,
+        "churn_percent": churn * 100.0,
+        "collector_rows": collector_rows,
+        "collector_s": collector_s,
+        "collector_rows_per_s": collector_rate,
+        "ack_p50_ms": p50,
+        "ack_p99_ms": p99,
+        "cpu_percent": {
+            "collector": cpu(cpu_start.0, cpu_end.0),
+            "clickhouse": cpu(cpu_start.1, cpu_end.1),
+        },
+        "reference_rows": reference_rows,
+        "reference_s": reference_s,
+        "reference_rows_per_s": reference_rate,
+        "client_startup_ms": startup * 1000.0,
+        "tables": per_table,
+    });
+    let path = fleet::write_json("ingest", &doc)?;
+    println!("wrote {}", path.display());
+    Ok(())
+}
+
+/// `clickhouse-client` against the cluster's server.
+struct ClickHouseClient {
+    port: u16,
+    database: String,
+}
+
+impl ClickHouseClient {
+    /// Runs `query` with stdin from `input` and stdout to `output`; the wall time.
+    fn timed(&self, query: &str, input: Option<&Path>, output: Option<&Path>) -> Result<f64> {
+        let mut command = Command::new("clickhouse-client");
+        command
+            .args(["--host", "127.0.0.1", "--port"])
+            .arg(self.port.to_string())
+            .args(["--database", &self.database, "--query", query])
+            .stderr(Stdio::piped());
+        match input {
+            Some(path) => command.stdin(std::fs::File::open(path)?),
+            None => command.stdin(Stdio::null()),
+        };
+        match output {
+            Some(path) => command.stdout(std::fs::File::create(path)?),
+            None => command.stdout(Stdio::null()),
+        };
+        let started = Instant::now();
+        let out = command
+            .output()
+            .context("cannot run `clickhouse-client` (Debian's clickhouse-client package)")?;
+        let took = started.elapsed().as_secs_f64();
+        if !out.status.success() {
+            bail!(
+                "clickhouse-client failed on `{query}`: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(took)
+    }
+}
+
+fn count(cluster: &Cluster, table: &str) -> Result<u64> {
+    let text = cluster.http_query(&format!("SELECT count() FROM {table}"))?;
+    text.trim()
+        .parse()
+        .with_context(|| format!("ClickHouse answered `{}` to a count", text.trim()))
+}
+
+fn counts(cluster: &Cluster, tables: &[String]) -> Result<BTreeMap<String, u64>> {
+    tables
+        .iter()
+        .map(|t| Ok((t.clone(), count(cluster, t)?)))
+        .collect()
+}
+
+fn fleet_summary(counts: &BTreeMap<String, u64>) -> String {
+    counts
+        .iter()
+        .map(|(t, n)| format!("{t}: {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
