@@ -152,7 +152,31 @@ fn comparable(inventory: &Inventory, netns: u64) -> Comparable {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_agent_inventories_every_namespace_of_its_node() -> Result<()> {
-    let lab = Lab::new("nsinv")?;
+    every_namespace_of_a_node(Entry::Enter).await
+}
+
+/// The same node with an agent that may not enter namespaces (no CAP_SYS_ADMIN, as the
+/// Helm chart and the systemd unit run it): every namespace read from `/proc/<pid>/net`,
+/// and wildcard binds still scoped by each namespace's own addresses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_without_cap_sys_admin_reads_every_namespace_through_procfs() -> Result<()> {
+    every_namespace_of_a_node(Entry::Procfs).await
+}
+
+/// How the node's agent reads the other namespaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Entry {
+    /// As root: it enters each (setns) and dumps it through netlink.
+    Enter,
+    /// Without CAP_SYS_ADMIN in its bounding set: through `/proc/<pid>/net`.
+    Procfs,
+}
+
+async fn every_namespace_of_a_node(entry: Entry) -> Result<()> {
+    let lab = Lab::new(match entry {
+        Entry::Enter => "nsinv",
+        Entry::Procfs => "nsprc",
+    })?;
     let node = lab.add_host("node")?;
     let bridge = IpAddr::V4(lab.bridge_ipv4());
     // The operator's CLI reaches the collector on loopback.
@@ -278,8 +302,13 @@ async fn one_agent_inventories_every_namespace_of_its_node() -> Result<()> {
             target,
         );
     }
+    // `ip netns exec` itself needs CAP_SYS_ADMIN; the agent it starts drops it for good.
+    let drop_sys_admin = match entry {
+        Entry::Enter => "",
+        Entry::Procfs => "setpriv --bounding-set -sys_admin --inh-caps -sys_admin -- ",
+    };
     script.push_str(&format!(
-        "exec ip netns exec {} {} run --config {}\n",
+        "exec ip netns exec {} {drop_sys_admin}{} run --config {}\n",
         quote(&node.netns),
         quote(&binary("portolan-agent")?.display().to_string()),
         quote(&config.display().to_string()),
@@ -359,10 +388,17 @@ async fn one_agent_inventories_every_namespace_of_its_node() -> Result<()> {
         }
     );
     println!(
-        "node-1: ClickHouse equals ss in {} namespaces: {} sockets, {} flows",
+        "node-1 ({entry:?}): ClickHouse equals ss in {} namespaces: {} sockets, {} flows",
         inodes.len(),
         stored.sockets.len(),
         stored.flows.len()
+    );
+    let read_through_procfs = agent_log().contains("cannot enter network namespaces");
+    assert_eq!(
+        read_through_procfs,
+        entry == Entry::Procfs,
+        "{entry:?}: how the agent read the namespaces, per its log:\n{}",
+        agent_log()
     );
 
     // Attribution and scopes, namespace by namespace.

@@ -103,7 +103,7 @@ impl AgentMetrics {
             ),
             namespaces: Family::gauge(
                 "portolan_agent_network_namespaces",
-                "Network namespaces the last scan inventoried, by how they were read (sock_diag: entered, with interface addresses; procfs: /proc/<pid>/net without CAP_SYS_ADMIN, wildcard binds reported as public).",
+                "Network namespaces the last scan inventoried, by how they were read (sock_diag: entered, with interface addresses; procfs: /proc/<pid>/net without CAP_SYS_ADMIN, interface addresses from fib_trie and if_inet6).",
             ),
             spool_pending: Family::gauge(
                 "portolan_agent_spool_pending_changes",

@@ -21,6 +21,7 @@
 mod host;
 mod netns;
 mod pods;
+mod proc_interfaces;
 mod procfs;
 mod protocols;
 mod sock_diag;

@@ -8,6 +8,7 @@
 //! collector stores is exactly the chain of inventories the agent saw, with their scan
 //! times, even across an outage or an agent restart.
 
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -193,19 +194,20 @@ async fn scan_loop(
     reports: watch::Sender<Option<ScanReport>>,
 ) {
     let mut guard = Guard::new(config.footprint.clone());
-    let mut scanner = Some(scanner);
+    // The scanner, and the warnings of its last scan (each is logged when it appears).
+    let mut scanner = Some((scanner, BTreeSet::new()));
     let mut last_observed = Instant::now();
     let mut attribute = config.attribute_processes;
     let mut next_scan = tokio::time::Instant::now();
     loop {
         tokio::time::sleep_until(next_scan).await;
-        let Some(mut taken) = scanner.take() else {
+        let Some((mut taken, mut warned)) = scanner.take() else {
             return;
         };
         let spool_for_scan = spool.clone();
         let joined = tokio::task::spawn_blocking(move || {
-            let result = scan_into_spool(&mut taken, &spool_for_scan, attribute);
-            (taken, result)
+            let result = scan_into_spool(&mut taken, &mut warned, &spool_for_scan, attribute);
+            ((taken, warned), result)
         })
         .await;
         let (returned, result) = match joined {
@@ -264,6 +266,7 @@ async fn scan_loop(
 /// One scan, recorded in the spool.
 fn scan_into_spool(
     scanner: &mut Scanner,
+    warned: &mut BTreeSet<String>,
     spool: &Mutex<Spool>,
     attribute: bool,
 ) -> Result<ScanReport, StreamError> {
@@ -281,6 +284,7 @@ fn scan_into_spool(
         .scan()
         .map_err(|e| StreamError::Scan(e.to_string()))?;
     metrics::global().record_scan(&scan);
+    log_new_warnings(&scan.warnings, warned);
     span.record("sockets", scan.stats.sockets);
     span.record("listeners", scan.stats.listeners);
     span.record("connections", scan.stats.connections);
@@ -313,6 +317,17 @@ fn scan_into_spool(
         stats,
         changed: recorded != Recorded::Unchanged,
     })
+}
+
+/// Logs each warning of a scan that the scan before did not have (what the agent cannot
+/// see, and why), so that a lasting condition is logged once, not every interval.
+fn log_new_warnings(warnings: &[String], warned: &mut BTreeSet<String>) {
+    for warning in warnings {
+        if !warned.contains(warning) {
+            warn!(warning = %warning, "scan incomplete");
+        }
+    }
+    *warned = warnings.iter().cloned().collect();
 }
 
 fn record_spool_metrics(spool: &Spool) {

@@ -6,8 +6,10 @@
 //! CAP_SYS_ADMIN a short-lived thread enters each namespace in turn (`setns`) and opens its
 //! sock_diag and rtnetlink sockets there, so the namespace gets the same complete dump as
 //! the agent's own. Without it, the namespace's `/proc/<pid>/net/{tcp,tcp6,udp,udp6}` is
-//! read instead (readable without extra capabilities when the PID namespace is shared);
-//! its interface addresses are then unknown, so wildcard binds there count as public.
+//! read instead (readable without extra capabilities when the PID namespace is shared),
+//! and its interface addresses come from `/proc/<pid>/net/{fib_trie,if_inet6}`
+//! ([`proc_interfaces`]), so wildcard binds there are scoped by the namespace's own
+//! addresses either way.
 //! Socket inodes are global, so the one `/proc/*/fd` walk attributes sockets of every
 //! namespace.
 
@@ -21,6 +23,7 @@ use std::path::Path;
 use portolan_core::{InterfaceAddress, Protocol, SocketState};
 
 use super::host;
+use super::proc_interfaces;
 use super::procfs::parse_u32;
 use super::protocols::{self, UnixSource};
 use super::sock_diag::{Dumper, RawSocket};
@@ -39,7 +42,7 @@ pub(crate) struct Namespace {
 pub(crate) enum Source {
     /// Entered with `setns`: sock_diag and interface addresses.
     Entered,
-    /// `/proc/<pid>/net/*`: sockets only.
+    /// `/proc/<pid>/net/*`: sockets and interface addresses (IPv4 without names).
     Procfs,
 }
 
@@ -126,8 +129,8 @@ pub(crate) fn read_all(
                     may_enter = false;
                     others.warnings.push(format!(
                         "cannot enter network namespaces ({e}): reading them from `/proc/<pid>/net` \
-                         instead, without their interface addresses (wildcard listeners there are \
-                         reported as public; give the agent CAP_SYS_ADMIN to scope them)"
+                         instead: every socket and interface address, but Unix sockets without their \
+                         owners' uids (CAP_SYS_ADMIN lets the agent enter them)"
                     ));
                     Source::Procfs
                 }
@@ -190,6 +193,17 @@ pub(crate) fn read_all(
                         &mut others.sockets,
                         &mut others.warnings,
                     );
+                    match proc_interfaces::read(proc_root, ns.pid, ns.inode) {
+                        Ok(list) => others.interfaces.extend(list),
+                        Err(e) => push_once(
+                            &mut others.warnings,
+                            format!(
+                                "cannot read the interface addresses of network namespace {}: {e} \
+                                 (wildcard listeners there are reported as public)",
+                                ns.inode
+                            ),
+                        ),
+                    }
                     others.from_procfs += 1;
                     true
                 }
