@@ -267,12 +267,18 @@ async fn main() -> Result<()> {
             problems,
         };
         println!(
-            "{n:>6} agents: connected in {connect_s:.0} s; ack p50 {p50_ms:.0} ms p99 {p99_ms:.0} ms ({acks} acks); backlog {backlog_start} → {backlog_end}; collector {:.1} MiB, {:.1} KiB/agent; CPU collector {:.0}% clickhouse {:.0}% fleet {:.0}%; {}",
+            "{n:>6} agents: connected in {connect_s:.0} s; ack p50 {p50_ms:.0} ms p99 {p99_ms:.0} ms ({acks} acks); backlog {backlog_start} → {backlog_end}; collector {:.1} MiB, {:.1} KiB/agent; CPU collector {:.0}% clickhouse {:.0}% fleet {:.0}%; {} stream errors{}; {}",
             step.collector_rss_kib as f64 / 1024.0,
             step.kib_per_agent,
             step.cpu.0,
             step.cpu.1,
             step.cpu.2,
+            step.errors,
+            fleet
+                .stats
+                .last_error()
+                .map(|e| format!(" (last: {e})"))
+                .unwrap_or_default(),
             if step.sustained() {
                 "sustained".to_string()
             } else {

@@ -185,10 +185,11 @@ pub struct ClickHouseSection {
     pub password: String,
     /// Path of the `clickhouse-server` binary for the managed server; empty: search PATH.
     pub binary: String,
-    /// Group commit: the changes and heartbeats of all agents arriving within this window
-    /// are written together, one INSERT per table, before any of them is acknowledged.
-    /// Longer: fewer, larger INSERTs and later acknowledgements. `"0s"`: every change is
-    /// written on its own.
+    /// Group commit: batches of the changes and heartbeats of all agents are written one
+    /// at a time, one INSERT per table, and start at least this long apart. At rest a
+    /// change is written at once; under load, what arrives meanwhile joins the next
+    /// batch. Longer: fewer, larger INSERTs (less merging for ClickHouse) and later
+    /// acknowledgements under load. `"0s"`: every change is written on its own.
     #[serde(with = "portolan_config::duration")]
     pub batch_window: Duration,
     /// A batch holding this many rows is written without waiting for the window to close.
@@ -322,7 +323,7 @@ impl CollectorConfig {
         }
         if self.clickhouse.batch_window > Duration::from_secs(5) {
             problems.push(
-                "`clickhouse.batch_window` is over 5s; agents would wait that long for each acknowledgement (100ms is plenty)"
+                "`clickhouse.batch_window` is over 5s; agents would wait that long for each acknowledgement (250ms is plenty)"
                     .into(),
             );
         }

@@ -14,6 +14,13 @@ use portolan_collector::notify::Notifier;
 use portolan_collector::store::{ClickHouseConfig, Store};
 use tracing::info;
 
+/// Thousands of streams building rows on two runtime threads and freeing them on the
+/// batch task spent a third of the collector's ingest CPU in glibc's malloc
+/// (`malloc_consolidate`, arena locks) and fragmented its arenas; with mimalloc, memory
+/// per connected agent went from 306 KiB to 210 KiB in the fan-in benchmark.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Receives socket inventories from Portolan agents over mutual TLS and stores them in
 /// ClickHouse.
 #[derive(Debug, Parser)]

@@ -182,6 +182,15 @@ pub enum StoreError {
         /// What failed.
         error: Arc<StoreError>,
     },
+    /// A write queued behind an earlier write of the same host that failed: refused, so
+    /// that the host's stored changes never skip one.
+    #[error(
+        "an earlier write of host `{host_id}` failed; its later changes wait until it is rolled back (the agent reconnects and resends them)"
+    )]
+    EarlierWriteFailed {
+        /// The host.
+        host_id: String,
+    },
     /// The batch task ended before the write was stored (its runtime shut down).
     #[error(
         "the batched writer stopped before this change was stored (is the collector shutting down?)"
@@ -794,6 +803,7 @@ impl Store {
     /// The highest committed seq of a host (its latest stored snapshot or delta); 0 when
     /// none.
     pub async fn last_seq(&self, host_id: &str) -> Result<u64, StoreError> {
+        let _turn = self.turn().await;
         self.client
             .query(queries::LAST_SEQ)
             .bind(host_id)
@@ -855,6 +865,7 @@ impl Store {
             .await?
             > 0;
         for t in queries::SEQ_TABLES {
+            let _turn = self.turn().await;
             self.client
                 .query(queries::ROLLBACK)
                 .bind(Identifier(t))
@@ -901,6 +912,7 @@ impl Store {
         host_id: &str,
         last_seq: u64,
     ) -> Result<u64, StoreError> {
+        let _turn = self.turn().await;
         self.client
             .query(queries::COUNT_UNCOMMITTED)
             .bind(Identifier(table))

@@ -3,17 +3,22 @@
 //!
 //! A collector serving thousands of agents would otherwise send ClickHouse several tiny
 //! INSERTs per change, and ClickHouse (parts, merges, concurrent queries) gives out long
-//! before the collector's CPU does. Here the first write of a batch opens a window of
-//! [`BatchConfig::window`]; every write arriving until it closes (or until the batch holds
-//! [`BatchConfig::max_rows`]) joins the batch. A batch is written data tables first
-//! (concurrently, one INSERT each), then `host_reports`, whose rows are the commit markers
-//! of the batch's changes. Each writer's future completes only after that last INSERT
-//! returned: an agent is acknowledged only once its change is durable.
+//! before the collector's CPU does. Here one batch is written at a time, and batches
+//! start at least [`BatchConfig::window`] apart: at rest a change is written as soon as
+//! it arrives, and under load every write arriving while a batch is written or while
+//! the window since the last batch's start is open joins the next batch (up to
+//! [`BatchConfig::max_rows`]). The INSERTs per table per second are at most one per
+//! window however many agents write, and the batches grow with the load instead. A
+//! batch is written data tables first (concurrently, one INSERT each), then
+//! `host_reports`, whose rows are the commit markers of the batch's changes. Each
+//! writer's future completes only after that last INSERT returned: an agent is
+//! acknowledged only once its change is durable.
 //!
 //! When any INSERT of a batch fails, every host in the batch is marked dirty (the store
 //! rolls back its uncommitted rows with [`super::Store::recover`] before its next read or
-//! write) and every writer of the batch gets the error. A host has at most one write in
-//! flight (its stream awaits each one), so a batch never holds two changes of one host.
+//! write) and every writer of the batch gets the error; so does every later write of a
+//! dirty host already queued, which is refused without being written: a host's changes
+//! are stored in order, or not at all past the first that failed.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,11 +34,6 @@ use super::rows::{
 };
 use super::schema::table;
 
-/// Batches one collector writes at the same time. Each takes up to five of the
-/// [`super::MAX_CONCURRENT_REQUESTS`] request slots while its data tables are written, so
-/// that reads (streams starting, queries, rules) keep slots of their own.
-pub const MAX_BATCHES_IN_FLIGHT: usize = 4;
-
 /// Writes waiting for a batch; past this, writers wait for room (their streams stop
 /// reading from their agents, which wait for their acknowledgements).
 const QUEUE: usize = 16_384;
@@ -41,8 +41,9 @@ const QUEUE: usize = 16_384;
 /// How writes are grouped into batches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchConfig {
-    /// How long the first write of a batch waits for others to join it. Zero: no
-    /// batching, every write is its own INSERTs, issued one after another.
+    /// The least time between the starts of two batches: the longest a write waits for
+    /// others to join it. Zero: no batching, every write is its own INSERTs, issued one
+    /// after another.
     pub window: Duration,
     /// Rows past which a batch is written without waiting for its window to close. A
     /// single write larger than this is a batch of its own.
@@ -52,7 +53,7 @@ pub struct BatchConfig {
 impl Default for BatchConfig {
     fn default() -> Self {
         BatchConfig {
-            window: Duration::from_millis(100),
+            window: Duration::from_millis(250),
             max_rows: 100_000,
         }
     }
@@ -239,11 +240,29 @@ impl Writer {
         Ok(())
     }
 
+    fn is_dirty(&self, host_id: &str) -> bool {
+        self.dirty
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(host_id)
+    }
+
     async fn write_batch(&self, jobs: Vec<Job>) {
         let mut rows = Rows::default();
         let mut hosts = Vec::with_capacity(jobs.len());
         let mut done = Vec::with_capacity(jobs.len());
         for job in jobs {
+            // A host whose earlier write failed is rolled back before it writes again:
+            // its later changes are not written past the gap.
+            if self.is_dirty(&job.host_id) {
+                let _ = job.done.send(Err(BatchFailure {
+                    writes: 1,
+                    error: Arc::new(StoreError::EarlierWriteFailed {
+                        host_id: job.host_id,
+                    }),
+                }));
+                continue;
+            }
             rows.append(job.rows);
             hosts.push(job.host_id);
             done.push(job.done);
@@ -375,22 +394,21 @@ impl Batcher {
     }
 }
 
-/// The batch task: gathers writes for a window (or up to the row bound) and hands each
-/// batch to a task of its own, at most [`MAX_BATCHES_IN_FLIGHT`] at a time. Ends when the
-/// store is dropped.
+/// The batch task (see the module documentation): writes one batch at a time, each
+/// started at least `config.window` after the one before. Ends when the store is dropped.
 async fn gather(mut queue: mpsc::Receiver<Job>, config: BatchConfig, writer: Arc<Writer>) {
-    let in_flight = Arc::new(Semaphore::new(MAX_BATCHES_IN_FLIGHT));
+    let mut last_start: Option<tokio::time::Instant> = None;
     loop {
-        // Never closed; `Err` would only mean no bound.
-        let permit = in_flight.clone().acquire_owned().await.ok();
         let Some(first) = queue.recv().await else {
             return;
         };
+        let now = tokio::time::Instant::now();
+        let not_before = last_start.map_or(now, |t| (t + config.window).max(now));
         let mut rows = first.rows.len();
         let mut jobs = vec![first];
-        let deadline = tokio::time::Instant::now() + config.window;
+        // Everything already queued joins at once; then what arrives until `not_before`.
         while rows < config.max_rows {
-            match tokio::time::timeout_at(deadline, queue.recv()).await {
+            match tokio::time::timeout_at(not_before, queue.recv()).await {
                 Ok(Some(job)) => {
                     rows += job.rows.len();
                     jobs.push(job);
@@ -398,11 +416,8 @@ async fn gather(mut queue: mpsc::Receiver<Job>, config: BatchConfig, writer: Arc
                 Ok(None) | Err(_) => break,
             }
         }
-        let writer = writer.clone();
-        tokio::spawn(async move {
-            writer.write_batch(jobs).await;
-            drop(permit);
-        });
+        last_start = Some(tokio::time::Instant::now());
+        writer.write_batch(jobs).await;
     }
 }
 
