@@ -580,8 +580,13 @@ impl SimAgent {
                 .fetch_add(self.inventory.sockets.len() as u64, Ordering::Relaxed);
         }
 
+        // As the agent does: up to the collector's window sent ahead of the acks.
+        let window = usize::try_from(welcome.max_in_flight)
+            .unwrap_or(1)
+            .clamp(1, 64);
         let mut pending: VecDeque<Change> = VecDeque::new();
-        let mut in_flight: Option<Instant> = None;
+        // When each of the first `sent_at.len()` changes of `pending` was sent.
+        let mut sent_at: VecDeque<Instant> = VecDeque::new();
         let mut ticker = match self.shape.pace {
             Pace::Interval(interval) => {
                 let offset =
@@ -599,9 +604,9 @@ impl SimAgent {
         };
         let result: Result<()> = async {
             loop {
-                if ticker.is_none()
+                while ticker.is_none()
                     && saturate_left > 0
-                    && pending.is_empty()
+                    && pending.len() < window
                     && let Some(change) = self.scan()
                 {
                     saturate_left -= 1;
@@ -609,11 +614,10 @@ impl SimAgent {
                     run.stats.backlog.fetch_add(1, Ordering::Relaxed);
                     pending.push_back(change);
                 }
-                if in_flight.is_none()
-                    && let Some(front) = pending.front()
-                {
-                    send(AgentMessage::Delta(front.delta.clone())).await?;
-                    in_flight = Some(Instant::now());
+                while sent_at.len() < pending.len().min(window) {
+                    let next = &pending[sent_at.len()];
+                    send(AgentMessage::Delta(next.delta.clone())).await?;
+                    sent_at.push_back(Instant::now());
                 }
                 tokio::select! {
                     _ = async {
@@ -648,16 +652,19 @@ impl SimAgent {
                             Some(pb::StreamInventoryResponse { message: Some(CollectorMessage::Ack(ack)) }) => {
                                 let Some(front) = pending.front() else { continue };
                                 if ack.seq < front.seq { continue; }
-                                if ack.seq > front.seq {
-                                    bail!("collector acknowledged seq {} but {} was sent", ack.seq, front.seq);
+                                let newest = pending.get(sent_at.len().saturating_sub(1)).map_or(0, |c| c.seq);
+                                if ack.seq > newest {
+                                    bail!("collector acknowledged seq {} but {newest} is the last sent", ack.seq);
                                 }
-                                if let Some(sent) = in_flight.take() {
-                                    run.stats.record_latency(sent.elapsed());
+                                while let Some(front) = pending.front().filter(|c| c.seq <= ack.seq) {
+                                    if let Some(sent) = sent_at.pop_front() {
+                                        run.stats.record_latency(sent.elapsed());
+                                    }
+                                    run.stats.deltas_acked.fetch_add(1, Ordering::Relaxed);
+                                    run.stats.backlog.fetch_sub(1, Ordering::Relaxed);
+                                    run.stats.socket_events.fetch_add(front.events, Ordering::Relaxed);
+                                    pending.pop_front();
                                 }
-                                run.stats.deltas_acked.fetch_add(1, Ordering::Relaxed);
-                                run.stats.backlog.fetch_sub(1, Ordering::Relaxed);
-                                run.stats.socket_events.fetch_add(front.events, Ordering::Relaxed);
-                                pending.pop_front();
                             }
                             Some(pb::StreamInventoryResponse { message: Some(CollectorMessage::Resync(r)) }) => {
                                 run.stats.resyncs.fetch_add(1, Ordering::Relaxed);

@@ -279,10 +279,18 @@ impl Spool {
 
     /// The first record the collector does not hold, once connected.
     pub fn next_to_send(&self) -> Result<Option<Outgoing>, SpoolError> {
+        self.next_after(0)
+    }
+
+    /// The first record after `seq` that the collector does not hold, once connected:
+    /// with `seq` the last record sent, the next one to send while earlier ones are not
+    /// acknowledged yet.
+    pub fn next_after(&self, seq: u64) -> Result<Option<Outgoing>, SpoolError> {
         let Some(acked) = self.acked else {
             return Ok(None);
         };
-        let Some(entry) = self.entries.iter().find(|e| e.seq > acked).copied() else {
+        let after = seq.max(acked);
+        let Some(entry) = self.entries.iter().find(|e| e.seq > after).copied() else {
             return Ok(None);
         };
         let payload = self.read_payload(&entry)?;

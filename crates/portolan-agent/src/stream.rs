@@ -1,5 +1,6 @@
-//! The agent's stream to the collector: Hello → Snapshot → Deltas/Heartbeats, one message
-//! in flight at a time, acknowledged before the next; reconnection with exponential
+//! The agent's stream to the collector: Hello → Snapshot → Deltas/Heartbeats, up to the
+//! collector's `max_in_flight` messages sent ahead of their acknowledgements (one for a
+//! collector that does not say) and paced under its rate; reconnection with exponential
 //! backoff and full jitter.
 //!
 //! Scanning does not wait for the collector: a scan loop records every change in the
@@ -8,7 +9,7 @@
 //! collector stores is exactly the chain of inventories the agent saw, with their scan
 //! times, even across an outage or an agent restart.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -355,7 +356,8 @@ async fn with_spool<T: Send + 'static>(
 }
 
 /// One connection: Hello, Welcome, then everything the spool holds after the collector's
-/// seq, one message in flight at a time; heartbeats when a scan found nothing new.
+/// seq, up to `max_in_flight` messages ahead of the acknowledgements; heartbeats when a
+/// scan found nothing new and nothing waits.
 async fn session(
     config: &AgentConfig,
     facts: &HostFacts,
@@ -411,101 +413,229 @@ async fn session(
     with_spool(spool, move |s| s.connected(last_seq)).await?;
     // Reports from before this connection are old news: the spool holds their changes.
     reports.borrow_and_update();
+    let window = usize::try_from(welcome.max_in_flight)
+        .unwrap_or(MAX_IN_FLIGHT)
+        .clamp(1, MAX_IN_FLIGHT);
+    let mut pace = Pace::new(welcome.max_messages_per_second, welcome.max_message_burst);
+    // Sent and not acknowledged yet, oldest first.
+    let mut in_flight: VecDeque<InFlight> = VecDeque::new();
+    // The seq of the last message sent (or known to the collector).
+    let mut sent_up_to = last_seq;
     loop {
-        // Everything the collector does not hold yet, oldest first.
-        while let Some(out) = with_spool(spool, |s| s.next_to_send()).await? {
-            let seq = out.seq();
-            // Lives until the acknowledgement; its context travels in the message.
-            let send_span = tracing::info_span!("send", kind = tracing::field::Empty, seq);
-            let traceparent = portolan_telemetry::traceparent(&send_span);
-            let kind = match out {
-                Outgoing::Snapshot {
-                    seq,
-                    inventory,
-                    at,
-                    stats,
-                    gap,
-                } => {
-                    let mut parts = snapshot_parts(&inventory, seq, at, &stats, max_items);
-                    if let Some(first) = parts.first_mut() {
-                        first.gap = gap;
-                    }
-                    let n = parts.len();
-                    for mut part in parts {
-                        part.traceparent.clone_from(&traceparent);
-                        send(&tx, AgentMessage::Snapshot(part)).await?;
-                    }
-                    debug!(
-                        seq,
-                        parts = n,
-                        sockets = inventory.sockets.len(),
-                        flows = inventory.flows.len(),
-                        gap = gap.is_some(),
-                        "snapshot sent"
-                    );
-                    "snapshot"
-                }
-                Outgoing::Delta(mut delta) => {
-                    delta.traceparent = traceparent;
-                    debug!(
-                        seq,
-                        added = delta.added.len(),
-                        removed = delta.removed.len(),
-                        changed = delta.changed.len(),
-                        flows = delta.flows_upserted.len() + delta.flows_removed.len(),
-                        "delta sent"
-                    );
-                    send(&tx, AgentMessage::Delta(delta)).await?;
-                    "delta"
-                }
+        // Everything the collector does not hold yet, oldest first, up to the window. A
+        // snapshot goes alone: what follows it applies to it.
+        while in_flight.len() < window && in_flight.back().is_none_or(|f| f.kind != "snapshot") {
+            let after = sent_up_to;
+            let Some(out) = with_spool(spool, move |s| s.next_after(after)).await? else {
+                break;
             };
-            send_span.record("kind", kind);
-            metrics::global().sent.inc(&[("kind", kind)]);
-            match timed_ack(&mut inbound, seq, config.collector.ack_timeout, kind).await? {
-                Outcome::Acked(s) => with_spool(spool, move |sp| sp.acknowledged(s)).await?,
-                Outcome::Resync(r) => {
-                    info!(reason = %r.reason, last_seq = r.last_seq, "collector asked for a full snapshot");
-                    let last = r.last_seq;
-                    with_spool(spool, move |sp| sp.resync(last)).await?;
+            if out.seq() == sent_up_to + 1
+                && !in_flight.is_empty()
+                && matches!(out, Outgoing::Snapshot { .. })
+            {
+                // Wait for the deltas before it to be acknowledged first.
+                break;
+            }
+            pace.wait().await;
+            sent_up_to = out.seq();
+            in_flight.push_back(send_outgoing(&tx, out, max_items).await?);
+        }
+        let Some(oldest) = in_flight.front() else {
+            // Idle until the next scan.
+            tokio::select! {
+                changed = reports.changed() => {
+                    if changed.is_err() {
+                        return Err(StreamError::Scan("the scan loop stopped".into()));
+                    }
+                }
+                message = inbound.message() => {
+                    return match message? {
+                        None => Err(StreamError::Protocol("collector closed the stream".into())),
+                        Some(m) => Err(StreamError::Protocol(format!("unexpected message while idle: {:?}", m.message))),
+                    };
                 }
             }
-        }
-        // Idle until the next scan.
-        tokio::select! {
+            let report = reports.borrow_and_update().clone();
+            if let Some(report) = report
+                && !report.changed
+            {
+                // Two counters, no disk: read under the lock, not on a blocking thread.
+                let (pending, acked) = {
+                    let s = spool.lock().map_err(|_| {
+                        StreamError::Spool("the spool lock was poisoned by a panic".into())
+                    })?;
+                    (s.pending(), s.acked_seq().unwrap_or(0))
+                };
+                if pending == 0 {
+                    pace.wait().await;
+                    heartbeat(&tx, acked, report.at, &report.stats).await?;
+                    metrics::global().sent.inc(&[("kind", "heartbeat")]);
+                }
+            }
+            continue;
+        };
+        // Waiting for the oldest message's answer; a new scan may fill the window meanwhile.
+        let left =
+            (oldest.sent + config.collector.ack_timeout).saturating_duration_since(Instant::now());
+        let wanted = oldest.seq;
+        let newest = in_flight.back().map_or(wanted, |f| f.seq);
+        let answer = tokio::select! {
+            answer = receive(&mut inbound, left) => answer?,
             changed = reports.changed() => {
                 if changed.is_err() {
                     return Err(StreamError::Scan("the scan loop stopped".into()));
                 }
+                reports.borrow_and_update();
+                continue;
             }
-            message = inbound.message() => {
-                return match message? {
-                    None => Err(StreamError::Protocol("collector closed the stream".into())),
-                    Some(m) => Err(StreamError::Protocol(format!("unexpected message while idle: {:?}", m.message))),
-                };
+        };
+        match answer {
+            CollectorMessage::Ack(ack) if ack.seq < wanted => {}
+            CollectorMessage::Ack(ack) if ack.seq <= newest => {
+                while in_flight.front().is_some_and(|f| f.seq <= ack.seq) {
+                    if let Some(done) = in_flight.pop_front() {
+                        let m = metrics::global();
+                        m.acked.inc(&[("kind", done.kind)]);
+                        m.ack_latency
+                            .observe(&[], done.sent.elapsed().as_secs_f64());
+                    }
+                }
+                let acked = ack.seq;
+                with_spool(spool, move |sp| sp.acknowledged(acked)).await?;
             }
-        }
-        let report = reports.borrow_and_update().clone();
-        if let Some(report) = report
-            && !report.changed
-        {
-            // Two counters, no disk: read under the lock, not on a blocking thread.
-            let (pending, acked) = {
-                let s = spool.lock().map_err(|_| {
-                    StreamError::Spool("the spool lock was poisoned by a panic".into())
-                })?;
-                (s.pending(), s.acked_seq().unwrap_or(0))
-            };
-            if pending == 0 {
-                heartbeat(&tx, acked, report.at, &report.stats).await?;
-                metrics::global().sent.inc(&[("kind", "heartbeat")]);
+            CollectorMessage::Ack(ack) => {
+                return Err(StreamError::Protocol(format!(
+                    "collector acknowledged seq {} but {newest} is the last sent",
+                    ack.seq
+                )));
+            }
+            CollectorMessage::Resync(r) => {
+                info!(reason = %r.reason, last_seq = r.last_seq, "collector asked for a full snapshot");
+                // What was sent after is dropped by the collector until the snapshot.
+                in_flight.clear();
+                let last = r.last_seq;
+                sent_up_to = last;
+                with_spool(spool, move |sp| sp.resync(last)).await?;
+            }
+            CollectorMessage::Welcome(_) => {
+                return Err(StreamError::Protocol(
+                    "second Welcome from the collector".into(),
+                ));
             }
         }
     }
 }
 
-enum Outcome {
-    Acked(u64),
-    Resync(pb::Resync),
+/// Most messages an agent keeps unacknowledged, whatever its collector allows.
+const MAX_IN_FLIGHT: usize = 64;
+
+/// A message sent and not acknowledged yet.
+struct InFlight {
+    seq: u64,
+    kind: &'static str,
+    sent: Instant,
+    /// Lives until the acknowledgement; its context travels in the message.
+    _span: tracing::Span,
+}
+
+/// Sends one record of the spool: a snapshot (in parts) or a delta.
+async fn send_outgoing(
+    tx: &mpsc::Sender<pb::StreamInventoryRequest>,
+    out: Outgoing,
+    max_items: usize,
+) -> Result<InFlight, StreamError> {
+    let seq = out.seq();
+    let send_span = tracing::info_span!("send", kind = tracing::field::Empty, seq);
+    let traceparent = portolan_telemetry::traceparent(&send_span);
+    let kind = match out {
+        Outgoing::Snapshot {
+            seq,
+            inventory,
+            at,
+            stats,
+            gap,
+        } => {
+            let mut parts = snapshot_parts(&inventory, seq, at, &stats, max_items);
+            if let Some(first) = parts.first_mut() {
+                first.gap = gap;
+            }
+            let n = parts.len();
+            for mut part in parts {
+                part.traceparent.clone_from(&traceparent);
+                send(tx, AgentMessage::Snapshot(part)).await?;
+            }
+            debug!(
+                seq,
+                parts = n,
+                sockets = inventory.sockets.len(),
+                flows = inventory.flows.len(),
+                gap = gap.is_some(),
+                "snapshot sent"
+            );
+            "snapshot"
+        }
+        Outgoing::Delta(mut delta) => {
+            delta.traceparent = traceparent;
+            debug!(
+                seq,
+                added = delta.added.len(),
+                removed = delta.removed.len(),
+                changed = delta.changed.len(),
+                flows = delta.flows_upserted.len() + delta.flows_removed.len(),
+                "delta sent"
+            );
+            send(tx, AgentMessage::Delta(delta)).await?;
+            "delta"
+        }
+    };
+    send_span.record("kind", kind);
+    metrics::global().sent.inc(&[("kind", kind)]);
+    Ok(InFlight {
+        seq,
+        kind,
+        sent: Instant::now(),
+        _span: send_span,
+    })
+}
+
+/// Keeps an agent under the rate its collector holds it to (`Welcome`): a token bucket
+/// at nine tenths of the rate, so that clock differences never tip it over.
+struct Pace {
+    /// Messages per second; 0: no limit said.
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl Pace {
+    fn new(rate: u32, burst: u32) -> Pace {
+        let burst = f64::from(burst.max(1)) * 0.9;
+        Pace {
+            rate: f64::from(rate) * 0.9,
+            burst,
+            tokens: burst,
+            at: Instant::now(),
+        }
+    }
+
+    /// Waits until one more message keeps under the rate, and counts it.
+    async fn wait(&mut self) {
+        if self.rate <= 0.0 {
+            return;
+        }
+        let now = Instant::now();
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        self.at = now;
+        if self.tokens < 1.0 {
+            let wait = Duration::from_secs_f64((1.0 - self.tokens) / self.rate);
+            tokio::time::sleep(wait).await;
+            self.tokens = 1.0;
+            self.at = Instant::now();
+        }
+        self.tokens -= 1.0;
+    }
 }
 
 async fn send(
@@ -537,23 +667,6 @@ impl Drop for ConnectedGauge {
     fn drop(&mut self) {
         metrics::global().connected.set(&[], 0.0);
     }
-}
-
-/// [`await_ack`], counting the acknowledgement of a `kind` message and its latency.
-async fn timed_ack(
-    inbound: &mut Streaming<pb::StreamInventoryResponse>,
-    seq: u64,
-    timeout: Duration,
-    kind: &'static str,
-) -> Result<Outcome, StreamError> {
-    let sent = Instant::now();
-    let outcome = await_ack(inbound, seq, timeout).await?;
-    if let Outcome::Acked(_) = outcome {
-        let m = metrics::global();
-        m.acked.inc(&[("kind", kind)]);
-        m.ack_latency.observe(&[], sent.elapsed().as_secs_f64());
-    }
-    Ok(outcome)
 }
 
 async fn heartbeat(
@@ -590,33 +703,6 @@ async fn receive(
             "empty message from the collector".into(),
         )),
         Ok(Ok(Some(pb::StreamInventoryResponse { message: Some(m) }))) => Ok(m),
-    }
-}
-
-async fn await_ack(
-    inbound: &mut Streaming<pb::StreamInventoryResponse>,
-    seq: u64,
-    timeout: Duration,
-) -> Result<Outcome, StreamError> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match receive(inbound, left).await? {
-            CollectorMessage::Ack(ack) if ack.seq == seq => return Ok(Outcome::Acked(seq)),
-            CollectorMessage::Ack(ack) if ack.seq < seq => continue,
-            CollectorMessage::Ack(ack) => {
-                return Err(StreamError::Protocol(format!(
-                    "collector acknowledged seq {} but {seq} was sent",
-                    ack.seq
-                )));
-            }
-            CollectorMessage::Resync(r) => return Ok(Outcome::Resync(r)),
-            CollectorMessage::Welcome(_) => {
-                return Err(StreamError::Protocol(
-                    "second Welcome from the collector".into(),
-                ));
-            }
-        }
     }
 }
 

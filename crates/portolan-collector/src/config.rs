@@ -254,6 +254,9 @@ pub struct LimitsSection {
     pub max_messages_per_second: u32,
     /// Messages an agent may send at once above the rate (a snapshot in many parts).
     pub max_message_burst: u32,
+    /// Snapshots and deltas an agent may send before the first is acknowledged: how far
+    /// an agent catching up on its spool runs ahead of ClickHouse.
+    pub max_in_flight: u32,
 }
 
 impl Default for CollectorConfig {
@@ -295,6 +298,7 @@ impl Default for LimitsSection {
             max_snapshot_items: 1_000_000,
             max_messages_per_second: 20,
             max_message_burst: 200,
+            max_in_flight: 16,
         }
     }
 }
@@ -342,6 +346,12 @@ impl CollectorConfig {
         if self.limits.max_sockets_per_message == 0 || self.limits.max_snapshot_items == 0 {
             problems.push(
                 "`limits.max_sockets_per_message` and `limits.max_snapshot_items` must be positive"
+                    .into(),
+            );
+        }
+        if self.limits.max_in_flight == 0 || self.limits.max_in_flight > 1024 {
+            problems.push(
+                "`limits.max_in_flight` must be 1 to 1024 (16 lets an agent catch up on its spool without waiting for each acknowledgement)"
                     .into(),
             );
         }

@@ -5,12 +5,18 @@
 //! stream it keeps the host's current inventory (and its latest `hosts` row) to validate
 //! deltas strictly and to write them without reading ClickHouse; any replica can take
 //! over a host at its next connection.
+//!
+//! Deltas are pipelined: an agent may send up to `limits.max_in_flight` of them before
+//! the first is acknowledged (an agent catching up on its spool). The stream applies and
+//! queues each for its batch as it arrives; a task of the stream waits for each write in
+//! order and acknowledges it once it is durable. A failed write ends the stream, and no
+//! later change of the host is stored (see [`crate::store::batch`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use portolan_core::wire::{SnapshotAssembly, delta_from_wire};
+use portolan_core::wire::{EncodedInventory, SnapshotAssembly, delta_from_wire};
 use portolan_core::{Inventory, ScanStats, apply, diff};
 use portolan_proto::v1 as pb;
 use portolan_proto::v1::ingest_service_server::IngestService;
@@ -29,7 +35,7 @@ use crate::metrics;
 use crate::rate::RateLimiter;
 use crate::revocation::{LiveSession, Revocations};
 use crate::store::gaps::SpoolGap;
-use crate::store::{ChangeKind, HostRecord, KnownHost, Store};
+use crate::store::{ChangeKind, HostRecord, KnownHost, PendingWrite, Store, WriteReceipt};
 
 /// Longest host_id, hostname, label key or value, version or OS string in a Hello.
 const MAX_HELLO_STRING: usize = 256;
@@ -106,6 +112,9 @@ impl IngestService for Ingest {
             metrics::global().record_refusal(&IngestError::Revoked(String::new()));
         })?;
         let (tx, rx) = mpsc::channel(8);
+        let in_flight = self.limits.max_in_flight.max(1) as usize;
+        let (queue, queued) = mpsc::channel(in_flight);
+        let (failed_tx, failed) = mpsc::channel(1);
         let session = Session {
             streams: self.streams.clone(),
             live,
@@ -123,10 +132,22 @@ impl IngestService for Ingest {
             assembly_stats: None,
             assembly_gap: None,
             connected: None,
+            awaiting_snapshot: false,
+            queue,
+            failed,
         };
+        let acker = tokio::spawn(acknowledge_in_order(queued, tx.clone(), failed_tx));
         tokio::spawn(async move {
             let host = session.host_id.clone();
-            match session.run(request.into_inner()).await {
+            // Before anything is read from the store: an older stream of this host
+            // finishes its writes and ends first.
+            let mut claim = session.streams.claim(&host).await;
+            let result = session.run(request.into_inner(), &mut claim).await;
+            // The writes this stream queued finish (durable or failed) before a newer
+            // stream of the host may start.
+            let _ = acker.await;
+            drop(claim);
+            match result {
                 Ok(()) => info!(host = %host, %remote, "agent stream closed"),
                 Err(e) => {
                     metrics::global().record_refusal(&e);
@@ -153,8 +174,9 @@ struct Session {
     tx: mpsc::Sender<Result<pb::StreamInventoryResponse, Status>>,
     hello: Option<pb::Hello>,
     last_seq: u64,
-    /// The host's inventory at `last_seq`, once known in this stream.
-    current: Option<Inventory>,
+    /// The host's inventory at `last_seq`, once known in this stream; kept encoded
+    /// between messages (a tenth of the memory, for every connected agent).
+    current: Option<EncodedInventory>,
     /// The host's latest `hosts` row, as read or written with `current`.
     known_host: KnownHost,
     assembly: SnapshotAssembly,
@@ -164,6 +186,99 @@ struct Session {
     assembly_gap: Option<pb::SpoolGap>,
     /// Counts this stream in `portolan_collector_agents_connected` once past Hello.
     connected: Option<ConnectedAgent>,
+    /// A Resync was sent: deltas are dropped unanswered until the snapshot comes.
+    awaiting_snapshot: bool,
+    /// Writes and answers, in order, for [`acknowledge_in_order`].
+    queue: mpsc::Sender<Queued>,
+    /// The first write that failed, from [`acknowledge_in_order`].
+    failed: mpsc::Receiver<IngestError>,
+}
+
+/// What [`acknowledge_in_order`] does, in the order the stream queued it.
+enum Queued {
+    /// A change: `Ack(seq)` once it is durable.
+    Change {
+        seq: u64,
+        kind: &'static str,
+        pending: PendingWrite,
+        receipt: WriteReceipt,
+        received: Instant,
+    },
+    /// A heartbeat: nothing to answer once it is durable.
+    Heartbeat {
+        pending: PendingWrite,
+        received: Instant,
+    },
+    /// A message to the agent, after the answers queued before it.
+    Send(CollectorMessage),
+    /// Resolved once everything queued before it is done.
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+/// Waits for each queued write in order and answers the agent: one task per stream.
+/// The first failure goes to `failed` (the stream then ends with it); nothing is
+/// acknowledged after it, and the writes queued behind it are waited for (they are
+/// refused by the store) so that the stream ends only once none is left in flight.
+async fn acknowledge_in_order(
+    mut queued: mpsc::Receiver<Queued>,
+    tx: mpsc::Sender<Result<pb::StreamInventoryResponse, Status>>,
+    failed: mpsc::Sender<IngestError>,
+) {
+    let mut ok = true;
+    let send = |message: CollectorMessage| {
+        tx.send(Ok(pb::StreamInventoryResponse {
+            message: Some(message),
+        }))
+    };
+    while let Some(q) = queued.recv().await {
+        match q {
+            Queued::Change {
+                seq,
+                kind,
+                pending,
+                receipt,
+                received,
+            } => match pending.wait().await {
+                Ok(()) if ok => {
+                    let m = metrics::global();
+                    m.record_rows(&receipt);
+                    m.ingest_latency
+                        .observe(&[("kind", kind)], received.elapsed().as_secs_f64());
+                    // The agent may have gone; the stream's reader sees that too.
+                    let _ = send(CollectorMessage::Ack(pb::Ack { seq })).await;
+                }
+                Ok(()) => {}
+                Err(e) => {
+                    if ok {
+                        let _ = failed.send(IngestError::Store(e)).await;
+                    }
+                    ok = false;
+                }
+            },
+            Queued::Heartbeat { pending, received } => match pending.wait().await {
+                Ok(()) => {
+                    let m = metrics::global();
+                    m.rows.add(&[("table", "host_reports")], 1.0);
+                    m.ingest_latency
+                        .observe(&[("kind", "heartbeat")], received.elapsed().as_secs_f64());
+                }
+                Err(e) => {
+                    if ok {
+                        let _ = failed.send(IngestError::Store(e)).await;
+                    }
+                    ok = false;
+                }
+            },
+            Queued::Send(message) => {
+                if ok {
+                    let _ = send(message).await;
+                }
+            }
+            Queued::Flush(done) => {
+                let _ = done.send(());
+            }
+        }
+    }
 }
 
 /// One agent in `portolan_collector_agents_connected` while it lives.
@@ -186,13 +301,12 @@ impl Session {
     async fn run(
         mut self,
         mut inbound: Streaming<pb::StreamInventoryRequest>,
+        claim: &mut fence::Claim,
     ) -> Result<(), IngestError> {
-        // Before anything is read from the store: an older stream of this host finishes
-        // its write and ends first.
-        let mut claim = self.streams.claim(&self.host_id).await;
         loop {
             let received = tokio::select! {
                 received = inbound.message() => received,
+                Some(error) = self.failed.recv() => return Err(error),
                 reason = self.live.revoked() => return Err(IngestError::Revoked(reason)),
                 () = claim.superseded() => {
                     return Err(IngestError::Protocol(
@@ -238,8 +352,10 @@ impl Session {
             metrics::global().messages.inc(&[("kind", kind)]);
             let span = ingest_span(&self.host_id, kind, &message);
             match (message, self.hello.is_some()) {
+                // Each handler is boxed: the task of every connected agent stays the size
+                // of this loop while it waits, not of the largest write.
                 (AgentMessage::Hello(hello), false) => {
-                    self.on_hello(hello).instrument(span).await?
+                    Box::pin(self.on_hello(hello).instrument(span)).await?
                 }
                 (AgentMessage::Hello(_), true) => {
                     return Err(IngestError::Protocol("second Hello on one stream".into()));
@@ -250,11 +366,13 @@ impl Session {
                     ));
                 }
                 (AgentMessage::Snapshot(part), true) => {
-                    self.on_snapshot_part(part).instrument(span).await?
+                    Box::pin(self.on_snapshot_part(part).instrument(span)).await?
                 }
-                (AgentMessage::Delta(delta), true) => self.on_delta(delta).instrument(span).await?,
+                (AgentMessage::Delta(delta), true) => {
+                    Box::pin(self.on_delta(delta).instrument(span)).await?
+                }
                 (AgentMessage::Heartbeat(hb), true) => {
-                    self.on_heartbeat(hb).instrument(span).await?
+                    Box::pin(self.on_heartbeat(hb).instrument(span)).await?
                 }
             }
         }
@@ -267,6 +385,31 @@ impl Session {
             }))
             .await
             .map_err(|_| IngestError::Protocol("agent went away".into()))
+    }
+
+    /// Hands `q` to [`acknowledge_in_order`]; waits while `limits.max_in_flight` writes
+    /// are queued (the agent then waits for acknowledgements).
+    async fn queue(&self, q: Queued) -> Result<(), IngestError> {
+        self.queue
+            .send(q)
+            .await
+            .map_err(|_| IngestError::Protocol("the stream's acknowledgements stopped".into()))
+    }
+
+    /// Sends `message` to the agent after the answers to everything queued before.
+    async fn answer(&self, message: CollectorMessage) -> Result<(), IngestError> {
+        self.queue(Queued::Send(message)).await
+    }
+
+    /// Waits until every write queued so far is durable; the first failure if one was not.
+    async fn drain(&mut self) -> Result<(), IngestError> {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        self.queue(Queued::Flush(done)).await?;
+        let _ = wait.await;
+        match self.failed.try_recv() {
+            Ok(error) => Err(error),
+            Err(_) => Ok(()),
+        }
     }
 
     async fn on_hello(&mut self, hello: pb::Hello) -> Result<(), IngestError> {
@@ -292,6 +435,9 @@ impl Session {
             collector_version: env!("CARGO_PKG_VERSION").into(),
             max_message_bytes: self.limits.max_message_bytes,
             max_sockets_per_message: self.limits.max_sockets_per_message,
+            max_in_flight: self.limits.max_in_flight,
+            max_messages_per_second: self.limits.max_messages_per_second,
+            max_message_burst: self.limits.max_message_burst,
         }))
         .await
     }
@@ -329,9 +475,13 @@ impl Session {
         };
         let stats = self.assembly_stats.take().unwrap_or_default();
         let gap = self.assembly_gap.take();
+        // What the snapshot is diffed against is what ClickHouse holds: every write
+        // queued before it must be there first.
+        self.drain().await?;
+        self.awaiting_snapshot = false;
         if seq <= self.last_seq && self.current.is_some() {
             debug!(host = %self.host_id, seq, "snapshot already stored; acknowledging the replay");
-            return self.send(CollectorMessage::Ack(pb::Ack { seq })).await;
+            return self.answer(CollectorMessage::Ack(pb::Ack { seq })).await;
         }
         if seq <= self.last_seq {
             // A snapshot below what is stored cannot be placed in history.
@@ -384,15 +534,18 @@ impl Session {
         store_span.record("rows", receipt.total() + 1);
         drop(store_span);
         info!(host = %self.host_id, seq, sockets = inventory.sockets.len(), flows = inventory.flows.len(), ?receipt, "snapshot stored");
-        let m = metrics::global();
-        m.rows.add(&[("table", "hosts")], 1.0);
-        m.record_rows(&receipt);
-        m.ingest_latency
-            .observe(&[("kind", "snapshot")], received.elapsed().as_secs_f64());
+        metrics::global().rows.add(&[("table", "hosts")], 1.0);
         self.last_seq = seq;
-        self.current = Some(inventory);
+        self.current = Some(EncodedInventory::encode(&inventory));
         self.known_host = known_host;
-        self.send(CollectorMessage::Ack(pb::Ack { seq })).await
+        self.queue(Queued::Change {
+            seq,
+            kind: "snapshot",
+            pending: PendingWrite::done(Ok(())),
+            receipt,
+            received,
+        })
+        .await
     }
 
     async fn on_delta(&mut self, delta: pb::Delta) -> Result<(), IngestError> {
@@ -405,9 +558,14 @@ impl Session {
             + delta.processes.len();
         self.check_message_size("delta", items)?;
         let (seq, base_seq) = (delta.seq, delta.base_seq);
+        if self.awaiting_snapshot {
+            // Sent before the agent heard the Resync: it sends the snapshot next.
+            debug!(host = %self.host_id, seq, "dropping a delta sent before the agent heard the Resync");
+            return Ok(());
+        }
         if seq <= self.last_seq {
             debug!(host = %self.host_id, seq, "delta already stored; acknowledging the replay");
-            return self.send(CollectorMessage::Ack(pb::Ack { seq })).await;
+            return self.answer(CollectorMessage::Ack(pb::Ack { seq })).await;
         }
         if base_seq != self.last_seq || seq != base_seq + 1 {
             return self
@@ -419,18 +577,22 @@ impl Session {
         }
         // A delta on a fresh stream (the agent reconnected, perhaps to another replica)
         // applies to what ClickHouse holds: no snapshot needed when the seqs line up.
-        if self.current.is_none() {
-            let (current, known_host) = self.store.load_known(&self.host_id).await?;
-            self.current = Some(current);
-            self.known_host = known_host;
-        }
-        let Some(current) = &self.current else {
-            return self.resync("no current inventory".into()).await;
+        let current = match &self.current {
+            Some(encoded) => encoded.decode().map_err(|e| {
+                IngestError::Protocol(format!(
+                    "the stream's copy of the host's inventory does not decode: {e}"
+                ))
+            })?,
+            None => {
+                let (current, known_host) = self.store.load_known(&self.host_id).await?;
+                self.known_host = known_host;
+                current
+            }
         };
         let scanned_at = time_from_nanos(delta.scanned_at_unix_nanos);
         let stats = delta.stats.clone().map(ScanStats::from).unwrap_or_default();
         let change = delta_from_wire(delta).map_err(|e| IngestError::Invalid(e.to_string()))?;
-        let next = match apply(current, &change) {
+        let next = match apply(&current, &change) {
             Ok(next) => next,
             Err(e) => {
                 return self
@@ -442,30 +604,34 @@ impl Session {
         // it. What it needs of the stored state (last processes of removed sockets and
         // flows, the host row) comes from this stream, not from ClickHouse.
         let store_span = store_span("delta", seq);
-        let receipt = self
+        let (receipt, pending) = self
             .store
-            .write_change_from(
+            .submit_change_from(
                 &self.host_id,
                 seq,
                 ChangeKind::Delta,
                 scanned_at,
                 &change,
                 &stats,
-                current,
+                &current,
                 &mut self.known_host,
             )
             .instrument(store_span.clone())
             .await?;
         store_span.record("rows", receipt.total());
         drop(store_span);
-        debug!(host = %self.host_id, seq, ?receipt, "delta stored");
-        let m = metrics::global();
-        m.record_rows(&receipt);
-        m.ingest_latency
-            .observe(&[("kind", "delta")], received.elapsed().as_secs_f64());
+        debug!(host = %self.host_id, seq, ?receipt, "delta queued");
+        // The next delta applies to this one, durable or not yet.
         self.last_seq = seq;
-        self.current = Some(next);
-        self.send(CollectorMessage::Ack(pb::Ack { seq })).await
+        self.current = Some(EncodedInventory::encode(&next));
+        self.queue(Queued::Change {
+            seq,
+            kind: "delta",
+            pending,
+            receipt,
+            received,
+        })
+        .await
     }
 
     async fn on_heartbeat(&mut self, hb: pb::Heartbeat) -> Result<(), IngestError> {
@@ -473,8 +639,9 @@ impl Session {
         let stats = hb.stats.map(ScanStats::from).unwrap_or_default();
         let store_span = store_span("heartbeat", self.last_seq);
         store_span.record("rows", 1);
-        self.store
-            .write_heartbeat(
+        let pending = self
+            .store
+            .submit_heartbeat(
                 &self.host_id,
                 self.last_seq,
                 time_from_nanos(hb.at_unix_nanos),
@@ -482,11 +649,7 @@ impl Session {
             )
             .instrument(store_span)
             .await?;
-        let m = metrics::global();
-        m.rows.add(&[("table", "host_reports")], 1.0);
-        m.ingest_latency
-            .observe(&[("kind", "heartbeat")], received.elapsed().as_secs_f64());
-        Ok(())
+        self.queue(Queued::Heartbeat { pending, received }).await
     }
 
     async fn resync(&mut self, reason: String) -> Result<(), IngestError> {
@@ -496,7 +659,8 @@ impl Session {
         self.assembly = SnapshotAssembly::default();
         self.assembly_stats = None;
         self.assembly_gap = None;
-        self.send(CollectorMessage::Resync(pb::Resync {
+        self.awaiting_snapshot = true;
+        self.answer(CollectorMessage::Resync(pb::Resync {
             reason,
             last_seq: self.last_seq,
         }))

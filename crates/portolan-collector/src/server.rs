@@ -89,8 +89,8 @@ pub async fn serve(
         ))
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
-        // What one connection may make the collector hold. An agent has one stream and
-        // one message in flight, so hyper's defaults (1 MiB windows per stream and per
+        // What one connection may make the collector hold. An agent has one stream and a
+        // few messages in flight (`limits.max_in_flight`), so hyper's defaults (1 MiB windows per stream and per
         // connection, 200 streams) only let a connection park megabytes here while its
         // writes wait on ClickHouse: thousands of agents times that is gigabytes. A
         // window of 256 KiB still carries a 5,000-socket snapshot part in a few round

@@ -45,6 +45,7 @@ pub mod fleet;
 pub mod gaps;
 pub mod history;
 pub mod queries;
+mod rowbinary;
 mod rows;
 pub mod schema;
 
@@ -57,7 +58,7 @@ use clickhouse::sql::Identifier;
 use clickhouse::{Client, Row, RowOwned, RowRead, RowWrite};
 use portolan_core::{Delta, Flow, HostState, Inventory, Process, ScanStats, Socket};
 
-pub use self::batch::{BatchConfig, WriteStats};
+pub use self::batch::{BatchConfig, PendingWrite, WriteStats};
 use self::batch::{Batcher, Rows, Writer};
 pub use self::change::KnownHost;
 use self::change::{Before, Change};
@@ -1280,6 +1281,32 @@ impl Store {
         host: &mut KnownHost,
     ) -> Result<WriteReceipt, StoreError> {
         self.recover_if_dirty(host_id).await?;
+        let (receipt, pending) = self
+            .submit_change_from(host_id, seq, kind, scanned_at, delta, stats, prior, host)
+            .await?;
+        pending.wait().await?;
+        Ok(receipt)
+    }
+
+    /// [`Store::write_change_from`] without waiting for the write: returns once the
+    /// change is queued for its batch, with what it writes and a [`PendingWrite`] that
+    /// resolves once it is durable. A stream may queue its host's next changes before
+    /// this one is durable (`prior` of the next is this one applied): they are stored in
+    /// order, and none after one that failed. Refuses to queue while an earlier write of
+    /// the host has failed and is not rolled back yet (the stream must end).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn submit_change_from(
+        &self,
+        host_id: &str,
+        seq: u64,
+        kind: ChangeKind,
+        scanned_at: SystemTime,
+        delta: &Delta,
+        stats: &ScanStats,
+        prior: &Inventory,
+        host: &mut KnownHost,
+    ) -> Result<(WriteReceipt, PendingWrite), StoreError> {
+        self.refuse_if_dirty(host_id)?;
         let before = Before::from_inventory(prior, delta, host.row.clone());
         let change = Change {
             host_id,
@@ -1289,11 +1316,26 @@ impl Store {
             delta,
             stats,
         };
-        let (receipt, row) = self.commit_change(&change, before).await?;
+        let (rows, receipt, row) = change.rows(before);
+        let pending = self.batcher.enqueue(host_id, rows).await?;
         if let Some(row) = row {
             host.row = Some(row);
         }
-        Ok(receipt)
+        Ok((receipt, pending))
+    }
+
+    fn refuse_if_dirty(&self, host_id: &str) -> Result<(), StoreError> {
+        let dirty = self
+            .dirty
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(host_id);
+        if dirty {
+            return Err(StoreError::EarlierWriteFailed {
+                host_id: host_id.to_string(),
+            });
+        }
+        Ok(())
     }
 
     /// What the rows of a change need of the stored state before it, read from
@@ -1375,11 +1417,27 @@ impl Store {
         at: SystemTime,
         stats: &ScanStats,
     ) -> Result<(), StoreError> {
+        self.submit_heartbeat(host_id, seq, at, stats)
+            .await?
+            .wait()
+            .await
+    }
+
+    /// [`Store::write_heartbeat`] without waiting for the write (see
+    /// [`Store::submit_change_from`]).
+    pub async fn submit_heartbeat(
+        &self,
+        host_id: &str,
+        seq: u64,
+        at: SystemTime,
+        stats: &ScanStats,
+    ) -> Result<PendingWrite, StoreError> {
+        self.refuse_if_dirty(host_id)?;
         let rows = Rows {
             host_reports: vec![report_row(host_id, seq, "heartbeat", at, stats)],
             ..Rows::default()
         };
-        self.batcher.commit(host_id, rows).await
+        self.batcher.enqueue(host_id, rows).await
     }
 
     /// The socket history of a host, ordered by seq (deduplicated with `FINAL`).

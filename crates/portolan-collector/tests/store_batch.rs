@@ -497,6 +497,119 @@ async fn a_failed_batch_leaves_each_of_its_hosts_recoverable_and_nothing_half_co
     server.shutdown().await
 }
 
+/// A stream queues its host's next changes before the last is durable (an agent catching
+/// up on its spool); when one fails, none queued after it is stored, and none can be
+/// queued until the host is rolled back: history never skips a change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_changes_of_a_host_stop_at_the_first_that_fails() -> Result<()> {
+    let server = Server::start().await?;
+    let store = server.store("batch_pipeline", BatchConfig::default()).await?;
+    let (h, host) = (5, host_id(5));
+    write_as_stream(&store, h, 1).await?;
+    let (mut prior, mut known) = store.load_known(&host).await?;
+    let client = store.client();
+
+    // Seqs 2..=5 queued back to back: they are stored in order, all of them.
+    let mut pending = Vec::new();
+    for seq in 2..=5u64 {
+        let next = inventory(h, seq as usize);
+        let (_, write) = store
+            .submit_change_from(
+                &host,
+                seq,
+                ChangeKind::Delta,
+                at(seq as usize),
+                &diff(&prior, &next),
+                &stats(seq as usize),
+                &prior,
+                &mut known,
+            )
+            .await?;
+        pending.push(write);
+        prior = next;
+    }
+    for write in pending {
+        write.wait().await?;
+    }
+    assert_eq!(store.last_seq(&host).await?, 5);
+    assert_eq!(store.load_current(&host).await?, prior);
+
+    // Seq 6 fails (no commit-marker table); 7 and 8, queued behind it, are refused
+    // unwritten, and nothing more can be queued.
+    client
+        .query("RENAME TABLE host_reports TO host_reports_away")
+        .execute()
+        .await?;
+    let mut pending = Vec::new();
+    let mut queued_prior = prior.clone();
+    for seq in 6..=8u64 {
+        let next = inventory(h, seq as usize);
+        let (_, write) = store
+            .submit_change_from(
+                &host,
+                seq,
+                ChangeKind::Delta,
+                at(seq as usize),
+                &diff(&queued_prior, &next),
+                &stats(seq as usize),
+                &queued_prior,
+                &mut known,
+            )
+            .await?;
+        pending.push(write);
+        queued_prior = next;
+    }
+    let mut results = Vec::new();
+    for write in pending {
+        results.push(write.wait().await);
+    }
+    client
+        .query("RENAME TABLE host_reports_away TO host_reports")
+        .execute()
+        .await?;
+    assert!(
+        matches!(&results[0], Err(StoreError::Batch { .. })),
+        "{:?}",
+        results[0]
+    );
+    for later in &results[1..] {
+        let refused = matches!(later, Err(StoreError::Batch { error, .. })
+            if matches!(**error, StoreError::EarlierWriteFailed { .. }));
+        // Or, when it shared the failed batch, that batch's error.
+        let shared = matches!(later, Err(StoreError::Batch { error, .. })
+            if !matches!(**error, StoreError::EarlierWriteFailed { .. }));
+        assert!(refused || shared, "{later:?}");
+    }
+    let next = inventory(h, 9);
+    let again = store
+        .submit_change_from(
+            &host,
+            9,
+            ChangeKind::Delta,
+            at(9),
+            &diff(&queued_prior, &next),
+            &stats(9),
+            &queued_prior,
+            &mut known,
+        )
+        .await;
+    assert!(
+        matches!(again, Err(StoreError::EarlierWriteFailed { .. })),
+        "{again:?}"
+    );
+
+    // The rollback (the agent's next stream) leaves exactly seqs 1..=5.
+    let recovery = store.recover(&host).await?;
+    assert_eq!(recovery.last_seq, 5);
+    assert_eq!(store.load_current(&host).await?, prior);
+    let after_failure: u64 = client
+        .query("SELECT count() FROM socket_events WHERE seq >= 6")
+        .fetch_one()
+        .await?;
+    assert_eq!(after_failure, 0, "nothing of the failed change or after it is stored");
+    server.shutdown().await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replayed_batched_change_changes_nothing_users_see() -> Result<()> {
     let server = Server::start().await?;

@@ -29,9 +29,8 @@ use clickhouse::{Client, Row, RowOwned, RowWrite};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::StoreError;
-use super::rows::{
-    FlowCurrentRow, FlowEventRow, HostRow, ReportRow, SocketCurrentRow, SocketEventRow,
-};
+use super::rowbinary::Encoded;
+use super::rows::{HostRow, ReportRow};
 use super::schema::table;
 
 /// Writes waiting for a batch; past this, writers wait for room (their streams stop
@@ -93,13 +92,14 @@ struct Counters {
     failed_batches: AtomicU64,
 }
 
-/// The rows of one or more writes, per table.
+/// The rows of one or more writes, per table: those of the four tables every change
+/// writes to already encoded ([`super::rowbinary`]).
 #[derive(Debug, Default)]
 pub(crate) struct Rows {
-    pub socket_events: Vec<SocketEventRow>,
-    pub sockets_current: Vec<SocketCurrentRow>,
-    pub flow_events: Vec<FlowEventRow>,
-    pub flows_current: Vec<FlowCurrentRow>,
+    pub socket_events: Encoded,
+    pub sockets_current: Encoded,
+    pub flow_events: Encoded,
+    pub flows_current: Encoded,
     pub hosts: Vec<HostRow>,
     /// Written last: the commit markers.
     pub host_reports: Vec<ReportRow>,
@@ -107,19 +107,19 @@ pub(crate) struct Rows {
 
 impl Rows {
     fn len(&self) -> usize {
-        self.socket_events.len()
-            + self.sockets_current.len()
-            + self.flow_events.len()
-            + self.flows_current.len()
+        self.socket_events.rows
+            + self.sockets_current.rows
+            + self.flow_events.rows
+            + self.flows_current.rows
             + self.hosts.len()
             + self.host_reports.len()
     }
 
     fn append(&mut self, mut other: Rows) {
-        self.socket_events.append(&mut other.socket_events);
-        self.sockets_current.append(&mut other.sockets_current);
-        self.flow_events.append(&mut other.flow_events);
-        self.flows_current.append(&mut other.flows_current);
+        self.socket_events.append(&other.socket_events);
+        self.sockets_current.append(&other.sockets_current);
+        self.flow_events.append(&other.flow_events);
+        self.flows_current.append(&other.flows_current);
         self.hosts.append(&mut other.hosts);
         self.host_reports.append(&mut other.host_reports);
     }
@@ -213,14 +213,48 @@ impl Writer {
         Ok(rows.len() as u64)
     }
 
+    /// One `INSERT … FORMAT RowBinary` of rows already encoded (none when there are
+    /// none), sent in LZ4-compressed chunks, within the request bound.
+    pub(crate) async fn insert_encoded(
+        &self,
+        table: &'static str,
+        rows: Encoded,
+    ) -> Result<u64, StoreError> {
+        /// Bytes compressed and sent at a time.
+        const CHUNK: usize = 1 << 20;
+        if rows.rows == 0 {
+            return Ok(0);
+        }
+        let _turn = self.requests.acquire().await.ok();
+        self.counters.inserts.fetch_add(1, Ordering::Relaxed);
+        let mut insert = self
+            .client
+            .insert_formatted_with(format!("INSERT INTO {table} FORMAT RowBinary"));
+        let bytes = bytes::Bytes::from(rows.bytes);
+        let mut at = 0;
+        while at < bytes.len() {
+            let end = (at + CHUNK).min(bytes.len());
+            insert
+                .send(bytes.slice(at..end))
+                .await
+                .map_err(self.map_err(table))?;
+            at = end;
+        }
+        insert.end().await.map_err(self.map_err(table))?;
+        let n = rows.rows as u64;
+        self.counters.rows.fetch_add(n, Ordering::Relaxed);
+        Ok(n)
+    }
+
     /// Writes `rows` one table after another, `host_reports` last.
-    async fn write_sequential(&self, rows: &Rows) -> Result<(), StoreError> {
-        self.insert(table::SOCKET_EVENTS, &rows.socket_events)
+    async fn write_sequential(&self, rows: Rows) -> Result<(), StoreError> {
+        self.insert_encoded(table::SOCKET_EVENTS, rows.socket_events)
             .await?;
-        self.insert(table::FLOW_EVENTS, &rows.flow_events).await?;
-        self.insert(table::SOCKETS_CURRENT, &rows.sockets_current)
+        self.insert_encoded(table::FLOW_EVENTS, rows.flow_events)
             .await?;
-        self.insert(table::FLOWS_CURRENT, &rows.flows_current)
+        self.insert_encoded(table::SOCKETS_CURRENT, rows.sockets_current)
+            .await?;
+        self.insert_encoded(table::FLOWS_CURRENT, rows.flows_current)
             .await?;
         self.insert(table::HOSTS, &rows.hosts).await?;
         self.insert(table::HOST_REPORTS, &rows.host_reports).await?;
@@ -228,15 +262,23 @@ impl Writer {
     }
 
     /// Writes `rows`: the data tables at the same time, then `host_reports`.
-    async fn write_concurrent(&self, rows: &Rows) -> Result<(), StoreError> {
+    async fn write_concurrent(&self, rows: Rows) -> Result<(), StoreError> {
+        let Rows {
+            socket_events,
+            sockets_current,
+            flow_events,
+            flows_current,
+            hosts,
+            host_reports,
+        } = rows;
         tokio::try_join!(
-            self.insert(table::SOCKET_EVENTS, &rows.socket_events),
-            self.insert(table::FLOW_EVENTS, &rows.flow_events),
-            self.insert(table::SOCKETS_CURRENT, &rows.sockets_current),
-            self.insert(table::FLOWS_CURRENT, &rows.flows_current),
-            self.insert(table::HOSTS, &rows.hosts),
+            self.insert_encoded(table::SOCKET_EVENTS, socket_events),
+            self.insert_encoded(table::FLOW_EVENTS, flow_events),
+            self.insert_encoded(table::SOCKETS_CURRENT, sockets_current),
+            self.insert_encoded(table::FLOWS_CURRENT, flows_current),
+            self.insert(table::HOSTS, &hosts),
         )?;
-        self.insert(table::HOST_REPORTS, &rows.host_reports).await?;
+        self.insert(table::HOST_REPORTS, &host_reports).await?;
         Ok(())
     }
 
@@ -271,10 +313,11 @@ impl Writer {
         c.batches.fetch_add(1, Ordering::Relaxed);
         c.batched_writes
             .fetch_add(hosts.len() as u64, Ordering::Relaxed);
-        let result = self.write_concurrent(&rows).await;
+        let row_count = rows.len();
+        let result = self.write_concurrent(rows).await;
         match result {
             Ok(()) => {
-                tracing::debug!(writes = hosts.len(), rows = rows.len(), "batch stored");
+                tracing::debug!(writes = hosts.len(), rows = row_count, "batch stored");
                 for d in done {
                     let _ = d.send(Ok(()));
                 }
@@ -286,7 +329,7 @@ impl Writer {
                 for host in &hosts {
                     self.mark_dirty(host);
                 }
-                tracing::warn!(writes = hosts.len(), rows = rows.len(), %error, "batched write failed; its hosts are rolled back before their next write");
+                tracing::warn!(writes = hosts.len(), rows = row_count, %error, "batched write failed; its hosts are rolled back before their next write");
                 let error = Arc::new(error);
                 let writes = hosts.len();
                 for d in done {
@@ -301,6 +344,7 @@ impl Writer {
 }
 
 /// Why a batch failed, as each of its writers hears it.
+#[derive(Debug)]
 struct BatchFailure {
     writes: usize,
     error: Arc<StoreError>,
@@ -311,6 +355,54 @@ struct Job {
     host_id: String,
     rows: Rows,
     done: oneshot::Sender<Result<(), BatchFailure>>,
+}
+
+/// A write queued for a batch ([`Batcher::enqueue`]): [`PendingWrite::wait`] resolves
+/// once it is stored, or failed.
+#[derive(Debug)]
+pub struct PendingWrite {
+    state: Pending,
+}
+
+#[derive(Debug)]
+enum Pending {
+    Done(Result<(), StoreError>),
+    Queued {
+        result: oneshot::Receiver<Result<(), BatchFailure>>,
+        host_id: String,
+        writer: Arc<Writer>,
+    },
+}
+
+impl PendingWrite {
+    pub(crate) fn done(result: Result<(), StoreError>) -> PendingWrite {
+        PendingWrite {
+            state: Pending::Done(result),
+        }
+    }
+
+    /// Waits until the write is durable in ClickHouse, or failed (its host is then
+    /// rolled back before its next read or write).
+    pub async fn wait(self) -> Result<(), StoreError> {
+        match self.state {
+            Pending::Done(result) => result,
+            Pending::Queued {
+                result,
+                host_id,
+                writer,
+            } => match result.await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(failure)) => Err(StoreError::Batch {
+                    writes: failure.writes,
+                    error: failure.error,
+                }),
+                Err(_) => {
+                    writer.mark_dirty(&host_id);
+                    Err(StoreError::BatchLost)
+                }
+            },
+        }
+    }
 }
 
 /// Gathers writes into batches (see the module documentation).
@@ -343,15 +435,27 @@ impl Batcher {
     /// Writes `rows` of `host_id` (with other writes when batching): resolves once they
     /// are all stored, `host_reports` last. On failure the host is marked dirty.
     pub(crate) async fn commit(&self, host_id: &str, rows: Rows) -> Result<(), StoreError> {
+        self.enqueue(host_id, rows).await?.wait().await
+    }
+
+    /// Queues `rows` of `host_id` for the next batch and returns once they are queued:
+    /// the [`PendingWrite`] resolves once they are stored. The writes of one host are
+    /// stored in the order they were queued, and none after one that failed. Without
+    /// batching the rows are written before this returns.
+    pub(crate) async fn enqueue(
+        &self,
+        host_id: &str,
+        rows: Rows,
+    ) -> Result<PendingWrite, StoreError> {
         if rows.len() == 0 {
-            return Ok(());
+            return Ok(PendingWrite::done(Ok(())));
         }
         if self.config.window.is_zero() {
-            let result = self.writer.write_sequential(&rows).await;
+            let result = self.writer.write_sequential(rows).await;
             if result.is_err() {
                 self.writer.mark_dirty(host_id);
             }
-            return result;
+            return Ok(PendingWrite::done(result));
         }
         let (done, result) = oneshot::channel();
         let mut job = Job {
@@ -369,17 +473,13 @@ impl Batcher {
                 return Err(StoreError::BatchLost);
             }
         }
-        match result.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(failure)) => Err(StoreError::Batch {
-                writes: failure.writes,
-                error: failure.error,
-            }),
-            Err(_) => {
-                self.writer.mark_dirty(host_id);
-                Err(StoreError::BatchLost)
-            }
-        }
+        Ok(PendingWrite {
+            state: Pending::Queued {
+                result,
+                host_id: host_id.to_string(),
+                writer: self.writer.clone(),
+            },
+        })
     }
 
     fn sender(&self, renew: bool) -> mpsc::Sender<Job> {

@@ -7,10 +7,8 @@ use std::time::SystemTime;
 use portolan_core::{Delta, Flow, Inventory, Process, ScanStats, Socket};
 
 use super::batch::Rows;
-use super::rows::{
-    FlowCols, FlowCurrentRow, FlowEventRow, HostFactsCols, HostRow, SocketCols, SocketCurrentRow,
-    SocketEventRow, to_datetime,
-};
+use super::rowbinary;
+use super::rows::{HostFactsCols, HostRow, to_datetime};
 use super::{
     ChangeKind, FlowEventKind, SocketEventKind, WriteReceipt, empty_host_row, report_row, stamp,
 };
@@ -102,81 +100,49 @@ impl Change<'_> {
         } = *self;
         let at = to_datetime(scanned_at);
         let known: BTreeMap<u32, &Process> = delta.processes.iter().map(|p| (p.pid, p)).collect();
-        let mut rows = Rows::default();
-
-        let mut push_socket = |socket: &Socket, event: SocketEventKind, cols: SocketCols| {
-            let key = socket.key.to_string();
-            rows.socket_events.push(SocketEventRow::with_cols(
-                host_id.to_string(),
-                seq,
-                at,
-                event.as_str().to_string(),
-                key.clone(),
-                cols.clone(),
-            ));
-            rows.sockets_current.push(SocketCurrentRow::with_cols(
-                host_id.to_string(),
-                key,
-                seq,
-                u8::from(event != SocketEventKind::Removed),
-                at,
-                cols,
-            ));
+        let mut b = RowsBuilder {
+            host_id,
+            seq,
+            at,
+            ..RowsBuilder::default()
         };
+        let mut processes: Vec<Option<&Process>> = Vec::new();
         // Removed sockets carry their last-known processes, which the delta does not have.
         let no_processes = BTreeMap::new();
         for (i, socket) in delta.removed.iter().enumerate() {
             let last = before.removed_sockets.get(i).unwrap_or(&no_processes);
-            let cols = SocketCols::encode(socket, |pid| {
-                last.get(&pid).or_else(|| known.get(&pid).copied())
-            });
-            push_socket(socket, SocketEventKind::Removed, cols);
-        }
-        for socket in &delta.changed {
-            let cols = SocketCols::encode(socket, |pid| known.get(&pid).copied());
-            push_socket(socket, SocketEventKind::Changed, cols);
-        }
-        for socket in &delta.added {
-            let cols = SocketCols::encode(socket, |pid| known.get(&pid).copied());
-            push_socket(socket, SocketEventKind::Added, cols);
-        }
-
-        let mut push_flow = |flow: &Flow, event: FlowEventKind, cols: FlowCols| {
-            let key = flow.key.to_string();
-            rows.flow_events.push(FlowEventRow::with_cols(
-                host_id.to_string(),
-                seq,
-                at,
-                event.as_str().to_string(),
-                key.clone(),
-                cols.clone(),
-            ));
-            rows.flows_current.push(FlowCurrentRow::with_cols(
-                host_id.to_string(),
-                key,
-                seq,
-                u8::from(event != FlowEventKind::Removed),
-                at,
-                cols,
-            ));
-        };
-        for (i, flow) in delta.flows_removed.iter().enumerate() {
-            let last = before.removed_flows.get(i).cloned().flatten();
-            let process = last.or_else(|| known.get(&flow.key.pid).map(|p| (*p).clone()));
-            push_flow(
-                flow,
-                FlowEventKind::Removed,
-                FlowCols::encode(flow, process.as_ref()),
+            processes.clear();
+            processes.extend(
+                socket
+                    .pids
+                    .iter()
+                    .map(|pid| last.get(pid).or_else(|| known.get(pid).copied())),
             );
+            b.socket(socket, SocketEventKind::Removed, &processes);
+        }
+        for (sockets, event) in [
+            (&delta.changed, SocketEventKind::Changed),
+            (&delta.added, SocketEventKind::Added),
+        ] {
+            for socket in sockets {
+                processes.clear();
+                processes.extend(socket.pids.iter().map(|pid| known.get(pid).copied()));
+                b.socket(socket, event, &processes);
+            }
+        }
+        for (i, flow) in delta.flows_removed.iter().enumerate() {
+            let last = before.removed_flows.get(i).and_then(Option::as_ref);
+            let process = last.or_else(|| known.get(&flow.key.pid).copied());
+            b.flow(flow, FlowEventKind::Removed, process);
         }
         for flow in &delta.flows_upserted {
-            let process = known.get(&flow.key.pid).copied();
-            push_flow(
+            b.flow(
                 flow,
                 FlowEventKind::Upserted,
-                FlowCols::encode(flow, process),
+                known.get(&flow.key.pid).copied(),
             );
         }
+        let mut rows = b.rows;
 
         let mut host_row = None;
         if let Some(state) = &delta.host {
@@ -220,13 +186,76 @@ impl Change<'_> {
 
         let n = |v: usize| v as u64;
         let receipt = WriteReceipt {
-            socket_events: n(rows.socket_events.len()),
-            sockets_current: n(rows.sockets_current.len()),
-            flow_events: n(rows.flow_events.len()),
-            flows_current: n(rows.flows_current.len()),
+            socket_events: n(rows.socket_events.rows),
+            sockets_current: n(rows.sockets_current.rows),
+            flow_events: n(rows.flow_events.rows),
+            flows_current: n(rows.flows_current.rows),
             hosts: n(rows.hosts.len()),
             host_reports: n(rows.host_reports.len()),
         };
         (rows, receipt, host_row)
+    }
+}
+
+/// Encodes the event and current rows of a change's sockets and flows.
+#[derive(Default)]
+struct RowsBuilder<'a> {
+    host_id: &'a str,
+    seq: u64,
+    at: u32,
+    rows: Rows,
+    w: rowbinary::Writer,
+    /// The shared columns of the socket or flow at hand, encoded once for both tables.
+    cols: Vec<u8>,
+    /// Its key, encoded.
+    key: Vec<u8>,
+}
+
+impl RowsBuilder<'_> {
+    /// A socket's `socket_events` and `sockets_current` rows; `processes` are what is
+    /// known of each of its pids.
+    fn socket(&mut self, socket: &Socket, event: SocketEventKind, processes: &[Option<&Process>]) {
+        self.cols.clear();
+        self.w.socket_cols(&mut self.cols, socket, processes);
+        self.key.clear();
+        self.w.display(&mut self.key, socket.key);
+        let present = u8::from(event != SocketEventKind::Removed);
+        self.head_rows(event.as_str(), present, true);
+    }
+
+    /// A flow's `flow_events` and `flows_current` rows.
+    fn flow(&mut self, flow: &Flow, event: FlowEventKind, process: Option<&Process>) {
+        self.cols.clear();
+        self.w.flow_cols(&mut self.cols, flow, process);
+        self.key.clear();
+        self.w.display(&mut self.key, flow.key);
+        let present = u8::from(event != FlowEventKind::Removed);
+        self.head_rows(event.as_str(), present, false);
+    }
+
+    /// The event row (`host_id, seq, at, event, key, cols…`) and the current row
+    /// (`host_id, key, seq, present, updated_at, cols…`) of the socket or flow encoded
+    /// in `key` and `cols`.
+    fn head_rows(&mut self, event: &str, present: u8, socket: bool) {
+        use rowbinary::Writer as W;
+        let (events, current) = if socket {
+            (&mut self.rows.socket_events, &mut self.rows.sockets_current)
+        } else {
+            (&mut self.rows.flow_events, &mut self.rows.flows_current)
+        };
+        W::str(&mut events.bytes, self.host_id);
+        W::u64(&mut events.bytes, self.seq);
+        W::u32(&mut events.bytes, self.at);
+        W::str(&mut events.bytes, event);
+        events.bytes.extend_from_slice(&self.key);
+        events.bytes.extend_from_slice(&self.cols);
+        events.rows += 1;
+        W::str(&mut current.bytes, self.host_id);
+        current.bytes.extend_from_slice(&self.key);
+        W::u64(&mut current.bytes, self.seq);
+        W::u8(&mut current.bytes, present);
+        W::u32(&mut current.bytes, self.at);
+        current.bytes.extend_from_slice(&self.cols);
+        current.rows += 1;
     }
 }

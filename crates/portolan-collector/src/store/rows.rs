@@ -41,7 +41,7 @@ fn corrupt(table: &'static str, column: &'static str, value: impl ToString) -> S
     }
 }
 
-fn family(addr: IpAddr) -> u8 {
+pub(crate) fn family(addr: IpAddr) -> u8 {
     match addr {
         IpAddr::V4(_) => 4,
         IpAddr::V6(_) => 6,

@@ -84,6 +84,17 @@ pub struct Welcome {
     pub max_message_bytes: u32,
     #[prost(uint32, tag = "4")]
     pub max_sockets_per_message: u32,
+    /// How many snapshots and deltas the agent may send before the first of them is
+    /// acknowledged (an agent catching up on its spool sends them back to back). Acks come
+    /// in order, one per seq. 0 (collectors that do not say): one at a time.
+    #[prost(uint32, tag = "5")]
+    pub max_in_flight: u32,
+    /// The rate the collector holds each agent to (messages per second on average, and at
+    /// once above that); past it the stream ends with RESOURCE_EXHAUSTED. 0: not said.
+    #[prost(uint32, tag = "6")]
+    pub max_messages_per_second: u32,
+    #[prost(uint32, tag = "7")]
+    pub max_message_burst: u32,
 }
 /// A full inventory. Large inventories are split into parts that share `seq`; the part
 /// with `last_part = true` completes it. Nothing of a snapshot is stored before its last
@@ -197,7 +208,8 @@ pub struct Ack {
     pub seq: u64,
 }
 /// The collector cannot apply what it received; the agent must send a full snapshot at
-/// `last_seq + 1`.
+/// `last_seq + 1`. Deltas that reach the collector after it sent this are dropped
+/// unanswered until that snapshot arrives.
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Resync {
