@@ -90,6 +90,7 @@ async fn main() -> Result<()> {
     let cpu_start = (
         cpu_seconds(collector_pid),
         clickhouse_pid.map_or(0.0, cpu_seconds),
+        cpu_seconds(std::process::id()),
     );
     let started = Instant::now();
     fleet.go();
@@ -109,6 +110,7 @@ async fn main() -> Result<()> {
     let cpu_end = (
         cpu_seconds(collector_pid),
         clickhouse_pid.map_or(0.0, cpu_seconds),
+        cpu_seconds(std::process::id()),
     );
     if fleet.stats.failed.load(Ordering::Relaxed) > 0 {
         bail!("agents failed: {}", fleet.describe());
@@ -189,9 +191,10 @@ async fn main() -> Result<()> {
     let p99 = quantile_ms(&mut latencies, 0.99);
     let cpu = |a: f64, b: f64| 100.0 * (b - a) / collector_s;
     println!(
-        "collector: {collector_rows} rows in {collector_s:.2} s = {collector_rate:.0} rows/s (ack p50 {p50:.0} ms, p99 {p99:.0} ms; CPU collector {:.0}%, clickhouse {:.0}%)",
+        "collector: {collector_rows} rows in {collector_s:.2} s = {collector_rate:.0} rows/s (ack p50 {p50:.0} ms, p99 {p99:.0} ms; CPU collector {:.0}%, clickhouse {:.0}%, the simulated agents {:.0}%)",
         cpu(cpu_start.0, cpu_end.0),
-        cpu(cpu_start.1, cpu_end.1)
+        cpu(cpu_start.1, cpu_end.1),
+        cpu(cpu_start.2, cpu_end.2)
     );
     println!(
         "clickhouse-client: {reference_rows} rows in {reference_s:.2} s = {reference_rate:.0} rows/s (client start-up {:.0} ms per table, subtracted)",
@@ -220,6 +223,7 @@ async fn main() -> Result<()> {
         "cpu_percent": {
             "collector": cpu(cpu_start.0, cpu_end.0),
             "clickhouse": cpu(cpu_start.1, cpu_end.1),
+            "agents": cpu(cpu_start.2, cpu_end.2),
         },
         "reference_rows": reference_rows,
         "reference_s": reference_s,

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use portolan_core::wire::{EncodedInventory, SnapshotAssembly, delta_from_wire};
-use portolan_core::{Inventory, ScanStats, apply, diff};
+use portolan_core::{Inventory, ScanStats, apply_in_place, check_applies, diff};
 use portolan_proto::v1 as pb;
 use portolan_proto::v1::ingest_service_server::IngestService;
 use portolan_proto::v1::stream_inventory_request::Message as AgentMessage;
@@ -174,9 +174,8 @@ struct Session {
     tx: mpsc::Sender<Result<pb::StreamInventoryResponse, Status>>,
     hello: Option<pb::Hello>,
     last_seq: u64,
-    /// The host's inventory at `last_seq`, once known in this stream; kept encoded
-    /// between messages (a tenth of the memory, for every connected agent).
-    current: Option<EncodedInventory>,
+    /// The host's inventory at `last_seq`, once known in this stream.
+    current: Option<Current>,
     /// The host's latest `hosts` row, as read or written with `current`.
     known_host: KnownHost,
     assembly: SnapshotAssembly,
@@ -193,6 +192,19 @@ struct Session {
     /// The first write that failed, from [`acknowledge_in_order`].
     failed: mpsc::Receiver<IngestError>,
 }
+
+/// How a stream holds its host's inventory between messages.
+enum Current {
+    /// As the last message left it, while messages keep coming.
+    Decoded(Inventory),
+    /// Encoded once the stream has been idle for [`ENCODE_WHEN_IDLE`]: a tenth of the
+    /// memory, for every connected agent between two scans; decoded again (microseconds
+    /// per socket) by the next delta.
+    Encoded(EncodedInventory),
+}
+
+/// How long a stream keeps its host's inventory decoded after a message.
+const ENCODE_WHEN_IDLE: Duration = Duration::from_secs(1);
 
 /// What [`acknowledge_in_order`] does, in the order the stream queued it.
 enum Queued {
@@ -304,8 +316,15 @@ impl Session {
         claim: &mut fence::Claim,
     ) -> Result<(), IngestError> {
         loop {
+            let idle = matches!(self.current, Some(Current::Decoded(_)));
             let received = tokio::select! {
                 received = inbound.message() => received,
+                () = tokio::time::sleep(ENCODE_WHEN_IDLE), if idle => {
+                    if let Some(Current::Decoded(inventory)) = &self.current {
+                        self.current = Some(Current::Encoded(EncodedInventory::encode(inventory)));
+                    }
+                    continue;
+                }
                 Some(error) = self.failed.recv() => return Err(error),
                 reason = self.live.revoked() => return Err(IngestError::Revoked(reason)),
                 () = claim.superseded() => {
@@ -492,7 +511,7 @@ impl Session {
                 ))
                 .await;
         }
-        let (stored, _) = self.store.load_known(&self.host_id).await?;
+        let (stored, mut known_host) = self.store.load_known(&self.host_id).await?;
         let change = diff(&stored, &inventory);
         if let Some(gap) = gap {
             // Before the snapshot: a crash in between leaves the gap, written again on
@@ -512,17 +531,12 @@ impl Session {
             metrics::global().spool_gaps.inc(&[]);
         }
         let store_span = store_span("snapshot", seq);
-        let mut known_host = self
+        // The Hello facts and the change to the snapshot, as one write.
+        let (receipt, pending) = self
             .store
-            .upsert_host(&self.host_record(&inventory))
-            .instrument(store_span.clone())
-            .await?;
-        let receipt = self
-            .store
-            .write_change_from(
-                &self.host_id,
+            .submit_snapshot_from(
+                &self.host_record(&inventory),
                 seq,
-                ChangeKind::Snapshot,
                 scanned_at,
                 &change,
                 &stats,
@@ -531,17 +545,16 @@ impl Session {
             )
             .instrument(store_span.clone())
             .await?;
-        store_span.record("rows", receipt.total() + 1);
+        store_span.record("rows", receipt.total());
         drop(store_span);
-        info!(host = %self.host_id, seq, sockets = inventory.sockets.len(), flows = inventory.flows.len(), ?receipt, "snapshot stored");
-        metrics::global().rows.add(&[("table", "hosts")], 1.0);
+        info!(host = %self.host_id, seq, sockets = inventory.sockets.len(), flows = inventory.flows.len(), ?receipt, "snapshot queued");
         self.last_seq = seq;
-        self.current = Some(EncodedInventory::encode(&inventory));
+        self.current = Some(Current::Decoded(inventory));
         self.known_host = known_host;
         self.queue(Queued::Change {
             seq,
             kind: "snapshot",
-            pending: PendingWrite::done(Ok(())),
+            pending,
             receipt,
             received,
         })
@@ -577,13 +590,15 @@ impl Session {
         }
         // A delta on a fresh stream (the agent reconnected, perhaps to another replica)
         // applies to what ClickHouse holds: no snapshot needed when the seqs line up.
-        let current = match &self.current {
-            Some(encoded) => encoded.decode().map_err(|e| {
+        let mut current = match self.current.take() {
+            Some(Current::Decoded(inventory)) => inventory,
+            Some(Current::Encoded(encoded)) => encoded.decode().map_err(|e| {
                 IngestError::Protocol(format!(
                     "the stream's copy of the host's inventory does not decode: {e}"
                 ))
             })?,
             None => {
+                self.drain().await?;
                 let (current, known_host) = self.store.load_known(&self.host_id).await?;
                 self.known_host = known_host;
                 current
@@ -592,14 +607,11 @@ impl Session {
         let scanned_at = time_from_nanos(delta.scanned_at_unix_nanos);
         let stats = delta.stats.clone().map(ScanStats::from).unwrap_or_default();
         let change = delta_from_wire(delta).map_err(|e| IngestError::Invalid(e.to_string()))?;
-        let next = match apply(&current, &change) {
-            Ok(next) => next,
-            Err(e) => {
-                return self
-                    .resync(format!("delta {seq} does not apply: {e}"))
-                    .await;
-            }
-        };
+        if let Err(e) = check_applies(&current, &change) {
+            return self
+                .resync(format!("delta {seq} does not apply: {e}"))
+                .await;
+        }
         // New host facts travel inside the change: `write_change_from` stores them with
         // it. What it needs of the stored state (last processes of removed sockets and
         // flows, the host row) comes from this stream, not from ClickHouse.
@@ -622,8 +634,11 @@ impl Session {
         drop(store_span);
         debug!(host = %self.host_id, seq, ?receipt, "delta queued");
         // The next delta applies to this one, durable or not yet.
+        apply_in_place(&mut current, &change).map_err(|e| {
+            IngestError::Protocol(format!("delta {seq} stopped applying once checked: {e}"))
+        })?;
         self.last_seq = seq;
-        self.current = Some(EncodedInventory::encode(&next));
+        self.current = Some(Current::Decoded(current));
         self.queue(Queued::Change {
             seq,
             kind: "delta",

@@ -1126,33 +1126,49 @@ impl Store {
     pub async fn upsert_host(&self, record: &HostRecord) -> Result<KnownHost, StoreError> {
         self.recover_if_dirty(&record.host_id).await?;
         let latest = self.latest_host_row(&record.host_id).await?;
-        let mut row = HostRow {
-            host_id: record.host_id.clone(),
-            hostname: record.hostname.clone(),
-            label_keys: record.labels.keys().cloned().collect(),
-            label_values: record.labels.values().cloned().collect(),
-            agent_version: record.agent_version.clone(),
-            kernel: record.kernel.clone(),
-            os: record.os.clone(),
-            scan_interval_ms: record.scan_interval_ms,
-            collector: record.collector.clone(),
-            connected_at: to_datetime(SystemTime::now()),
-            ..empty_host_row(&record.host_id)
-        };
-        match &latest {
-            Some(prev) => {
-                row.set_facts(prev.facts());
-                row.seq = prev.seq;
-            }
-            None => row.set_facts(HostFactsCols::encode(&record.host)),
-        }
-        stamp(&mut row, latest.as_ref());
+        let row = hello_row(record, latest.as_ref());
         let rows = Rows {
             hosts: vec![row.clone()],
             ..Rows::default()
         };
         self.batcher.commit(&record.host_id, rows).await?;
         Ok(KnownHost { row: Some(row) })
+    }
+
+    /// A snapshot's write, queued as one (see [`Store::submit_change_from`]): the host's
+    /// Hello facts ([`Store::upsert_host`], over `known`, its latest `hosts` row as
+    /// [`Store::load_known`] read it) and `delta` from `prior`, the stored inventory, to
+    /// the snapshot. `known` becomes the host's latest row.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn submit_snapshot_from(
+        &self,
+        record: &HostRecord,
+        seq: u64,
+        scanned_at: SystemTime,
+        delta: &Delta,
+        stats: &ScanStats,
+        prior: &Inventory,
+        known: &mut KnownHost,
+    ) -> Result<(WriteReceipt, PendingWrite), StoreError> {
+        let host_id = record.host_id.as_str();
+        self.refuse_if_dirty(host_id)?;
+        let hello = hello_row(record, known.row.as_ref());
+        let before = Before::from_inventory(prior, delta, Some(hello.clone()));
+        let change = Change {
+            host_id,
+            seq,
+            kind: ChangeKind::Snapshot,
+            scanned_at,
+            delta,
+            stats,
+        };
+        let (mut rows, mut receipt, facts) = change.rows(before);
+        // The Hello row first: the change's own facts row, when it has one, is newer.
+        rows.hosts.insert(0, hello.clone());
+        receipt.hosts += 1;
+        let pending = self.batcher.enqueue(host_id, rows).await?;
+        known.row = Some(facts.unwrap_or(hello));
+        Ok((receipt, pending))
     }
 
     /// The current sockets of a host, ordered by key.
@@ -1509,6 +1525,33 @@ fn statement_table(statement: &str) -> &str {
     } else {
         after("EXISTS").unwrap_or("schema")
     }
+}
+
+/// The `hosts` row of a host's Hello facts: `record`'s names, labels and versions, with
+/// the stored host facts of `latest` (or `record.host` when the host has none yet).
+fn hello_row(record: &HostRecord, latest: Option<&HostRow>) -> HostRow {
+    let mut row = HostRow {
+        host_id: record.host_id.clone(),
+        hostname: record.hostname.clone(),
+        label_keys: record.labels.keys().cloned().collect(),
+        label_values: record.labels.values().cloned().collect(),
+        agent_version: record.agent_version.clone(),
+        kernel: record.kernel.clone(),
+        os: record.os.clone(),
+        scan_interval_ms: record.scan_interval_ms,
+        collector: record.collector.clone(),
+        connected_at: to_datetime(SystemTime::now()),
+        ..empty_host_row(&record.host_id)
+    };
+    match latest {
+        Some(prev) => {
+            row.set_facts(prev.facts());
+            row.seq = prev.seq;
+        }
+        None => row.set_facts(HostFactsCols::encode(&record.host)),
+    }
+    stamp(&mut row, latest);
+    row
 }
 
 fn empty_host_row(host_id: &str) -> HostRow {

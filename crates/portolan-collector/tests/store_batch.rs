@@ -503,7 +503,9 @@ async fn a_failed_batch_leaves_each_of_its_hosts_recoverable_and_nothing_half_co
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_changes_of_a_host_stop_at_the_first_that_fails() -> Result<()> {
     let server = Server::start().await?;
-    let store = server.store("batch_pipeline", BatchConfig::default()).await?;
+    let store = server
+        .store("batch_pipeline", BatchConfig::default())
+        .await?;
     let (h, host) = (5, host_id(5));
     write_as_stream(&store, h, 1).await?;
     let (mut prior, mut known) = store.load_known(&host).await?;
@@ -606,7 +608,10 @@ async fn pipelined_changes_of_a_host_stop_at_the_first_that_fails() -> Result<()
         .query("SELECT count() FROM socket_events WHERE seq >= 6")
         .fetch_one()
         .await?;
-    assert_eq!(after_failure, 0, "nothing of the failed change or after it is stored");
+    assert_eq!(
+        after_failure, 0,
+        "nothing of the failed change or after it is stored"
+    );
     server.shutdown().await
 }
 

@@ -124,43 +124,74 @@ fn delta_pids(delta: &Delta) -> impl Iterator<Item = u32> + '_ {
 /// exists, removes or changes one that does not) is refused rather than half-applied.
 pub fn apply(base: &Inventory, delta: &Delta) -> Result<Inventory, ApplyError> {
     let mut next = base.clone();
+    apply_in_place(&mut next, delta)?;
+    Ok(next)
+}
+
+/// [`apply`] without a copy: `base` becomes the inventory after `delta`. When the delta
+/// does not apply, `base` is left as it was.
+pub fn apply_in_place(base: &mut Inventory, delta: &Delta) -> Result<(), ApplyError> {
+    check_applies(base, delta)?;
     if let Some(host) = &delta.host {
-        next.host = host.clone();
+        base.host = host.clone();
     }
     for socket in &delta.removed {
-        if next.sockets.remove(&socket.key).is_none() {
-            return Err(ApplyError::NotPresent(socket.key.to_string()));
-        }
+        base.sockets.remove(&socket.key);
     }
     for socket in &delta.changed {
-        match next.sockets.get_mut(&socket.key) {
-            Some(slot) => *slot = socket.clone(),
-            None => return Err(ApplyError::NotPresent(socket.key.to_string())),
+        if let Some(slot) = base.sockets.get_mut(&socket.key) {
+            *slot = socket.clone();
         }
     }
     for socket in &delta.added {
-        if next.sockets.insert(socket.key, socket.clone()).is_some() {
-            return Err(ApplyError::AlreadyPresent(socket.key.to_string()));
-        }
+        base.sockets.insert(socket.key, socket.clone());
     }
     for flow in &delta.flows_removed {
-        if next.flows.remove(&flow.key).is_none() {
-            return Err(ApplyError::FlowNotPresent(flow.key.to_string()));
-        }
+        base.flows.remove(&flow.key);
     }
     for flow in &delta.flows_upserted {
-        next.flows.insert(flow.key, flow.connections);
+        base.flows.insert(flow.key, flow.connections);
     }
     // Every reference to a process whose content changed is in the delta, so the delta's
     // processes replace whatever the base knew of those pids.
     for pid in delta_pids(delta) {
-        next.processes.remove(&pid);
+        base.processes.remove(&pid);
     }
     for process in &delta.processes {
-        next.processes.insert(process.pid, process.clone());
+        base.processes.insert(process.pid, process.clone());
     }
-    next.retain_referenced_processes();
-    Ok(next)
+    base.retain_referenced_processes();
+    Ok(())
+}
+
+/// Whether `delta` applies to `base`: what it removes or changes is there, what it adds
+/// is not (a socket both removed and added is replaced).
+pub fn check_applies(base: &Inventory, delta: &Delta) -> Result<(), ApplyError> {
+    let mut removed = BTreeSet::new();
+    for socket in &delta.removed {
+        if !base.sockets.contains_key(&socket.key) || !removed.insert(&socket.key) {
+            return Err(ApplyError::NotPresent(socket.key.to_string()));
+        }
+    }
+    for socket in &delta.changed {
+        if !base.sockets.contains_key(&socket.key) || removed.contains(&socket.key) {
+            return Err(ApplyError::NotPresent(socket.key.to_string()));
+        }
+    }
+    let mut added = BTreeSet::new();
+    for socket in &delta.added {
+        let present = base.sockets.contains_key(&socket.key) && !removed.contains(&socket.key);
+        if present || !added.insert(&socket.key) {
+            return Err(ApplyError::AlreadyPresent(socket.key.to_string()));
+        }
+    }
+    let mut flows_removed = BTreeSet::new();
+    for flow in &delta.flows_removed {
+        if !base.flows.contains_key(&flow.key) || !flows_removed.insert(&flow.key) {
+            return Err(ApplyError::FlowNotPresent(flow.key.to_string()));
+        }
+    }
+    Ok(())
 }
 
 /// Keys of the sockets a delta touches, for logging and tests.
@@ -315,6 +346,47 @@ mod tests {
             })
     }
 
+    /// The reference semantics of [`apply`]: each removal, change, addition and flow
+    /// in turn on a copy, the first that does not fit refusing the delta.
+    fn step_by_step(base: &Inventory, delta: &Delta) -> Result<Inventory, ApplyError> {
+        let mut next = base.clone();
+        if let Some(host) = &delta.host {
+            next.host = host.clone();
+        }
+        for socket in &delta.removed {
+            if next.sockets.remove(&socket.key).is_none() {
+                return Err(ApplyError::NotPresent(socket.key.to_string()));
+            }
+        }
+        for socket in &delta.changed {
+            match next.sockets.get_mut(&socket.key) {
+                Some(slot) => *slot = socket.clone(),
+                None => return Err(ApplyError::NotPresent(socket.key.to_string())),
+            }
+        }
+        for socket in &delta.added {
+            if next.sockets.insert(socket.key, socket.clone()).is_some() {
+                return Err(ApplyError::AlreadyPresent(socket.key.to_string()));
+            }
+        }
+        for flow in &delta.flows_removed {
+            if next.flows.remove(&flow.key).is_none() {
+                return Err(ApplyError::FlowNotPresent(flow.key.to_string()));
+            }
+        }
+        for flow in &delta.flows_upserted {
+            next.flows.insert(flow.key, flow.connections);
+        }
+        for pid in delta_pids(delta) {
+            next.processes.remove(&pid);
+        }
+        for process in &delta.processes {
+            next.processes.insert(process.pid, process.clone());
+        }
+        next.retain_referenced_processes();
+        Ok(next)
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(2000))]
 
@@ -337,6 +409,21 @@ mod tests {
             for s in &delta.added { prop_assert!(!a.sockets.contains_key(&s.key)); }
             for s in &delta.removed { prop_assert!(!b.sockets.contains_key(&s.key)); }
             for f in &delta.flows_removed { prop_assert!(!b.flows.contains_key(&f.key)); }
+        }
+
+        /// Any delta, valid or not, against any base: `apply_in_place` agrees with
+        /// applying it step by step, and leaves the base untouched when it refuses.
+        #[test]
+        fn apply_in_place_agrees_with_step_by_step(a in inventory(), b in inventory(), c in inventory()) {
+            // Deltas between unrelated inventories: many do not apply to `a`.
+            for delta in [diff(&a, &b), diff(&b, &c), diff(&c, &a)] {
+                let mut in_place = a.clone();
+                match (apply_in_place(&mut in_place, &delta), step_by_step(&a, &delta)) {
+                    (Ok(()), Ok(expected)) => prop_assert_eq!(in_place, expected),
+                    (Err(_), Err(_)) => prop_assert_eq!(&in_place, &a),
+                    (got, expected) => prop_assert!(false, "in place {:?}, step by step {:?}", got, expected.map(|_| ())),
+                }
+            }
         }
 
         #[test]

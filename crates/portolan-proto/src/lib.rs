@@ -5,6 +5,8 @@
 //! `generated_code_is_current` regenerates it (with a vendored `protoc`) and fails when the
 //! checked-in code differs; run it with `PORTOLAN_BLESS=1` to rewrite the files.
 
+pub mod codec;
+
 /// Version 1 of the protocol.
 #[allow(
     missing_docs,

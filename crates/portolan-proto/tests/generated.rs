@@ -20,6 +20,7 @@ fn generated_code_is_current() -> Result<(), Box<dyn std::error::Error>> {
     // The encoded descriptors serve gRPC reflection (grpcurl works without .proto files).
     config.file_descriptor_set_path(out.path().join("portolan.v1.bin"));
     tonic_prost_build::configure()
+        .codec_path("crate::codec::SmallBufferCodec")
         .build_client(true)
         .build_server(true)
         .emit_rerun_if_changed(false)
