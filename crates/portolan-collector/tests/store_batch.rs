@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, ensure};
 use portolan_collector::managed_clickhouse::{ManagedClickHouse, ManagedOptions};
 use portolan_collector::store::{
-    BatchConfig, ChangeKind, HostRecord, KnownHost, Store, StoreError, WriteStats,
+    BatchConfig, ChangeKind, HostRecord, KnownHost, PendingWrite, Store, StoreError, WriteStats,
 };
 use portolan_core::{
     Attribution, Direction, FlowKey, HostState, InterfaceAddress, Inventory, Process, Protocol,
@@ -497,6 +497,36 @@ async fn a_failed_batch_leaves_each_of_its_hosts_recoverable_and_nothing_half_co
     server.shutdown().await
 }
 
+/// Queues the deltas of host `h` to `inventory(h, seq)` for each of `seqs`, from
+/// `prior` (left at the last), without waiting for any to be stored.
+async fn queue_deltas(
+    store: &Store,
+    h: usize,
+    seqs: std::ops::RangeInclusive<u64>,
+    prior: &mut Inventory,
+    known: &mut KnownHost,
+) -> Result<Vec<PendingWrite>> {
+    let mut pending = Vec::new();
+    for seq in seqs {
+        let next = inventory(h, seq as usize);
+        let (_, write) = store
+            .submit_change_from(
+                &host_id(h),
+                seq,
+                ChangeKind::Delta,
+                at(seq as usize),
+                &diff(prior, &next),
+                &stats(seq as usize),
+                prior,
+                known,
+            )
+            .await?;
+        pending.push(write);
+        *prior = next;
+    }
+    Ok(pending)
+}
+
 /// A stream queues its host's next changes before the last is durable (an agent catching
 /// up on its spool); when one fails, none queued after it is stored, and none can be
 /// queued until the host is rolled back: history never skips a change.
@@ -512,25 +542,7 @@ async fn pipelined_changes_of_a_host_stop_at_the_first_that_fails() -> Result<()
     let client = store.client();
 
     // Seqs 2..=5 queued back to back: they are stored in order, all of them.
-    let mut pending = Vec::new();
-    for seq in 2..=5u64 {
-        let next = inventory(h, seq as usize);
-        let (_, write) = store
-            .submit_change_from(
-                &host,
-                seq,
-                ChangeKind::Delta,
-                at(seq as usize),
-                &diff(&prior, &next),
-                &stats(seq as usize),
-                &prior,
-                &mut known,
-            )
-            .await?;
-        pending.push(write);
-        prior = next;
-    }
-    for write in pending {
+    for write in queue_deltas(&store, h, 2..=5, &mut prior, &mut known).await? {
         write.wait().await?;
     }
     assert_eq!(store.last_seq(&host).await?, 5);
@@ -542,25 +554,8 @@ async fn pipelined_changes_of_a_host_stop_at_the_first_that_fails() -> Result<()
         .query("RENAME TABLE host_reports TO host_reports_away")
         .execute()
         .await?;
-    let mut pending = Vec::new();
     let mut queued_prior = prior.clone();
-    for seq in 6..=8u64 {
-        let next = inventory(h, seq as usize);
-        let (_, write) = store
-            .submit_change_from(
-                &host,
-                seq,
-                ChangeKind::Delta,
-                at(seq as usize),
-                &diff(&queued_prior, &next),
-                &stats(seq as usize),
-                &queued_prior,
-                &mut known,
-            )
-            .await?;
-        pending.push(write);
-        queued_prior = next;
-    }
+    let pending = queue_deltas(&store, h, 6..=8, &mut queued_prior, &mut known).await?;
     let mut results = Vec::new();
     for write in pending {
         results.push(write.wait().await);
@@ -582,22 +577,15 @@ async fn pipelined_changes_of_a_host_stop_at_the_first_that_fails() -> Result<()
             if !matches!(**error, StoreError::EarlierWriteFailed { .. }));
         assert!(refused || shared, "{later:?}");
     }
-    let next = inventory(h, 9);
-    let again = store
-        .submit_change_from(
-            &host,
-            9,
-            ChangeKind::Delta,
-            at(9),
-            &diff(&queued_prior, &next),
-            &stats(9),
-            &queued_prior,
-            &mut known,
-        )
-        .await;
+    let again = queue_deltas(&store, h, 9..=9, &mut queued_prior, &mut known).await;
+    let refused = again
+        .as_ref()
+        .err()
+        .and_then(|e| e.downcast_ref::<StoreError>());
     assert!(
-        matches!(again, Err(StoreError::EarlierWriteFailed { .. })),
-        "{again:?}"
+        matches!(refused, Some(StoreError::EarlierWriteFailed { .. })),
+        "{:?}",
+        again.map(|w| w.len())
     );
 
     // The rollback (the agent's next stream) leaves exactly seqs 1..=5.
