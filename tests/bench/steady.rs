@@ -35,7 +35,7 @@
 #[path = "../e2e/support.rs"]
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{ChildStdin, ChildStdout, Command, ExitCode, Stdio};
@@ -44,6 +44,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use portolan_testkit::clickhouse::{http_query, thousands};
 use portolan_testkit::{ChildGuard, Lab, NetnsHost};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -320,25 +321,6 @@ fn run_ss(netns: &str) -> Result<()> {
 // ---------------------------------------------------------------------------------------
 // ClickHouse, between phases only.
 
-/// Runs `query` over ClickHouse's HTTP interface (plain HTTP/1.0); the body.
-fn http_query(url: &str, database: &str, query: &str) -> Result<String> {
-    let authority = url.trim_start_matches("http://").trim_end_matches('/');
-    let mut stream = TcpStream::connect(authority)
-        .with_context(|| format!("cannot connect to ClickHouse at {url}"))?;
-    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
-    write!(
-        stream,
-        "POST /?database={database} HTTP/1.0\r\nHost: {authority}\r\nContent-Length: {}\r\n\r\n{query}",
-        query.len()
-    )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    match response.split_once("\r\n\r\n") {
-        Some((head, body)) if head.contains(" 200 ") => Ok(body.to_string()),
-        _ => bail!("ClickHouse answered: {response}"),
-    }
-}
-
 /// (snapshots, deltas) ClickHouse holds for `host_id`.
 fn reports(cluster: &Cluster, host_id: &str) -> Result<(u64, u64)> {
     let body = http_query(
@@ -565,18 +547,6 @@ async fn measure_size(
         churn,
         relay_connections,
     })
-}
-
-fn thousands(n: usize) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 fn bytes(n: f64) -> String {

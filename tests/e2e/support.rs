@@ -472,24 +472,11 @@ impl Cluster {
     /// HTTP/1.0, one connection per query); the body. For benchmarks and soaks that time
     /// their own reads.
     pub fn http_query(&self, query: &str) -> Result<String> {
-        use std::io::{Read, Write};
-        let url = &self.clickhouse_url;
-        let authority = url.trim_start_matches("http://").trim_end_matches('/');
-        let mut stream = std::net::TcpStream::connect(authority)
-            .with_context(|| format!("cannot connect to ClickHouse at {url}"))?;
-        stream.set_read_timeout(Some(Duration::from_secs(60)))?;
-        write!(
-            stream,
-            "POST /?database={} HTTP/1.0\r\nHost: {authority}\r\nContent-Length: {}\r\n\r\n{query}",
-            self.database,
-            query.len()
-        )?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response)?;
-        match response.split_once("\r\n\r\n") {
-            Some((head, body)) if head.contains(" 200 ") => Ok(body.to_string()),
-            _ => bail!("ClickHouse answered: {response}"),
-        }
+        Ok(portolan_testkit::clickhouse::http_query(
+            &self.clickhouse_url,
+            &self.database,
+            query,
+        )?)
     }
 
     /// The native-protocol (TCP) port of the cluster's ClickHouse, for `clickhouse-client`.

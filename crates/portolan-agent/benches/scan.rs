@@ -22,6 +22,7 @@ use nix::sys::resource::{Resource, UsageWho, getrlimit, getrusage, setrlimit};
 use nix::sys::socket::{setsockopt, sockopt};
 use portolan_agent::scan::{ScanOptions, Scanner};
 use portolan_core::Attribution;
+use portolan_testkit::clickhouse::thousands;
 
 const WORKER_ENV: &str = "PORTOLAN_BENCH_WORKER_PAIRS";
 /// File descriptors a worker keeps for itself (stdio, the listeners, slack).
@@ -296,18 +297,6 @@ fn measure(workers: &[Worker], rounds: usize) -> Result<Measured, String> {
         tan_ms: median(&mut tan),
         bare_ms: median(&mut bare),
     })
-}
-
-fn thousands(n: usize) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 fn bench() -> Result<(), String> {

@@ -1154,14 +1154,7 @@ impl Store {
         self.refuse_if_dirty(host_id)?;
         let hello = hello_row(record, known.row.as_ref());
         let before = Before::from_inventory(prior, delta, Some(hello.clone()));
-        let change = Change {
-            host_id,
-            seq,
-            kind: ChangeKind::Snapshot,
-            scanned_at,
-            delta,
-            stats,
-        };
+        let change = Change::new(host_id, seq, ChangeKind::Snapshot, scanned_at, delta, stats);
         let (mut rows, mut receipt, facts) = change.rows(before);
         // The Hello row first: the change's own facts row, when it has one, is newer.
         rows.hosts.insert(0, hello.clone());
@@ -1267,14 +1260,7 @@ impl Store {
                 return Err(e);
             }
         };
-        let change = Change {
-            host_id,
-            seq,
-            kind,
-            scanned_at,
-            delta,
-            stats,
-        };
+        let change = Change::new(host_id, seq, kind, scanned_at, delta, stats);
         self.commit_change(&change, before).await.map(|(r, _)| r)
     }
 
@@ -1324,14 +1310,7 @@ impl Store {
     ) -> Result<(WriteReceipt, PendingWrite), StoreError> {
         self.refuse_if_dirty(host_id)?;
         let before = Before::from_inventory(prior, delta, host.row.clone());
-        let change = Change {
-            host_id,
-            seq,
-            kind,
-            scanned_at,
-            delta,
-            stats,
-        };
+        let change = Change::new(host_id, seq, kind, scanned_at, delta, stats);
         let (rows, receipt, row) = change.rows(before);
         let pending = self.batcher.enqueue(host_id, rows).await?;
         if let Some(row) = row {

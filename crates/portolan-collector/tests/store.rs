@@ -2,12 +2,14 @@
 //! `clickhouse-server` binary on the machine, one per test in a temporary directory, and
 //! one database per test named after it.
 
+mod support;
+use support::Server;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
-use portolan_collector::managed_clickhouse::{ManagedClickHouse, ManagedOptions};
 use portolan_collector::store::acks::AckRecord;
 use portolan_collector::store::fleet::{FlowFilter, HostFilter, SocketFilter};
 use portolan_collector::store::history::{
@@ -20,54 +22,6 @@ use portolan_core::{
     Attribution, Delta, Direction, FlowKey, HostState, InterfaceAddress, Inventory, Process,
     Protocol, ScanStats, Scope, Socket, SocketKey, SocketState, apply, diff,
 };
-
-fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter("info")
-        .with_test_writer()
-        .try_init();
-}
-
-/// A managed server in a temporary directory (removed after the server stops).
-struct Server {
-    clickhouse: ManagedClickHouse,
-    _dir: tempfile::TempDir,
-}
-
-impl Server {
-    async fn start() -> Result<Server> {
-        init_tracing();
-        let dir = tempfile::tempdir()?;
-        let clickhouse = ManagedClickHouse::start(ManagedOptions {
-            state_dir: dir.path().to_path_buf(),
-            binary: None,
-        })
-        .await?;
-        Ok(Server {
-            clickhouse,
-            _dir: dir,
-        })
-    }
-
-    fn config(&self, database: &str) -> ClickHouseConfig {
-        ClickHouseConfig {
-            url: self.clickhouse.url(),
-            database: database.to_string(),
-            user: None,
-            password: None,
-        }
-    }
-
-    /// A migrated store in its own database.
-    async fn store(&self, database: &str) -> Result<Store> {
-        Ok(self.clickhouse.migrated_store(database).await?)
-    }
-
-    async fn shutdown(self) -> Result<()> {
-        self.clickhouse.shutdown().await?;
-        Ok(())
-    }
-}
 
 fn ip(s: &str) -> IpAddr {
     s.parse().expect("test address")
@@ -399,7 +353,7 @@ async fn stored_events(store: &Store, host: &str) -> Result<BTreeSet<(u64, &'sta
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn managed_server_starts_answers_stops_and_restarts_on_the_same_ports_and_data() -> Result<()>
 {
-    let mut server = Server::start().await?;
+    let mut server = Server::start("info").await?;
     let (http, tcp) = (server.clickhouse.http_port(), server.clickhouse.tcp_port());
     assert_ne!(http, tcp);
     assert_eq!(server.clickhouse.url(), format!("http://127.0.0.1:{http}"));
@@ -485,7 +439,7 @@ async fn connecting_to_nothing_says_what_to_check() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrate_is_idempotent_and_safe_to_run_concurrently() -> Result<()> {
-    let server = Server::start().await?;
+    let server = Server::start("info").await?;
     let store =
         Store::connect(&server.config("migrate_is_idempotent_and_safe_to_run_concurrently"))
             .await?;
@@ -531,7 +485,7 @@ async fn migrate_is_idempotent_and_safe_to_run_concurrently() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_written_as_a_delta_from_empty_loads_back_equal() -> Result<()> {
-    let server = Server::start().await?;
+    let server = Server::start("info").await?;
     let store = server
         .store("a_snapshot_written_as_a_delta_from_empty_loads_back_equal")
         .await?;
@@ -599,7 +553,7 @@ async fn a_snapshot_written_as_a_delta_from_empty_loads_back_equal() -> Result<(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sequence_of_changes_loads_back_the_last_and_keeps_exact_history() -> Result<()> {
-    let server = Server::start().await?;
+    let server = Server::start("info").await?;
     let store = server
         .store("a_sequence_of_changes_loads_back_the_last_and_keeps_exact_history")
         .await?;
@@ -680,7 +634,7 @@ async fn a_sequence_of_changes_loads_back_the_last_and_keeps_exact_history() -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writing_the_same_change_twice_changes_nothing_users_see() -> Result<()> {
-    let server = Server::start().await?;
+    let server = Server::start("info").await?;
     let store = server
         .store("writing_the_same_change_twice_changes_nothing_users_see")
         .await?;
@@ -790,7 +744,7 @@ async fn writing_the_same_change_twice_changes_nothing_users_see() -> Result<()>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn last_seq_tracks_changes_and_ignores_heartbeats() -> Result<()> {
-    let server = Server::start().await?;
+    let server = Server::start("info").await?;
     let store = server
         .store("last_seq_tracks_changes_and_ignores_heartbeats")
         .await?;
@@ -851,7 +805,7 @@ async fn last_seq_tracks_changes_and_ignores_heartbeats() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hello_facts_and_host_facts_are_kept_apart() -> Result<()> {
-    let server = Server::start().await?;
+    let server = Server::start("info").await?;
     let store = server
         .store("hello_facts_and_host_facts_are_kept_apart")
         .await?;
@@ -936,7 +890,7 @@ async fn hello_facts_and_host_facts_are_kept_apart() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recover_rolls_back_an_uncommitted_write_even_after_merges() -> Result<()> {
-    let server = Server::start().await?;
+    let server = Server::start("info").await?;
     let store = server
         .store("recover_rolls_back_an_uncommitted_write_even_after_merges")
         .await?;
@@ -1023,7 +977,7 @@ async fn recover_rolls_back_an_uncommitted_write_even_after_merges() -> Result<(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_that_fails_half_way_is_rolled_back_before_the_next_read() -> Result<()> {
-    let server = Server::start().await?;
+    let server = Server::start("info").await?;
     let store = server
         .store("a_write_that_fails_half_way_is_rolled_back_before_the_next_read")
         .await?;
@@ -1171,7 +1125,7 @@ fn inventory_of(past: &HostAsOf) -> Inventory {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_past_is_rebuilt_from_history_and_is_not_the_present() -> Result<()> {
-    let server = Server::start().await?;
+    let server = Server::start("info").await?;
     let store = server
         .store("the_past_is_rebuilt_from_history_and_is_not_the_present")
         .await?;
@@ -1414,7 +1368,7 @@ async fn the_past_is_rebuilt_from_history_and_is_not_the_present() -> Result<()>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_pages_through_every_event_once_in_both_orders() -> Result<()> {
-    let server = Server::start().await?;
+    let server = Server::start("info").await?;
     let store = server
         .store("history_pages_through_every_event_once_in_both_orders")
         .await?;
@@ -1537,7 +1491,7 @@ async fn history_pages_through_every_event_once_in_both_orders() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledgements_latest_wins_and_lapse_with_the_status() -> Result<()> {
     use portolan_rules::lifecycle::{Finding, Match, Status};
-    let server = Server::start().await?;
+    let server = Server::start("info").await?;
     let store = server
         .store("acknowledgements_latest_wins_and_lapse_with_the_status")
         .await?;
@@ -1815,7 +1769,7 @@ mod property {
             .worker_threads(2)
             .enable_all()
             .build()?;
-        let server = runtime.block_on(Server::start())?;
+        let server = runtime.block_on(Server::start("info"))?;
         let store = runtime.block_on(server.store("random_inventories_round_trip"))?;
         let mut runner = TestRunner::new(Config {
             cases: 16,

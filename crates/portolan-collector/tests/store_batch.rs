@@ -4,63 +4,23 @@
 //! nothing. Also prints the before/after figures of the change (run with
 //! `--no-capture`).
 
+mod support;
+use support::Server;
+
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, ensure};
-use portolan_collector::managed_clickhouse::{ManagedClickHouse, ManagedOptions};
 use portolan_collector::store::{
-    BatchConfig, ChangeKind, HostRecord, KnownHost, PendingWrite, Store, StoreError, WriteStats,
+    BatchConfig, ChangeKind, HostRecord, KnownHost, PendingWrite, Store, StoreError, WriteReceipt,
+    WriteStats,
 };
 use portolan_core::{
     Attribution, Direction, FlowKey, HostState, InterfaceAddress, Inventory, Process, Protocol,
     ScanStats, Scope, Socket, SocketKey, SocketState, diff,
 };
-
-fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter("warn")
-        .with_test_writer()
-        .try_init();
-}
-
-/// A managed server in a temporary directory (removed after the server stops).
-struct Server {
-    clickhouse: ManagedClickHouse,
-    _dir: tempfile::TempDir,
-}
-
-impl Server {
-    async fn start() -> Result<Server> {
-        init_tracing();
-        let dir = tempfile::tempdir()?;
-        let clickhouse = ManagedClickHouse::start(ManagedOptions {
-            state_dir: dir.path().to_path_buf(),
-            binary: None,
-        })
-        .await?;
-        Ok(Server {
-            clickhouse,
-            _dir: dir,
-        })
-    }
-
-    /// A migrated store in its own database, grouping writes as `batching` says.
-    async fn store(&self, database: &str, batching: BatchConfig) -> Result<Store> {
-        Ok(self
-            .clickhouse
-            .migrated_store(database)
-            .await?
-            .with_batching(batching))
-    }
-
-    async fn shutdown(self) -> Result<()> {
-        self.clickhouse.shutdown().await?;
-        Ok(())
-    }
-}
 
 fn ip(s: &str) -> IpAddr {
     s.parse().expect("test address")
@@ -188,6 +148,31 @@ fn record(h: usize, inventory: &Inventory) -> HostRecord {
     }
 }
 
+/// Writes host `h`'s step `step` as change `seq`, a delta from `prior`, the way an
+/// ingest stream does (from what it holds, reading nothing).
+async fn write_step(
+    store: &Store,
+    h: usize,
+    seq: u64,
+    step: usize,
+    prior: &Inventory,
+    known: &mut KnownHost,
+) -> Result<WriteReceipt, StoreError> {
+    let next = inventory(h, step);
+    store
+        .write_change_from(
+            &host_id(h),
+            seq,
+            ChangeKind::Delta,
+            at(step),
+            &diff(prior, &next),
+            &stats(step),
+            prior,
+            known,
+        )
+        .await
+}
+
 /// Writes host `h`'s steps `0..steps` the way an ingest stream does: load once, then
 /// every change from what the stream holds (no reads), a heartbeat after each.
 async fn write_as_stream(store: &Store, h: usize, steps: usize) -> Result<()> {
@@ -213,21 +198,8 @@ async fn write_as_stream(store: &Store, h: usize, steps: usize) -> Result<()> {
         store
             .write_heartbeat(&host, step as u64, at(step), &stats(step))
             .await?;
-        let next = inventory(h, step);
-        let change = diff(&current, &next);
-        store
-            .write_change_from(
-                &host,
-                step as u64 + 1,
-                ChangeKind::Delta,
-                at(step),
-                &change,
-                &stats(step),
-                &current,
-                &mut known,
-            )
-            .await?;
-        current = next;
+        write_step(store, h, step as u64 + 1, step, &current, &mut known).await?;
+        current = inventory(h, step);
     }
     Ok(())
 }
@@ -318,17 +290,17 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_hosts_at_once_store_what_they_store_one_by_one_in_few_inserts() -> Result<()> {
-    let server = Server::start().await?;
+    let server = Server::start("warn").await?;
     let (hosts, steps) = (40, 6);
     let serial = server
-        .store("batch_serial", BatchConfig::unbatched())
+        .batched_store("batch_serial", BatchConfig::unbatched())
         .await?;
     for h in 0..hosts {
         write_reading(&serial, h, steps).await?;
     }
     let batched = Arc::new(
         server
-            .store("batch_concurrent", BatchConfig::default())
+            .batched_store("batch_concurrent", BatchConfig::default())
             .await?,
     );
     run_fleet(&batched, hosts, steps, |store, h, steps| async move {
@@ -377,14 +349,14 @@ async fn many_hosts_at_once_store_what_they_store_one_by_one_in_few_inserts() ->
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_batch_leaves_each_of_its_hosts_recoverable_and_nothing_half_committed()
 -> Result<()> {
-    let server = Server::start().await?;
+    let server = Server::start("warn").await?;
     let database = "batch_failure";
     // A long window: the writes of all hosts below share batches.
     let batching = BatchConfig {
         window: Duration::from_millis(500),
         max_rows: 100_000,
     };
-    let store = Arc::new(server.store(database, batching).await?);
+    let store = Arc::new(server.batched_store(database, batching).await?);
     let hosts = 12;
     run_fleet(&store, hosts, 1, |store, h, steps| async move {
         write_as_stream(&store, h, steps).await
@@ -408,19 +380,7 @@ async fn a_failed_batch_leaves_each_of_its_hosts_recoverable_and_nothing_half_co
         tasks.spawn(async move {
             let host = host_id(h);
             let (current, mut known) = store.load_known(&host).await?;
-            let next = inventory(h, 1);
-            let result = store
-                .write_change_from(
-                    &host,
-                    2,
-                    ChangeKind::Delta,
-                    at(1),
-                    &diff(&current, &next),
-                    &stats(1),
-                    &current,
-                    &mut known,
-                )
-                .await;
+            let result = write_step(&store, h, 2, 1, &current, &mut known).await;
             anyhow::Ok(result)
         });
     }
@@ -464,7 +424,9 @@ async fn a_failed_batch_leaves_each_of_its_hosts_recoverable_and_nothing_half_co
 
     // A collector that never saw the failure (another replica, a restart) recovers the
     // first half at their streams' start…
-    let fresh = server.store(database, BatchConfig::default()).await?;
+    let fresh = server
+        .batched_store(database, BatchConfig::default())
+        .await?;
     for h in 0..hosts / 2 {
         let recovery = fresh.recover(&host_id(h)).await?;
         assert_eq!(recovery.last_seq, 1);
@@ -479,18 +441,7 @@ async fn a_failed_batch_leaves_each_of_its_hosts_recoverable_and_nothing_half_co
         let host = host_id(h);
         let (current, mut known) = store.load_known(&host).await?;
         let next = inventory(h, 1);
-        store
-            .write_change_from(
-                &host,
-                2,
-                ChangeKind::Delta,
-                at(1),
-                &diff(&current, &next),
-                &stats(1),
-                &current,
-                &mut known,
-            )
-            .await?;
+        write_step(&store, h, 2, 1, &current, &mut known).await?;
         assert_eq!(store.load_current(&host).await?, next);
         assert_eq!(store.last_seq(&host).await?, 2);
     }
@@ -532,9 +483,9 @@ async fn queue_deltas(
 /// queued until the host is rolled back: history never skips a change.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_changes_of_a_host_stop_at_the_first_that_fails() -> Result<()> {
-    let server = Server::start().await?;
+    let server = Server::start("warn").await?;
     let store = server
-        .store("batch_pipeline", BatchConfig::default())
+        .batched_store("batch_pipeline", BatchConfig::default())
         .await?;
     let (h, host) = (5, host_id(5));
     write_as_stream(&store, h, 1).await?;
@@ -605,8 +556,10 @@ async fn pipelined_changes_of_a_host_stop_at_the_first_that_fails() -> Result<()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replayed_batched_change_changes_nothing_users_see() -> Result<()> {
-    let server = Server::start().await?;
-    let store = server.store("batch_replay", BatchConfig::default()).await?;
+    let server = Server::start("warn").await?;
+    let store = server
+        .batched_store("batch_replay", BatchConfig::default())
+        .await?;
     let h = 3;
     let host = host_id(h);
     write_as_stream(&store, h, 2).await?;
@@ -620,18 +573,7 @@ async fn a_replayed_batched_change_changes_nothing_users_see() -> Result<()> {
     // holds the state before it (a replica that loaded before the write).
     for _ in 0..3 {
         let mut known: KnownHost = known.clone();
-        store
-            .write_change_from(
-                &host,
-                3,
-                ChangeKind::Delta,
-                at(2),
-                &diff(&prior, &next),
-                &stats(2),
-                &prior,
-                &mut known,
-            )
-            .await?;
+        write_step(&store, h, 3, 2, &prior, &mut known).await?;
         assert_eq!(known.seq(), 3);
         let now = seen(&store, &host).await?;
         assert_eq!(store.load_current(&host).await?, next);
@@ -657,7 +599,7 @@ async fn measure(
     steps: usize,
     reading: bool,
 ) -> Result<Figures> {
-    let store = Arc::new(server.store(database, batching).await?);
+    let store = Arc::new(server.batched_store(database, batching).await?);
     let started = Instant::now();
     run_fleet(&store, hosts, steps, move |store, h, steps| async move {
         if reading {
@@ -677,7 +619,7 @@ async fn measure(
 /// stored rows it needs and sends its own INSERTs) and batched from what streams hold.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn figures_one_by_one_against_batched() -> Result<()> {
-    let server = Server::start().await?;
+    let server = Server::start("warn").await?;
     // Small enough for the test suite; the figures in the notes are from 100 x 5.
     let (hosts, steps) = (30, 3);
     let before = measure(

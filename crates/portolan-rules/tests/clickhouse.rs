@@ -737,20 +737,27 @@ async fn evaluate(store: &Store, sql: &[(String, String)]) -> Result<Vec<Finding
     Ok(all)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn compiled_rules_find_exactly_the_seeded_exposures() -> Result<()> {
+/// Runs `test` against a migrated store in `database` of a managed server of its own,
+/// and stops the server whatever the test's outcome.
+async fn on_a_fresh_server(
+    database: &str,
+    test: impl AsyncFnOnce(&Store) -> Result<()>,
+) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let clickhouse = ManagedClickHouse::start(ManagedOptions {
         state_dir: dir.path().to_path_buf(),
         binary: None,
     })
     .await?;
-    let store = clickhouse
-        .migrated_store("compiled_rules_find_exactly_the_seeded_exposures")
-        .await?;
-    let result = run(&store).await;
+    let store = clickhouse.migrated_store(database).await?;
+    let result = test(&store).await;
     clickhouse.shutdown().await?;
     result
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compiled_rules_find_exactly_the_seeded_exposures() -> Result<()> {
+    on_a_fresh_server("compiled_rules_find_exactly_the_seeded_exposures", run).await
 }
 
 async fn run(store: &Store) -> Result<()> {
@@ -967,18 +974,7 @@ rules:
 /// (and no shared port).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pod_selectors_fire_for_their_pod_only() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let clickhouse = ManagedClickHouse::start(ManagedOptions {
-        state_dir: dir.path().to_path_buf(),
-        binary: None,
-    })
-    .await?;
-    let store = clickhouse
-        .migrated_store("pod_selectors_fire_for_their_pod_only")
-        .await?;
-    let result = run_pods(&store).await;
-    clickhouse.shutdown().await?;
-    result
+    on_a_fresh_server("pod_selectors_fire_for_their_pod_only", run_pods).await
 }
 
 async fn run_pods(store: &Store) -> Result<()> {

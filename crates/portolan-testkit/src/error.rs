@@ -77,6 +77,16 @@ pub enum Error {
         /// What was expected.
         reason: String,
     },
+    /// ClickHouse answered an HTTP query with an error.
+    #[error("ClickHouse at {url} refused `{query}`: {response}")]
+    ClickHouse {
+        /// The server.
+        url: String,
+        /// The query.
+        query: String,
+        /// What it answered, status line and body.
+        response: String,
+    },
 }
 
 /// Result with the testkit's [`Error`].

@@ -11,6 +11,8 @@
 //!   request and answers with scripted statuses and delays (Alertmanager, webhooks).
 //! - [`otlp`]: [`OtlpReceiver`], a real OTLP/gRPC trace receiver that records every span
 //!   with its service, ids and parent, to follow a trace across processes.
+//! - [`clickhouse`]: queries over ClickHouse's HTTP interface, and how benchmarks print
+//!   figures.
 //! - [`free_port`] and [`TempState`]: small helpers.
 //!
 //! Everything that touches namespaces needs root (CAP_SYS_ADMIN and CAP_NET_ADMIN) and
@@ -18,6 +20,7 @@
 //! `fd77:N::/64`), which exist only on the lab's bridge and in its namespaces.
 #![forbid(unsafe_code)]
 
+pub mod clickhouse;
 pub mod error;
 pub mod eventually;
 pub mod fixture;

@@ -154,22 +154,15 @@ pub(crate) fn read_all(
                             &mut others.sockets,
                             &mut others.warnings,
                         );
-                        match host::interface_addresses() {
-                            Ok(list) => others.interfaces.extend(list.into_iter().map(|i| {
-                                InterfaceAddress {
+                        let interfaces = host::interface_addresses().map(|list| {
+                            list.into_iter()
+                                .map(|i| InterfaceAddress {
                                     netns: ns.inode,
                                     ..i
-                                }
-                            })),
-                            Err(e) => push_once(
-                                &mut others.warnings,
-                                format!(
-                                    "cannot list the interface addresses of network namespace {}: {e} \
-                                     (wildcard listeners there are reported as public)",
-                                    ns.inode
-                                ),
-                            ),
-                        }
+                                })
+                                .collect()
+                        });
+                        others.add_interfaces(ns.inode, interfaces);
                         true
                     }
                     Err(e) => {
@@ -193,17 +186,8 @@ pub(crate) fn read_all(
                         &mut others.sockets,
                         &mut others.warnings,
                     );
-                    match proc_interfaces::read(proc_root, ns.pid, ns.inode) {
-                        Ok(list) => others.interfaces.extend(list),
-                        Err(e) => push_once(
-                            &mut others.warnings,
-                            format!(
-                                "cannot read the interface addresses of network namespace {}: {e} \
-                                 (wildcard listeners there are reported as public)",
-                                ns.inode
-                            ),
-                        ),
-                    }
+                    let interfaces = proc_interfaces::read(proc_root, ns.pid, ns.inode);
+                    others.add_interfaces(ns.inode, interfaces);
                     others.from_procfs += 1;
                     true
                 }
@@ -220,6 +204,26 @@ pub(crate) fn read_all(
         }
     }
     others
+}
+
+impl Others {
+    /// The interface addresses of namespace `inode`, or a warning that they are missing.
+    fn add_interfaces(
+        &mut self,
+        inode: u64,
+        interfaces: Result<Vec<InterfaceAddress>, impl std::fmt::Display>,
+    ) {
+        match interfaces {
+            Ok(list) => self.interfaces.extend(list),
+            Err(e) => push_once(
+                &mut self.warnings,
+                format!(
+                    "cannot read the interface addresses of network namespace {inode}: {e} \
+                     (wildcard listeners there are reported as public)"
+                ),
+            ),
+        }
+    }
 }
 
 fn push_once(warnings: &mut Vec<String>, warning: String) {

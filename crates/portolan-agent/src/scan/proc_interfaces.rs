@@ -132,30 +132,9 @@ pub(crate) fn parse_if_inet6(text: &str) -> Vec<InterfaceAddress> {
 mod tests {
     use super::*;
 
-    /// `/proc/net/fib_trie` of a namespace with `10.77.0.2/24` on a veth and
-    /// `203.0.113.7/32` on `lo`, as Linux 6 prints it.
-    const FIB_TRIE: &str = "Main:
-  +-- 0.0.0.0/0 3 0 5
-     +-- 10.77.0.0/24 2 0 2
-        +-- 10.77.0.0/30 2 0 2
-           |-- 10.77.0.0
-              /24 link UNICAST
-           |-- 10.77.0.2
-              /32 host LOCAL
-        |-- 10.77.0.255
-           /32 link BROADCAST
-     +-- 127.0.0.0/8 2 0 2
-        +-- 127.0.0.0/31 1 0 0
-           |-- 127.0.0.0
-              /8 host LOCAL
-           |-- 127.0.0.1
-              /32 host LOCAL
-        |-- 127.255.255.255
-           /32 link BROADCAST
-     |-- 203.0.113.7
-        /32 host LOCAL
-Local:
-  +-- 0.0.0.0/0 3 0 5
+    /// One table of `/proc/net/fib_trie` of a namespace with `10.77.0.2/24` on
+    /// a veth and `203.0.113.7/32` on `lo`, as Linux 6 prints it.
+    const TABLE: &str = "  +-- 0.0.0.0/0 3 0 5
      +-- 10.77.0.0/24 2 0 2
         +-- 10.77.0.0/30 2 0 2
            |-- 10.77.0.0
@@ -176,6 +155,11 @@ Local:
         /32 host LOCAL
 ";
 
+    /// The whole file: the kernel prints the same trie under `Main:` and `Local:`.
+    fn fib_trie() -> String {
+        format!("Main:\n{TABLE}Local:\n{TABLE}")
+    }
+
     fn v4(a: &str, len: u8) -> InterfaceAddress {
         InterfaceAddress {
             interface: String::new(),
@@ -188,7 +172,7 @@ Local:
     #[test]
     fn fib_trie_local_addresses_with_their_subnets() {
         assert_eq!(
-            parse_fib_trie(FIB_TRIE),
+            parse_fib_trie(&fib_trie()),
             vec![
                 v4("10.77.0.2", 24),
                 v4("127.0.0.1", 8),

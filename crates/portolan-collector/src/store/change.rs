@@ -87,18 +87,30 @@ pub(super) struct Change<'a> {
     pub stats: &'a ScanStats,
 }
 
-impl Change<'_> {
-    /// The change's rows, what they count per table, and the `hosts` row among them.
-    pub fn rows(&self, before: Before) -> (Rows, WriteReceipt, Option<HostRow>) {
-        let Change {
+impl<'a> Change<'a> {
+    pub fn new(
+        host_id: &'a str,
+        seq: u64,
+        kind: ChangeKind,
+        scanned_at: SystemTime,
+        delta: &'a Delta,
+        stats: &'a ScanStats,
+    ) -> Change<'a> {
+        Change {
             host_id,
             seq,
             kind,
             scanned_at,
             delta,
             stats,
-        } = *self;
-        let at = to_datetime(scanned_at);
+        }
+    }
+
+    /// The change's rows, what they count per table, and the `hosts` row among them.
+    pub fn rows(&self, before: Before) -> (Rows, WriteReceipt, Option<HostRow>) {
+        let (host_id, seq, kind, delta, stats) =
+            (self.host_id, self.seq, self.kind, self.delta, self.stats);
+        let at = to_datetime(self.scanned_at);
         let known: BTreeMap<u32, &Process> = delta.processes.iter().map(|p| (p.pid, p)).collect();
         let mut b = RowsBuilder {
             host_id,
@@ -159,7 +171,7 @@ impl Change<'_> {
         }
 
         let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
-        let mut report = report_row(host_id, seq, kind.as_str(), scanned_at, stats);
+        let mut report = report_row(host_id, seq, kind.as_str(), self.scanned_at, stats);
         report.added = count(delta.added.len());
         report.removed = count(delta.removed.len());
         report.changed = count(delta.changed.len());
