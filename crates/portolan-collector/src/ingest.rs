@@ -23,7 +23,7 @@ use portolan_proto::v1::ingest_service_server::IngestService;
 use portolan_proto::v1::stream_inventory_request::Message as AgentMessage;
 use portolan_proto::v1::stream_inventory_response::Message as CollectorMessage;
 use portolan_tls::{Identity, peer_info};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument as _;
@@ -35,7 +35,9 @@ use crate::metrics;
 use crate::rate::RateLimiter;
 use crate::revocation::{LiveSession, Revocations};
 use crate::store::gaps::SpoolGap;
-use crate::store::{ChangeKind, HostRecord, KnownHost, PendingWrite, Store, WriteReceipt};
+use crate::store::{
+    ChangeKind, HostRecord, KnownHost, PendingWrite, Store, StoreError, WriteReceipt,
+};
 
 /// Longest host_id, hostname, label key or value, version or OS string in a Hello.
 const MAX_HELLO_STRING: usize = 256;
@@ -114,7 +116,7 @@ impl IngestService for Ingest {
         let (tx, rx) = mpsc::channel(8);
         let in_flight = self.limits.max_in_flight.max(1) as usize;
         let (queue, queued) = mpsc::channel(in_flight);
-        let (failed_tx, failed) = mpsc::channel(1);
+        let (failed_tx, failed) = oneshot::channel();
         let session = Session {
             streams: self.streams.clone(),
             live,
@@ -134,7 +136,7 @@ impl IngestService for Ingest {
             connected: None,
             awaiting_snapshot: false,
             queue,
-            failed,
+            failed: Some(failed),
         };
         let acker = tokio::spawn(acknowledge_in_order(queued, tx.clone(), failed_tx));
         tokio::spawn(async move {
@@ -187,10 +189,12 @@ struct Session {
     connected: Option<ConnectedAgent>,
     /// A Resync was sent: deltas are dropped unanswered until the snapshot comes.
     awaiting_snapshot: bool,
-    /// Writes and answers, in order, for [`acknowledge_in_order`].
-    queue: mpsc::Sender<Queued>,
-    /// The first write that failed, from [`acknowledge_in_order`].
-    failed: mpsc::Receiver<IngestError>,
+    /// Writes and answers, in order, for [`acknowledge_in_order`] (boxed: a channel
+    /// allocates room for 32 of its items at once, per stream).
+    queue: mpsc::Sender<Box<Queued>>,
+    /// The first write that failed, from [`acknowledge_in_order`]; `None` once it has
+    /// ended without one.
+    failed: Option<oneshot::Receiver<IngestError>>,
 }
 
 /// How a stream holds its host's inventory between messages.
@@ -232,10 +236,16 @@ enum Queued {
 /// acknowledged after it, and the writes queued behind it are waited for (they are
 /// refused by the store) so that the stream ends only once none is left in flight.
 async fn acknowledge_in_order(
-    mut queued: mpsc::Receiver<Queued>,
+    mut queued: mpsc::Receiver<Box<Queued>>,
     tx: mpsc::Sender<Result<pb::StreamInventoryResponse, Status>>,
-    failed: mpsc::Sender<IngestError>,
+    failed: oneshot::Sender<IngestError>,
 ) {
+    let mut failed = Some(failed);
+    let mut fail = |e: StoreError| {
+        if let Some(failed) = failed.take() {
+            let _ = failed.send(IngestError::Store(e));
+        }
+    };
     let mut ok = true;
     let send = |message: CollectorMessage| {
         tx.send(Ok(pb::StreamInventoryResponse {
@@ -243,7 +253,7 @@ async fn acknowledge_in_order(
         }))
     };
     while let Some(q) = queued.recv().await {
-        match q {
+        match *q {
             Queued::Change {
                 seq,
                 kind,
@@ -261,9 +271,7 @@ async fn acknowledge_in_order(
                 }
                 Ok(()) => {}
                 Err(e) => {
-                    if ok {
-                        let _ = failed.send(IngestError::Store(e)).await;
-                    }
+                    fail(e);
                     ok = false;
                 }
             },
@@ -275,9 +283,7 @@ async fn acknowledge_in_order(
                         .observe(&[("kind", "heartbeat")], received.elapsed().as_secs_f64());
                 }
                 Err(e) => {
-                    if ok {
-                        let _ = failed.send(IngestError::Store(e)).await;
-                    }
+                    fail(e);
                     ok = false;
                 }
             },
@@ -291,6 +297,17 @@ async fn acknowledge_in_order(
             }
         }
     }
+}
+
+/// The failure [`acknowledge_in_order`] reports, once; pending forever after it ended
+/// without one.
+async fn first_failure(failed: &mut Option<oneshot::Receiver<IngestError>>) -> Option<IngestError> {
+    let Some(receiver) = failed else {
+        return std::future::pending().await;
+    };
+    let error = receiver.await.ok();
+    *failed = None;
+    error
 }
 
 /// One agent in `portolan_collector_agents_connected` while it lives.
@@ -325,7 +342,7 @@ impl Session {
                     }
                     continue;
                 }
-                Some(error) = self.failed.recv() => return Err(error),
+                Some(error) = first_failure(&mut self.failed) => return Err(error),
                 reason = self.live.revoked() => return Err(IngestError::Revoked(reason)),
                 () = claim.superseded() => {
                     return Err(IngestError::Protocol(
@@ -410,7 +427,7 @@ impl Session {
     /// are queued (the agent then waits for acknowledgements).
     async fn queue(&self, q: Queued) -> Result<(), IngestError> {
         self.queue
-            .send(q)
+            .send(Box::new(q))
             .await
             .map_err(|_| IngestError::Protocol("the stream's acknowledgements stopped".into()))
     }
@@ -425,9 +442,9 @@ impl Session {
         let (done, wait) = tokio::sync::oneshot::channel();
         self.queue(Queued::Flush(done)).await?;
         let _ = wait.await;
-        match self.failed.try_recv() {
-            Ok(error) => Err(error),
-            Err(_) => Ok(()),
+        match self.failed.as_mut().map(oneshot::Receiver::try_recv) {
+            Some(Ok(error)) => Err(error),
+            _ => Ok(()),
         }
     }
 

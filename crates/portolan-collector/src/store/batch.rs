@@ -116,10 +116,10 @@ impl Rows {
     }
 
     fn append(&mut self, mut other: Rows) {
-        self.socket_events.append(&other.socket_events);
-        self.sockets_current.append(&other.sockets_current);
-        self.flow_events.append(&other.flow_events);
-        self.flows_current.append(&other.flows_current);
+        self.socket_events.append(other.socket_events);
+        self.sockets_current.append(other.sockets_current);
+        self.flow_events.append(other.flow_events);
+        self.flows_current.append(other.flows_current);
         self.hosts.append(&mut other.hosts);
         self.host_reports.append(&mut other.host_reports);
     }
@@ -230,18 +230,11 @@ impl Writer {
         let mut insert = self
             .client
             .insert_formatted_with(format!("INSERT INTO {table} FORMAT RowBinary"));
-        let bytes = bytes::Bytes::from(rows.bytes);
-        let mut at = 0;
-        while at < bytes.len() {
-            let end = (at + CHUNK).min(bytes.len());
-            insert
-                .send(bytes.slice(at..end))
-                .await
-                .map_err(self.map_err(table))?;
-            at = end;
+        let n = rows.rows as u64;
+        for chunk in rows.into_chunks(CHUNK) {
+            insert.send(chunk).await.map_err(self.map_err(table))?;
         }
         insert.end().await.map_err(self.map_err(table))?;
-        let n = rows.rows as u64;
         self.counters.rows.fetch_add(n, Ordering::Relaxed);
         Ok(n)
     }

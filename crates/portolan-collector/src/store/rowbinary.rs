@@ -22,17 +22,90 @@ use super::rows::family;
 /// Encoded rows of one table.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub(crate) struct Encoded {
-    /// The rows, back to back.
+    /// The rows of one write, back to back (what its encoder appends to).
     pub bytes: Vec<u8>,
-    /// How many.
+    /// The rows of the writes appended after it ([`Encoded::append`]), each as its
+    /// write encoded them: a batch is sent from them in chunks, never first copied into
+    /// one buffer (which, grown by doubling, held up to four times the batch at once).
+    pub appended: Vec<Vec<u8>>,
+    /// How many rows in all.
     pub rows: usize,
 }
 
 impl Encoded {
-    /// Appends the rows of `other`.
-    pub fn append(&mut self, other: &Encoded) {
-        self.bytes.extend_from_slice(&other.bytes);
+    /// Appends the rows of `other`, without copying them.
+    pub fn append(&mut self, other: Encoded) {
+        if !other.bytes.is_empty() {
+            self.appended.push(other.bytes);
+        }
+        self.appended
+            .extend(other.appended.into_iter().filter(|b| !b.is_empty()));
         self.rows += other.rows;
+    }
+
+    /// The encoded bytes in all, in order.
+    pub fn len_bytes(&self) -> usize {
+        self.bytes.len() + self.appended.iter().map(Vec::len).sum::<usize>()
+    }
+
+    /// The rows as chunks of at most `max` bytes (a row may span two), made as they
+    /// are sent: small writes are gathered into one chunk, a large one is cut without
+    /// copying.
+    pub fn into_chunks(self, max: usize) -> Chunks {
+        let left = self.len_bytes();
+        Chunks {
+            parts: std::iter::once(self.bytes)
+                .chain(self.appended)
+                .collect::<Vec<_>>()
+                .into_iter(),
+            cutting: bytes::Bytes::new(),
+            max: max.max(1),
+            left,
+        }
+    }
+}
+
+/// The chunks of [`Encoded::into_chunks`].
+pub(crate) struct Chunks {
+    parts: std::vec::IntoIter<Vec<u8>>,
+    /// What is left of a part larger than a chunk.
+    cutting: bytes::Bytes,
+    max: usize,
+    /// Bytes not yet in a chunk.
+    left: usize,
+}
+
+impl Iterator for Chunks {
+    type Item = bytes::Bytes;
+
+    fn next(&mut self) -> Option<bytes::Bytes> {
+        if self.cutting.len() >= self.max {
+            self.left -= self.max;
+            return Some(self.cutting.split_to(self.max));
+        }
+        if self.left == 0 {
+            return None;
+        }
+        let mut chunk = Vec::with_capacity(self.max.min(self.left));
+        chunk.extend_from_slice(&self.cutting);
+        self.cutting = bytes::Bytes::new();
+        while chunk.len() < self.max {
+            let Some(part) = self.parts.next() else { break };
+            let room = self.max - chunk.len();
+            if part.len() <= room {
+                chunk.extend_from_slice(&part);
+            } else if chunk.is_empty() {
+                // A part of a chunk or more: cut, not copied.
+                self.cutting = bytes::Bytes::from(part);
+                return self.next();
+            } else {
+                let mut part = bytes::Bytes::from(part);
+                chunk.extend_from_slice(&part.split_to(room));
+                self.cutting = part;
+            }
+        }
+        self.left -= chunk.len();
+        Some(bytes::Bytes::from(chunk))
     }
 }
 
@@ -225,5 +298,33 @@ mod tests {
             ]
             .concat()
         );
+    }
+
+    proptest::proptest! {
+        /// Chunks hold the appended writes' bytes in order, each at most `max` bytes,
+        /// and none but the last is short: as few INSERT blocks as the bytes allow.
+        #[test]
+        fn chunks_are_the_bytes_in_order_and_full(
+            writes in proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 0..64), 0..20),
+            max in 1usize..40,
+        ) {
+            let mut all = Encoded::default();
+            for (i, bytes) in writes.iter().enumerate() {
+                let one = Encoded { bytes: bytes.clone(), appended: Vec::new(), rows: i };
+                all.append(one);
+            }
+            let total: usize = writes.iter().map(Vec::len).sum();
+            proptest::prop_assert_eq!(all.len_bytes(), total);
+            let chunks: Vec<_> = all.into_chunks(max).collect();
+            let joined: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+            proptest::prop_assert_eq!(joined, writes.concat());
+            for (i, chunk) in chunks.iter().enumerate() {
+                proptest::prop_assert!(chunk.len() <= max);
+                proptest::prop_assert!(!chunk.is_empty());
+                if i + 1 < chunks.len() {
+                    proptest::prop_assert_eq!(chunk.len(), max);
+                }
+            }
+        }
     }
 }
