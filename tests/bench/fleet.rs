@@ -25,8 +25,8 @@ use anyhow::{Context, Result, bail};
 use portolan_core::inventory::ScannedSocket;
 use portolan_core::wire::{delta_to_wire, snapshot_parts};
 use portolan_core::{
-    Attribution, HostState, InterfaceAddress, Inventory, Process, Protocol, ScanStats, SocketKey,
-    SocketState, diff,
+    Attribution, Delta, HostState, InterfaceAddress, Inventory, Process, Protocol, ScanStats,
+    SocketKey, SocketState, apply_in_place, diff,
 };
 use portolan_proto::v1 as pb;
 use portolan_proto::v1::ingest_service_client::IngestServiceClient;
@@ -305,6 +305,10 @@ struct SimAgent {
     inventory: Inventory,
     /// The seq of the last change made.
     seq: u64,
+    /// With [`Pace::Saturate`], the changes to send, made before the fleet goes: the
+    /// benchmark then times the collector, not this simulator's scans and diffs (which
+    /// share the machine's cores with it).
+    planned: VecDeque<Delta>,
     next_socket: u64,
     eth0: Ipv4Addr,
 }
@@ -359,11 +363,21 @@ impl SimAgent {
             processes,
             inventory: Inventory::default(),
             seq: 0,
+            planned: VecDeque::new(),
             next_socket: 0,
             eth0,
         };
         agent.sockets = (0..shape.sockets).map(|_| agent.new_socket()).collect();
         agent.inventory = agent.build();
+        if let Pace::Saturate { deltas } = shape.pace {
+            let mut at = agent.inventory.clone();
+            for _ in 0..deltas {
+                if let Some((delta, next)) = agent.churn(&at) {
+                    agent.planned.push_back(delta);
+                    at = next;
+                }
+            }
+        }
         agent
     }
 
@@ -435,8 +449,36 @@ impl SimAgent {
         }
     }
 
-    /// One scan: replaces the churned share of the sockets; the change, if any.
+    /// One scan: replaces the churned share of the sockets (or, saturating, takes the
+    /// next planned change); the change, if any.
     fn scan(&mut self) -> Option<Change> {
+        let delta = if matches!(self.shape.pace, Pace::Saturate { .. }) {
+            let delta = self.planned.pop_front()?;
+            apply_in_place(&mut self.inventory, &delta)
+                .expect("the planned changes apply one after another");
+            delta
+        } else {
+            let from = std::mem::take(&mut self.inventory);
+            let Some((delta, next)) = self.churn(&from) else {
+                self.inventory = from;
+                return None;
+            };
+            self.inventory = next;
+            delta
+        };
+        let events = (delta.added.len() + delta.removed.len() + delta.changed.len()) as u64;
+        self.seq += 1;
+        let wire = delta_to_wire(&delta, self.seq, self.seq - 1, now_nanos(), &self.stats());
+        Some(Change {
+            seq: self.seq,
+            delta: wire,
+            events,
+        })
+    }
+
+    /// Replaces the churned share of the sockets: the delta from `from` (the inventory
+    /// the sockets made before) and the inventory after; `None` when none churned.
+    fn churn(&mut self, from: &Inventory) -> Option<(Delta, Inventory)> {
         let wanted = self.sockets.len() as f64 * self.shape.churn;
         let mut k = wanted.floor() as usize;
         if (self.random() as f64 / u64::MAX as f64) < wanted - wanted.floor() {
@@ -451,16 +493,7 @@ impl SimAgent {
             self.sockets[i] = self.new_socket();
         }
         let next = self.build();
-        let delta = diff(&self.inventory, &next);
-        self.inventory = next;
-        let events = (delta.added.len() + delta.removed.len() + delta.changed.len()) as u64;
-        self.seq += 1;
-        let wire = delta_to_wire(&delta, self.seq, self.seq - 1, now_nanos(), &self.stats());
-        Some(Change {
-            seq: self.seq,
-            delta: wire,
-            events,
-        })
+        Some((diff(from, &next), next))
     }
 
     async fn run(mut self, mut run: Run) {
