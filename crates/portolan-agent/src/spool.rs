@@ -36,7 +36,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use portolan_core::wire::{SnapshotAssembly, delta_from_wire, delta_to_wire, snapshot_parts};
-use portolan_core::{Inventory, ScanStats, apply, diff};
+use portolan_core::{Inventory, ScanStats, apply_in_place, diff};
 use portolan_proto::v1 as pb;
 use prost::Message;
 use tracing::warn;
@@ -279,20 +279,34 @@ impl Spool {
 
     /// The first record the collector does not hold, once connected.
     pub fn next_to_send(&self) -> Result<Option<Outgoing>, SpoolError> {
-        self.next_after(0)
+        self.next_after(0, false)
     }
 
     /// The first record after `seq` that the collector does not hold, once connected:
     /// with `seq` the last record sent, the next one to send while earlier ones are not
-    /// acknowledged yet.
-    pub fn next_after(&self, seq: u64) -> Result<Option<Outgoing>, SpoolError> {
+    /// acknowledged yet. With `hold_snapshot`, a snapshot right after `seq` is not read
+    /// (`None`): it waits until the deltas before it are acknowledged, and reading a base
+    /// (megabytes at 20,000 sockets) only to hold it back would be work per message.
+    pub fn next_after(
+        &self,
+        seq: u64,
+        hold_snapshot: bool,
+    ) -> Result<Option<Outgoing>, SpoolError> {
         let Some(acked) = self.acked else {
             return Ok(None);
         };
         let after = seq.max(acked);
-        let Some(entry) = self.entries.iter().find(|e| e.seq > after).copied() else {
+        // Entries are in seq order.
+        let Some(entry) = self
+            .entries
+            .get(self.entries.partition_point(|e| e.seq <= after))
+            .copied()
+        else {
             return Ok(None);
         };
+        if hold_snapshot && entry.kind == Kind::Base && entry.seq == seq + 1 {
+            return Ok(None);
+        }
         let payload = self.read_payload(&entry)?;
         match entry.kind {
             Kind::Base => {
@@ -440,8 +454,8 @@ impl Spool {
             stats = wire.stats.clone().map(ScanStats::from).unwrap_or_default();
             let delta =
                 delta_from_wire(wire).map_err(|err| self.corrupt(e.offset, err.to_string()))?;
-            inventory =
-                apply(&inventory, &delta).map_err(|err| self.corrupt(e.offset, err.to_string()))?;
+            apply_in_place(&mut inventory, &delta)
+                .map_err(|err| self.corrupt(e.offset, err.to_string()))?;
             at = e.at;
             at_seq = e.seq;
         }
@@ -638,10 +652,10 @@ fn load(path: &Path) -> Result<Loaded, SpoolError> {
                 let Ok(delta) = delta_from_wire(wire) else {
                     break;
                 };
-                let Ok(next) = apply(&loaded.tip, &delta) else {
+                // Left as it was when the delta does not apply.
+                if apply_in_place(&mut loaded.tip, &delta).is_err() {
                     break;
-                };
-                loaded.tip = next;
+                }
                 loaded.tip_stats = stats;
                 Entry {
                     kind: Kind::Delta,

@@ -426,16 +426,12 @@ async fn session(
         // snapshot goes alone: what follows it applies to it.
         while in_flight.len() < window && in_flight.back().is_none_or(|f| f.kind != "snapshot") {
             let after = sent_up_to;
-            let Some(out) = with_spool(spool, move |s| s.next_after(after)).await? else {
+            // A snapshot right after what is in flight waits for its acknowledgements.
+            let hold_snapshot = !in_flight.is_empty();
+            let Some(out) = with_spool(spool, move |s| s.next_after(after, hold_snapshot)).await?
+            else {
                 break;
             };
-            if out.seq() == sent_up_to + 1
-                && !in_flight.is_empty()
-                && matches!(out, Outgoing::Snapshot { .. })
-            {
-                // Wait for the deltas before it to be acknowledged first.
-                break;
-            }
             pace.wait().await;
             sent_up_to = out.seq();
             in_flight.push_back(send_outgoing(&tx, out, max_items).await?);

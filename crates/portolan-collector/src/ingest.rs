@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use portolan_core::wire::{EncodedInventory, SnapshotAssembly, delta_from_wire};
-use portolan_core::{Inventory, ScanStats, apply_in_place, check_applies, diff};
+use portolan_core::{Inventory, ScanStats, apply_after_check, check_applies, diff};
 use portolan_proto::v1 as pb;
 use portolan_proto::v1::ingest_service_server::IngestService;
 use portolan_proto::v1::stream_inventory_request::Message as AgentMessage;
@@ -651,9 +651,7 @@ impl Session {
         drop(store_span);
         debug!(host = %self.host_id, seq, ?receipt, "delta queued");
         // The next delta applies to this one, durable or not yet.
-        apply_in_place(&mut current, &change).map_err(|e| {
-            IngestError::Protocol(format!("delta {seq} stopped applying once checked: {e}"))
-        })?;
+        apply_after_check(&mut current, &change);
         self.last_seq = seq;
         self.current = Some(Current::Decoded(current));
         self.queue(Queued::Change {

@@ -790,12 +790,7 @@ impl Store {
     }
 
     async fn recover_if_dirty(&self, host_id: &str) -> Result<(), StoreError> {
-        let dirty = self
-            .dirty
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .contains(host_id);
-        if dirty {
+        if self.batcher.writer().is_dirty(host_id) {
             self.recover(host_id).await?;
         }
         Ok(())
@@ -1153,7 +1148,7 @@ impl Store {
         let host_id = record.host_id.as_str();
         self.refuse_if_dirty(host_id)?;
         let hello = hello_row(record, known.row.as_ref());
-        let before = Before::from_inventory(prior, delta, Some(hello.clone()));
+        let before = Before::from_inventory(prior, delta, Some(&hello));
         let change = Change::new(host_id, seq, ChangeKind::Snapshot, scanned_at, delta, stats);
         let (mut rows, mut receipt, facts) = change.rows(before);
         // The Hello row first: the change's own facts row, when it has one, is newer.
@@ -1309,7 +1304,7 @@ impl Store {
         host: &mut KnownHost,
     ) -> Result<(WriteReceipt, PendingWrite), StoreError> {
         self.refuse_if_dirty(host_id)?;
-        let before = Before::from_inventory(prior, delta, host.row.clone());
+        let before = Before::from_inventory(prior, delta, host.row.as_ref());
         let change = Change::new(host_id, seq, kind, scanned_at, delta, stats);
         let (rows, receipt, row) = change.rows(before);
         let pending = self.batcher.enqueue(host_id, rows).await?;
@@ -1320,12 +1315,7 @@ impl Store {
     }
 
     fn refuse_if_dirty(&self, host_id: &str) -> Result<(), StoreError> {
-        let dirty = self
-            .dirty
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .contains(host_id);
-        if dirty {
+        if self.batcher.writer().is_dirty(host_id) {
             return Err(StoreError::EarlierWriteFailed {
                 host_id: host_id.to_string(),
             });
@@ -1340,7 +1330,7 @@ impl Store {
         host_id: &str,
         kind: ChangeKind,
         delta: &Delta,
-    ) -> Result<Before, StoreError> {
+    ) -> Result<Before<'static>, StoreError> {
         let removed_keys: Vec<String> = delta.removed.iter().map(|s| s.key.to_string()).collect();
         let stored_sockets = self.socket_rows_by_key(host_id, &removed_keys).await?;
         let removed_flow_keys: Vec<String> = delta
@@ -1379,7 +1369,7 @@ impl Store {
         Ok(Before {
             removed_sockets,
             removed_flows,
-            host,
+            host: host.map(std::borrow::Cow::Owned),
         })
     }
 
@@ -1388,7 +1378,7 @@ impl Store {
     async fn commit_change(
         &self,
         change: &Change<'_>,
-        before: Before,
+        before: Before<'_>,
     ) -> Result<(WriteReceipt, Option<HostRow>), StoreError> {
         let (rows, receipt, host_row) = change.rows(before);
         self.batcher.commit(change.host_id, rows).await?;

@@ -492,15 +492,30 @@ async fn pipelined_changes_of_a_host_stop_at_the_first_that_fails() -> Result<()
     let (mut prior, mut known) = store.load_known(&host).await?;
     let client = store.client();
 
-    // Seqs 2..=5 queued back to back: they are stored in order, all of them.
+    // Seqs 2..=5 queued back to back: they are stored in order, all of them, and
+    // without waiting for each other (some share a batch).
+    let before = store.write_stats();
     for write in queue_deltas(&store, h, 2..=5, &mut prior, &mut known).await? {
         write.wait().await?;
     }
+    let batches = store.write_stats().batches - before.batches;
+    assert!(batches < 4, "4 queued changes took {batches} batches");
     assert_eq!(store.last_seq(&host).await?, 5);
     assert_eq!(store.load_current(&host).await?, prior);
 
     // Seq 6 fails (no commit-marker table); 7 and 8, queued behind it, are refused
-    // unwritten, and nothing more can be queued.
+    // unwritten, and nothing more can be queued. Each write is a batch of its own here
+    // (`max_rows` 1), so 7 and 8 reach their batches after 6 failed: the batcher itself
+    // must refuse them.
+    let store = server
+        .batched_store(
+            "batch_pipeline",
+            BatchConfig {
+                max_rows: 1,
+                ..BatchConfig::default()
+            },
+        )
+        .await?;
     client
         .query("RENAME TABLE host_reports TO host_reports_away")
         .execute()
@@ -516,18 +531,26 @@ async fn pipelined_changes_of_a_host_stop_at_the_first_that_fails() -> Result<()
         .execute()
         .await?;
     assert!(
-        matches!(&results[0], Err(StoreError::Batch { .. })),
+        matches!(&results[0], Err(StoreError::Batch { writes: 1, .. })),
         "{:?}",
         results[0]
     );
     for later in &results[1..] {
-        let refused = matches!(later, Err(StoreError::Batch { error, .. })
-            if matches!(**error, StoreError::EarlierWriteFailed { .. }));
-        // Or, when it shared the failed batch, that batch's error.
-        let shared = matches!(later, Err(StoreError::Batch { error, .. })
-            if !matches!(**error, StoreError::EarlierWriteFailed { .. }));
-        assert!(refused || shared, "{later:?}");
+        assert!(
+            matches!(later, Err(StoreError::Batch { error, .. })
+                if matches!(**error, StoreError::EarlierWriteFailed { .. })),
+            "{later:?}"
+        );
     }
+    // Not a row of 7 or 8 was sent (before any rollback).
+    let written_after: u64 = client
+        .query("SELECT count() FROM socket_events WHERE seq >= 7")
+        .fetch_one()
+        .await?;
+    assert_eq!(
+        written_after, 0,
+        "changes queued behind the failure were written"
+    );
     let again = queue_deltas(&store, h, 9..=9, &mut queued_prior, &mut known).await;
     let refused = again
         .as_ref()

@@ -132,6 +132,14 @@ pub fn apply(base: &Inventory, delta: &Delta) -> Result<Inventory, ApplyError> {
 /// does not apply, `base` is left as it was.
 pub fn apply_in_place(base: &mut Inventory, delta: &Delta) -> Result<(), ApplyError> {
     check_applies(base, delta)?;
+    apply_after_check(base, delta);
+    Ok(())
+}
+
+/// [`apply_in_place`] for a `delta` that [`check_applies`] already accepted for `base`
+/// (unchanged since): a caller that must look at `base` between the check and the apply
+/// (the collector stores the change from the inventory before it) checks once, not twice.
+pub fn apply_after_check(base: &mut Inventory, delta: &Delta) {
     if let Some(host) = &delta.host {
         base.host = host.clone();
     }
@@ -161,7 +169,6 @@ pub fn apply_in_place(base: &mut Inventory, delta: &Delta) -> Result<(), ApplyEr
         base.processes.insert(process.pid, process.clone());
     }
     base.retain_referenced_processes();
-    Ok(())
 }
 
 /// Whether `delta` applies to `base`: what it removes or changes is there, what it adds

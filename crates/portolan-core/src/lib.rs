@@ -17,7 +17,7 @@ pub mod scope;
 pub mod socket;
 pub mod wire;
 
-pub use delta::{Delta, apply, apply_in_place, check_applies, diff};
+pub use delta::{Delta, apply, apply_after_check, apply_in_place, check_applies, diff};
 pub use flow::{Direction, Flow, FlowKey, fold_connections};
 pub use host::{HostState, InterfaceAddress, ScanStats};
 pub use inventory::Inventory;

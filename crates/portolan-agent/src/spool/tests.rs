@@ -1,4 +1,4 @@
-use portolan_core::Socket;
+use portolan_core::{Socket, apply};
 use proptest::prelude::*;
 
 use super::*;
@@ -109,6 +109,29 @@ fn first_scan_is_a_snapshot_then_deltas_in_order() {
     assert_eq!((collector.snapshots, collector.deltas), (1, 2));
     assert_eq!(collector.stored, inventory(&[80]));
     assert_eq!(spool.pending(), 0);
+}
+
+/// Sending ahead: `next_after(k)` is record `k + 1` whatever was acknowledged, and a
+/// snapshot right after what is in flight is held back until asked for without holding.
+#[test]
+fn next_after_sends_ahead_of_acknowledgements_and_holds_a_snapshot() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut spool = Spool::open(dir.path(), 1 << 20).expect("open");
+    record(&mut spool, &[22], 1);
+    record(&mut spool, &[22, 80], 2);
+    record(&mut spool, &[80], 3);
+    spool.connected(0).expect("connected");
+    let seq = |out: Option<Outgoing>| out.map(|o| o.seq());
+    // The snapshot (seq 1) is next; held while something is in flight, sent otherwise.
+    assert_eq!(seq(spool.next_after(0, true).expect("next")), None);
+    assert_eq!(seq(spool.next_after(0, false).expect("next")), Some(1));
+    // Nothing acknowledged yet: each next record follows the last one sent.
+    assert_eq!(seq(spool.next_after(1, true).expect("next")), Some(2));
+    assert_eq!(seq(spool.next_after(2, true).expect("next")), Some(3));
+    assert_eq!(seq(spool.next_after(3, true).expect("next")), None);
+    // An acknowledgement past `k` wins over `k`.
+    spool.acknowledged(2).expect("ack");
+    assert_eq!(seq(spool.next_after(1, false).expect("next")), Some(3));
 }
 
 #[test]

@@ -275,7 +275,8 @@ impl Writer {
         Ok(())
     }
 
-    fn is_dirty(&self, host_id: &str) -> bool {
+    /// Whether a write of `host_id` failed and is not rolled back yet.
+    pub(crate) fn is_dirty(&self, host_id: &str) -> bool {
         self.dirty
             .lock()
             .unwrap_or_else(PoisonError::into_inner)

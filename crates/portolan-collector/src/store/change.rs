@@ -1,6 +1,7 @@
 //! The rows of one change: pure, from the change and what the stored state held before
 //! it ([`Before`]), whether that was read from ClickHouse or held by the host's stream.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
@@ -29,19 +30,23 @@ impl KnownHost {
 }
 
 /// What a change's rows need of the stored state before it.
-pub(super) struct Before {
+pub(super) struct Before<'h> {
     /// The last-known processes of each removed socket, in `delta.removed` order.
     pub removed_sockets: Vec<BTreeMap<u32, Process>>,
     /// The last-known process of each removed flow, in `delta.flows_removed` order.
     pub removed_flows: Vec<Option<Process>>,
-    /// The host's latest `hosts` row.
-    pub host: Option<HostRow>,
+    /// The host's latest `hosts` row: the stream's own, or read from ClickHouse.
+    pub host: Option<Cow<'h, HostRow>>,
 }
 
-impl Before {
+impl<'h> Before<'h> {
     /// From the host's inventory before `delta` (the stored state, as the stream holds
     /// it): the processes a stored socket or flow row carries are those of its pids.
-    pub fn from_inventory(prior: &Inventory, delta: &Delta, host: Option<HostRow>) -> Before {
+    pub fn from_inventory(
+        prior: &Inventory,
+        delta: &Delta,
+        host: Option<&'h HostRow>,
+    ) -> Before<'h> {
         let removed_sockets = delta
             .removed
             .iter()
@@ -72,7 +77,7 @@ impl Before {
         Before {
             removed_sockets,
             removed_flows,
-            host,
+            host: host.map(Cow::Borrowed),
         }
     }
 }
@@ -107,7 +112,7 @@ impl<'a> Change<'a> {
     }
 
     /// The change's rows, what they count per table, and the `hosts` row among them.
-    pub fn rows(&self, before: Before) -> (Rows, WriteReceipt, Option<HostRow>) {
+    pub fn rows(&self, before: Before<'_>) -> (Rows, WriteReceipt, Option<HostRow>) {
         let (host_id, seq, kind, delta, stats) =
             (self.host_id, self.seq, self.kind, self.delta, self.stats);
         let at = to_datetime(self.scanned_at);
@@ -158,7 +163,7 @@ impl<'a> Change<'a> {
 
         let mut host_row = None;
         if let Some(state) = &delta.host {
-            let latest = before.host.as_ref();
+            let latest = before.host.as_deref();
             // A replay of an older change must not overwrite newer host facts.
             if latest.is_none_or(|h| h.seq <= seq) {
                 let mut row = latest.cloned().unwrap_or_else(|| empty_host_row(host_id));
@@ -182,7 +187,7 @@ impl<'a> Change<'a> {
         // stream's first snapshot on (see `history::hosts_as_of`).
         let facts = match &delta.host {
             Some(state) => Some((1, HostFactsCols::encode(state))),
-            None if kind == ChangeKind::Snapshot => before.host.as_ref().map(|r| (2, r.facts())),
+            None if kind == ChangeKind::Snapshot => before.host.as_deref().map(|r| (2, r.facts())),
             None => None,
         };
         if let Some((has_host, facts)) = facts {
