@@ -5,8 +5,8 @@
 //! speaks the real ingest protocol as `portolan-agent` does (see
 //! `crates/portolan-agent/src/stream.rs`): Hello → Welcome → a full snapshot (split into
 //! parts by [`snapshot_parts`]) → one delta per changed interval ([`diff`] and
-//! [`delta_to_wire`]) or a heartbeat when nothing changed, one message in flight at a
-//! time, each acknowledged before the next. What is synthetic is only the inventory: `n`
+//! [`delta_to_wire`]) or a heartbeat when nothing changed, up to the collector's
+//! `max_in_flight` sent ahead of their acknowledgements. What is synthetic is only the inventory: `n`
 //! listening sockets (TCP and UDP) owned by ten processes, of which a share is replaced
 //! (closed, and a new one opened) every interval.
 //!
@@ -51,8 +51,9 @@ pub enum Pace {
     /// Like real agents: one scan per interval (first one at a random offset), a delta
     /// when it changed something, a heartbeat otherwise.
     Interval(Duration),
-    /// As fast as the collector acknowledges: after the snapshot, `deltas` changes, each
-    /// sent as soon as the previous one is acknowledged; then idle.
+    /// As fast as the collector acknowledges: after the snapshot, `deltas` changes made
+    /// beforehand, sent up to the collector's window ahead of their acknowledgements;
+    /// then idle.
     Saturate { deltas: u64 },
 }
 
@@ -369,9 +370,14 @@ impl SimAgent {
         };
         agent.sockets = (0..shape.sockets).map(|_| agent.new_socket()).collect();
         agent.inventory = agent.build();
-        if let Pace::Saturate { deltas } = shape.pace {
+        if let Pace::Saturate { deltas } = shape.pace
+            && shape.churn > 0.0
+            && shape.sockets > 0
+        {
             let mut at = agent.inventory.clone();
-            for _ in 0..deltas {
+            // Every planned scan changes something (a churn too small for one socket
+            // per scan still replaces one now and then): exactly `deltas` changes.
+            while (agent.planned.len() as u64) < deltas {
                 if let Some((delta, next)) = agent.churn(&at) {
                     agent.planned.push_back(delta);
                     at = next;
@@ -631,18 +637,12 @@ impl SimAgent {
             }
             Pace::Saturate { .. } => None,
         };
-        let mut saturate_left = match self.shape.pace {
-            Pace::Saturate { deltas } => deltas,
-            Pace::Interval(_) => 0,
-        };
         let result: Result<()> = async {
             loop {
                 while ticker.is_none()
-                    && saturate_left > 0
                     && pending.len() < window
                     && let Some(change) = self.scan()
                 {
-                    saturate_left -= 1;
                     run.stats.changes.fetch_add(1, Ordering::Relaxed);
                     run.stats.backlog.fetch_add(1, Ordering::Relaxed);
                     pending.push_back(change);
