@@ -162,7 +162,7 @@ async fn main() -> Result<()> {
         let has = |c: &str| columns.lines().any(|l| l == c);
         let current = table.ends_with("_current");
         let as_written: Vec<&str> = ["seq", "host_id"].into_iter().filter(|c| has(c)).collect();
-        // The sorting keys of crates/portolan-collector/src/store/schema.rs.
+        // The sorting keys of crates/portolan-store/src/schema.rs.
         let by_key: Vec<&str> = ["host_id", "seq", "event", "socket_key", "flow_key"]
             .into_iter()
             .filter(|c| has(c) && !(current && (*c == "seq" || *c == "event")))

@@ -10,8 +10,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result, bail};
-use portolan_collector::store::{SocketEventKind, Store};
 use portolan_core::Protocol;
+use portolan_store::{SocketEventKind, Store};
 use portolan_testkit::{
     ChildGuard, FixtureId, Lab, NetnsHost, SocketFixture, eventually_async, fixture_binary,
 };
@@ -258,7 +258,7 @@ async fn wait_connected(cluster: &Cluster, host_id: &str) -> Result<()> {
     Ok(())
 }
 
-fn snapshots(reports: &[portolan_collector::store::HostReport]) -> usize {
+fn snapshots(reports: &[portolan_store::HostReport]) -> usize {
     reports.iter().filter(|r| r.kind == "snapshot").count()
 }
 

@@ -9,10 +9,10 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail, ensure};
-use portolan_collector::store::HostRecord;
 use portolan_core::{HostState, Protocol};
 use portolan_proto::v1 as pb;
 use portolan_proto::v1::query_service_client::QueryServiceClient;
+use portolan_store::HostRecord;
 use portolan_testkit::{Lab, SocketFixture, eventually_async, fixture_binary};
 use portolan_tls::OperatorRole;
 use portolan_tls::pki::WriteMode;

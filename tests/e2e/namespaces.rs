@@ -18,8 +18,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use portolan_collector::store::fleet::SocketFilter;
 use portolan_core::{Inventory, Protocol, Scope, SocketKey, SocketState};
+use portolan_store::fleet::SocketFilter;
 use portolan_testkit::{ChildGuard, Lab, NetnsHost, eventually_async};
 
 use crate::query::Cli;

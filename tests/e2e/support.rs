@@ -8,10 +8,10 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use portolan_collector::managed_clickhouse::{ManagedClickHouse, ManagedOptions};
-use portolan_collector::store::{ClickHouseConfig, Store};
 use portolan_core::inventory::ScannedSocket;
 use portolan_core::{Attribution, FlowKey, HostState, Inventory, SocketKey, SocketState};
+use portolan_store::managed::{ManagedClickHouse, ManagedOptions};
+use portolan_store::{ClickHouseConfig, Store};
 use portolan_testkit::{
     ChildGuard, NetnsHost, Protocol, SocketFixture, SsSocket, TempState, eventually_async,
     fixture_binary,

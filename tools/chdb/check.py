@@ -3,11 +3,11 @@
 
 The store tests run against the ClickHouse server on the machine (Debian's 18.16);
 production runs 24.x-26.x. This check executes every statement the store sends, as
-dumped with sample values by `cargo test -p portolan-collector --test store_chdb_dump`,
+dumped with sample values by `cargo test -p portolan-store --test store_chdb_dump`,
 on the ClickHouse that the `chdb-core` package embeds:
 
     python3 -m venv .venv && .venv/bin/pip install chdb-core
-    cargo test -p portolan-collector --test store_chdb_dump
+    cargo test -p portolan-store --test store_chdb_dump
     cargo test -p portolan-rules --test chdb_dump
     cargo nextest run -p portolan-e2e -E 'test(grafana_provisioning)'
     .venv/bin/python tools/chdb/check.py [target/chdb]
@@ -89,7 +89,7 @@ def main():
         sys.exit(
             "tools/chdb/check.py: missing "
             + ", ".join(missing)
-            + " (run `cargo test -p portolan-collector --test store_chdb_dump` first)"
+            + " (run `cargo test -p portolan-store --test store_chdb_dump` first)"
         )
     sess = session.Session()
     try:

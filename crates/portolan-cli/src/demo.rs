@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use portolan_collector::store::{ClickHouseConfig, Store, StoredSocket};
 use portolan_core::Scope;
+use portolan_store::{ClickHouseConfig, Store, StoredSocket};
 use portolan_tls::pki::{Ca, WriteMode};
 
 /// Arguments of `portolan demo`.
@@ -257,7 +257,7 @@ fn print_listeners(
     url: &str,
     database: &str,
     sockets: &[StoredSocket],
-    flows: &[portolan_collector::store::StoredFlow],
+    flows: &[portolan_store::StoredFlow],
 ) -> Result<()> {
     let mut listeners: Vec<&StoredSocket> =
         sockets.iter().filter(|s| s.socket.is_listener()).collect();

@@ -198,11 +198,11 @@ pub struct ClickHouseSection {
 
 impl ClickHouseSection {
     /// How the store groups writes.
-    pub fn batching(&self) -> crate::store::BatchConfig {
+    pub fn batching(&self) -> portolan_store::BatchConfig {
         if self.batch_window.is_zero() {
-            return crate::store::BatchConfig::unbatched();
+            return portolan_store::BatchConfig::unbatched();
         }
-        crate::store::BatchConfig {
+        portolan_store::BatchConfig {
             window: self.batch_window,
             max_rows: self.batch_max_rows as usize,
         }
@@ -284,7 +284,7 @@ impl Default for ClickHouseSection {
             user: String::new(),
             password: String::new(),
             binary: String::new(),
-            batch_window: crate::store::BatchConfig::default().window,
+            batch_window: portolan_store::BatchConfig::default().window,
             batch_max_rows: 100_000,
         }
     }

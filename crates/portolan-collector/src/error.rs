@@ -6,7 +6,7 @@
 
 use tonic::Status;
 
-use crate::store::StoreError;
+use portolan_store::StoreError;
 
 /// Why an ingest stream is refused or ended.
 #[derive(Debug, thiserror::Error)]

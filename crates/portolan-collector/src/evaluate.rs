@@ -17,8 +17,8 @@ use tracing::{info, warn};
 
 use crate::metrics;
 use crate::notify::{Evaluation, Event, Notifier};
-use crate::store::fleet::HostFilter;
-use crate::store::{Store, StoreError};
+use portolan_store::fleet::HostFilter;
+use portolan_store::{Store, StoreError};
 
 /// A rule ready to run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,10 +102,10 @@ pub struct DryRun {
 }
 
 /// Evaluates `rules` at each of `instants` over the state rebuilt from history
-/// ([`crate::store::history`]), writing nothing. A rule whose query fails is reported in
+/// ([`portolan_store::history`]), writing nothing. A rule whose query fails is reported in
 /// [`DryRun::failed`] and not run at later instants.
 pub async fn dry_run(store: &Store, rules: &[portolan_rules::Rule], instants: &[u64]) -> DryRun {
-    use crate::store::history::{flows_as_of, hosts_as_of, sockets_as_of};
+    use portolan_store::history::{flows_as_of, hosts_as_of, sockets_as_of};
     let mut rounds: Vec<(u64, Vec<portolan_rules::lifecycle::Match>)> =
         instants.iter().map(|t| (*t, Vec::new())).collect();
     let mut failed = Vec::new();

@@ -1,23 +1,23 @@
 //! The ingest service: one stream per agent, Hello → Snapshot → Deltas/Heartbeats.
 //!
-//! The collector keeps no fleet state: everything a stream needs is read from ClickHouse
-//! when the stream starts (the host's last stored seq, its current inventory). Within a
-//! stream it keeps the host's current inventory (and its latest `hosts` row) to validate
-//! deltas strictly and to write them without reading ClickHouse; any replica can take
-//! over a host at its next connection.
+//! The collector keeps no fleet state: a stream opens its host's ledger
+//! ([`portolan_store::HostLedger`]), which reads what it needs from ClickHouse when the
+//! stream starts and keeps the host's stored state while it runs. This module is the
+//! protocol only (order of messages, seqs, limits, acknowledgements); it never sees a
+//! row. Any replica can take over a host at its next connection.
 //!
 //! Deltas are pipelined: an agent may send up to `limits.max_in_flight` of them before
 //! the first is acknowledged (an agent catching up on its spool). The stream applies and
 //! queues each for its batch as it arrives; a task of the stream waits for each write in
 //! order and acknowledges it once it is durable. A failed write ends the stream, and no
-//! later change of the host is stored (see [`crate::store::batch`]).
+//! later change of the host is stored (see [`portolan_store::batch`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use portolan_core::wire::{EncodedInventory, SnapshotAssembly, delta_from_wire};
-use portolan_core::{Inventory, ScanStats, apply_after_check, check_applies, diff};
+use portolan_core::ScanStats;
+use portolan_core::wire::{SnapshotAssembly, delta_from_wire};
 use portolan_proto::v1 as pb;
 use portolan_proto::v1::ingest_service_server::IngestService;
 use portolan_proto::v1::stream_inventory_request::Message as AgentMessage;
@@ -34,9 +34,9 @@ use crate::error::IngestError;
 use crate::metrics;
 use crate::rate::RateLimiter;
 use crate::revocation::{LiveSession, Revocations};
-use crate::store::gaps::SpoolGap;
-use crate::store::{
-    ChangeKind, HostRecord, KnownHost, PendingWrite, Store, StoreError, WriteReceipt,
+use portolan_store::gaps::SpoolGap;
+use portolan_store::{
+    DeltaOutcome, HostLedger, HostRecord, PendingWrite, Store, StoreError, WriteReceipt,
 };
 
 /// Longest host_id, hostname, label key or value, version or OS string in a Hello.
@@ -127,9 +127,7 @@ impl IngestService for Ingest {
             host_id,
             tx: tx.clone(),
             hello: None,
-            last_seq: 0,
-            current: None,
-            known_host: KnownHost::default(),
+            ledger: None,
             assembly: SnapshotAssembly::default(),
             assembly_stats: None,
             assembly_gap: None,
@@ -175,11 +173,8 @@ struct Session {
     host_id: String,
     tx: mpsc::Sender<Result<pb::StreamInventoryResponse, Status>>,
     hello: Option<pb::Hello>,
-    last_seq: u64,
-    /// The host's inventory at `last_seq`, once known in this stream.
-    current: Option<Current>,
-    /// The host's latest `hosts` row, as read or written with `current`.
-    known_host: KnownHost,
+    /// The host's stored state and its one write path, from Hello on.
+    ledger: Option<HostLedger>,
     assembly: SnapshotAssembly,
     /// Scan statistics of the snapshot being assembled (from its first part).
     assembly_stats: Option<ScanStats>,
@@ -197,17 +192,8 @@ struct Session {
     failed: Option<oneshot::Receiver<IngestError>>,
 }
 
-/// How a stream holds its host's inventory between messages.
-enum Current {
-    /// As the last message left it, while messages keep coming.
-    Decoded(Inventory),
-    /// Encoded once the stream has been idle for [`ENCODE_WHEN_IDLE`]: a tenth of the
-    /// memory, for every connected agent between two scans; decoded again (microseconds
-    /// per socket) by the next delta.
-    Encoded(EncodedInventory),
-}
-
-/// How long a stream keeps its host's inventory decoded after a message.
+/// How long a stream keeps its host's inventory decoded after a message (see
+/// [`HostLedger::rest`]).
 const ENCODE_WHEN_IDLE: Duration = Duration::from_secs(1);
 
 /// What [`acknowledge_in_order`] does, in the order the stream queued it.
@@ -333,12 +319,12 @@ impl Session {
         claim: &mut fence::Claim,
     ) -> Result<(), IngestError> {
         loop {
-            let idle = matches!(self.current, Some(Current::Decoded(_)));
+            let awake = self.ledger.as_ref().is_some_and(HostLedger::is_awake);
             let received = tokio::select! {
                 received = inbound.message() => received,
-                () = tokio::time::sleep(ENCODE_WHEN_IDLE), if idle => {
-                    if let Some(Current::Decoded(inventory)) = &self.current {
-                        self.current = Some(Current::Encoded(EncodedInventory::encode(inventory)));
+                () = tokio::time::sleep(ENCODE_WHEN_IDLE), if awake => {
+                    if let Some(ledger) = &mut self.ledger {
+                        ledger.rest();
                     }
                     continue;
                 }
@@ -458,16 +444,22 @@ impl Session {
         validate_hello(&hello)?;
         // Rolls back what a crashed or interrupted write of this host left uncommitted, so
         // that the agent's next seq continues from what is really stored.
-        let recovery = self.store.recover(&self.host_id).await?;
+        let (mut ledger, recovery) = HostLedger::open(self.store.clone(), &self.host_id).await?;
         if recovery.rolled_back_rows > 0 || recovery.restored_rows > 0 {
             warn!(host = %self.host_id, ?recovery, "rolled back an interrupted write of this host");
         }
-        self.last_seq = recovery.last_seq;
-        info!(host = %self.host_id, hostname = %hello.hostname, agent = %hello.agent_version, last_seq = self.last_seq, "agent connected");
+        // New labels, hostname or version are stored now, whether the agent goes on with
+        // a snapshot or resumes with deltas.
+        if ledger.hello(self.host_record(&hello)).await? {
+            info!(host = %self.host_id, hostname = %hello.hostname, "stored the host's new Hello facts");
+        }
+        let last_seq = ledger.last_seq();
+        info!(host = %self.host_id, hostname = %hello.hostname, agent = %hello.agent_version, last_seq, "agent connected");
+        self.ledger = Some(ledger);
         self.hello = Some(hello);
         self.connected = Some(ConnectedAgent::new());
         self.send(CollectorMessage::Welcome(pb::Welcome {
-            last_seq: self.last_seq,
+            last_seq,
             collector_version: env!("CARGO_PKG_VERSION").into(),
             max_message_bytes: self.limits.max_message_bytes,
             max_sockets_per_message: self.limits.max_sockets_per_message,
@@ -476,6 +468,18 @@ impl Session {
             max_message_burst: self.limits.max_message_burst,
         }))
         .await
+    }
+
+    /// The host's ledger: there from Hello on, and no other message is handled before.
+    fn ledger(&mut self) -> Result<&mut HostLedger, IngestError> {
+        self.ledger.as_mut().ok_or_else(|| {
+            IngestError::Protocol("the first message of a stream must be Hello".into())
+        })
+    }
+
+    /// The host's last stored (or queued) seq; 0 before Hello.
+    fn last_seq(&self) -> u64 {
+        self.ledger.as_ref().map_or(0, HostLedger::last_seq)
     }
 
     fn check_message_size(&self, what: &str, items: usize) -> Result<(), IngestError> {
@@ -515,59 +519,41 @@ impl Session {
         // queued before it must be there first.
         self.drain().await?;
         self.awaiting_snapshot = false;
-        if seq <= self.last_seq && self.current.is_some() {
+        let last_seq = self.last_seq();
+        let holds_state = self.ledger()?.holds_state();
+        if seq <= last_seq && holds_state {
             debug!(host = %self.host_id, seq, "snapshot already stored; acknowledging the replay");
             return self.answer(CollectorMessage::Ack(pb::Ack { seq })).await;
         }
-        if seq <= self.last_seq {
+        if seq <= last_seq {
             // A snapshot below what is stored cannot be placed in history.
             return self
                 .resync(format!(
-                    "snapshot seq {seq} is not after the stored seq {}",
-                    self.last_seq
+                    "snapshot seq {seq} is not after the stored seq {last_seq}"
                 ))
                 .await;
         }
-        let (stored, mut known_host) = self.store.load_known(&self.host_id).await?;
-        let change = diff(&stored, &inventory);
-        if let Some(gap) = gap {
-            // Before the snapshot: a crash in between leaves the gap, written again on
-            // the replay, never a snapshot that hides it.
+        let gap = gap.map(|gap| {
             warn!(host = %self.host_id, seq, dropped_changes = gap.dropped_changes, "the agent's spool overflowed: history holds the net effect of its folded changes");
-            self.store
-                .write_spool_gap(
-                    &self.host_id,
-                    &SpoolGap {
-                        seq,
-                        from: time_from_nanos(gap.from_unix_nanos),
-                        to: time_from_nanos(gap.to_unix_nanos),
-                        dropped_changes: gap.dropped_changes,
-                    },
-                )
-                .await?;
             metrics::global().spool_gaps.inc(&[]);
-        }
+            SpoolGap {
+                seq,
+                from: time_from_nanos(gap.from_unix_nanos),
+                to: time_from_nanos(gap.to_unix_nanos),
+                dropped_changes: gap.dropped_changes,
+            }
+        });
+        let (sockets, flows) = (inventory.sockets.len(), inventory.flows.len());
         let store_span = store_span("snapshot", seq);
         // The Hello facts and the change to the snapshot, as one write.
         let (receipt, pending) = self
-            .store
-            .submit_snapshot_from(
-                &self.host_record(&inventory),
-                seq,
-                scanned_at,
-                &change,
-                &stats,
-                &stored,
-                &mut known_host,
-            )
+            .ledger()?
+            .snapshot(seq, scanned_at, inventory, &stats, gap)
             .instrument(store_span.clone())
             .await?;
         store_span.record("rows", receipt.total());
         drop(store_span);
-        info!(host = %self.host_id, seq, sockets = inventory.sockets.len(), flows = inventory.flows.len(), ?receipt, "snapshot queued");
-        self.last_seq = seq;
-        self.current = Some(Current::Decoded(inventory));
-        self.known_host = known_host;
+        info!(host = %self.host_id, seq, sockets, flows, ?receipt, "snapshot queued");
         self.queue(Queued::Change {
             seq,
             kind: "snapshot",
@@ -593,67 +579,40 @@ impl Session {
             debug!(host = %self.host_id, seq, "dropping a delta sent before the agent heard the Resync");
             return Ok(());
         }
-        if seq <= self.last_seq {
+        let last_seq = self.last_seq();
+        if seq <= last_seq {
             debug!(host = %self.host_id, seq, "delta already stored; acknowledging the replay");
             return self.answer(CollectorMessage::Ack(pb::Ack { seq })).await;
         }
-        if base_seq != self.last_seq || seq != base_seq + 1 {
+        if base_seq != last_seq || seq != base_seq + 1 {
             return self
                 .resync(format!(
-                    "delta {base_seq}→{seq} does not follow the stored seq {}",
-                    self.last_seq
+                    "delta {base_seq}→{seq} does not follow the stored seq {last_seq}"
                 ))
                 .await;
         }
         // A delta on a fresh stream (the agent reconnected, perhaps to another replica)
-        // applies to what ClickHouse holds: no snapshot needed when the seqs line up.
-        let mut current = match self.current.take() {
-            Some(Current::Decoded(inventory)) => inventory,
-            Some(Current::Encoded(encoded)) => encoded.decode().map_err(|e| {
-                IngestError::Protocol(format!(
-                    "the stream's copy of the host's inventory does not decode: {e}"
-                ))
-            })?,
-            None => {
-                self.drain().await?;
-                let (current, known_host) = self.store.load_known(&self.host_id).await?;
-                self.known_host = known_host;
-                current
-            }
-        };
+        // applies to what ClickHouse holds: no snapshot needed when the seqs line up. The
+        // ledger reads it then, once every write queued before is durable.
+        if !self.ledger()?.holds_state() {
+            self.drain().await?;
+        }
         let scanned_at = time_from_nanos(delta.scanned_at_unix_nanos);
         let stats = delta.stats.clone().map(ScanStats::from).unwrap_or_default();
         let change = delta_from_wire(delta).map_err(|e| IngestError::Invalid(e.to_string()))?;
-        if let Err(e) = check_applies(&current, &change) {
-            return self
-                .resync(format!("delta {seq} does not apply: {e}"))
-                .await;
-        }
-        // New host facts travel inside the change: `write_change_from` stores them with
-        // it. What it needs of the stored state (last processes of removed sockets and
-        // flows, the host row) comes from this stream, not from ClickHouse.
         let store_span = store_span("delta", seq);
-        let (receipt, pending) = self
-            .store
-            .submit_change_from(
-                &self.host_id,
-                seq,
-                ChangeKind::Delta,
-                scanned_at,
-                &change,
-                &stats,
-                &current,
-                &mut self.known_host,
-            )
+        let outcome = self
+            .ledger()?
+            .delta(seq, scanned_at, &change, &stats)
             .instrument(store_span.clone())
             .await?;
+        let (receipt, pending) = match outcome {
+            DeltaOutcome::Queued(receipt, pending) => (receipt, pending),
+            DeltaOutcome::DoesNotApply(reason) => return self.resync(reason).await,
+        };
         store_span.record("rows", receipt.total());
         drop(store_span);
         debug!(host = %self.host_id, seq, ?receipt, "delta queued");
-        // The next delta applies to this one, durable or not yet.
-        apply_after_check(&mut current, &change);
-        self.last_seq = seq;
-        self.current = Some(Current::Decoded(current));
         self.queue(Queued::Change {
             seq,
             kind: "delta",
@@ -667,48 +626,46 @@ impl Session {
     async fn on_heartbeat(&mut self, hb: pb::Heartbeat) -> Result<(), IngestError> {
         let received = Instant::now();
         let stats = hb.stats.map(ScanStats::from).unwrap_or_default();
-        let store_span = store_span("heartbeat", self.last_seq);
+        let store_span = store_span("heartbeat", self.last_seq());
         store_span.record("rows", 1);
         let pending = self
-            .store
-            .submit_heartbeat(
-                &self.host_id,
-                self.last_seq,
-                time_from_nanos(hb.at_unix_nanos),
-                &stats,
-            )
+            .ledger()?
+            .heartbeat(time_from_nanos(hb.at_unix_nanos), &stats)
             .instrument(store_span)
             .await?;
         self.queue(Queued::Heartbeat { pending, received }).await
     }
 
     async fn resync(&mut self, reason: String) -> Result<(), IngestError> {
-        info!(host = %self.host_id, %reason, last_seq = self.last_seq, "asking the agent for a full snapshot");
-        self.current = None;
-        self.known_host = KnownHost::default();
+        let last_seq = self.last_seq();
+        info!(host = %self.host_id, %reason, last_seq, "asking the agent for a full snapshot");
+        if let Some(ledger) = &mut self.ledger {
+            ledger.forget();
+        }
         self.assembly = SnapshotAssembly::default();
         self.assembly_stats = None;
         self.assembly_gap = None;
         self.awaiting_snapshot = true;
-        self.answer(CollectorMessage::Resync(pb::Resync {
-            reason,
-            last_seq: self.last_seq,
-        }))
-        .await
+        self.answer(CollectorMessage::Resync(pb::Resync { reason, last_seq }))
+            .await
     }
 
-    fn host_record(&self, inventory: &Inventory) -> HostRecord {
-        let hello = self.hello.clone().unwrap_or_default();
+    /// The Hello facts of the stream, as the store keeps them.
+    fn host_record(&self, hello: &pb::Hello) -> HostRecord {
         HostRecord {
             host_id: self.host_id.clone(),
-            hostname: hello.hostname,
-            labels: hello.labels.into_iter().collect::<BTreeMap<_, _>>(),
-            agent_version: hello.agent_version,
-            kernel: hello.kernel,
-            os: hello.os,
+            hostname: hello.hostname.clone(),
+            labels: hello
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect::<BTreeMap<_, _>>(),
+            agent_version: hello.agent_version.clone(),
+            kernel: hello.kernel.clone(),
+            os: hello.os.clone(),
             scan_interval_ms: hello.scan_interval_ms,
             collector: self.collector_name.to_string(),
-            host: inventory.host.clone(),
+            host: Default::default(),
         }
     }
 }

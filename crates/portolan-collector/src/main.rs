@@ -9,9 +9,9 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use portolan_collector::config::CollectorConfig;
 use portolan_collector::evaluate::{CompiledRule, Evaluator};
-use portolan_collector::managed_clickhouse::{ManagedClickHouse, ManagedOptions};
 use portolan_collector::notify::Notifier;
-use portolan_collector::store::{ClickHouseConfig, Store};
+use portolan_store::managed::{ManagedClickHouse, ManagedOptions};
+use portolan_store::{ClickHouseConfig, Store};
 use tracing::info;
 
 /// Thousands of streams building rows on two runtime threads and freeing them on the

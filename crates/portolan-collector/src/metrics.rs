@@ -13,9 +13,9 @@ use tokio::net::TcpListener;
 
 use crate::error::IngestError;
 use crate::notify::ReceiverStats;
-use crate::store::WriteReceipt;
 use portolan_metrics::SECONDS;
 pub use portolan_metrics::{Family, Histogram, Labels};
+use portolan_store::WriteReceipt;
 
 /// Reads the notifier's figures at scrape time.
 type StatsSource = Box<dyn Fn() -> Vec<ReceiverStats> + Send + Sync>;

@@ -32,13 +32,13 @@ use tracing::{info, warn};
 pub use self::error::QueryError;
 use self::page::{PageToken, Part, TokenError, query_hash};
 use crate::revocation::{LiveSession, Revocable, Revocations};
-use crate::store::acks::{AckRecord, StoredAck};
-use crate::store::fleet::{
+use portolan_store::acks::{AckRecord, StoredAck};
+use portolan_store::fleet::{
     FleetFlow, FleetSocket, FlowCursor, FlowFilter, HostFilter, HostSummary, NamespacePod,
     SocketCursor, SocketFilter,
 };
-use crate::store::history::{EventCursor, EventQuery, EventSource, HistoryEvent};
-use crate::store::{FlowEventKind, SocketEventKind, Store, StoredHost};
+use portolan_store::history::{EventCursor, EventQuery, EventSource, HistoryEvent};
+use portolan_store::{FlowEventKind, SocketEventKind, Store, StoredHost};
 
 /// Rows per answer when a request sets no page size (nor `limit`).
 pub const DEFAULT_LIMIT: u32 = 10_000;
@@ -867,7 +867,7 @@ impl Query {
             .filter(|f| after.as_ref().is_none_or(|a| finding_order(f) > *a))
             .collect();
         findings.sort_by_key(finding_order);
-        let (findings, truncated) = crate::store::fleet::page(findings, size);
+        let (findings, truncated) = portolan_store::fleet::page(findings, size);
         let next_page_token = match findings.last() {
             Some(last) if truncated => {
                 let (rank, host, subject, fingerprint) = finding_order(last);

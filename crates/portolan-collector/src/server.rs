@@ -12,7 +12,7 @@ use crate::config::CollectorConfig;
 use crate::ingest::Ingest;
 use crate::query::Query;
 use crate::revocation::Revocations;
-use crate::store::Store;
+use portolan_store::Store;
 
 /// HTTP/2 flow-control window of one stream: how much an agent may send before the
 /// collector has read it.

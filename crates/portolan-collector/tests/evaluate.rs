@@ -9,13 +9,13 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Result;
 use portolan_collector::evaluate::{CompiledRule, Evaluator, check_rules, dry_run, load_rules};
-use portolan_collector::managed_clickhouse::{ManagedClickHouse, ManagedOptions};
-use portolan_collector::store::{ChangeKind, HostRecord};
 use portolan_core::{
     Attribution, HostState, InterfaceAddress, Inventory, Process, Protocol, ScanStats, Scope,
     Socket, SocketKey, SocketState, diff,
 };
 use portolan_rules::lifecycle::Status;
+use portolan_store::managed::{ManagedClickHouse, ManagedOptions};
+use portolan_store::{ChangeKind, HostRecord};
 
 fn postgres(inode: u64) -> (Socket, Process) {
     let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);

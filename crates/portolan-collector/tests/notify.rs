@@ -530,12 +530,12 @@ async fn https_receivers_are_verified_against_the_configured_ca() -> Result<()> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn findings_from_real_rules_reach_alertmanager_and_webhooks() -> Result<()> {
     use portolan_collector::evaluate::{Evaluator, load_rules};
-    use portolan_collector::managed_clickhouse::{ManagedClickHouse, ManagedOptions};
-    use portolan_collector::store::{ChangeKind, HostRecord};
     use portolan_core::{
         Attribution, HostState, InterfaceAddress, Inventory, Process, Protocol, ScanStats, Scope,
         Socket, SocketKey, SocketState, diff,
     };
+    use portolan_store::managed::{ManagedClickHouse, ManagedOptions};
+    use portolan_store::{ChangeKind, HostRecord};
 
     init_tracing();
     let inventory = |postgres: Option<u64>| {

@@ -16,12 +16,12 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result};
-use portolan_collector::managed_clickhouse::{ManagedClickHouse, ManagedOptions};
-use portolan_collector::store::{ChangeKind, HostRecord, Store};
 use portolan_core::{
     Attribution, Direction, FlowKey, HostState, InterfaceAddress, Inventory, Process, Protocol,
     ScanStats, Socket, SocketKey, SocketState, diff,
 };
+use portolan_store::managed::{ManagedClickHouse, ManagedOptions};
+use portolan_store::{ChangeKind, HostRecord, Store};
 
 const TEMPLATES: usize = 20;
 const LISTENERS: usize = 35;

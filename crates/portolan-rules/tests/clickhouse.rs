@@ -8,13 +8,13 @@ use std::net::IpAddr;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result};
-use portolan_collector::managed_clickhouse::{ManagedClickHouse, ManagedOptions};
-use portolan_collector::store::{ChangeKind, HostRecord, Store};
 use portolan_core::{
     Attribution, Direction, FlowKey, HostState, InterfaceAddress, Inventory, Process, Protocol,
     ScanStats, Scope, Socket, SocketKey, SocketState, diff,
 };
 use portolan_rules::{compile, parse, sql_string};
+use portolan_store::managed::{ManagedClickHouse, ManagedOptions};
+use portolan_store::{ChangeKind, HostRecord, Store};
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, clickhouse::Row, serde::Deserialize)]
 struct FindingRow {

@@ -6,7 +6,7 @@
 
 use tonic::Status;
 
-use crate::store::StoreError;
+use portolan_store::StoreError;
 
 /// Why a query was refused or failed.
 #[derive(Debug, thiserror::Error)]

@@ -8,8 +8,8 @@ use portolan_proto::v1 as pb;
 
 use super::QueryError;
 use crate::evaluate::dry_run;
-use crate::store::Store;
-use crate::store::fleet::HostFilter;
+use portolan_store::Store;
+use portolan_store::fleet::HostFilter;
 
 /// The largest rule file accepted.
 const MAX_RULES_BYTES: usize = 1024 * 1024;

@@ -21,8 +21,8 @@ use tracing::{debug, info, warn};
 use super::{
     FindingFilter, FindingView, Query, QueryError, finding_order, history_event, required, unix,
 };
-use crate::store::Store;
-use crate::store::history::EventQuery;
+use portolan_store::Store;
+use portolan_store::history::EventQuery;
 
 /// The shortest poll interval a client may ask for.
 pub const MIN_POLL: Duration = Duration::from_secs(1);

@@ -1,9 +1,9 @@
 //! What the store tests share: a managed ClickHouse server of their own.
 
 use anyhow::Result;
-use portolan_collector::managed_clickhouse::{ManagedClickHouse, ManagedOptions};
-use portolan_collector::store::ClickHouseConfig;
-use portolan_collector::store::{BatchConfig, Store};
+use portolan_store::ClickHouseConfig;
+use portolan_store::managed::{ManagedClickHouse, ManagedOptions};
+use portolan_store::{BatchConfig, Store};
 
 /// Logs of the code under test at `filter` and above, shown with the test's output.
 pub fn init_tracing(filter: &str) {

@@ -523,13 +523,13 @@ mod tests {
     fn rows_append_and_count() {
         let mut a = Rows::default();
         let b = Rows {
-            hosts: vec![crate::store::empty_host_row("h")],
+            hosts: vec![crate::empty_host_row("h")],
             ..Rows::default()
         };
         assert_eq!(a.len(), 0);
         a.append(b);
         a.append(Rows {
-            hosts: vec![crate::store::empty_host_row("g")],
+            hosts: vec![crate::empty_host_row("g")],
             ..Rows::default()
         });
         assert_eq!(a.len(), 2);

@@ -507,7 +507,7 @@ impl Store {
 
 /// The first `limit` of `rows` (fetched with `LIMIT limit + 1`), and whether there were
 /// more.
-pub(crate) fn page<T>(mut rows: Vec<T>, limit: usize) -> (Vec<T>, bool) {
+pub fn page<T>(mut rows: Vec<T>, limit: usize) -> (Vec<T>, bool) {
     let more = rows.len() > limit;
     rows.truncate(limit);
     (rows, more)

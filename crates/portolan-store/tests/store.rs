@@ -10,17 +10,17 @@ use std::net::IpAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
-use portolan_collector::store::acks::AckRecord;
-use portolan_collector::store::fleet::{FlowFilter, HostFilter, SocketFilter};
-use portolan_collector::store::history::{
-    EventCursor, EventQuery, HistoryEvent, HostAsOf, flows_as_of, hosts_as_of, sockets_as_of,
-};
-use portolan_collector::store::{
-    ChangeKind, ClickHouseConfig, FlowEventKind, HostRecord, SocketEventKind, Store, StoreError,
-};
 use portolan_core::{
     Attribution, Delta, Direction, FlowKey, HostState, InterfaceAddress, Inventory, Process,
     Protocol, ScanStats, Scope, Socket, SocketKey, SocketState, apply, diff,
+};
+use portolan_store::acks::AckRecord;
+use portolan_store::fleet::{FlowFilter, HostFilter, SocketFilter};
+use portolan_store::history::{
+    EventCursor, EventQuery, HistoryEvent, HostAsOf, flows_as_of, hosts_as_of, sockets_as_of,
+};
+use portolan_store::{
+    ChangeKind, ClickHouseConfig, FlowEventKind, HostRecord, SocketEventKind, Store, StoreError,
 };
 
 fn ip(s: &str) -> IpAddr {
@@ -443,7 +443,7 @@ async fn migrate_is_idempotent_and_safe_to_run_concurrently() -> Result<()> {
     let store =
         Store::connect(&server.config("migrate_is_idempotent_and_safe_to_run_concurrently"))
             .await?;
-    let all: Vec<u32> = portolan_collector::store::schema::migrations(store.server().flavor())
+    let all: Vec<u32> = portolan_store::schema::migrations(store.server().flavor())
         .iter()
         .map(|m| m.version)
         .collect();

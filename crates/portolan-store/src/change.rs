@@ -9,10 +9,8 @@ use portolan_core::{Delta, Flow, Inventory, Process, ScanStats, Socket};
 
 use super::batch::Rows;
 use super::rowbinary;
-use super::rows::{HostFactsCols, HostRow, to_datetime};
-use super::{
-    ChangeKind, FlowEventKind, SocketEventKind, WriteReceipt, empty_host_row, report_row, stamp,
-};
+use super::rows::{HostFactsCols, HostRow, ReportRow, to_datetime, to_nanos};
+use super::{ChangeKind, FlowEventKind, HostRecord, SocketEventKind, WriteReceipt};
 
 /// The latest `hosts` row of a host as its stream last read or wrote it: what
 /// [`super::Store::write_change_from`] needs of the host instead of reading it. Obtained
@@ -274,5 +272,102 @@ impl RowsBuilder<'_> {
         W::u32(&mut current.bytes, self.at);
         current.bytes.extend_from_slice(&self.cols);
         current.rows += 1;
+    }
+}
+
+/// The `hosts` row of a host's Hello facts: `record`'s names, labels and versions, with
+/// the stored host facts of `latest` (or `record.host` when the host has none yet).
+pub(crate) fn hello_row(record: &HostRecord, latest: Option<&HostRow>) -> HostRow {
+    let mut row = HostRow {
+        host_id: record.host_id.clone(),
+        hostname: record.hostname.clone(),
+        label_keys: record.labels.keys().cloned().collect(),
+        label_values: record.labels.values().cloned().collect(),
+        agent_version: record.agent_version.clone(),
+        kernel: record.kernel.clone(),
+        os: record.os.clone(),
+        scan_interval_ms: record.scan_interval_ms,
+        collector: record.collector.clone(),
+        connected_at: to_datetime(SystemTime::now()),
+        ..empty_host_row(&record.host_id)
+    };
+    match latest {
+        Some(prev) => {
+            row.set_facts(prev.facts());
+            row.seq = prev.seq;
+        }
+        None => row.set_facts(HostFactsCols::encode(&record.host)),
+    }
+    stamp(&mut row, latest);
+    row
+}
+
+pub(crate) fn empty_host_row(host_id: &str) -> HostRow {
+    HostRow {
+        host_id: host_id.to_string(),
+        hostname: String::new(),
+        label_keys: Vec::new(),
+        label_values: Vec::new(),
+        agent_version: String::new(),
+        kernel: String::new(),
+        os: String::new(),
+        scan_interval_ms: 0,
+        collector: String::new(),
+        connected_at: 0,
+        interface_names: Vec::new(),
+        interfaces: Vec::new(),
+        ephemeral_known: 0,
+        ephemeral_min: 0,
+        ephemeral_max: 0,
+        seq: 0,
+        updated_at: 0,
+        updated_ns: 0,
+        interface_netns: Vec::new(),
+    }
+}
+
+/// Sets the row's write time, strictly after the previous row's even when clocks of
+/// collector replicas disagree.
+pub(crate) fn stamp(row: &mut HostRow, previous: Option<&HostRow>) {
+    let now = SystemTime::now();
+    row.updated_at = to_datetime(now);
+    row.updated_ns = to_nanos(now).max(previous.map_or(0, |p| p.updated_ns.saturating_add(1)));
+}
+
+pub(crate) fn report_row(
+    host_id: &str,
+    seq: u64,
+    kind: &str,
+    at: SystemTime,
+    stats: &ScanStats,
+) -> ReportRow {
+    ReportRow {
+        host_id: host_id.to_string(),
+        seq,
+        kind: kind.to_string(),
+        at: to_datetime(at),
+        received_at: to_datetime(SystemTime::now()),
+        sockets: stats.sockets,
+        listeners: stats.listeners,
+        connections: stats.connections,
+        unattributed_no_permission: stats.unattributed_no_permission,
+        unattributed_process_gone: stats.unattributed_process_gone,
+        unattributed_unknown: stats.unattributed_unknown,
+        kernel_owned: stats.kernel_owned,
+        scan_duration_micros: stats.scan_duration_micros,
+        state_names: stats.state_counts.keys().cloned().collect(),
+        state_counts: stats.state_counts.values().copied().collect(),
+        added: 0,
+        removed: 0,
+        changed: 0,
+        flows_upserted: 0,
+        flows_removed: 0,
+        has_host: 0,
+        interface_names: Vec::new(),
+        interfaces: Vec::new(),
+        ephemeral_known: 0,
+        ephemeral_min: 0,
+        ephemeral_max: 0,
+        interface_netns: Vec::new(),
     }
 }

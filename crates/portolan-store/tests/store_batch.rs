@@ -13,13 +13,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, ensure};
-use portolan_collector::store::{
-    BatchConfig, ChangeKind, HostRecord, KnownHost, PendingWrite, Store, StoreError, WriteReceipt,
-    WriteStats,
-};
 use portolan_core::{
     Attribution, Direction, FlowKey, HostState, InterfaceAddress, Inventory, Process, Protocol,
     ScanStats, Scope, Socket, SocketKey, SocketState, diff,
+};
+use portolan_store::{
+    BatchConfig, ChangeKind, HostRecord, KnownHost, PendingWrite, Store, StoreError, WriteReceipt,
+    WriteStats,
 };
 
 fn ip(s: &str) -> IpAddr {

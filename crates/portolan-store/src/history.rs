@@ -564,7 +564,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::rows::{FlowCurrentRow, SocketCurrentRow};
+    use crate::rows::{FlowCurrentRow, SocketCurrentRow};
 
     /// The column list of the outermost SELECT of an as-of subquery.
     fn outer_columns(sql: &str) -> Vec<String> {

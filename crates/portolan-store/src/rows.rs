@@ -205,6 +205,18 @@ pub(crate) struct HostRow {
 }
 
 impl HostRow {
+    /// Whether the row holds the Hello facts of `record` (names, labels, versions, scan
+    /// interval); the replica that wrote it and the host facts are not compared.
+    pub fn same_hello_facts(&self, record: &crate::HostRecord) -> bool {
+        self.hostname == record.hostname
+            && self.label_keys.iter().eq(record.labels.keys())
+            && self.label_values.iter().eq(record.labels.values())
+            && self.agent_version == record.agent_version
+            && self.kernel == record.kernel
+            && self.os == record.os
+            && self.scan_interval_ms == record.scan_interval_ms
+    }
+
     pub fn facts(&self) -> HostFactsCols {
         HostFactsCols {
             interface_names: self.interface_names.clone(),

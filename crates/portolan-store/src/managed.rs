@@ -207,11 +207,8 @@ impl ManagedClickHouse {
 
     /// A store on database `database` of this server (created if missing), its schema
     /// migrated: where tests, benchmarks and the demo start.
-    pub async fn migrated_store(
-        &self,
-        database: &str,
-    ) -> Result<crate::store::Store, crate::store::StoreError> {
-        let store = crate::store::Store::connect(&crate::store::ClickHouseConfig {
+    pub async fn migrated_store(&self, database: &str) -> Result<crate::Store, crate::StoreError> {
+        let store = crate::Store::connect(&crate::ClickHouseConfig {
             url: self.url(),
             database: database.to_string(),
             user: None,
