@@ -130,7 +130,7 @@ fuzz:
     target_dir="${FUZZ_TARGET_DIR:-$PWD/target}"
     fuzz() { cargo +nightly fuzz "$1" --target-dir "$target_dir" "${@:2}"; }
     # Files and KiB (of content) in a directory.
-    size() { find "$1" -type f -printf '%s\n' | awk '{ n++; s += $1 } END { printf "%d files, %d KiB", n, s / 1024 }'; }
+    size() { find "$1" -type f -printf '%s\n' | awk '{ n++; s += $1 } END { printf "%d files, %.1f KiB", n, s / 1024 }'; }
     report=()
     crashed=()
     for t in $(cargo +nightly fuzz list); do
