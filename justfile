@@ -118,6 +118,65 @@ bench-netns: setup
 bench-rules: setup
     cargo bench -p portolan-rules --bench evaluate
 
+# Fuzz each target with libFuzzer for FUZZ_SECONDS (120) seconds, one after another (nightly and cargo-fuzz installed when missing, built in fuzz/target); inputs that add coverage are merged into the kept corpus fuzz/corpus/<target>/; prints each target's seconds and executions; fails on a crash, saying where its input is and how to make it a regression test.
+fuzz:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    seconds="${FUZZ_SECONDS:-120}"
+    rustup run nightly rustc --version >/dev/null 2>&1 || rustup toolchain install nightly --profile minimal
+    command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+    cd "{{justfile_directory()}}/fuzz"
+    # The nightly, instrumented build stays apart from the stable one, whatever CARGO_TARGET_DIR says.
+    target_dir="${FUZZ_TARGET_DIR:-$PWD/target}"
+    fuzz() { cargo +nightly fuzz "$1" --target-dir "$target_dir" "${@:2}"; }
+    # Files and KiB (of content) in a directory.
+    size() { find "$1" -type f -printf '%s\n' | awk '{ n++; s += $1 } END { printf "%d files, %.1f KiB", n, s / 1024 }'; }
+    report=()
+    crashed=()
+    for t in $(cargo +nightly fuzz list); do
+        run="$target_dir/runs/$t"
+        kept="corpus/$t"
+        rm -rf "$run"
+        mkdir -p "$run/new" "$kept" "artifacts/$t"
+        before=$(size "$kept")
+        echo "=== fuzz $t: build"
+        fuzz build "$t"
+        echo "=== fuzz $t: ${seconds} s from $before in $kept (log: $run/fuzz.log)"
+        touch "$run/started"
+        start=$(date +%s)
+        status=0
+        # New inputs go to the first directory ($run/new); the kept corpus is read, not written.
+        fuzz run "$t" "$run/new" "$kept" -- -max_total_time="$seconds" -timeout="${FUZZ_INPUT_TIMEOUT:-10}" \
+            -print_final_stats=1 >"$run/fuzz.log" 2>&1 || status=$?
+        ran=$(( $(date +%s) - start ))
+        execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$run/fuzz.log" | tail -n 1)
+        # Only the new inputs that add coverage to the kept corpus join it (libFuzzer -merge=1).
+        fuzz run "$t" "$kept" "$run/new" -- -merge=1 >"$run/merge.log" 2>&1 \
+            || { echo "merging $run/new into $kept failed: see $run/merge.log" >&2; exit 1; }
+        after=$(size "$kept")
+        line="$t: ${ran} s, ${execs:-unknown} executions, corpus $before -> $after"
+        if [ "$status" -ne 0 ]; then
+            input=$(find "artifacts/$t" -type f -newer "$run/started" | head -n 1)
+            line="$line, CRASHED (exit $status): input fuzz/${input:-artifacts/$t/?}"
+            crashed+=("$t|fuzz/${input:-artifacts/$t/}|$run/fuzz.log")
+        fi
+        echo "$line"
+        report+=("$line")
+    done
+    echo "=== just fuzz, FUZZ_SECONDS=$seconds"
+    printf '%s\n' "${report[@]}"
+    kib=$(find corpus -type f -printf '%s\n' | awk '{ s += $1 } END { printf "%d", s / 1024 }')
+    [ "$kib" -le 2048 ] || echo "the kept corpus holds $kib KiB, over 2 MiB: minimise it with (cd fuzz && cargo +nightly fuzz cmin <target>)" >&2
+    if [ ${#crashed[@]} -gt 0 ]; then
+        for c in "${crashed[@]}"; do
+            IFS='|' read -r t input log <<<"$c"
+            echo "$t crashed on $input (libFuzzer's report: $log). Replay it with" >&2
+            echo "    (cd fuzz && cargo +nightly fuzz run $t ${input#fuzz/})" >&2
+            echo "then copy it to fuzz/regressions/$t/<what-it-breaks>: cargo test -p portolan-core fuzz:: runs it on stable and fails until the code is fixed." >&2
+        done
+        exit 1
+    fi
+
 # Install what the demo and the tests need from Debian's packages, when missing.
 setup:
     #!/usr/bin/env bash

@@ -264,50 +264,108 @@ impl Bytes<'_> {
 mod tests {
     use super::*;
 
-    /// Seed inputs checked in with the fuzz targets (`fuzz/corpus/<target>/`), then a few
-    /// thousand random inputs: the same bodies cargo-fuzz runs, on stable.
-    fn corpus(target: &str) -> Vec<Vec<u8>> {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../fuzz/corpus")
-            .join(target);
-        let mut seeds: Vec<Vec<u8>> = std::fs::read_dir(&dir)
-            .map(|entries| {
-                entries
-                    .filter_map(Result::ok)
-                    .filter_map(|e| std::fs::read(e.path()).ok())
-                    .collect()
+    use std::path::{Path, PathBuf};
+
+    /// `fuzz/` at the root of the repository.
+    fn fuzz_dir() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz")
+    }
+
+    /// Every file in `dir` by name, with its path relative to `fuzz/`; none when `dir`
+    /// does not exist.
+    fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return Vec::new();
+        };
+        let mut files: Vec<(String, Vec<u8>)> = entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|path| path.is_file())
+            .map(|path| {
+                let bytes = std::fs::read(&path)
+                    .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+                let name = path
+                    .strip_prefix(fuzz_dir())
+                    .unwrap_or(&path)
+                    .display()
+                    .to_string();
+                (name, bytes)
             })
-            .unwrap_or_default();
+            .collect();
+        files.sort();
+        files
+    }
+
+    /// The inputs checked in with a fuzz target: its corpus (`fuzz/corpus/<target>/`,
+    /// seeds and what `just fuzz` merged into it) and the crashes it found, kept as
+    /// regressions (`fuzz/regressions/<target>/`).
+    fn checked_in(target: &str) -> Vec<(String, Vec<u8>)> {
+        let corpus = files(&fuzz_dir().join("corpus").join(target));
         assert!(
-            !seeds.is_empty(),
-            "no seed corpus in {} (it is checked in)",
-            dir.display()
+            !corpus.is_empty(),
+            "no corpus in fuzz/corpus/{target} (it is checked in)"
         );
+        let regressions = files(&fuzz_dir().join("regressions").join(target));
+        println!(
+            "{target}: {} corpus inputs, {} regressions",
+            corpus.len(),
+            regressions.len()
+        );
+        corpus.into_iter().chain(regressions).collect()
+    }
+
+    /// The checked-in inputs, then a few thousand random ones: the same bodies
+    /// cargo-fuzz runs, on stable.
+    fn corpus(target: &str) -> Vec<(String, Vec<u8>)> {
+        let mut inputs = checked_in(target);
         let mut rng = fastrand::Rng::with_seed(0x5eed);
         for i in 0..4000 {
             let len = rng.usize(0..(16 + i % 512));
-            seeds.push((0..len).map(|_| rng.u8(..)).collect());
+            inputs.push((
+                format!("random input {i}"),
+                (0..len).map(|_| rng.u8(..)).collect(),
+            ));
         }
-        seeds
+        inputs
+    }
+
+    /// Runs `body` on every input; a panic names the input it broke on.
+    fn run(inputs: &[(String, Vec<u8>)], body: fn(&[u8])) {
+        for (name, input) in inputs {
+            if std::panic::catch_unwind(|| body(input)).is_err() {
+                panic!("the fuzz body panicked on {name} (its message is above)");
+            }
+        }
     }
 
     #[test]
     fn ingest_message_on_seeds_and_random_bytes() {
-        let mut decoded = 0;
-        for input in corpus("ingest_message") {
-            if pb::StreamInventoryRequest::decode(input.as_slice()).is_ok() {
-                decoded += 1;
-            }
-            ingest_message(&input);
-        }
+        let inputs = corpus("ingest_message");
+        let decoded = inputs
+            .iter()
+            .filter(|(_, input)| pb::StreamInventoryRequest::decode(input.as_slice()).is_ok())
+            .count();
         assert!(decoded > 10, "{decoded} inputs decoded");
+        run(&inputs, ingest_message);
     }
 
     #[test]
     fn delta_laws_on_seeds_and_random_bytes() {
-        for input in corpus("delta_laws") {
-            delta_laws(&input);
-        }
+        run(&corpus("delta_laws"), delta_laws);
+    }
+
+    #[test]
+    fn a_panicking_body_names_its_input() {
+        let inputs = vec![
+            ("corpus/t/fine".to_string(), vec![0]),
+            ("regressions/t/crash-1".to_string(), vec![1]),
+        ];
+        let panic = std::panic::catch_unwind(|| {
+            run(&inputs, |input| assert_eq!(input, [0], "a broken law"));
+        })
+        .expect_err("the second input breaks the law");
+        let message = panic.downcast_ref::<String>().cloned().unwrap_or_default();
+        assert!(message.contains("regressions/t/crash-1"), "{message}");
     }
 
     #[test]
@@ -315,7 +373,7 @@ mod tests {
         // The generator must build valid inventories and applicable deltas often enough
         // for the laws to be exercised, not only refusals.
         let (mut inventories, mut applied) = (0, 0);
-        for input in corpus("delta_laws") {
+        for (_, input) in corpus("delta_laws") {
             let mut bytes = Bytes(&input);
             let (Some(a), Some(_)) = (bytes.inventory(), bytes.inventory()) else {
                 continue;
