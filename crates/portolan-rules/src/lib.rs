@@ -63,15 +63,18 @@
 
 pub mod dry_run;
 mod error;
+mod kind;
 pub mod lifecycle;
 mod model;
 mod parse;
 mod sql;
 
 pub use error::{Problem, RuleError};
+pub use kind::{
+    BaselineScope, DriftParams, EphemeralPer, FlowPolicyParams, NewListenerParams, ScanBy, SharedBy,
+};
 pub use model::{
-    BaselineScope, Cidr, DriftParams, EphemeralPer, FlowPolicyParams, Glob, HostSelector, Kind,
-    NewListenerParams, PortRange, Rule, RuleSet, ScanBy, Severity, SharedBy, SocketPredicate,
+    Cidr, Glob, HostSelector, Kind, PortRange, Rule, RuleSet, Severity, SocketPredicate,
 };
 pub use parse::parse;
 pub use sql::{FINDING_COLUMNS, Sources, compile, compile_with, glob_regex, sql_string};
