@@ -20,7 +20,7 @@
 //!       hostname: ["db-*"]        # any glob may match
 //!       host_id: [h1, h2]         # any id may match
 //!     sockets:
-//!       protocol: tcp
+//!       protocol: tcp             # or udp, sctp, raw, unix (a list: any of them)
 //!       ports: [5432, 3306, "9200-9300"]
 //!       exposure: [public, wildcard]
 //!       process: "postgres*"      # globs on any owning process: process, executable,

@@ -172,3 +172,45 @@ GROUP BY host_id, protocol, service_port, client_host_id, client_key
 )"
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flow_policy_parameters_are_checked() {
+        let text = "rules:\n  - id: a\n    kind: flow_policy\n    severity: high\n    clients: {labels: {role: app}, rack: 3}\n    networks: [\"10.0.0.1/8\", \"fd00::/200\", nope]\n    outside: maybe\n    sockets: {ports: [5432], exposure: [public]}\n  - {id: b, kind: port_owner_change, severity: low, window: soon}\n";
+        let got = crate::parse::tests::problems(text);
+        let expected = [
+            "rules.yaml:5:36: unknown key `rack` in `clients`",
+            "rules.yaml:6:16: `networks` takes networks such as \"10.0.0.0/8\" or \"2001:db8::/32\": `10.0.0.1/8` has host bits set; the network is `10.0.0.0/8`",
+            "`/200` is not a prefix length (0-128)",
+            "`nope` is not an IP address",
+            "rules.yaml:7:14: `outside` must be one of allow, deny; got `maybe`",
+            "`sockets.exposure` does not apply to `flow_policy` rules",
+            "rules.yaml:9:61: `window`",
+        ];
+        for e in expected {
+            assert!(
+                got.iter().any(|p| p.contains(e)),
+                "missing {e:?} in {got:#?}"
+            );
+        }
+        assert_eq!(got.len(), expected.len(), "{got:#?}");
+        let ok = "rules:\n  - {id: a, kind: flow_policy, severity: high, clients: {}, networks: [\"10.8.0.0/16\"], local: deny}\n  - {id: b, kind: port_owner_change, severity: low, window: 2h}\n";
+        let set = crate::parse("rules.yaml", ok).expect("valid");
+        assert_eq!(
+            set.rules[0].kind,
+            Kind::FlowPolicy(FlowPolicyParams {
+                clients: Some(HostSelector::default()),
+                networks: vec![Cidr::parse("10.8.0.0/16").expect("a network")],
+                allow_outside: false,
+                allow_local: false,
+            })
+        );
+        assert_eq!(
+            set.rules[1].kind,
+            Kind::PortOwnerChange { window_secs: 7200 }
+        );
+    }
+}

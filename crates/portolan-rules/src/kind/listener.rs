@@ -55,3 +55,31 @@ pub(crate) fn sql(rule: &Rule, src: &Sources) -> String {
 GROUP BY host_id, protocol, family, local_address, local_port, netns"
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use portolan_core::{Protocol, SocketState};
+
+    use crate::parse::tests::problems;
+
+    #[test]
+    fn every_protocol_the_agent_collects_can_be_selected() {
+        let text = "rules:\n  - {id: a, kind: listener, severity: low, sockets: {protocol: [tcp, udp, raw, unix, sctp], state: LISTEN}}\n";
+        let set = crate::parse("rules.yaml", text).expect("valid");
+        assert_eq!(set.rules[0].sockets.protocol, Protocol::ALL);
+        assert_eq!(set.rules[0].sockets.state, [SocketState::Listen]);
+        let sql = crate::compile(&set.rules[0]);
+        assert!(
+            sql.contains(
+                "protocol IN ('tcp', 'udp', 'raw', 'unix', 'sctp') AND state IN ('LISTEN')"
+            ),
+            "{sql}"
+        );
+        assert_eq!(
+            problems(
+                "rules:\n  - {id: a, kind: listener, severity: low, sockets: {protocol: icmp}}\n"
+            ),
+            ["rules.yaml:2:64: `protocol` must be one of tcp, udp, raw, unix, sctp; got `icmp`"]
+        );
+    }
+}
