@@ -25,6 +25,9 @@ pub enum Direction {
 }
 
 impl Direction {
+    /// Both directions.
+    pub const ALL: [Direction; 2] = [Direction::Inbound, Direction::Outbound];
+
     /// `inbound` or `outbound`.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -34,11 +37,7 @@ impl Direction {
     }
 }
 
-impl fmt::Display for Direction {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+crate::named_enum!(Direction, "direction");
 
 /// The identity of a flow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]

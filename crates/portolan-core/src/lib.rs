@@ -12,6 +12,7 @@ pub mod flow;
 pub mod fuzz;
 pub mod host;
 pub mod inventory;
+pub mod names;
 pub mod process;
 pub mod scope;
 pub mod socket;
@@ -21,8 +22,9 @@ pub use delta::{Delta, apply, apply_after_check, apply_in_place, check_applies, 
 pub use flow::{Direction, Flow, FlowKey, fold_connections};
 pub use host::{HostState, InterfaceAddress, ScanStats};
 pub use inventory::Inventory;
+pub use names::{Named, UnknownName};
 pub use process::Process;
-pub use scope::{Scope, classify, exposure, exposure_in};
+pub use scope::{AddressBlock, Scope, classify, exposure, exposure_in};
 pub use socket::{
     Attribution, HOST_NETNS, Protocol, Socket, SocketKey, SocketState, UNIX_ADDRESS, is_listener,
 };

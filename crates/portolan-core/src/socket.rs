@@ -51,17 +51,14 @@ impl Protocol {
         }
     }
 
-    /// The protocol named `name` ([`Protocol::as_str`]), `None` for any other name.
+    /// The protocol named `name` ([`Protocol::as_str`]), `None` for any other name
+    /// (`FromStr` says which names are accepted).
     pub fn from_name(name: &str) -> Option<Protocol> {
-        Protocol::ALL.into_iter().find(|p| p.as_str() == name)
+        crate::names::parse_name(name).ok()
     }
 }
 
-impl fmt::Display for Protocol {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+crate::named_enum!(Protocol, "protocol");
 
 /// Socket state as the kernel names it. UDP sockets are [`SocketState::Listen`] when
 /// bound and unconnected, [`SocketState::Established`] when connected.
@@ -116,11 +113,7 @@ impl SocketState {
     }
 }
 
-impl fmt::Display for SocketState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+crate::named_enum!(SocketState, "socket state");
 
 /// Why a socket has, or lacks, an owning process. Missing data is never silent: a socket
 /// without owner says why, so that it is not mistaken for a socket nobody holds.
@@ -140,6 +133,15 @@ pub enum Attribution {
 }
 
 impl Attribution {
+    /// Every attribution.
+    pub const ALL: [Attribution; 5] = [
+        Attribution::Owned,
+        Attribution::Kernel,
+        Attribution::NoPermission,
+        Attribution::ProcessGone,
+        Attribution::Unknown,
+    ];
+
     /// snake_case name.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -151,6 +153,8 @@ impl Attribution {
         }
     }
 }
+
+crate::named_enum!(Attribution, "attribution");
 
 /// The stable identity of a socket: what stays the same for as long as the socket lives.
 /// Two sockets with equal keys are the same kernel socket.

@@ -20,7 +20,7 @@
 //!       hostname: ["db-*"]        # any glob may match
 //!       host_id: [h1, h2]         # any id may match
 //!     sockets:
-//!       protocol: tcp
+//!       protocol: tcp             # or udp, sctp, raw, unix (a list: any of them)
 //!       ports: [5432, 3306, "9200-9300"]
 //!       exposure: [public, wildcard]
 //!       process: "postgres*"      # globs on any owning process: process, executable,
@@ -63,15 +63,18 @@
 
 pub mod dry_run;
 mod error;
+mod kind;
 pub mod lifecycle;
 mod model;
 mod parse;
 mod sql;
 
 pub use error::{Problem, RuleError};
+pub use kind::{
+    BaselineScope, DriftParams, EphemeralPer, FlowPolicyParams, NewListenerParams, ScanBy, SharedBy,
+};
 pub use model::{
-    BaselineScope, Cidr, DriftParams, EphemeralPer, FlowPolicyParams, Glob, HostSelector, Kind,
-    NewListenerParams, PortRange, Rule, RuleSet, ScanBy, Severity, SharedBy, SocketPredicate,
+    Cidr, Glob, HostSelector, Kind, PortRange, Rule, RuleSet, Severity, SocketPredicate,
 };
 pub use parse::parse;
 pub use sql::{FINDING_COLUMNS, Sources, compile, compile_with, glob_regex, sql_string};

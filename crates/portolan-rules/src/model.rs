@@ -2,6 +2,14 @@
 
 use std::fmt;
 
+use portolan_core::{Protocol, Scope, SocketState};
+
+use crate::kind::{
+    DriftParams, EphemeralPer, FlowPolicyParams, NewListenerParams, ScanBy, SharedBy,
+    ephemeral_exhaustion, flow_policy, listener, new_listener, peer_drift, port_owner_change, scan,
+    shared_port,
+};
+
 /// A validated rule file.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RuleSet {
@@ -65,11 +73,7 @@ impl Severity {
     }
 }
 
-impl fmt::Display for Severity {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+portolan_core::named_enum!(Severity, "severity");
 
 /// A glob: `*` matches any run of characters, `?` one character; everything else
 /// matches itself.
@@ -108,15 +112,15 @@ pub struct PortRange {
 /// element does; a glob on processes matches when any owning process matches.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SocketPredicate {
-    /// `tcp` or `udp` (empty: both).
-    pub protocol: Vec<String>,
+    /// Protocols (empty: any).
+    pub protocol: Vec<Protocol>,
     /// Local ports (empty: any).
     pub ports: Vec<PortRange>,
     /// Socket states as the kernel names them (`LISTEN`, `ESTABLISHED`, …).
-    pub state: Vec<String>,
+    pub state: Vec<SocketState>,
     /// Scopes: a socket matches when its bind address's scope (`wildcard` for `0.0.0.0`
     /// and `::`) or its exposure (the widest scope it is reachable from) is listed.
-    pub exposure: Vec<String>,
+    pub exposure: Vec<Scope>,
     /// Process name.
     pub process: Vec<Glob>,
     /// Executable path.
@@ -213,93 +217,16 @@ impl Kind {
     /// The name used in rule files.
     pub fn as_str(&self) -> &'static str {
         match self {
-            Kind::Listener => "listener",
-            Kind::SharedPort { .. } => "shared_port",
-            Kind::EphemeralExhaustion { .. } => "ephemeral_exhaustion",
-            Kind::PeerDrift(_) => "peer_drift",
-            Kind::NewListener(_) => "new_listener",
-            Kind::Scan { .. } => "scan",
-            Kind::FlowPolicy(_) => "flow_policy",
-            Kind::PortOwnerChange { .. } => "port_owner_change",
+            Kind::Listener => listener::NAME,
+            Kind::SharedPort { .. } => shared_port::NAME,
+            Kind::EphemeralExhaustion { .. } => ephemeral_exhaustion::NAME,
+            Kind::PeerDrift(_) => peer_drift::NAME,
+            Kind::NewListener(_) => new_listener::NAME,
+            Kind::Scan { .. } => scan::NAME,
+            Kind::FlowPolicy(_) => flow_policy::NAME,
+            Kind::PortOwnerChange { .. } => port_owner_change::NAME,
         }
     }
-}
-
-/// What `shared_port` counts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SharedBy {
-    /// Distinct executables (forked workers of one program count once).
-    Programs,
-    /// Distinct pids.
-    Processes,
-    /// Distinct sockets (inodes).
-    Sockets,
-}
-
-/// What `ephemeral_exhaustion` sums over.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EphemeralPer {
-    /// All outbound connections of a host.
-    Host,
-    /// Outbound connections toward one (protocol, address, port).
-    Destination,
-}
-
-/// Parameters of `peer_drift`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DriftParams {
-    /// The label whose value makes peers.
-    pub label: String,
-    /// A listener is rare when fewer than this share of the other peers have it.
-    pub rare_share: f64,
-    /// A listener is missing when at least this share of the other peers have it.
-    pub common_share: f64,
-    /// Groups smaller than this (the host included) are not judged.
-    pub min_peers: u32,
-}
-
-/// Parameters of `new_listener`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct NewListenerParams {
-    /// Seconds looked back.
-    pub window_secs: u64,
-    /// New on the host, or new in the whole fleet.
-    pub scope: BaselineScope,
-    /// Listeners that are never reported.
-    pub allow: Vec<SocketPredicate>,
-}
-
-/// Where `new_listener` looks for an earlier sighting.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BaselineScope {
-    /// The same host.
-    Host,
-    /// Any host of the fleet.
-    Fleet,
-}
-
-/// What `scan` counts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ScanBy {
-    /// Distinct ports of one host.
-    Ports,
-    /// Distinct hosts.
-    Hosts,
-}
-
-/// Parameters of `flow_policy`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct FlowPolicyParams {
-    /// Fleet hosts allowed as clients: `None` (no `clients` key) allows no fleet host
-    /// (unless `networks` covers it); an empty selector (`clients: {}`) allows every
-    /// fleet host.
-    pub clients: Option<HostSelector>,
-    /// Client networks allowed whether or not their addresses belong to the fleet.
-    pub networks: Vec<Cidr>,
-    /// Clients outside the fleet are allowed.
-    pub allow_outside: bool,
-    /// Loopback clients (the server itself) are allowed.
-    pub allow_local: bool,
 }
 
 /// An IP network: an address and a prefix length, host bits cleared.
