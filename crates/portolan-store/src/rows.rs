@@ -52,48 +52,33 @@ fn parse_addr(table: &'static str, column: &'static str, s: &str) -> Result<IpAd
     s.parse().map_err(|_| corrupt(table, column, s))
 }
 
+/// A stored enum name, read through core's one list of names.
+fn parse_named<T: std::str::FromStr>(
+    table: &'static str,
+    column: &'static str,
+    s: &str,
+) -> Result<T, StoreError> {
+    s.parse().map_err(|_| corrupt(table, column, s))
+}
+
 fn parse_protocol(table: &'static str, s: &str) -> Result<Protocol, StoreError> {
-    Protocol::from_name(s).ok_or_else(|| corrupt(table, "protocol", s))
+    parse_named(table, "protocol", s)
 }
 
 fn parse_state(table: &'static str, s: &str) -> Result<SocketState, StoreError> {
-    SocketState::ALL
-        .into_iter()
-        .find(|p| p.as_str() == s)
-        .ok_or_else(|| corrupt(table, "state", s))
+    parse_named(table, "state", s)
 }
 
 fn parse_attribution(table: &'static str, s: &str) -> Result<Attribution, StoreError> {
-    [
-        Attribution::Owned,
-        Attribution::Kernel,
-        Attribution::NoPermission,
-        Attribution::ProcessGone,
-        Attribution::Unknown,
-    ]
-    .into_iter()
-    .find(|p| p.as_str() == s)
-    .ok_or_else(|| corrupt(table, "attribution", s))
+    parse_named(table, "attribution", s)
 }
 
 fn parse_scope(table: &'static str, column: &'static str, s: &str) -> Result<Scope, StoreError> {
-    [
-        Scope::Loopback,
-        Scope::LinkLocal,
-        Scope::Private,
-        Scope::Public,
-        Scope::Wildcard,
-    ]
-    .into_iter()
-    .find(|p| p.as_str() == s)
-    .ok_or_else(|| corrupt(table, column, s))
+    parse_named(table, column, s)
 }
 
 fn parse_direction(table: &'static str, s: &str) -> Result<Direction, StoreError> {
-    [Direction::Inbound, Direction::Outbound]
-        .into_iter()
-        .find(|p| p.as_str() == s)
-        .ok_or_else(|| corrupt(table, "direction", s))
+    parse_named(table, "direction", s)
 }
 
 /// `schema_migrations`.

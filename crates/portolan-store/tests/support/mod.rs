@@ -1,5 +1,8 @@
 //! What the store tests share: a managed ClickHouse server of their own.
 
+#[allow(dead_code)] // not every test binary uses the sample fleet
+pub mod sample;
+
 use anyhow::Result;
 use portolan_store::ClickHouseConfig;
 use portolan_store::managed::{ManagedClickHouse, ManagedOptions};
