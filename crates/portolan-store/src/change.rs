@@ -13,18 +13,11 @@ use super::rows::{HostFactsCols, HostRow, ReportRow, to_datetime, to_nanos};
 use super::{ChangeKind, FlowEventKind, HostRecord, SocketEventKind, WriteReceipt};
 
 /// The latest `hosts` row of a host as its stream last read or wrote it: what
-/// [`super::Store::write_change_from`] needs of the host instead of reading it. Obtained
-/// from [`super::Store::load_known`] or [`super::Store::upsert_host`].
+/// [`crate::HostLedger`] needs of the host instead of reading it. Obtained
+/// from `Store::load_known`.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct KnownHost {
+pub(crate) struct KnownHost {
     pub(super) row: Option<HostRow>,
-}
-
-impl KnownHost {
-    /// The seq of the change that last set the host facts (0: none, or no row yet).
-    pub fn seq(&self) -> u64 {
-        self.row.as_ref().map_or(0, |r| r.seq)
-    }
 }
 
 /// What a change's rows need of the stored state before it.

@@ -24,7 +24,7 @@ use std::time::SystemTime;
 use portolan_core::wire::EncodedInventory;
 use portolan_core::{Delta, Inventory, ScanStats, apply_after_check, check_applies, diff};
 
-use crate::change::KnownHost;
+use crate::change::{Change, KnownHost};
 use crate::gaps::SpoolGap;
 use crate::{
     ChangeKind, HostRecord, PendingWrite, Recovery, Store, StoreError, WriteReceipt, hello_row,
@@ -38,6 +38,8 @@ pub struct HostLedger {
     last_seq: u64,
     /// The Hello facts of the stream (`host` is empty: host facts come with changes).
     facts: HostRecord,
+    /// Whether the stored `hosts` row holds `facts`.
+    facts_stored: bool,
     /// The host's inventory at `last_seq`, once this stream knows it.
     held: Option<Held>,
     /// The host's latest `hosts` row, as read or written with `held`.
@@ -78,6 +80,7 @@ impl HostLedger {
             host_id: host_id.to_string(),
             last_seq: recovery.last_seq,
             facts: empty_record(host_id),
+            facts_stored: false,
             held: None,
             known: KnownHost::default(),
         };
@@ -101,25 +104,37 @@ impl HostLedger {
         self.held.is_some()
     }
 
-    /// Records the Hello facts of the stream: stored at once, and waited for, when they
-    /// differ from the stored ones (a host restarted with new labels, hostname or
-    /// version), so that rules see them whether the stream goes on with a snapshot or
-    /// with deltas. `record.host` is ignored for a host the store knows (host facts change
-    /// with changes) and stored for a new one. Returns whether a row was written.
+    /// Records the Hello facts of the stream. For a host the store knows they are stored
+    /// at once, and waited for, when they differ from the stored ones (a host restarted
+    /// with new labels, hostname or version), so that rules see them whether the stream
+    /// goes on with a snapshot or with deltas; a new host's are stored with its first
+    /// change. `record.host` is ignored: host facts are stored with the changes that bring
+    /// them, committed and rolled back with them. Returns whether a row was written now.
     pub async fn hello(&mut self, record: HostRecord) -> Result<bool, StoreError> {
-        let latest = self.store.latest_host_row(&self.host_id).await?;
-        let changed = latest
-            .as_ref()
-            .is_none_or(|row| !row.same_hello_facts(&record));
-        if changed {
-            let row = hello_row(&record, latest.as_ref());
-            self.store.write_host_row(row).await?;
-        }
-        self.facts = HostRecord {
+        let record = HostRecord {
             host: Default::default(),
             ..record
         };
-        Ok(changed)
+        let latest = self.store.latest_host_row(&self.host_id).await?;
+        self.facts_stored = latest
+            .as_ref()
+            .is_some_and(|row| row.same_hello_facts(&record));
+        let write_now = latest.is_some() && !self.facts_stored;
+        self.facts = record;
+        if write_now {
+            self.store_facts().await?;
+        }
+        Ok(write_now)
+    }
+
+    /// Writes the stream's Hello facts over the stored host facts.
+    async fn store_facts(&mut self) -> Result<(), StoreError> {
+        let latest = self.store.latest_host_row(&self.host_id).await?;
+        self.store
+            .write_host_row(hello_row(&self.facts, latest.as_ref()))
+            .await?;
+        self.facts_stored = true;
+        Ok(())
     }
 
     /// Queues a snapshot at `seq`: stored as its difference from the stored state, with
@@ -148,12 +163,23 @@ impl HostLedger {
         let (receipt, pending) = self
             .store
             .submit_snapshot_from(
-                &record, seq, scanned_at, &change, stats, &stored, &mut known,
+                &record,
+                &Change::new(
+                    &self.host_id,
+                    seq,
+                    ChangeKind::Snapshot,
+                    scanned_at,
+                    &change,
+                    stats,
+                ),
+                &stored,
+                &mut known,
             )
             .await?;
         self.last_seq = seq;
         self.held = Some(Held::Decoded(inventory));
         self.known = known;
+        self.facts_stored = true;
         Ok((receipt, pending))
     }
 
@@ -178,9 +204,11 @@ impl HostLedger {
                 }
             },
             None => {
-                let (current, known) = self.store.load_known(&self.host_id).await?;
-                self.known = known;
-                current
+                if !self.facts_stored {
+                    // A host whose first change since Hello is a delta, with no row yet.
+                    self.store_facts().await?;
+                }
+                self.read_stored().await?
             }
         };
         if let Err(e) = check_applies(&current, delta) {
@@ -193,12 +221,14 @@ impl HostLedger {
         let (receipt, pending) = self
             .store
             .submit_change_from(
-                &self.host_id,
-                seq,
-                ChangeKind::Delta,
-                scanned_at,
-                delta,
-                stats,
+                &Change::new(
+                    &self.host_id,
+                    seq,
+                    ChangeKind::Delta,
+                    scanned_at,
+                    delta,
+                    stats,
+                ),
                 &current,
                 &mut self.known,
             )
@@ -208,6 +238,20 @@ impl HostLedger {
         self.last_seq = seq;
         self.held = Some(Held::Decoded(current));
         Ok(DeltaOutcome::Queued(receipt, pending))
+    }
+
+    /// Reads the host's stored state now, rather than on the next delta: a stream that
+    /// must hold the state of one instant (every write queued before must be durable).
+    pub async fn load(&mut self) -> Result<(), StoreError> {
+        let current = self.read_stored().await?;
+        self.held = Some(Held::Decoded(current));
+        Ok(())
+    }
+
+    async fn read_stored(&mut self) -> Result<Inventory, StoreError> {
+        let (current, known) = self.store.load_known(&self.host_id).await?;
+        self.known = known;
+        Ok(current)
     }
 
     /// Queues a heartbeat at the last seq.

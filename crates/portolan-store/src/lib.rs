@@ -77,7 +77,6 @@ pub mod store;
 pub mod stored;
 
 pub use self::batch::{BatchConfig, PendingWrite, WriteStats};
-pub use self::change::KnownHost;
 pub use self::error::StoreError;
 pub use self::ledger::{DeltaOutcome, HostLedger};
 pub use self::schema::Flavor;

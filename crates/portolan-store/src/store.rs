@@ -438,8 +438,11 @@ impl Store {
     }
 
     /// [`Store::load_current`], with the host's latest `hosts` row: what a stream holds
-    /// to write its host's changes with [`Store::write_change_from`].
-    pub async fn load_known(&self, host_id: &str) -> Result<(Inventory, KnownHost), StoreError> {
+    /// to write its host's changes from ([`crate::HostLedger`]).
+    pub(crate) async fn load_known(
+        &self,
+        host_id: &str,
+    ) -> Result<(Inventory, KnownHost), StoreError> {
         self.recover_if_dirty(host_id).await?;
         let latest = self.latest_host_row(host_id).await?;
         let host = match &latest {
@@ -560,16 +563,6 @@ mod tests {
         send(store.write_change("h", 1, ChangeKind::Delta, now, delta, stats));
         send(store.write_heartbeat("h", 1, now, stats));
         send(store.load_current("h"));
-        send(store.write_change_from(
-            "h",
-            1,
-            ChangeKind::Delta,
-            now,
-            delta,
-            stats,
-            &Inventory::default(),
-            &mut KnownHost::default(),
-        ));
         send(store.last_seq("h"));
         send(store.recover("h"));
         send(store.upsert_host(record));

@@ -167,8 +167,8 @@ async fn hello_facts_follow_the_host_on_a_stream_that_resumes_with_deltas() -> R
 
     let (mut ledger, _) = HostLedger::open(store.clone(), &host).await?;
     ensure!(
-        ledger.hello(record(HOST, &inventory(HOST, 0))).await?,
-        "a new host's facts are stored"
+        !ledger.hello(record(HOST, &inventory(HOST, 0))).await?,
+        "a new host's facts are stored with its snapshot"
     );
     let (_, pending) = ledger
         .snapshot(1, at(0), inventory(HOST, 0), &stats(0), None)

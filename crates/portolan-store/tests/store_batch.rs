@@ -14,60 +14,48 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use portolan_core::{Inventory, diff};
 use portolan_store::{
-    BatchConfig, ChangeKind, KnownHost, PendingWrite, Store, StoreError, WriteReceipt, WriteStats,
+    BatchConfig, ChangeKind, DeltaOutcome, HostLedger, PendingWrite, Store, StoreError, StoredHost,
+    WriteReceipt, WriteStats,
 };
 
-/// Writes host `h`'s step `step` as change `seq`, a delta from `prior`, the way an
-/// ingest stream does (from what it holds, reading nothing).
+/// Writes host `h`'s step `step` as change `seq`, a delta from `prior`, through the
+/// host's ledger, the way an ingest stream does, and waits until it is durable.
 async fn write_step(
-    store: &Store,
+    ledger: &mut HostLedger,
     h: usize,
     seq: u64,
     step: usize,
     prior: &Inventory,
-    known: &mut KnownHost,
 ) -> Result<WriteReceipt, StoreError> {
     let next = inventory(h, step);
-    store
-        .write_change_from(
-            &host_id(h),
-            seq,
-            ChangeKind::Delta,
-            at(step),
-            &diff(prior, &next),
-            &stats(step),
-            prior,
-            known,
-        )
-        .await
+    match ledger
+        .delta(seq, at(step), &diff(prior, &next), &stats(step))
+        .await?
+    {
+        DeltaOutcome::Queued(receipt, pending) => pending.wait().await.map(|()| receipt),
+        DeltaOutcome::DoesNotApply(why) => panic!("the test's delta {seq} does not apply: {why}"),
+    }
 }
 
-/// Writes host `h`'s steps `0..steps` the way an ingest stream does: load once, then
-/// every change from what the stream holds (no reads), a heartbeat after each.
-async fn write_as_stream(store: &Store, h: usize, steps: usize) -> Result<()> {
-    let host = host_id(h);
-    let (mut current, _) = store.load_known(&host).await?;
+/// Writes host `h`'s steps `0..steps` the way an ingest stream does: through the host's
+/// ledger (Hello, a snapshot, then every change from what the ledger holds, no reads), a
+/// heartbeat after each.
+async fn write_as_stream(store: &Arc<Store>, h: usize, steps: usize) -> Result<()> {
+    let (mut ledger, _) = HostLedger::open(store.clone(), &host_id(h)).await?;
     let first = inventory(h, 0);
-    let mut known = store.upsert_host(&record(h, &first)).await?;
-    let change = diff(&current, &first);
-    store
-        .write_change_from(
-            &host,
-            1,
-            ChangeKind::Snapshot,
-            at(0),
-            &change,
-            &stats(0),
-            &current,
-            &mut known,
-        )
+    ledger.hello(record(h, &first)).await?;
+    let (_, pending) = ledger
+        .snapshot(1, at(0), first.clone(), &stats(0), None)
         .await?;
-    current = first;
+    pending.wait().await?;
+    let mut current = first;
     for step in 1..steps {
-        store
-            .write_heartbeat(&host, step as u64, at(step), &stats(step))
+        ledger
+            .heartbeat(at(step), &stats(step))
+            .await?
+            .wait()
             .await?;
-        write_step(store, h, step as u64 + 1, step, &current, &mut known).await?;
+        write_step(&mut ledger, h, step as u64 + 1, step, &current).await?;
         current = inventory(h, step);
     }
     Ok(())
@@ -192,7 +180,9 @@ async fn many_hosts_at_once_store_what_they_store_one_by_one_in_few_inserts() ->
 
     // A batch holds the writes of many hosts: the store's count, and ClickHouse's.
     let stats = batched.write_stats();
-    let writes = (hosts * (1 + steps + (steps - 1))) as u64; // Hello, changes, heartbeats
+    // Changes and heartbeats: a new host's Hello facts go with its snapshot (as ingest
+    // writes them), not as a write of their own.
+    let writes = (hosts * (steps + (steps - 1))) as u64;
     assert_eq!(stats.batched_writes, writes, "{stats:?}");
     assert_eq!(stats.failed_batches, 0, "{stats:?}");
     assert!(
@@ -237,6 +227,13 @@ async fn a_failed_batch_leaves_each_of_its_hosts_recoverable_and_nothing_half_co
     }
     let before = store.write_stats();
 
+    // Each host's stream holds its state before the failure.
+    let mut ledgers = Vec::new();
+    for h in 0..hosts {
+        let (mut ledger, _) = HostLedger::open(store.clone(), &host_id(h)).await?;
+        ledger.load().await?;
+        ledgers.push(ledger);
+    }
     // The commit markers' table goes away: every data INSERT of the batch succeeds.
     let client = store.client();
     client
@@ -244,12 +241,9 @@ async fn a_failed_batch_leaves_each_of_its_hosts_recoverable_and_nothing_half_co
         .execute()
         .await?;
     let mut tasks = tokio::task::JoinSet::new();
-    for h in 0..hosts {
-        let store = store.clone();
+    for (h, mut ledger) in ledgers.into_iter().enumerate() {
         tasks.spawn(async move {
-            let host = host_id(h);
-            let (current, mut known) = store.load_known(&host).await?;
-            let result = write_step(&store, h, 2, 1, &current, &mut known).await;
+            let result = write_step(&mut ledger, h, 2, 1, &inventory(h, 0)).await;
             anyhow::Ok(result)
         });
     }
@@ -308,9 +302,9 @@ async fn a_failed_batch_leaves_each_of_its_hosts_recoverable_and_nothing_half_co
     // Then the same change stores cleanly, and the host continues.
     for h in 0..hosts {
         let host = host_id(h);
-        let (current, mut known) = store.load_known(&host).await?;
+        let (mut ledger, _) = HostLedger::open(store.clone(), &host).await?;
         let next = inventory(h, 1);
-        write_step(&store, h, 2, 1, &current, &mut known).await?;
+        write_step(&mut ledger, h, 2, 1, &inventory(h, 0)).await?;
         assert_eq!(store.load_current(&host).await?, next);
         assert_eq!(store.last_seq(&host).await?, 2);
     }
@@ -320,28 +314,22 @@ async fn a_failed_batch_leaves_each_of_its_hosts_recoverable_and_nothing_half_co
 /// Queues the deltas of host `h` to `inventory(h, seq)` for each of `seqs`, from
 /// `prior` (left at the last), without waiting for any to be stored.
 async fn queue_deltas(
-    store: &Store,
+    ledger: &mut HostLedger,
     h: usize,
     seqs: std::ops::RangeInclusive<u64>,
     prior: &mut Inventory,
-    known: &mut KnownHost,
 ) -> Result<Vec<PendingWrite>> {
     let mut pending = Vec::new();
     for seq in seqs {
         let next = inventory(h, seq as usize);
-        let (_, write) = store
-            .submit_change_from(
-                &host_id(h),
-                seq,
-                ChangeKind::Delta,
-                at(seq as usize),
-                &diff(prior, &next),
-                &stats(seq as usize),
-                prior,
-                known,
-            )
-            .await?;
-        pending.push(write);
+        let change = diff(prior, &next);
+        match ledger
+            .delta(seq, at(seq as usize), &change, &stats(seq as usize))
+            .await?
+        {
+            DeltaOutcome::Queued(_, write) => pending.push(write),
+            DeltaOutcome::DoesNotApply(why) => anyhow::bail!("delta {seq} refused: {why}"),
+        }
         *prior = next;
     }
     Ok(pending)
@@ -353,18 +341,21 @@ async fn queue_deltas(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_changes_of_a_host_stop_at_the_first_that_fails() -> Result<()> {
     let server = Server::start("warn").await?;
-    let store = server
-        .batched_store("batch_pipeline", BatchConfig::default())
-        .await?;
+    let store = Arc::new(
+        server
+            .batched_store("batch_pipeline", BatchConfig::default())
+            .await?,
+    );
     let (h, host) = (5, host_id(5));
     write_as_stream(&store, h, 1).await?;
-    let (mut prior, mut known) = store.load_known(&host).await?;
+    let (mut ledger, _) = HostLedger::open(store.clone(), &host).await?;
+    let mut prior = inventory(h, 0);
     let client = store.client();
 
     // Seqs 2..=5 queued back to back: they are stored in order, all of them, and
     // without waiting for each other (some share a batch).
     let before = store.write_stats();
-    for write in queue_deltas(&store, h, 2..=5, &mut prior, &mut known).await? {
+    for write in queue_deltas(&mut ledger, h, 2..=5, &mut prior).await? {
         write.wait().await?;
     }
     let batches = store.write_stats().batches - before.batches;
@@ -376,21 +367,25 @@ async fn pipelined_changes_of_a_host_stop_at_the_first_that_fails() -> Result<()
     // unwritten, and nothing more can be queued. Each write is a batch of its own here
     // (`max_rows` 1), so 7 and 8 reach their batches after 6 failed: the batcher itself
     // must refuse them.
-    let store = server
-        .batched_store(
-            "batch_pipeline",
-            BatchConfig {
-                max_rows: 1,
-                ..BatchConfig::default()
-            },
-        )
-        .await?;
+    let store = Arc::new(
+        server
+            .batched_store(
+                "batch_pipeline",
+                BatchConfig {
+                    max_rows: 1,
+                    ..BatchConfig::default()
+                },
+            )
+            .await?,
+    );
+    let (mut ledger, _) = HostLedger::open(store.clone(), &host).await?;
+    ledger.load().await?;
     client
         .query("RENAME TABLE host_reports TO host_reports_away")
         .execute()
         .await?;
     let mut queued_prior = prior.clone();
-    let pending = queue_deltas(&store, h, 6..=8, &mut queued_prior, &mut known).await?;
+    let pending = queue_deltas(&mut ledger, h, 6..=8, &mut queued_prior).await?;
     let mut results = Vec::new();
     for write in pending {
         results.push(write.wait().await);
@@ -420,7 +415,7 @@ async fn pipelined_changes_of_a_host_stop_at_the_first_that_fails() -> Result<()
         written_after, 0,
         "changes queued behind the failure were written"
     );
-    let again = queue_deltas(&store, h, 9..=9, &mut queued_prior, &mut known).await;
+    let again = queue_deltas(&mut ledger, h, 9..=9, &mut queued_prior).await;
     let refused = again
         .as_ref()
         .err()
@@ -449,24 +444,32 @@ async fn pipelined_changes_of_a_host_stop_at_the_first_that_fails() -> Result<()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replayed_batched_change_changes_nothing_users_see() -> Result<()> {
     let server = Server::start("warn").await?;
-    let store = server
-        .batched_store("batch_replay", BatchConfig::default())
-        .await?;
+    let store = Arc::new(
+        server
+            .batched_store("batch_replay", BatchConfig::default())
+            .await?,
+    );
     let h = 3;
     let host = host_id(h);
     write_as_stream(&store, h, 2).await?;
     // Seq 3 carries new host facts (a new interface) besides its sockets and flows.
-    let (prior, known) = store.load_known(&host).await?;
-    assert_eq!(known.seq(), 1);
+    let prior = store.load_current(&host).await?;
+    let facts_seq = |stored: Option<StoredHost>| stored.map(|h| h.seq);
+    assert_eq!(facts_seq(store.host(&host).await?), Some(1));
     let next = inventory(h, 2);
     assert_ne!(prior.host, next.host);
     let mut once = None;
     // The agent did not hear the ack of seq 3 and sends it again on a stream that still
     // holds the state before it (a replica that loaded before the write).
+    let mut ledgers = Vec::new();
     for _ in 0..3 {
-        let mut known: KnownHost = known.clone();
-        write_step(&store, h, 3, 2, &prior, &mut known).await?;
-        assert_eq!(known.seq(), 3);
+        let (mut ledger, _) = HostLedger::open(store.clone(), &host).await?;
+        ledger.load().await?;
+        ledgers.push(ledger);
+    }
+    for mut ledger in ledgers {
+        write_step(&mut ledger, h, 3, 2, &prior).await?;
+        assert_eq!(facts_seq(store.host(&host).await?), Some(3));
         let now = seen(&store, &host).await?;
         assert_eq!(store.load_current(&host).await?, next);
         match &once {

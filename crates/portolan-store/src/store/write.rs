@@ -15,19 +15,19 @@ use crate::{
 
 impl Store {
     /// Records a host's Hello facts, keeping the stored host facts; `record.host` is
-    /// used only when the host has no row yet (see [`HostRecord::host`]). Returns the row
-    /// written, for [`Store::write_change_from`]. Written with the changes of other
-    /// streams (see [`crate::batch`]).
-    pub async fn upsert_host(&self, record: &HostRecord) -> Result<KnownHost, StoreError> {
+    /// used only when the host has no row yet (see [`HostRecord::host`]). For tools and
+    /// tests that write a host outside a stream (a stream's Hello goes through
+    /// [`crate::HostLedger::hello`]). Written with the changes of other streams (see
+    /// [`crate::batch`]).
+    pub async fn upsert_host(&self, record: &HostRecord) -> Result<(), StoreError> {
         self.recover_if_dirty(&record.host_id).await?;
         let latest = self.latest_host_row(&record.host_id).await?;
         let row = hello_row(record, latest.as_ref());
         let rows = Rows {
-            hosts: vec![row.clone()],
+            hosts: vec![row],
             ..Rows::default()
         };
-        self.batcher.commit(&record.host_id, rows).await?;
-        Ok(KnownHost { row: Some(row) })
+        self.batcher.commit(&record.host_id, rows).await
     }
 
     /// Writes one `hosts` row now, outside any change: Hello facts that differ from the
@@ -44,25 +44,20 @@ impl Store {
     }
 
     /// A snapshot's write, queued as one (see [`Store::submit_change_from`]): the host's
-    /// Hello facts ([`Store::upsert_host`], over `known`, its latest `hosts` row as
-    /// [`Store::load_known`] read it) and `delta` from `prior`, the stored inventory, to
-    /// the snapshot. `known` becomes the host's latest row.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn submit_snapshot_from(
+    /// Hello facts over `known` (its latest `hosts` row as [`Store::load_known`] read it)
+    /// and `change` (a snapshot's difference from `prior`, the stored inventory). `known`
+    /// becomes the host's latest row. The write path of [`crate::HostLedger::snapshot`].
+    pub(crate) async fn submit_snapshot_from(
         &self,
         record: &HostRecord,
-        seq: u64,
-        scanned_at: SystemTime,
-        delta: &Delta,
-        stats: &ScanStats,
+        change: &Change<'_>,
         prior: &Inventory,
         known: &mut KnownHost,
     ) -> Result<(WriteReceipt, PendingWrite), StoreError> {
-        let host_id = record.host_id.as_str();
+        let host_id = change.host_id;
         self.refuse_if_dirty(host_id)?;
         let hello = hello_row(record, known.row.as_ref());
-        let before = Before::from_inventory(prior, delta, Some(&hello));
-        let change = Change::new(host_id, seq, ChangeKind::Snapshot, scanned_at, delta, stats);
+        let before = Before::from_inventory(prior, change.delta, Some(&hello));
         let (mut rows, mut receipt, facts) = change.rows(before);
         // The Hello row first: the change's own facts row, when it has one, is newer.
         rows.hosts.insert(0, hello.clone());
@@ -78,7 +73,8 @@ impl Store {
     /// `delta` must apply to the stored state ([`Store::load_current`]): the history is
     /// the sequence of deltas, and removed sockets and flows take their last-known
     /// processes from the stored rows, which this reads. A stream that holds its host's
-    /// inventory writes with [`Store::write_change_from`] instead, which reads nothing.
+    /// inventory writes through its [`crate::HostLedger`] instead, which reads nothing.
+    /// This path is kept as the oracle the ledger is tested against.
     ///
     /// Idempotent: writing the same change again leaves what queries see unchanged.
     /// When it fails, the rows it wrote are rolled back before the host's next read or
@@ -104,55 +100,27 @@ impl Store {
         self.commit_change(&change, before).await.map(|(r, _)| r)
     }
 
-    /// [`Store::write_change`] for a stream that holds its host's stored state: `prior`
-    /// is the host's inventory before `delta` (what [`Store::load_known`] returned, with
-    /// every change since applied) and `host` its latest `hosts` row as this stream read
-    /// or wrote it; `host` is updated when the change writes new host facts. Reads
-    /// nothing from ClickHouse, and writes with the changes of other streams (see
-    /// [`batch`]): it resolves once the change is durable.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn write_change_from(
-        &self,
-        host_id: &str,
-        seq: u64,
-        kind: ChangeKind,
-        scanned_at: SystemTime,
-        delta: &Delta,
-        stats: &ScanStats,
-        prior: &Inventory,
-        host: &mut KnownHost,
-    ) -> Result<WriteReceipt, StoreError> {
-        self.recover_if_dirty(host_id).await?;
-        let (receipt, pending) = self
-            .submit_change_from(host_id, seq, kind, scanned_at, delta, stats, prior, host)
-            .await?;
-        pending.wait().await?;
-        Ok(receipt)
-    }
-
-    /// [`Store::write_change_from`] without waiting for the write: returns once the
+    /// [`Store::write_change`] for a stream that holds its host's stored state, without
+    /// waiting for the write: `prior` is the host's inventory before the change (what
+    /// [`Store::load_known`] returned, with every change since applied) and `host` its
+    /// latest `hosts` row as this stream read or wrote it; `host` is updated when the
+    /// change writes new host facts. Reads nothing from ClickHouse; returns once the
     /// change is queued for its batch, with what it writes and a [`PendingWrite`] that
     /// resolves once it is durable. A stream may queue its host's next changes before
     /// this one is durable (`prior` of the next is this one applied): they are stored in
     /// order, and none after one that failed. Refuses to queue while an earlier write of
-    /// the host has failed and is not rolled back yet (the stream must end).
-    #[allow(clippy::too_many_arguments)]
-    pub async fn submit_change_from(
+    /// the host has failed and is not rolled back yet (the stream must end). The write
+    /// path of [`crate::HostLedger::delta`].
+    pub(crate) async fn submit_change_from(
         &self,
-        host_id: &str,
-        seq: u64,
-        kind: ChangeKind,
-        scanned_at: SystemTime,
-        delta: &Delta,
-        stats: &ScanStats,
+        change: &Change<'_>,
         prior: &Inventory,
         host: &mut KnownHost,
     ) -> Result<(WriteReceipt, PendingWrite), StoreError> {
-        self.refuse_if_dirty(host_id)?;
-        let before = Before::from_inventory(prior, delta, host.row.as_ref());
-        let change = Change::new(host_id, seq, kind, scanned_at, delta, stats);
+        self.refuse_if_dirty(change.host_id)?;
+        let before = Before::from_inventory(prior, change.delta, host.row.as_ref());
         let (rows, receipt, row) = change.rows(before);
-        let pending = self.batcher.enqueue(host_id, rows).await?;
+        let pending = self.batcher.enqueue(change.host_id, rows).await?;
         if let Some(row) = row {
             host.row = Some(row);
         }
