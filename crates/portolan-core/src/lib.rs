@@ -5,9 +5,10 @@
 //! [`apply`] turns the older inventory and the delta back into the newer one (the law the
 //! property tests check). [`wire`] converts to and from the `portolan.v1` protocol,
 //! validating everything that comes from the network. [`limit`] cuts a value at its byte
-//! limit, visibly.
+//! limit, visibly; [`backoff`] is how every retry loop waits.
 #![forbid(unsafe_code)]
 
+pub mod backoff;
 pub mod delta;
 pub mod flow;
 pub mod fuzz;
