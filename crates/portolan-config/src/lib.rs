@@ -9,7 +9,12 @@
 //! `[clickhouse] url` is `PORTOLAN_CLICKHOUSE_URL`. Only keys present in the defaults can
 //! be set from the environment (so that `_` in key names stays unambiguous), and the
 //! value is parsed as the default's type (a table or array is given as inline TOML).
+//!
+//! [`exit`] is the exit status convention the binaries share (64 usage or configuration,
+//! 69 unavailable, 77 not allowed, 1 other).
 #![forbid(unsafe_code)]
+
+pub mod exit;
 
 use std::collections::BTreeMap;
 use std::path::Path;
