@@ -342,6 +342,16 @@ async fn cli_answers_equal_the_sockets_the_test_opened() -> Result<()> {
         }
     }
 
+    // And with a stock client: Python's grpcio-reflection, which speaks only v1alpha.
+    let services = python_reflection(&cluster, &op.cert, &op.key)?;
+    println!("grpcio-reflection lists: {services:?}");
+    for service in ["portolan.v1.QueryService", "portolan.v1.IngestService"] {
+        assert!(
+            services.iter().any(|s| s == service),
+            "grpcio-reflection does not list {service}: {services:?}"
+        );
+    }
+
     // Refusals: an agent certificate cannot query.
     let (agent_cert, agent_key) = cluster.pki.agent("host-db")?;
     let as_agent = Cli {
@@ -429,4 +439,43 @@ async fn reflected_services_v1alpha(channel: tonic::transport::Channel) -> Resul
         }
         other => anyhow::bail!("unexpected reflection v1alpha answer {other:?}"),
     }
+}
+
+/// The services Python's grpcio-reflection lists over mutual TLS
+/// (`tools/grpc/list_services.py`), run by `PORTOLAN_PYTHON` or the project's virtualenv
+/// (`just setup-python` installs it).
+fn python_reflection(cluster: &Cluster, cert: &Path, key: &Path) -> Result<Vec<String>> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("the tests crate has no parent directory")?;
+    let python = std::env::var_os("PORTOLAN_PYTHON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root.join(".venv/bin/python"));
+    let output = Command::new(&python)
+        .arg(root.join("tools/grpc/list_services.py"))
+        .arg("--target")
+        .arg(format!("127.0.0.1:{}", cluster.collector_port))
+        .arg("--ca")
+        .arg(cluster.pki.ca_path())
+        .arg("--cert")
+        .arg(cert)
+        .arg("--key")
+        .arg(key)
+        .output()
+        .with_context(|| {
+            format!(
+                "cannot run {} (run `just setup-python`, or set PORTOLAN_PYTHON to a Python with grpcio-reflection)",
+                python.display()
+            )
+        })?;
+    anyhow::ensure!(
+        output.status.success(),
+        "grpcio-reflection failed ({}): {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect())
 }
