@@ -31,6 +31,14 @@ fn a_bad_configuration_exits_64() -> anyhow::Result<()> {
         .args(["--config", "/nonexistent/portolan-collector.toml"])
         .output()?;
     assert_eq!(missing.status.code(), Some(64), "{}", shown(&missing));
+    // The chain is printed once: the reason is not repeated.
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert_eq!(
+        stderr.matches("os error 2").count(),
+        1,
+        "{}",
+        shown(&missing)
+    );
     let dir = tempfile::tempdir()?;
     let file = dir.path().join("collector.toml");
     std::fs::write(&file, "version = 1\nno_such_key = true\n")?;
