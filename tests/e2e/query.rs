@@ -327,36 +327,30 @@ async fn cli_answers_equal_the_sockets_the_test_opened() -> Result<()> {
             "{service}"
         );
     }
-    let mut reflection =
-        tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient::new(channel);
-    let request = tonic_reflection::pb::v1::ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(
-            tonic_reflection::pb::v1::server_reflection_request::MessageRequest::ListServices(
-                String::new(),
-            ),
-        ),
-    };
-    let mut answers = reflection
-        .server_reflection_info(tokio_stream::iter([request]))
-        .await?
-        .into_inner();
-    let answer = answers.message().await?.context("no reflection answer")?;
-    let services: Vec<String> = match answer.message_response {
-        Some(tonic_reflection::pb::v1::server_reflection_response::MessageResponse::ListServicesResponse(list)) => {
-            list.service.into_iter().map(|s| s.name).collect()
+    // Reflection, in both versions: stock clients (grpcio-reflection, older grpcurl) only
+    // speak v1alpha.
+    for (version, services) in [
+        ("v1", reflected_services_v1(channel.clone()).await?),
+        ("v1alpha", reflected_services_v1alpha(channel).await?),
+    ] {
+        println!("reflection {version} lists: {services:?}");
+        for service in ["portolan.v1.QueryService", "portolan.v1.IngestService"] {
+            assert!(
+                services.iter().any(|s| s == service),
+                "reflection {version} does not list {service}: {services:?}"
+            );
         }
-        other => anyhow::bail!("unexpected reflection answer {other:?}"),
-    };
-    println!("reflection lists: {services:?}");
-    assert!(
-        services.iter().any(|s| s == "portolan.v1.QueryService"),
-        "{services:?}"
-    );
-    assert!(
-        services.iter().any(|s| s == "portolan.v1.IngestService"),
-        "{services:?}"
-    );
+    }
+
+    // And with a stock client: Python's grpcio-reflection, which speaks only v1alpha.
+    let services = python_reflection(&cluster, &op.cert, &op.key)?;
+    println!("grpcio-reflection lists: {services:?}");
+    for service in ["portolan.v1.QueryService", "portolan.v1.IngestService"] {
+        assert!(
+            services.iter().any(|s| s == service),
+            "grpcio-reflection does not list {service}: {services:?}"
+        );
+    }
 
     // Refusals: an agent certificate cannot query.
     let (agent_cert, agent_key) = cluster.pki.agent("host-db")?;
@@ -399,4 +393,89 @@ async fn cli_answers_equal_the_sockets_the_test_opened() -> Result<()> {
     assert_eq!(code, 64, "{err}");
     assert!(err.contains("/nonexistent/op.pem"), "{err}");
     Ok(())
+}
+
+/// The services that server reflection `grpc.reflection.v1` lists.
+async fn reflected_services_v1(channel: tonic::transport::Channel) -> Result<Vec<String>> {
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut answers = ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await?
+        .into_inner();
+    let answer = answers.message().await?.context("no reflection answer")?;
+    match answer.message_response {
+        Some(MessageResponse::ListServicesResponse(list)) => {
+            Ok(list.service.into_iter().map(|s| s.name).collect())
+        }
+        other => anyhow::bail!("unexpected reflection v1 answer {other:?}"),
+    }
+}
+
+/// The services that server reflection `grpc.reflection.v1alpha` lists.
+async fn reflected_services_v1alpha(channel: tonic::transport::Channel) -> Result<Vec<String>> {
+    use tonic_reflection::pb::v1alpha::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut answers = ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await?
+        .into_inner();
+    let answer = answers.message().await?.context("no reflection answer")?;
+    match answer.message_response {
+        Some(MessageResponse::ListServicesResponse(list)) => {
+            Ok(list.service.into_iter().map(|s| s.name).collect())
+        }
+        other => anyhow::bail!("unexpected reflection v1alpha answer {other:?}"),
+    }
+}
+
+/// The services Python's grpcio-reflection lists over mutual TLS
+/// (`tools/grpc/list_services.py`), run by `PORTOLAN_PYTHON` or the project's virtualenv
+/// (`just setup-python` installs it).
+fn python_reflection(cluster: &Cluster, cert: &Path, key: &Path) -> Result<Vec<String>> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("the tests crate has no parent directory")?;
+    let python = std::env::var_os("PORTOLAN_PYTHON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root.join(".venv/bin/python"));
+    let output = Command::new(&python)
+        .arg(root.join("tools/grpc/list_services.py"))
+        .arg("--target")
+        .arg(format!("127.0.0.1:{}", cluster.collector_port))
+        .arg("--ca")
+        .arg(cluster.pki.ca_path())
+        .arg("--cert")
+        .arg(cert)
+        .arg("--key")
+        .arg(key)
+        .output()
+        .with_context(|| {
+            format!(
+                "cannot run {} (run `just setup-python`, or set PORTOLAN_PYTHON to a Python with grpcio-reflection)",
+                python.display()
+            )
+        })?;
+    anyhow::ensure!(
+        output.status.success(),
+        "grpcio-reflection failed ({}): {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect())
 }

@@ -9,6 +9,7 @@ use portolan_agent::config::AgentConfig;
 use portolan_agent::output::{self, View};
 use portolan_agent::scan::{Namespaces, ScanOptions, Scanner};
 use portolan_agent::stream::{self, HostFacts};
+use portolan_config::exit::{self, Classified, EXIT_USAGE, Exit};
 use std::collections::BTreeMap;
 
 /// The Portolan agent: inventories every socket on this host.
@@ -70,9 +71,6 @@ enum OutputFormat {
     Json,
 }
 
-/// Exit code for bad usage (sysexits `EX_USAGE`).
-const EXIT_USAGE: u8 = 64;
-
 fn main() -> ExitCode {
     tune_malloc();
     let cli = match Cli::try_parse() {
@@ -91,11 +89,7 @@ fn main() -> ExitCode {
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            if e.chain().any(|c| c.is::<UsageError>()) {
-                ExitCode::from(EXIT_USAGE)
-            } else {
-                ExitCode::FAILURE
-            }
+            ExitCode::from(exit::classify(e.chain()).code())
         }
     }
 }
@@ -141,16 +135,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// A configuration problem: exit code 64.
-#[derive(Debug)]
-struct UsageError(String);
-
-impl std::fmt::Display for UsageError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
+fn usage(message: String) -> Classified {
+    Classified::new(Exit::Usage, message)
 }
-
-impl std::error::Error for UsageError {}
 
 fn load_config(args: &RunArgs) -> anyhow::Result<AgentConfig> {
     let env: BTreeMap<String, String> = std::env::vars().collect();
@@ -163,9 +150,9 @@ fn load_config(args: &RunArgs) -> anyhow::Result<AgentConfig> {
     }
     let config: AgentConfig =
         portolan_config::load(args.config.as_deref(), &env, "PORTOLAN_", flags)
-            .map_err(|e| UsageError(e.to_string()))?;
+            .map_err(|e| usage(e.to_string()))?;
     if let Err(problems) = config.validate() {
-        return Err(UsageError(format!(
+        return Err(usage(format!(
             "invalid configuration:\n  {}",
             problems.join("\n  ")
         ))
@@ -183,11 +170,14 @@ fn run_agent(args: &RunArgs) -> anyhow::Result<()> {
     // Logs on stderr (`PORTOLAN_LOG`); traces over OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT`
     // is set. Held to the end: dropping it exports the last spans.
     let _telemetry = portolan_telemetry::init("portolan-agent");
-    let host_id = config.resolve_host_id().map_err(UsageError)?;
-    portolan_tls::identity::validate_name("host_id", &host_id)
-        .map_err(|e| UsageError(e.to_string()))?;
-    // Check the certificates now: a typo should stop the agent at once, not loop.
-    portolan_tls::client_config(&config.tls_files()).map_err(|e| UsageError(e.to_string()))?;
+    let host_id = config.resolve_host_id().map_err(usage)?;
+    portolan_tls::identity::validate_name("host_id", &host_id).map_err(|e| usage(e.to_string()))?;
+    // Check the certificates now: a typo should stop the agent at once, not loop; a key
+    // the agent may not read is a missing right (77), not a typo.
+    portolan_tls::client_config(&config.tls_files()).map_err(|e| {
+        let exit = e.io_error_kind().and_then(Exit::of_io);
+        Classified::new(exit.unwrap_or(Exit::Usage), e.to_string())
+    })?;
     let facts = HostFacts {
         host_id: host_id.clone(),
         hostname: config.resolve_hostname(),
@@ -211,7 +201,7 @@ fn run_agent(args: &RunArgs) -> anyhow::Result<()> {
         });
         if let Some(addr) = config.metrics.listen_addr() {
             let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-                UsageError(format!(
+                usage(format!(
                     "cannot serve metrics on {addr}: {e} (change `metrics.listen`)"
                 ))
             })?;

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use portolan_core::ScanStats;
+use portolan_core::backoff::{Backoff, Jitter};
 use portolan_core::wire::snapshot_parts;
 use portolan_proto::v1 as pb;
 use portolan_proto::v1::ingest_service_client::IngestServiceClient;
@@ -161,10 +162,13 @@ pub async fn run(
 /// between 0 and the bound), so that a fleet reconnecting after a collector restart does
 /// not arrive all at once.
 pub fn backoff(failures: u32, max: Duration) -> Duration {
-    let exp = failures.saturating_sub(1).min(16);
-    let bound = Duration::from_millis(500).saturating_mul(1 << exp).min(max);
-    let jitter = fastrand::f64();
-    bound.mul_f64(jitter).max(Duration::from_millis(50))
+    Backoff {
+        initial: Duration::from_millis(500),
+        max,
+        jitter: Jitter::Full,
+    }
+    .wait(failures, fastrand::f64())
+    .max(Duration::from_millis(50))
 }
 
 /// What the scan loop tells the stream after each scan.

@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use portolan_cli::config::{self, ConnectionFlags};
 use portolan_cli::output::terminal::{self, Stdout};
 use portolan_cli::output::{ColorChoice, Format};
+use portolan_config::exit::{self, EXIT_USAGE, Exit};
 
 mod completions;
 mod demo;
@@ -112,15 +113,8 @@ enum Command {
     Completions(completions::CompletionsArgs),
 }
 
-/// Exit code when the collector is unreachable (`EX_UNAVAILABLE`).
-const EXIT_UNAVAILABLE: u8 = 69;
-/// Exit code when the certificate may not do this (`EX_NOPERM`).
-const EXIT_NOPERM: u8 = 77;
-/// Exit code for bad usage or configuration (`EX_USAGE`).
-const EXIT_USAGE: u8 = 64;
-
-/// The exit code for a failed query.
-fn query_exit_code(e: &anyhow::Error) -> Option<ExitCode> {
+/// The exit status of a failed query, from the collector's gRPC status.
+fn query_exit(e: &anyhow::Error) -> Option<Exit> {
     let call = e
         .chain()
         .find_map(|c| c.downcast_ref::<query::CallError>())?;
@@ -128,10 +122,10 @@ fn query_exit_code(e: &anyhow::Error) -> Option<ExitCode> {
         // Too many watch streams on the collector: unavailable for now, as for EX_UNAVAILABLE.
         tonic::Code::Unavailable
         | tonic::Code::DeadlineExceeded
-        | tonic::Code::ResourceExhausted => ExitCode::from(EXIT_UNAVAILABLE),
-        tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => ExitCode::from(EXIT_NOPERM),
-        tonic::Code::InvalidArgument => ExitCode::from(EXIT_USAGE),
-        _ => ExitCode::FAILURE,
+        | tonic::Code::ResourceExhausted => Exit::Unavailable,
+        tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => Exit::NotAllowed,
+        tonic::Code::InvalidArgument => Exit::Usage,
+        _ => Exit::Failure,
     })
 }
 
@@ -216,11 +210,12 @@ fn main() -> ExitCode {
         Err(e) if usage::is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            if usage::is_usage(&e) {
-                ExitCode::from(EXIT_USAGE)
+            let exit = if usage::is_usage(&e) {
+                Exit::Usage
             } else {
-                query_exit_code(&e).unwrap_or(ExitCode::FAILURE)
-            }
+                query_exit(&e).unwrap_or_else(|| exit::classify(e.chain()))
+            };
+            ExitCode::from(exit.code())
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod event;
 pub mod finding;
 pub mod flow;
 pub mod host;
+pub mod labels;
 pub mod process;
 pub mod snapshot;
 pub mod socket;
@@ -23,6 +24,7 @@ pub use event::EventRow;
 pub use finding::{AckRow, FindingChangeRow, FindingRow};
 pub use flow::FlowRow;
 pub use host::{HostDetail, HostRow, InterfaceRow};
+pub use labels::{labels_text, parse_labels_text};
 pub use process::{label as process_label, process_row};
 pub use snapshot::SnapshotDoc;
 pub use socket::SocketRow;
@@ -67,16 +69,6 @@ pub fn host_name<'a>(hostname: &'a str, host_id: &'a str) -> &'a str {
     } else {
         hostname
     }
-}
-
-/// Labels sorted, as `key=value,key=value`.
-pub fn labels_text<'a>(labels: impl IntoIterator<Item = (&'a String, &'a String)>) -> String {
-    let mut pairs: Vec<String> = labels
-        .into_iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-    pairs.sort();
-    pairs.join(",")
 }
 
 /// Labels from the wire, sorted (JSON objects keep this order).

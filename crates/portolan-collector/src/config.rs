@@ -497,18 +497,18 @@ mod tests {
     -> Result<(), portolan_config::ConfigError> {
         let dir =
             std::env::temp_dir().join(format!("portolan-notify-config-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).map_err(|source| portolan_config::ConfigError::Read {
+        std::fs::create_dir_all(&dir).map_err(|error| portolan_config::ConfigError::Read {
             path: dir.display().to_string(),
-            source,
+            error,
         })?;
         let file = dir.join("c.toml");
         std::fs::write(
             &file,
             "[notify]\nqueue_size = 5\n[[notify.alertmanager]]\nurl = \"http://am:9093\"\nresend_interval = \"2m\"\nlabels = { cluster = \"eu\" }\n",
         )
-        .map_err(|source| portolan_config::ConfigError::Read {
+        .map_err(|error| portolan_config::ConfigError::Read {
             path: file.display().to_string(),
-            source,
+            error,
         })?;
         let env = BTreeMap::from([(
             "PORTOLAN_NOTIFY_WEBHOOK".to_string(),

@@ -10,8 +10,9 @@ use clap::Parser;
 use portolan_collector::config::CollectorConfig;
 use portolan_collector::evaluate::{CompiledRule, Evaluator};
 use portolan_collector::notify::Notifier;
+use portolan_config::exit::{self, Classified, EXIT_USAGE, Exit};
 use portolan_store::managed::{ManagedClickHouse, ManagedOptions};
-use portolan_store::{ClickHouseConfig, Store};
+use portolan_store::{ClickHouseConfig, Store, StoreError};
 use tracing::info;
 
 /// Thousands of streams building rows on two runtime threads and freeing them on the
@@ -56,7 +57,7 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e:#}");
-            return ExitCode::from(64);
+            return ExitCode::from(EXIT_USAGE);
         }
     };
     if cli.print_config {
@@ -83,7 +84,7 @@ fn main() -> ExitCode {
             Ok(rules) => rules,
             Err(problems) => {
                 eprintln!("error: invalid rule files (see `rules.files`):\n{problems}");
-                return ExitCode::from(64);
+                return ExitCode::from(EXIT_USAGE);
             }
         }
     } else {
@@ -93,7 +94,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            ExitCode::from(exit::classify(e.chain()).code())
         }
     }
 }
@@ -128,6 +129,11 @@ async fn run(config: CollectorConfig, rules: Vec<CompiledRule>) -> Result<()> {
     };
     // Check the certificates before anything slow starts.
     portolan_tls::server_config(&config.tls_files())
+        .map_err(|e| {
+            // A file the collector may not read is a missing right (77), else a mistake (64).
+            let exit = e.io_error_kind().and_then(Exit::of_io);
+            Classified::new(exit.unwrap_or(Exit::Usage), e)
+        })
         .context("cannot load the collector's TLS files (see `[tls]`)")?;
     if let Some(revoked) = config.revoked_file() {
         portolan_tls::RevocationList::load(&revoked).context(
@@ -167,6 +173,13 @@ async fn run(config: CollectorConfig, rules: Vec<CompiledRule>) -> Result<()> {
     };
     let store = Store::connect(&ch)
         .await
+        .map_err(|e| {
+            let exit = match e {
+                StoreError::Unreachable { .. } => Exit::Unavailable,
+                _ => Exit::Failure,
+            };
+            Classified::new(exit, e)
+        })
         .context("cannot connect to ClickHouse")?
         .with_batching(config.clickhouse.batching());
     store

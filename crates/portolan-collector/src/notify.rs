@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use portolan_core::backoff::{Backoff, Jitter};
 use portolan_rules::lifecycle::{Finding, Status};
 use tracing::{info, warn};
 
@@ -214,13 +215,12 @@ impl RetryPolicy {
     /// failure up to `max_backoff`, then between half of that and all of it (jitter), and
     /// at least the receiver's `Retry-After` (capped by `max_backoff` too).
     pub fn delay(&self, failures: u32, retry_after: Option<Duration>) -> Duration {
-        let exponent = failures.saturating_sub(1).min(30);
-        let full = self
-            .backoff
-            .saturating_mul(1 << exponent)
-            .min(self.max_backoff);
-        let half = full / 2;
-        let jittered = half + half.mul_f64(fastrand::f64());
+        let jittered = Backoff {
+            initial: self.backoff,
+            max: self.max_backoff,
+            jitter: Jitter::Half,
+        }
+        .wait(failures, fastrand::f64());
         jittered.max(retry_after.unwrap_or_default().min(self.max_backoff))
     }
 }

@@ -77,9 +77,17 @@ pub async fn serve(
     health_reporter
         .set_serving::<QueryServiceServer<Query>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(portolan_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    // Reflection in both its versions: `v1`, and `v1alpha`, the only one that Python's
+    // grpcio-reflection, older grpcurl releases and many other stock clients ask for.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(portolan_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .map_err(|e| ServeError::Reflection(e.to_string()))?;
+    let reflection = reflection()
         .build_v1()
         .map_err(|e| ServeError::Reflection(e.to_string()))?;
     tonic::transport::Server::builder()
@@ -103,6 +111,7 @@ pub async fn serve(
         .add_service(query)
         .add_service(health)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     drop(tls);

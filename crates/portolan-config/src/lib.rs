@@ -9,7 +9,12 @@
 //! `[clickhouse] url` is `PORTOLAN_CLICKHOUSE_URL`. Only keys present in the defaults can
 //! be set from the environment (so that `_` in key names stays unambiguous), and the
 //! value is parsed as the default's type (a table or array is given as inline TOML).
+//!
+//! [`exit`] is the exit status convention the binaries share (64 usage or configuration,
+//! 69 unavailable, 77 not allowed, 1 other).
 #![forbid(unsafe_code)]
+
+pub mod exit;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -24,12 +29,12 @@ use toml::{Table, Value};
 #[non_exhaustive]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}: {error}")]
     Read {
         /// The file.
         path: String,
-        /// Why.
-        source: std::io::Error,
+        /// Why. Part of the message, not a source: a printed chain would say it twice.
+        error: std::io::Error,
     },
     /// The file is not valid TOML or does not fit the configuration.
     #[error("config file {path} is invalid: {message}")]
@@ -70,9 +75,9 @@ where
     let mut merged = defaults.clone();
     if let Some(path) = file {
         let display = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: display.clone(),
-            source,
+            error,
         })?;
         let table: Table = text
             .parse()

@@ -4,14 +4,17 @@
 //! [`Inventory`] from a scan, [`diff`] turns two inventories into a [`Delta`], and
 //! [`apply`] turns the older inventory and the delta back into the newer one (the law the
 //! property tests check). [`wire`] converts to and from the `portolan.v1` protocol,
-//! validating everything that comes from the network.
+//! validating everything that comes from the network. [`limit`] cuts a value at its byte
+//! limit, visibly; [`backoff`] is how every retry loop waits.
 #![forbid(unsafe_code)]
 
+pub mod backoff;
 pub mod delta;
 pub mod flow;
 pub mod fuzz;
 pub mod host;
 pub mod inventory;
+pub mod limit;
 pub mod names;
 pub mod process;
 pub mod scope;

@@ -3,7 +3,9 @@
 //! [`init`] installs the process's `tracing` subscriber:
 //!
 //! - always, log lines on stderr filtered by `PORTOLAN_LOG` (an `EnvFilter` directive such
-//!   as `info,portolan_agent=debug`; `info` when unset or invalid);
+//!   as `info,portolan_agent=debug`; `info` when unset or invalid), coloured only when
+//!   stderr is a terminal, `NO_COLOR` is unset or empty and `TERM` is not `dumb` (see
+//!   [`log_colour`]): logs sent to a file, a pipe or journald carry no escape codes;
 //! - when `OTEL_EXPORTER_OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set,
 //!   also an OpenTelemetry layer that exports Portolan's spans (targets `portolan*`, level
 //!   INFO and above, whatever `PORTOLAN_LOG` says) over OTLP/gRPC with a batch span
@@ -23,6 +25,7 @@
 mod otlp;
 mod propagation;
 
+use std::io::IsTerminal;
 use std::time::Duration;
 
 use tracing_subscriber::Layer;
@@ -61,6 +64,15 @@ impl Drop for Telemetry {
     }
 }
 
+/// Whether log lines on stderr are coloured: only on a terminal, as the CLI does, and
+/// never when `NO_COLOR` is set to a non-empty value (no-color.org) or `TERM` is `dumb`.
+/// `env` reads one environment variable.
+pub fn log_colour(stderr_is_terminal: bool, env: &dyn Fn(&str) -> Option<String>) -> bool {
+    stderr_is_terminal
+        && env("NO_COLOR").is_none_or(|v| v.is_empty())
+        && env("TERM").is_none_or(|t| t != "dumb")
+}
+
 /// Installs the global `tracing` subscriber for the binary `service` (its default
 /// `service.name`, e.g. `portolan-agent`): log lines on stderr filtered by `PORTOLAN_LOG`,
 /// and OTLP trace export when the OTLP endpoint variables are set (see the crate docs).
@@ -71,10 +83,11 @@ impl Drop for Telemetry {
 pub fn init(service: &'static str) -> Telemetry {
     let filter = tracing_subscriber::EnvFilter::try_from_env(LOG_ENV)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let env = |name: &str| std::env::var(name).ok();
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
+        .with_ansi(log_colour(std::io::stderr().is_terminal(), &env))
         .with_filter(filter);
-    let env = |name: &str| std::env::var(name).ok();
     let (exporter, problem) = match otlp_endpoint(&env) {
         None => (None, None),
         Some(endpoint) => match otlp::Exporter::start(service, &endpoint, &env) {
@@ -101,4 +114,29 @@ pub fn init(service: &'static str) -> Telemetry {
         (None, None) => {}
     }
     Telemetry { exporter }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |name| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| (*v).to_string())
+        }
+    }
+
+    #[test]
+    fn logs_are_coloured_only_on_a_terminal_without_no_color() {
+        assert!(log_colour(true, &env(&[])));
+        assert!(log_colour(true, &env(&[("TERM", "xterm-256color")])));
+        assert!(!log_colour(false, &env(&[])), "a file or a pipe");
+        assert!(!log_colour(true, &env(&[("NO_COLOR", "1")])));
+        // An empty NO_COLOR does not count (no-color.org).
+        assert!(log_colour(true, &env(&[("NO_COLOR", "")])));
+        assert!(!log_colour(true, &env(&[("TERM", "dumb")])));
+    }
 }

@@ -112,6 +112,17 @@ pub enum TlsError {
     },
 }
 
+impl TlsError {
+    /// The operating system's kind of error when a file could not be read (a permission
+    /// denied is not a configuration mistake but a missing right); `None` otherwise.
+    pub fn io_error_kind(&self) -> Option<io::ErrorKind> {
+        match self {
+            TlsError::Read { error, .. } => Some(error.kind()),
+            _ => None,
+        }
+    }
+}
+
 /// A short lowercase reason for an I/O error, without the `(os error N)` noise.
 pub(crate) fn io_reason(error: &io::Error) -> String {
     match error.kind() {

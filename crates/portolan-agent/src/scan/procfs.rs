@@ -19,11 +19,17 @@ use std::time::SystemTime;
 
 use nix::errno::Errno;
 use portolan_core::Process;
+use portolan_core::limit::{cut, cut_read};
 use portolan_core::process::{parse_cgroup, parse_pod_uid};
+use portolan_core::wire::MAX_STRING_BYTES;
 use rustix::fs::{CWD, Mode, OFlags, RawDir, openat, readlinkat_raw};
 
-/// Longest command line kept, in bytes.
-pub(crate) const MAX_COMMAND_LINE: u64 = 4096;
+/// Longest command line kept, in bytes, marker of a cut included.
+pub(crate) const MAX_COMMAND_LINE: usize = portolan_core::limit::MAX_COMMAND_LINE_BYTES;
+
+/// Bytes of `cmdline` read: a command line of [`MAX_COMMAND_LINE`] bytes and its final NUL,
+/// and one more byte, whose presence says the file holds more.
+const COMMAND_LINE_READ: usize = MAX_COMMAND_LINE + 2;
 
 /// Bytes of directory entries read per `getdents64` call (a few hundred entries).
 const DIR_BUFFER: usize = 16 * 1024;
@@ -254,15 +260,17 @@ pub(crate) fn read_process(proc_root: &Path, pid: u32, users: &Users) -> Process
     let name = fs::read(dir.join("comm"))
         .map(|b| String::from_utf8_lossy(trim_newline(&b)).into_owned())
         .unwrap_or_default();
+    // Paths are bounded by the kernel (4096 bytes), but bytes that are not UTF-8 grow
+    // threefold when replaced: every string sent must fit the collector's limit.
     let executable = fs::read_link(dir.join("exe"))
-        .map(|p| p.to_string_lossy().into_owned())
+        .map(|p| cut(&p.to_string_lossy(), MAX_STRING_BYTES).0)
         .unwrap_or_default();
     let command_line = read_command_line(&dir.join("cmdline")).unwrap_or_default();
     let uid = fs::read(dir.join("status"))
         .ok()
         .and_then(|status| real_uid(&status));
     let cgroup = fs::read(dir.join("cgroup"))
-        .map(|b| cgroup_path(&String::from_utf8_lossy(&b)))
+        .map(|b| cut(&cgroup_path(&String::from_utf8_lossy(&b)), MAX_STRING_BYTES).0)
         .unwrap_or_default();
     let (systemd_unit, container_id) = parse_cgroup(&cgroup);
     let pod_uid = parse_pod_uid(&cgroup);
@@ -287,13 +295,15 @@ fn trim_newline(b: &[u8]) -> &[u8] {
 }
 
 /// `/proc/<pid>/cmdline`, NUL-separated arguments joined by spaces, at most
-/// [`MAX_COMMAND_LINE`] bytes.
-fn read_command_line(path: &Path) -> io::Result<String> {
+/// [`MAX_COMMAND_LINE`] bytes: a longer one is cut and ends with
+/// [`portolan_core::limit::MARKER`].
+pub(crate) fn read_command_line(path: &Path) -> io::Result<String> {
     let mut raw = Vec::new();
     fs::File::open(path)?
-        .take(MAX_COMMAND_LINE)
+        .take(COMMAND_LINE_READ as u64)
         .read_to_end(&mut raw)?;
-    Ok(command_line(&raw))
+    let more_unread = raw.len() >= COMMAND_LINE_READ;
+    Ok(cut_read(&command_line(&raw), MAX_COMMAND_LINE, more_unread).0)
 }
 
 pub(crate) fn command_line(raw: &[u8]) -> String {

@@ -333,6 +333,71 @@ fn real_proc_walk_finds_this_process() {
     drop(listener);
 }
 
+/// A real process whose command line is longer than the limit, read by the scan's real
+/// `/proc` code: its command line comes out cut at a character boundary (the argument is
+/// made of 2-byte characters, so a byte cut at the limit would split one), within the
+/// limit, a prefix of the whole, and marked. One just under the limit comes out whole.
+#[test]
+fn a_long_command_line_is_cut_and_marked() {
+    use std::io::{BufRead, Write};
+    use std::process::{Command, Stdio};
+
+    use portolan_core::limit::{MARKER, MAX_COMMAND_LINE_BYTES};
+
+    let spawn = |argument: &str| {
+        // `read` keeps the shell alive, with its arguments, until stdin closes; its
+        // first line says it runs (its command line is the shell's, not the test's).
+        let mut child = Command::new("sh")
+            .args(["-c", "echo ready; read line", "portolan-test", argument])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("run sh");
+        let mut ready = String::new();
+        if let Some(out) = child.stdout.take() {
+            std::io::BufReader::new(out)
+                .read_line(&mut ready)
+                .expect("read from sh");
+        }
+        assert_eq!(ready, "ready\n");
+        child
+    };
+    let users = super::procfs::Users::new(PathBuf::from("/etc/passwd"));
+    for (argument, cut) in [
+        ("é".repeat(MAX_COMMAND_LINE_BYTES), true),
+        ("x".repeat(MAX_COMMAND_LINE_BYTES - 100), false),
+    ] {
+        let whole = format!("sh -c echo ready; read line portolan-test {argument}");
+        let mut child = spawn(&argument);
+        let process = super::procfs::read_process(Path::new("/proc"), child.id(), &users);
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = stdin.write_all(b"\n");
+        }
+        let _ = child.wait();
+        let line = process.command_line;
+        assert!(line.len() <= MAX_COMMAND_LINE_BYTES, "{} bytes", line.len());
+        if cut {
+            let kept = line.strip_suffix(MARKER).unwrap_or_else(|| {
+                let end: String = line.chars().rev().take(8).collect();
+                panic!("no marker at the end of the command line (reversed: {end:?})")
+            });
+            assert!(whole.starts_with(kept), "{kept:?} is not a prefix");
+            assert!(
+                kept.len() > MAX_COMMAND_LINE_BYTES - 8,
+                "{} bytes",
+                kept.len()
+            );
+        } else {
+            assert!(
+                line == whole,
+                "a command line of {} bytes came out as {} bytes",
+                whole.len(),
+                line.len()
+            );
+        }
+    }
+}
+
 /// Unix listeners on a path and on an abstract name, a raw ICMP socket and a raw socket
 /// bound to loopback, opened by this process: the scan finds each with the right
 /// protocol, path or protocol number, state and owner, and `ss -xl` / `ss -w` list the
