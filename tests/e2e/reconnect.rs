@@ -1,12 +1,15 @@
 //! An agent outlives a collector crash: it retries with backoff, reconnects, and goes on
-//! with deltas from what ClickHouse holds (no second full snapshot).
+//! with deltas from what ClickHouse holds (no second full snapshot); an agent restarted
+//! with new labels has them stored although it resumes with deltas.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::Result;
 use portolan_core::Protocol;
-use portolan_testkit::{Lab, eventually_async};
+use portolan_store::StoredHost;
+use portolan_testkit::{Lab, SocketFixture, eventually_async, fixture_binary};
 
 use crate::support::{Cluster, Limits, stored_equals_kernel, stored_port};
 
@@ -68,5 +71,65 @@ async fn agent_reconnects_after_a_collector_crash() -> Result<()> {
         "the agent went on with deltas after reconnecting, no second snapshot"
     );
     assert!(deltas >= 1);
+    Ok(())
+}
+
+/// An agent restarted with new labels whose spool lines up with the store resumes with
+/// deltas, and the store holds its new labels from its Hello on (rules select by them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_labels_are_stored_when_the_agent_resumes_with_deltas() -> Result<()> {
+    let lab = Lab::new("relabel")?;
+    let host = lab.add_host("a")?;
+    let bridge = IpAddr::V4(lab.bridge_ipv4());
+    let cluster = Cluster::start("relabel", &[bridge], Limits::default()).await?;
+    let collector = SocketAddr::new(bridge, cluster.collector_port);
+    let fixture = SocketFixture::spawn(Some(&host), &fixture_binary()?)?;
+    fixture.listen(Protocol::Tcp, host.ipv4_addr(5432))?;
+    let interval = Duration::from_secs(1);
+    let agent = cluster.spawn_agent(
+        Some(&host),
+        "host-l",
+        collector,
+        interval,
+        &[("env", "prod")],
+    )?;
+    eventually_async!(
+        timeout = Duration::from_secs(60),
+        interval = Duration::from_millis(200),
+        stored_port(&cluster, "host-l", 5432).await
+    );
+    let labels = |host: Option<StoredHost>| host.map(|h| h.labels).unwrap_or_default();
+    assert_eq!(
+        labels(cluster.store.host("host-l").await?),
+        BTreeMap::from([("env".to_string(), "prod".to_string())])
+    );
+    drop(agent);
+
+    // Restarted with other labels; a listener opens meanwhile, so it has a change to send.
+    fixture.listen(Protocol::Tcp, host.ipv4_addr(6001))?;
+    let _agent = cluster.spawn_agent(
+        Some(&host),
+        "host-l",
+        collector,
+        interval,
+        &[("env", "staging"), ("role", "db")],
+    )?;
+    eventually_async!(
+        timeout = Duration::from_secs(60),
+        interval = Duration::from_millis(200),
+        stored_port(&cluster, "host-l", 6001).await
+    );
+    let stored = labels(cluster.store.host("host-l").await?);
+    println!("labels after the restart: {stored:?}");
+    assert_eq!(
+        stored,
+        BTreeMap::from([
+            ("env".to_string(), "staging".to_string()),
+            ("role".to_string(), "db".to_string()),
+        ])
+    );
+    let reports = cluster.store.reports("host-l").await?;
+    let snapshots = reports.iter().filter(|r| r.kind == "snapshot").count();
+    assert_eq!(snapshots, 1, "the restarted agent resumed with deltas");
     Ok(())
 }
