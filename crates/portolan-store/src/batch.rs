@@ -351,7 +351,7 @@ struct Job {
     done: oneshot::Sender<Result<(), BatchFailure>>,
 }
 
-/// A write queued for a batch ([`Batcher::enqueue`]): [`PendingWrite::wait`] resolves
+/// A write queued for a batch: [`PendingWrite::wait`] resolves
 /// once it is stored, or failed.
 #[derive(Debug)]
 pub struct PendingWrite {

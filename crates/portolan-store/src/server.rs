@@ -15,12 +15,12 @@ pub struct ClickHouseConfig {
     pub password: Option<String>,
 }
 
-/// What the server is, detected once at [`Store::connect`].
+/// What the server is, detected once at [`crate::Store::connect`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ServerInfo {
     /// `SELECT version()`, first three components.
     pub version: (u32, u32, u32),
-    /// True for servers before [`schema::MODERN_SINCE`]: legacy schema, row validation
+    /// True for servers before [`crate::schema::MODERN_SINCE`]: legacy schema, row validation
     /// off.
     pub legacy: bool,
 }

@@ -1,6 +1,6 @@
 //! The [`Store`]: one ClickHouse database, its connection, schema migration and the
-//! reads of one host's stored state. Writes are in [`write`], recovery of interrupted
-//! writes in [`recover`].
+//! reads of one host's stored state. Writes are in `store/write.rs`, recovery of
+//! interrupted writes in `store/recover.rs`.
 
 mod recover;
 mod write;

@@ -58,7 +58,7 @@ impl WriteReceipt {
     }
 }
 
-/// The facts of a host's Hello, for [`Store::upsert_host`].
+/// The facts of a host's Hello, for [`crate::HostLedger::hello`] and [`crate::Store::upsert_host`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostRecord {
     /// Stable host identity.
@@ -77,9 +77,10 @@ pub struct HostRecord {
     pub scan_interval_ms: u64,
     /// The collector replica serving the host.
     pub collector: String,
-    /// Host facts. Stored only for a host the store has no row of yet: afterwards host
-    /// facts change only through [`Store::write_change`] (a delta's `host`), so that they
-    /// are committed and rolled back with the rest of a change.
+    /// Host facts. [`crate::Store::upsert_host`] stores them only for a host the store has
+    /// no row of yet, and [`crate::HostLedger::hello`] never: host facts change through
+    /// changes (a delta's `host`), so that they are committed and rolled back with the
+    /// rest of a change.
     pub host: HostState,
 }
 
@@ -102,8 +103,8 @@ pub struct StoredHost {
     pub scan_interval_ms: u64,
     /// The collector replica that wrote the Hello facts.
     pub collector: String,
-    /// When a collector last recorded the Hello facts ([`Store::upsert_host`], at the
-    /// snapshot that starts every stream), second precision.
+    /// When a collector last recorded the Hello facts (at a Hello that changed them, or
+    /// the snapshot that starts a stream), second precision.
     pub connected_at: SystemTime,
     /// Host facts.
     pub state: HostState,
@@ -276,7 +277,7 @@ pub struct HostReport {
     pub stats: ScanStats,
 }
 
-/// What [`Store::recover`] did.
+/// What [`crate::Store::recover`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Recovery {
     /// The host's last committed seq.
@@ -288,7 +289,7 @@ pub struct Recovery {
     pub restored_rows: u64,
 }
 
-/// What [`Store::migrate`] did.
+/// What [`crate::Store::migrate`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MigrationReport {
     /// Versions applied by this call (empty: the schema was current).

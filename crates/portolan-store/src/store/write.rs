@@ -207,7 +207,7 @@ impl Store {
 
     /// Records a heartbeat: `seq` is the agent's last sent seq. Does not commit anything:
     /// [`Store::last_seq`] ignores heartbeats. Written with the changes of other streams
-    /// (see [`batch`]).
+    /// (see [`crate::batch`]).
     pub async fn write_heartbeat(
         &self,
         host_id: &str,
@@ -221,8 +221,8 @@ impl Store {
             .await
     }
 
-    /// [`Store::write_heartbeat`] without waiting for the write (see
-    /// [`Store::submit_change_from`]).
+    /// [`Store::write_heartbeat`] without waiting for the write: resolves once it is
+    /// durable.
     pub async fn submit_heartbeat(
         &self,
         host_id: &str,
