@@ -2,7 +2,9 @@
 //!
 //! Only operator certificates (reader or admin) may ask; agent certificates are refused,
 //! so a compromised host cannot read the fleet's inventory. Changes (acknowledging
-//! findings) need the admin role, and record who made them from the certificate.
+//! findings) need the admin role, and record who made them from the certificate. Who may
+//! call what is declared once, for every RPC, in [`crate::authz`]: no handler checks a
+//! role itself.
 //!
 //! Lists are paged by keyset ([`page`]); the watch streams poll ClickHouse ([`watch`]),
 //! so that they see what any replica stored. Every error becomes a gRPC status in one
@@ -23,11 +25,11 @@ use portolan_core::{Direction, Protocol, Scope};
 use portolan_proto::v1 as pb;
 use portolan_proto::v1::query_service_server::QueryService;
 use portolan_rules::lifecycle::{Finding, Status as FindingState};
-use portolan_tls::{Identity, OperatorRole, peer_info};
+use portolan_tls::peer_info;
 use tokio::sync::Semaphore;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
-use tracing::{info, warn};
+use tracing::info;
 
 pub use self::error::QueryError;
 use self::page::{PageToken, Part, TokenError, query_hash};
@@ -100,33 +102,10 @@ impl Query {
     }
 }
 
-/// The operator calling, or why not an operator.
-fn operator<T>(request: &Request<T>) -> Result<(String, OperatorRole), QueryError> {
-    let peer = peer_info(request).ok_or(QueryError::NoCertificate)?;
-    match &peer.identity {
-        Ok(identity @ Identity::Operator { role, .. }) => Ok((identity.uri(), *role)),
-        Ok(other) => {
-            warn!(remote = %peer.remote_addr, identity = %other, "refused query: not an operator certificate");
-            Err(QueryError::NotAnOperator(other.uri()))
-        }
-        Err(e) => Err(QueryError::NoIdentity(e.to_string())),
-    }
-}
-
-/// Refuses anyone but operators.
-fn authorize<T>(request: &Request<T>) -> Result<(), QueryError> {
-    operator(request).map(|_| ())
-}
-
-/// Refuses anyone but admins; returns the admin's identity URI (who is recorded).
-fn authorize_admin<T>(request: &Request<T>, what: &'static str) -> Result<String, QueryError> {
-    let (uri, role) = operator(request)?;
-    if role == OperatorRole::Admin {
-        Ok(uri)
-    } else {
-        warn!(identity = %uri, "refused {what}: reader certificate");
-        Err(QueryError::NotAnAdmin(uri, what))
-    }
+/// The identity URI of the caller, whom the authorisation layer let through
+/// ([`crate::authz`]): recorded with changes, logged with watches.
+fn who<T>(request: &Request<T>) -> Result<String, Status> {
+    Ok(crate::authz::caller(request)?.identity.uri())
 }
 
 fn invalid(message: impl Into<String>) -> QueryError {
@@ -1161,7 +1140,6 @@ impl QueryService for Query {
         &self,
         request: Request<pb::ListHostsRequest>,
     ) -> Result<Response<pb::ListHostsResponse>, Status> {
-        authorize(&request)?;
         Ok(Response::new(
             self.list_hosts_inner(request.into_inner()).await?,
         ))
@@ -1171,7 +1149,6 @@ impl QueryService for Query {
         &self,
         request: Request<pb::GetHostRequest>,
     ) -> Result<Response<pb::GetHostResponse>, Status> {
-        authorize(&request)?;
         Ok(Response::new(
             self.get_host_inner(request.into_inner().host_id).await?,
         ))
@@ -1181,7 +1158,6 @@ impl QueryService for Query {
         &self,
         request: Request<pb::ListSocketsRequest>,
     ) -> Result<Response<pb::ListSocketsResponse>, Status> {
-        authorize(&request)?;
         Ok(Response::new(
             self.list_sockets_inner(request.into_inner()).await?,
         ))
@@ -1191,7 +1167,6 @@ impl QueryService for Query {
         &self,
         request: Request<pb::WhoListensRequest>,
     ) -> Result<Response<pb::WhoListensResponse>, Status> {
-        authorize(&request)?;
         Ok(Response::new(
             self.who_listens_inner(request.into_inner()).await?,
         ))
@@ -1201,7 +1176,6 @@ impl QueryService for Query {
         &self,
         request: Request<pb::ListFindingsRequest>,
     ) -> Result<Response<pb::ListFindingsResponse>, Status> {
-        authorize(&request)?;
         Ok(Response::new(
             self.list_findings_inner(request.into_inner()).await?,
         ))
@@ -1211,7 +1185,6 @@ impl QueryService for Query {
         &self,
         request: Request<pb::ListFlowsRequest>,
     ) -> Result<Response<pb::ListFlowsResponse>, Status> {
-        authorize(&request)?;
         Ok(Response::new(
             self.list_flows_inner(request.into_inner()).await?,
         ))
@@ -1221,7 +1194,7 @@ impl QueryService for Query {
         &self,
         request: Request<pb::AckFindingRequest>,
     ) -> Result<Response<pb::AckFindingResponse>, Status> {
-        let who = authorize_admin(&request, "acknowledging a finding")?;
+        let who = who(&request)?;
         Ok(Response::new(
             self.ack_finding_inner(who, request.into_inner()).await?,
         ))
@@ -1231,7 +1204,7 @@ impl QueryService for Query {
         &self,
         request: Request<pb::UnackFindingRequest>,
     ) -> Result<Response<pb::UnackFindingResponse>, Status> {
-        let who = authorize_admin(&request, "clearing an acknowledgement")?;
+        let who = who(&request)?;
         let finding = self
             .ack_inner(who, request.into_inner().fingerprint, None)
             .await?;
@@ -1244,7 +1217,6 @@ impl QueryService for Query {
         &self,
         request: Request<pb::ListEventsRequest>,
     ) -> Result<Response<pb::ListEventsResponse>, Status> {
-        authorize(&request)?;
         Ok(Response::new(
             self.list_events_inner(request.into_inner()).await?,
         ))
@@ -1254,7 +1226,6 @@ impl QueryService for Query {
         &self,
         request: Request<pb::GetSnapshotRequest>,
     ) -> Result<Response<pb::GetSnapshotResponse>, Status> {
-        authorize(&request)?;
         Ok(Response::new(
             self.get_snapshot_inner(request.into_inner()).await?,
         ))
@@ -1266,7 +1237,7 @@ impl QueryService for Query {
         &self,
         request: Request<pb::WatchFindingsRequest>,
     ) -> Result<Response<Self::WatchFindingsStream>, Status> {
-        let (who, _) = operator(&request)?;
+        let who = who(&request)?;
         let live = self.live(&request)?;
         let stream = self.watch_findings_inner(who, request.into_inner()).await?;
         Ok(Response::new(live.guard(stream)))
@@ -1276,7 +1247,6 @@ impl QueryService for Query {
         &self,
         request: Request<pb::TestRulesRequest>,
     ) -> Result<Response<pb::TestRulesResponse>, Status> {
-        authorize(&request)?;
         Ok(Response::new(
             test_rules::test_rules(&self.store, request.into_inner()).await?,
         ))
@@ -1288,7 +1258,7 @@ impl QueryService for Query {
         &self,
         request: Request<pb::WatchHostRequest>,
     ) -> Result<Response<Self::WatchHostStream>, Status> {
-        let (who, _) = operator(&request)?;
+        let who = who(&request)?;
         let live = self.live(&request)?;
         let stream = self.watch_host_inner(who, request.into_inner()).await?;
         Ok(Response::new(live.guard(stream)))
