@@ -163,3 +163,27 @@ async fn an_agent_is_refused_the_query_service() -> Result<()> {
     ensure!(refused(status.clone()), "{status:?}");
     collector.stop().await
 }
+
+#[tokio::test]
+async fn health_checks_are_open_to_every_fleet_certificate() -> Result<()> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+    let collector = Collector::start("health_open", LimitsSection::default()).await?;
+    for who in [Who::Agent("web-1".into()), READER, ADMIN] {
+        let mut health = HealthClient::new(collector.channel(&who).await?);
+        for service in ["portolan.v1.IngestService", "portolan.v1.QueryService"] {
+            let answer = health
+                .check(HealthCheckRequest {
+                    service: service.into(),
+                })
+                .await?
+                .into_inner();
+            ensure!(
+                answer.status == ServingStatus::Serving as i32,
+                "{who:?} asking about {service}: {answer:?}"
+            );
+        }
+    }
+    collector.stop().await
+}
