@@ -175,7 +175,7 @@ pub fn authorize(path: &str, peer: Option<&PeerInfo>) -> Result<Option<Caller>, 
 }
 
 /// A tower layer applying [`authorize`] to every call: install it in front of every
-/// service (see [`crate::server::router`]).
+/// service (see [`crate::server::serve_connections`]).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct AuthorizeLayer;
 

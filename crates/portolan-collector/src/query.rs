@@ -6,15 +6,15 @@
 //! call what is declared once, for every RPC, in [`crate::authz`]: no handler checks a
 //! role itself.
 //!
-//! - [`service`]: the gRPC handlers, each handing its request to the module that answers;
-//! - [`inventory`]: hosts, sockets, flows, their history and past snapshots;
-//! - [`findings`]: findings and their acknowledgements;
-//! - [`watch`]: the watch streams, which poll ClickHouse so that they see what any
+//! - `service`: the gRPC handlers, each handing its request to the module that answers;
+//! - `inventory`: hosts, sockets, flows, their history and past snapshots;
+//! - `findings`: findings and their acknowledgements;
+//! - `watch`: the watch streams, which poll ClickHouse so that they see what any
 //!   replica stored;
-//! - [`test_rules`]: rules tried on the stored inventory;
-//! - [`fields`] checks request fields; lists are paged by keyset ([`page`], [`cursor`]);
-//! - [`convert`] and [`peers`] shape stored rows as the protocol sends them;
-//! - every error becomes a gRPC status in one place ([`error`]).
+//! - `test_rules`: rules tried on the stored inventory;
+//! - `fields` checks request fields; lists are paged by keyset (`page`, `cursor`);
+//! - `convert` and `peers` shape stored rows as the protocol sends them;
+//! - every error becomes a gRPC status in one place (`error`).
 
 mod convert;
 mod cursor;
