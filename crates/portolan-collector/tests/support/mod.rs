@@ -26,7 +26,7 @@ use portolan_proto::v1 as pb;
 use portolan_store::Store;
 use portolan_store::managed::{ManagedClickHouse, ManagedOptions};
 use portolan_tls::pki::{Ca, WriteMode};
-use portolan_tls::{OperatorRole, PeerInfo, TlsFiles, certificate_serial, identity_from_der};
+use portolan_tls::{OperatorRole, PeerInfo, TlsFiles};
 use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -224,7 +224,7 @@ impl Collector {
 }
 
 /// A server-side TLS connection over an in-memory stream, with the peer's identity read
-/// from its certificate as [`portolan_tls::PeerStream`] reads it.
+/// from its certificate by the code [`portolan_tls::PeerStream`] uses.
 pub struct InProcess {
     inner: TlsStream<DuplexStream>,
     info: PeerInfo,
@@ -237,19 +237,8 @@ impl InProcess {
             .1
             .peer_certificates()
             .and_then(|certs| certs.first())
-            .map(|cert| cert.as_ref().to_vec());
-        let info = match cert {
-            Some(der) => PeerInfo::new(
-                remote,
-                identity_from_der(&der),
-                certificate_serial(&der).unwrap_or_default(),
-            ),
-            None => PeerInfo::new(
-                remote,
-                Err(portolan_tls::IdentityError::NoCertificate),
-                Vec::new(),
-            ),
-        };
+            .map(|cert| cert.as_ref());
+        let info = PeerInfo::from_certificate(remote, cert);
         InProcess { inner, info }
     }
 }
