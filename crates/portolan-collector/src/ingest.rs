@@ -22,13 +22,14 @@ use portolan_proto::v1 as pb;
 use portolan_proto::v1::ingest_service_server::IngestService;
 use portolan_proto::v1::stream_inventory_request::Message as AgentMessage;
 use portolan_proto::v1::stream_inventory_response::Message as CollectorMessage;
-use portolan_tls::{Identity, peer_info};
+use portolan_tls::peer_info;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument as _;
 use tracing::{debug, info, warn};
 
+use crate::authz;
 use crate::config::LimitsSection;
 use crate::error::IngestError;
 use crate::metrics;
@@ -91,24 +92,17 @@ impl IngestService for Ingest {
         &self,
         request: Request<Streaming<pb::StreamInventoryRequest>>,
     ) -> Result<Response<ResponseStream>, Status> {
+        // Only agents get here (`authz::RULES`); each streams its own host only.
+        let caller = authz::caller(&request)?;
+        let Some(host_id) = caller.identity.host_id().map(str::to_owned) else {
+            return Err(Status::internal(format!(
+                "the authorisation table let `{}` open an ingest stream; only agents may",
+                caller.identity
+            )));
+        };
         let peer = peer_info(&request)
             .ok_or_else(|| Status::unauthenticated("no client certificate on this connection"))?;
         let remote = peer.remote_addr;
-        let host_id = match &peer.identity {
-            Ok(Identity::Agent { host_id }) => host_id.clone(),
-            Ok(other) => {
-                warn!(%remote, identity = %other, "refused ingest stream: not an agent certificate");
-                let e = IngestError::NotAnAgent(other.uri());
-                metrics::global().record_refusal(&e);
-                return Err(e.into());
-            }
-            Err(e) => {
-                warn!(%remote, error = %e, "refused ingest stream: no identity in certificate");
-                let e = IngestError::NoIdentity(e.to_string());
-                metrics::global().record_refusal(&e);
-                return Err(e.into());
-            }
-        };
         let live = self.revocations.open(peer, "ingest").inspect_err(|status| {
             warn!(%remote, host = %host_id, reason = %status.message(), "refused ingest stream: revoked certificate");
             metrics::global().record_refusal(&IngestError::Revoked(String::new()));

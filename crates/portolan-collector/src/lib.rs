@@ -7,6 +7,7 @@
 //! findings to Alertmanager and webhooks ([`notify`]).
 #![forbid(unsafe_code)]
 
+pub mod authz;
 pub mod config;
 pub mod error;
 pub mod evaluate;

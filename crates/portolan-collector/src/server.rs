@@ -5,10 +5,15 @@ use std::sync::Arc;
 
 use portolan_proto::v1::ingest_service_server::IngestServiceServer;
 use portolan_proto::v1::query_service_server::QueryServiceServer;
+use portolan_tls::PeerInfo;
 use portolan_tls::{AcceptOptions, ServerTls, TlsIncoming};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio_stream::Stream;
+use tonic::transport::server::Connected;
 
-use crate::config::CollectorConfig;
+use crate::authz::AuthorizeLayer;
+use crate::config::{CollectorConfig, LimitsSection};
 use crate::ingest::Ingest;
 use crate::query::Query;
 use crate::revocation::Revocations;
@@ -61,13 +66,58 @@ pub async fn serve(
     )?;
     let incoming = TlsIncoming::reloading(listener, tls.config(), AcceptOptions::default());
     let revocations = Revocations::new(tls.revocations());
+    let services = Services {
+        limits: config.limits.clone(),
+        collector_name: collector_name.to_owned(),
+        store,
+        revocations,
+    };
+    serve_connections(services, incoming, shutdown).await?;
+    drop(tls);
+    Ok(())
+}
+
+/// What the collector serves: its store, limits, name and revocation list.
+#[derive(Debug, Clone)]
+pub struct Services {
+    /// The `[limits]` every agent's stream is held to.
+    pub limits: LimitsSection,
+    /// The collector's name, stored with each host it serves.
+    pub collector_name: String,
+    /// Where inventories are stored and queries answered from.
+    pub store: Arc<Store>,
+    /// The revoked certificates, refused on every call.
+    pub revocations: Revocations,
+}
+
+/// Serves the ingest, query, health and reflection services on the connections
+/// `incoming` yields, until `shutdown` resolves. Every call passes the revocation check,
+/// then the authorisation table ([`crate::authz`]), before any service.
+///
+/// Connections must carry the peer's [`portolan_tls::PeerInfo`] as their connect info
+/// ([`TlsIncoming`] yields such; so may an in-process transport).
+pub async fn serve_connections<I, IO, IE>(
+    services: Services,
+    incoming: I,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError>
+where
+    I: Stream<Item = Result<IO, IE>>,
+    IO: AsyncRead + AsyncWrite + Connected<ConnectInfo = PeerInfo> + Unpin + Send + 'static,
+    IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let Services {
+        limits,
+        collector_name,
+        store,
+        revocations,
+    } = services;
     let query =
         QueryServiceServer::new(Query::new(store.clone()).with_revocations(revocations.clone()));
     let ingest = IngestServiceServer::new(
-        Ingest::new(store, config.limits.clone(), collector_name)
-            .with_revocations(revocations.clone()),
+        Ingest::new(store, limits.clone(), &collector_name).with_revocations(revocations.clone()),
     )
-    .max_decoding_message_size(config.limits.max_message_bytes as usize);
+    .max_decoding_message_size(limits.max_message_bytes as usize);
     // Health checking (grpc.health.v1) and reflection, for load balancers and grpcurl.
     // Both still sit behind mutual TLS: any certificate of the fleet's CA may ask.
     let (health_reporter, health) = tonic_health::server::health_reporter();
@@ -95,6 +145,8 @@ pub async fn serve(
         .layer(tonic::service::InterceptorLayer::new(
             revocations.interceptor(),
         ))
+        // Then who may call what, declared once for every RPC.
+        .layer(AuthorizeLayer)
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
         // What one connection may make the collector hold. An agent has one stream and a
@@ -114,6 +166,5 @@ pub async fn serve(
         .add_service(reflection_v1alpha)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
-    drop(tls);
     Ok(())
 }

@@ -105,8 +105,10 @@ impl PeerInfo {
         }
     }
 
-    /// Reads identity and serial from the leaf certificate a peer presented.
-    fn from_certificate(remote_addr: SocketAddr, cert_der: Option<&[u8]>) -> Self {
+    /// Reads identity and serial from the leaf certificate a peer presented (`None`: it
+    /// presented none), as [`PeerStream`] does after a handshake; for transports other
+    /// than TCP, such as in-process tests over `tokio::io::duplex`.
+    pub fn from_certificate(remote_addr: SocketAddr, cert_der: Option<&[u8]>) -> Self {
         let parsed = match cert_der {
             None => Err(IdentityError::NoCertificate),
             Some(der) => parse_certificate(der),

@@ -18,9 +18,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 use tracing::{debug, info, warn};
 
-use super::{
-    FindingFilter, FindingView, Query, QueryError, finding_order, history_event, required, unix,
-};
+use super::convert::history_event;
+use super::fields::{required, unix};
+use super::findings::{FindingFilter, FindingView, finding_order};
+use super::{Query, QueryError};
 use portolan_store::Store;
 use portolan_store::history::EventQuery;
 
