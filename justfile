@@ -16,7 +16,7 @@ demo *ARGS: setup build
     ./target/debug/portolan demo {{ARGS}}
 
 # Everything the project checks: format, lints, unit, store, end-to-end and SQL-on-modern-ClickHouse tests.
-test: setup setup-test lint build test-helm test-ansible test-prometheus
+test: setup setup-test lint deny build test-helm test-ansible test-prometheus
     cargo nextest run --workspace --no-fail-fast
     {{venv}}/bin/python tools/chdb/check.py
 
@@ -56,6 +56,14 @@ test-prometheus:
 # Build every binary (the end-to-end tests run the real binaries).
 build:
     cargo build --workspace --bins
+
+# Licences from the allow list, one crypto backend, crates only from crates.io (deny.toml); offline.
+deny: setup-test
+    cargo deny check licenses bans sources
+
+# The RustSec advisories of every dependency (needs the advisory database, fetched from GitHub: not on offline machines).
+audit: setup-test
+    cargo deny check advisories
 
 # cargo fmt and clippy, warnings are errors.
 lint:
@@ -192,7 +200,7 @@ setup:
         DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
     fi
 
-# What only the tests need: cargo-nextest, and Python tools in a project-local virtualenv.
+# What only the tests need: cargo-nextest, cargo-deny, and Python tools in a project-local virtualenv.
 setup-test: setup-python
     #!/usr/bin/env bash
     set -euo pipefail
@@ -203,6 +211,7 @@ setup-test: setup-python
         DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq clickhouse-server clickhouse-client >/dev/null
     fi
     command -v cargo-nextest >/dev/null || cargo install cargo-nextest --locked
+    command -v cargo-deny >/dev/null || cargo install cargo-deny --locked
 
 # Python tools in a project-local virtualenv (chdb-core: a modern ClickHouse to check our SQL against).
 setup-python:
