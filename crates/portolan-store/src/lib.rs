@@ -66,6 +66,8 @@ pub mod findings;
 pub mod fleet;
 pub mod gaps;
 pub mod history;
+#[cfg(test)]
+mod layout;
 pub mod ledger;
 pub mod managed;
 pub mod queries;
