@@ -110,7 +110,8 @@ fn every_typed_row_has_its_tables_layout() {
         FlowCurrentRow, FlowEventRow, HostRow, MigrationRow, ReportRow, SocketCurrentRow,
         SocketEventRow,
     };
-    let checks: [(&str, fn(&str)); 10] = [
+    type Check = fn(&str);
+    let checks: [(&str, Check); 10] = [
         (table::SCHEMA_MIGRATIONS, check_typed_row::<MigrationRow>),
         (table::HOSTS, check_typed_row::<HostRow>),
         (table::HOST_REPORTS, check_typed_row::<ReportRow>),
@@ -179,8 +180,8 @@ fn the_ddl_creates_each_tables_layout() {
 /// A change with sockets and flows of every event, processes known and unknown.
 fn sample_delta() -> portolan_core::Delta {
     use portolan_core::{
-        Attribution, Delta, Direction, Flow, FlowKey, Process, Protocol, Scope, Socket,
-        SocketKey, SocketState,
+        Attribution, Delta, Direction, Flow, FlowKey, Process, Protocol, Scope, Socket, SocketKey,
+        SocketState,
     };
     let socket = |port: u16, pids: Vec<u32>, path: &str| Socket {
         key: SocketKey {

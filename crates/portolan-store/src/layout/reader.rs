@@ -47,9 +47,15 @@ impl<'b> Reader<'b> {
     }
 
     fn take_slice(&mut self, n: usize) -> Result<&'b [u8], Error> {
-        let end = self.at.checked_add(n).filter(|end| *end <= self.bytes.len());
+        let end = self
+            .at
+            .checked_add(n)
+            .filter(|end| *end <= self.bytes.len());
         let end = end.ok_or_else(|| {
-            Error(format!("{n} bytes wanted at byte {}, past the end", self.at))
+            Error(format!(
+                "{n} bytes wanted at byte {}, past the end",
+                self.at
+            ))
         })?;
         let slice = &self.bytes[self.at..end];
         self.at = end;
@@ -66,7 +72,10 @@ impl<'b> Reader<'b> {
                 return Ok(n);
             }
         }
-        Err(Error(format!("a length longer than 64 bits at byte {}", self.at)))
+        Err(Error(format!(
+            "a length longer than 64 bits at byte {}",
+            self.at
+        )))
     }
 }
 
