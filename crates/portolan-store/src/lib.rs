@@ -50,6 +50,7 @@
 //! | [`queries`] | every SQL statement the store runs |
 //! | `rows`, `rowbinary` | the typed rows of each table and their RowBinary encoding |
 //! | `change` | the rows of one change, pure |
+//! | `tracked` | sockets and flows alike: the tables, statements and rows of each |
 //! | [`batch`] | group commit: the writes of every stream in one batch |
 //! | [`fleet`] | hosts, sockets and flows across the fleet, filtered and paged |
 //! | [`history`] | events over time and the state at a past instant |
@@ -77,6 +78,7 @@ pub mod schema;
 pub mod server;
 pub mod store;
 pub mod stored;
+mod tracked;
 
 pub use self::batch::{BatchConfig, PendingWrite, WriteStats};
 pub use self::error::StoreError;
