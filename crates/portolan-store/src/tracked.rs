@@ -7,8 +7,9 @@ use clickhouse::{Row, RowOwned, RowRead, RowWrite};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::history::EventSource;
 use crate::rows::{FlowCurrentRow, FlowEventRow, SocketCurrentRow, SocketEventRow};
-use crate::schema::table;
+use crate::schema::{self, table};
 use crate::{
     FlowEvent, FlowEventKind, SocketEvent, SocketEventKind, StoreError, StoredFlow, StoredSocket,
     history, queries,
@@ -25,6 +26,10 @@ pub(crate) trait Tracked {
     /// An event row as the store gives it back.
     type StoredEvent;
 
+    /// Which history an event is of.
+    const SOURCE: EventSource;
+    /// The key column (`socket_key`, `flow_key`).
+    const KEY: &'static str;
     /// The event table.
     const EVENTS: &'static str;
     /// The current table.
@@ -40,6 +45,8 @@ pub(crate) trait Tracked {
     /// The committed history of some keys, oldest first.
     const LAST_EVENTS: &'static str;
 
+    /// The columns both tables share, after their heads, in table order.
+    fn columns() -> Vec<&'static str>;
     /// A current row's key.
     fn current_key(row: &Self::Current) -> &str;
     /// An event row's key.
@@ -66,6 +73,8 @@ impl Tracked for Sockets {
     type Stored = StoredSocket;
     type StoredEvent = SocketEvent;
 
+    const SOURCE: EventSource = EventSource::Socket;
+    const KEY: &'static str = "socket_key";
     const EVENTS: &'static str = table::SOCKET_EVENTS;
     const CURRENT: &'static str = table::SOCKETS_CURRENT;
     const CURRENT_OF_HOST: &'static str = queries::CURRENT_SOCKETS;
@@ -73,6 +82,10 @@ impl Tracked for Sockets {
     const EVENTS_OF_HOST: &'static str = queries::SOCKET_EVENTS;
     const UNCOMMITTED_KEYS: &'static str = queries::UNCOMMITTED_SOCKET_KEYS;
     const LAST_EVENTS: &'static str = queries::LAST_SOCKET_EVENTS;
+
+    fn columns() -> Vec<&'static str> {
+        schema::socket_columns()
+    }
 
     fn current_key(row: &SocketCurrentRow) -> &str {
         &row.socket_key
@@ -103,6 +116,8 @@ impl Tracked for Flows {
     type Stored = StoredFlow;
     type StoredEvent = FlowEvent;
 
+    const SOURCE: EventSource = EventSource::Flow;
+    const KEY: &'static str = "flow_key";
     const EVENTS: &'static str = table::FLOW_EVENTS;
     const CURRENT: &'static str = table::FLOWS_CURRENT;
     const CURRENT_OF_HOST: &'static str = queries::CURRENT_FLOWS;
@@ -110,6 +125,10 @@ impl Tracked for Flows {
     const EVENTS_OF_HOST: &'static str = queries::FLOW_EVENTS;
     const UNCOMMITTED_KEYS: &'static str = queries::UNCOMMITTED_FLOW_KEYS;
     const LAST_EVENTS: &'static str = queries::LAST_FLOW_EVENTS;
+
+    fn columns() -> Vec<&'static str> {
+        schema::flow_columns()
+    }
 
     fn current_key(row: &FlowCurrentRow) -> &str {
         &row.flow_key
