@@ -49,6 +49,7 @@
 //! | [`schema`] | the DDL of every table, per server flavour, and its migrations |
 //! | [`queries`] | every SQL statement the store runs |
 //! | `rows`, `rowbinary` | the typed rows of each table and their RowBinary encoding |
+//! | `layout` (tests) | the DDL, the typed rows and the RowBinary writer held to [`schema`]'s one layout per table |
 //! | `change` | the rows of one change, pure |
 //! | `tracked` | sockets and flows alike: the tables, statements and rows of each |
 //! | [`batch`] | group commit: the writes of every stream in one batch |

@@ -1,8 +1,8 @@
 //! Row types of the tables and their conversions to and from the domain.
 //!
-//! Field names and types match the columns of [`super::schema`]; every conversion from
-//! storage validates what it reads and fails with [`StoreError::Corrupt`] naming the
-//! table and column.
+//! Field names and types match the columns of [`super::schema`] (the `layout` tests
+//! check it without a server); every conversion from storage validates what it reads
+//! and fails with [`StoreError::Corrupt`] naming the table and column.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
