@@ -9,7 +9,7 @@
 //!
 //! ```text
 //! magic "portolan-spool1\n"
-//! record*   kind (1 byte: 1 base, 2 delta) · length (u32 LE) · CRC-32 of payload (u32 LE) · payload
+//! record*   kind (1 byte: 1 base, 2 delta) · length (u32 LE) · CRC-32 (IEEE) of payload (u32 LE) · payload
 //! ```
 //!
 //! The first record is the base: a full inventory (a `pb::Snapshot` in one part) at seq
@@ -620,7 +620,7 @@ fn load(path: &Path) -> Result<Loaded, SpoolError> {
         let len = u32::from_le_bytes([header[1], header[2], header[3], header[4]]);
         let crc = u32::from_le_bytes([header[5], header[6], header[7], header[8]]);
         let mut payload = vec![0u8; len as usize];
-        if reader.read_exact(&mut payload).is_err() || crc32(&payload) != crc {
+        if reader.read_exact(&mut payload).is_err() || crc32fast::hash(&payload) != crc {
             break;
         }
         let expected_seq = loaded.entries.last().map(|e| e.seq + 1);
@@ -728,7 +728,7 @@ fn payload_len(payload: &[u8]) -> u32 {
 fn encode_record(out: &mut Vec<u8>, kind: u8, payload: &[u8]) {
     out.push(kind);
     out.extend_from_slice(&payload_len(payload).to_le_bytes());
-    out.extend_from_slice(&crc32(payload).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
     out.extend_from_slice(payload);
 }
 
@@ -775,34 +775,6 @@ fn io_error(action: &'static str, path: &Path, source: std::io::Error) -> SpoolE
         path: path.to_path_buf(),
         source,
     }
-}
-
-/// CRC-32 (IEEE 802.3, the one of zlib and gzip).
-fn crc32(bytes: &[u8]) -> u32 {
-    const TABLE: [u32; 256] = {
-        let mut table = [0u32; 256];
-        let mut i = 0;
-        while i < 256 {
-            let mut c = i as u32;
-            let mut k = 0;
-            while k < 8 {
-                c = if c & 1 != 0 {
-                    0xEDB8_8320 ^ (c >> 1)
-                } else {
-                    c >> 1
-                };
-                k += 1;
-            }
-            table[i] = c;
-            i += 1;
-        }
-        table
-    };
-    let mut crc = !0u32;
-    for &b in bytes {
-        crc = TABLE[((crc ^ u32::from(b)) & 0xFF) as usize] ^ (crc >> 8);
-    }
-    !crc
 }
 
 #[cfg(test)]

@@ -31,6 +31,7 @@ use serde::Deserialize;
 
 use super::rows::{FlowEventRow, HostRow, SocketEventRow, from_datetime};
 use super::schema::{self, table};
+use super::tracked::{Flows, Sockets, Tracked};
 use super::{
     FlowEvent, FlowEventKind, SocketEvent, SocketEventKind, Store, StoreError, StoredFlow,
     StoredHost, StoredSocket, stored_host,
@@ -41,19 +42,14 @@ fn clamp(at_unix_secs: u64) -> u64 {
     at_unix_secs.min(u64::from(u32::MAX))
 }
 
-/// The latest row per `key` of `events` scanned at or before `at`, removals dropped, in
+/// The latest row per key of `K`'s events scanned at or before `at`, removals dropped, in
 /// the columns of the current-state table: `host_id, <key>, seq, present, updated_at,
 /// <cols>`. `inner_condition` is appended to the innermost `WHERE` (it may hold `?`
 /// placeholders, which then come first in the statement).
-fn current_as_of(
-    events: &str,
-    key: &str,
-    cols: &[&str],
-    at_unix_secs: u64,
-    inner_condition: &str,
-) -> String {
+fn current_as_of<K: Tracked>(at_unix_secs: u64, inner_condition: &str) -> String {
+    let (events, key) = (K::EVENTS, K::KEY);
     let at = clamp(at_unix_secs);
-    let cols = cols.join(", ");
+    let cols = K::columns().join(", ");
     format!(
         "(SELECT host_id, {key}, seq, toUInt8(1) AS present, at AS updated_at, {cols} \
          FROM (SELECT host_id, seq, at, event, {key}, {cols} FROM {events} \
@@ -68,48 +64,24 @@ fn current_as_of(
 /// always 1, `updated_at` is the time of the socket's latest event at or before the
 /// instant), usable wherever `sockets_current FINAL` is.
 pub fn sockets_as_of(at_unix_secs: u64) -> String {
-    current_as_of(
-        table::SOCKET_EVENTS,
-        "socket_key",
-        &schema::socket_columns(),
-        at_unix_secs,
-        "",
-    )
+    current_as_of::<Sockets>(at_unix_secs, "")
 }
 
 /// [`sockets_as_of`] for the hosts bound to one `?` placeholder (an array of host ids).
 pub(crate) fn sockets_as_of_hosts(at_unix_secs: u64) -> String {
-    current_as_of(
-        table::SOCKET_EVENTS,
-        "socket_key",
-        &schema::socket_columns(),
-        at_unix_secs,
-        " AND has(?, host_id)",
-    )
+    current_as_of::<Sockets>(at_unix_secs, " AND has(?, host_id)")
 }
 
 /// The flows present at `at_unix_secs` (Unix seconds), rebuilt from `flow_events`: a
 /// parenthesised subquery with exactly the columns of `flows_current` (`present` is
 /// always 1), usable wherever `flows_current FINAL` is.
 pub fn flows_as_of(at_unix_secs: u64) -> String {
-    current_as_of(
-        table::FLOW_EVENTS,
-        "flow_key",
-        &schema::flow_columns(),
-        at_unix_secs,
-        "",
-    )
+    current_as_of::<Flows>(at_unix_secs, "")
 }
 
 /// [`flows_as_of`] for the hosts bound to one `?` placeholder (an array of host ids).
 pub(crate) fn flows_as_of_hosts(at_unix_secs: u64) -> String {
-    current_as_of(
-        table::FLOW_EVENTS,
-        "flow_key",
-        &schema::flow_columns(),
-        at_unix_secs,
-        " AND has(?, host_id)",
-    )
+    current_as_of::<Flows>(at_unix_secs, " AND has(?, host_id)")
 }
 
 /// The hosts as they were at `at_unix_secs` (Unix seconds): a parenthesised subquery
@@ -422,6 +394,18 @@ pub struct HostAsOf {
 }
 
 impl Store {
+    /// The events of `K` for `query`, up to seq `upto`, in the table's order.
+    async fn events_of<K: Tracked>(
+        &self,
+        query: &EventQuery,
+        upto: u64,
+    ) -> Result<Vec<K::StoredEvent>, StoreError> {
+        let sql = events_sql(query, K::SOURCE);
+        let bound = bind_events(self.client.query(&sql), query, K::SOURCE, upto);
+        let rows: Vec<K::Event> = self.fetch(K::EVENTS, bound).await?;
+        rows.into_iter().map(K::stored_event).collect()
+    }
+
     /// The events of one host for `query`, in the requested order, and whether more
     /// matched than `query.limit`.
     pub async fn events(
@@ -436,36 +420,11 @@ impl Store {
             return Ok((Vec::new(), false));
         }
         let limit = query.limit.max(1) as usize;
-        let mut out: Vec<HistoryEvent> = Vec::new();
-        let rows: Vec<SocketEventRow> = self
-            .fetch(
-                table::SOCKET_EVENTS,
-                bind_events(
-                    self.client.query(&events_sql(query, EventSource::Socket)),
-                    query,
-                    EventSource::Socket,
-                    upto,
-                ),
-            )
-            .await?;
-        for r in rows {
-            out.push(HistoryEvent::Socket(socket_event(r)?));
-        }
+        let sockets = self.events_of::<Sockets>(query, upto).await?;
+        let mut out: Vec<HistoryEvent> = sockets.into_iter().map(HistoryEvent::Socket).collect();
         if query.include_flows {
-            let rows: Vec<FlowEventRow> = self
-                .fetch(
-                    table::FLOW_EVENTS,
-                    bind_events(
-                        self.client.query(&events_sql(query, EventSource::Flow)),
-                        query,
-                        EventSource::Flow,
-                        upto,
-                    ),
-                )
-                .await?;
-            for r in rows {
-                out.push(HistoryEvent::Flow(flow_event(r)?));
-            }
+            let flows = self.events_of::<Flows>(query, upto).await?;
+            out.extend(flows.into_iter().map(HistoryEvent::Flow));
         }
         // Both tables answered in order; merge them by the cursor key.
         let mut keyed: Vec<(EventCursor, HistoryEvent)> =

@@ -49,7 +49,9 @@
 //! | [`schema`] | the DDL of every table, per server flavour, and its migrations |
 //! | [`queries`] | every SQL statement the store runs |
 //! | `rows`, `rowbinary` | the typed rows of each table and their RowBinary encoding |
+//! | `layout` (tests) | the DDL, the typed rows and the RowBinary writer held to [`schema`]'s one layout per table |
 //! | `change` | the rows of one change, pure |
+//! | `tracked` | sockets and flows alike: the tables, statements and rows of each |
 //! | [`batch`] | group commit: the writes of every stream in one batch |
 //! | [`fleet`] | hosts, sockets and flows across the fleet, filtered and paged |
 //! | [`history`] | events over time and the state at a past instant |
@@ -66,6 +68,8 @@ pub mod findings;
 pub mod fleet;
 pub mod gaps;
 pub mod history;
+#[cfg(test)]
+mod layout;
 pub mod ledger;
 pub mod managed;
 pub mod queries;
@@ -75,6 +79,7 @@ pub mod schema;
 pub mod server;
 pub mod store;
 pub mod stored;
+mod tracked;
 
 pub use self::batch::{BatchConfig, PendingWrite, WriteStats};
 pub use self::error::StoreError;

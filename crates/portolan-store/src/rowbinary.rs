@@ -2,7 +2,8 @@
 //! tables every change writes to (`socket_events`, `sockets_current`, `flow_events`,
 //! `flows_current`).
 //!
-//! The typed rows of [`super::rows`] define the columns and are what reads decode; a
+//! The columns are those [`super::schema`] defines (the `layout` tests decode what this
+//! writes into the typed rows of [`super::rows`], which are what reads decode); a
 //! change's rows used to be built as those structs first (two dozen `String`s cloned per
 //! socket, twice) and serialized afterwards, which was half of the collector's ingest
 //! CPU. Here each row is encoded once into bytes in the column order of its struct, and

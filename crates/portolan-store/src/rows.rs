@@ -1,8 +1,8 @@
 //! Row types of the tables and their conversions to and from the domain.
 //!
-//! Field names and types match the columns of [`super::schema`]; every conversion from
-//! storage validates what it reads and fails with [`StoreError::Corrupt`] naming the
-//! table and column.
+//! Field names and types match the columns of [`super::schema`] (the `layout` tests
+//! check it without a server); every conversion from storage validates what it reads
+//! and fails with [`StoreError::Corrupt`] naming the table and column.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -284,46 +284,6 @@ impl ReportRow {
     }
 }
 
-/// The socket columns shared by `socket_events` and `sockets_current`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct SocketCols {
-    pub protocol: String,
-    pub family: u8,
-    pub local_address: String,
-    pub local_port: u16,
-    pub remote_address: String,
-    pub remote_port: u16,
-    pub state: String,
-    pub inode: u64,
-    pub uid: u32,
-    pub listener: u8,
-    pub attribution: String,
-    pub scope: String,
-    pub exposure: String,
-    pub pids: Vec<u32>,
-    pub process_known: Vec<u8>,
-    pub process_names: Vec<String>,
-    pub process_executables: Vec<String>,
-    pub process_command_lines: Vec<String>,
-    pub process_uids: Vec<u32>,
-    pub process_users: Vec<String>,
-    pub process_units: Vec<String>,
-    pub process_containers: Vec<String>,
-    pub process_cgroups: Vec<String>,
-    pub process: String,
-    pub executable: String,
-    pub systemd_unit: String,
-    pub container_id: String,
-    pub netns: u64,
-    pub process_pod_uids: Vec<String>,
-    pub process_pod_names: Vec<String>,
-    pub process_pod_namespaces: Vec<String>,
-    pub pod_uid: String,
-    pub pod_name: String,
-    pub pod_namespace: String,
-    pub path: String,
-}
-
 impl SocketCols {
     /// Encodes a socket; `process` says what is known of each pid.
     pub fn encode<'a>(socket: &Socket, process: impl Fn(u32) -> Option<&'a Process>) -> Self {
@@ -443,33 +403,6 @@ impl SocketCols {
     }
 }
 
-/// The flow columns shared by `flow_events` and `flows_current`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct FlowCols {
-    pub protocol: String,
-    pub direction: String,
-    pub family: u8,
-    pub local_address: String,
-    pub remote_address: String,
-    pub service_port: u16,
-    pub state: String,
-    pub pid: u32,
-    pub connections: u32,
-    pub process_known: u8,
-    pub process: String,
-    pub executable: String,
-    pub command_line: String,
-    pub process_uid: u32,
-    pub user: String,
-    pub systemd_unit: String,
-    pub container_id: String,
-    pub cgroup: String,
-    pub netns: u64,
-    pub pod_uid: String,
-    pub pod_name: String,
-    pub pod_namespace: String,
-}
-
 impl FlowCols {
     /// Encodes a flow with what is known of its process.
     pub fn encode(flow: &Flow, process: Option<&Process>) -> Self {
@@ -538,13 +471,28 @@ impl FlowCols {
     }
 }
 
-/// Declares a row struct: its own leading columns, then the shared columns of `$cols`,
-/// with `cols()` / `with_cols()` to move the shared part in and out.
-macro_rules! shared_row {
+/// Declares a group of columns two tables share, once: its struct `$cols`, and each
+/// table's row struct, its own leading columns then the shared ones, with `cols()` /
+/// `with_cols()` to move the shared part in and out.
+macro_rules! shared_rows {
     (
+        $(#[$cmeta:meta])*
+        $cols:ident { $($col:ident : $cty:ty),* $(,)? }
+        $($rows:tt)*
+    ) => {
+        $(#[$cmeta])*
+        #[derive(Debug, Clone, Default, PartialEq, Eq)]
+        pub(crate) struct $cols {
+            $(pub $col: $cty,)*
+        }
+
+        shared_rows!(@rows $cols { $($col: $cty),* } $($rows)*);
+    };
+    (
+        @rows $cols:ident { $($col:ident : $cty:ty),* }
         $(#[$meta:meta])*
         $name:ident { $($head:ident : $hty:ty),* $(,)? }
-        $cols:ident { $($col:ident : $cty:ty),* $(,)? }
+        $($rest:tt)*
     ) => {
         $(#[$meta])*
         #[derive(Debug, Clone, PartialEq, clickhouse::Row, Serialize, Deserialize)]
@@ -564,104 +512,85 @@ macro_rules! shared_row {
                 $cols { $($col: self.$col.clone(),)* }
             }
         }
+
+        shared_rows!(@rows $cols { $($col: $cty),* } $($rest)*);
     };
+    (@rows $cols:ident { $($col:ident : $cty:ty),* }) => {};
 }
 
-macro_rules! socket_row {
-    ($(#[$meta:meta])* $name:ident { $($head:ident : $hty:ty),* $(,)? }) => {
-        shared_row! {
-            $(#[$meta])*
-            $name { $($head: $hty),* }
-            SocketCols {
-                protocol: String,
-                family: u8,
-                local_address: String,
-                local_port: u16,
-                remote_address: String,
-                remote_port: u16,
-                state: String,
-                inode: u64,
-                uid: u32,
-                listener: u8,
-                attribution: String,
-                scope: String,
-                exposure: String,
-                pids: Vec<u32>,
-                process_known: Vec<u8>,
-                process_names: Vec<String>,
-                process_executables: Vec<String>,
-                process_command_lines: Vec<String>,
-                process_uids: Vec<u32>,
-                process_users: Vec<String>,
-                process_units: Vec<String>,
-                process_containers: Vec<String>,
-                process_cgroups: Vec<String>,
-                process: String,
-                executable: String,
-                systemd_unit: String,
-                container_id: String,
-                netns: u64,
-                process_pod_uids: Vec<String>,
-                process_pod_names: Vec<String>,
-                process_pod_namespaces: Vec<String>,
-                pod_uid: String,
-                pod_name: String,
-                pod_namespace: String,
-                path: String,
-            }
-        }
-    };
-}
-
-macro_rules! flow_row {
-    ($(#[$meta:meta])* $name:ident { $($head:ident : $hty:ty),* $(,)? }) => {
-        shared_row! {
-            $(#[$meta])*
-            $name { $($head: $hty),* }
-            FlowCols {
-                protocol: String,
-                direction: String,
-                family: u8,
-                local_address: String,
-                remote_address: String,
-                service_port: u16,
-                state: String,
-                pid: u32,
-                connections: u32,
-                process_known: u8,
-                process: String,
-                executable: String,
-                command_line: String,
-                process_uid: u32,
-                user: String,
-                systemd_unit: String,
-                container_id: String,
-                cgroup: String,
-                netns: u64,
-                pod_uid: String,
-                pod_name: String,
-                pod_namespace: String,
-            }
-        }
-    };
-}
-
-socket_row! {
+shared_rows! {
+    /// The socket columns shared by `socket_events` and `sockets_current`.
+    SocketCols {
+        protocol: String,
+        family: u8,
+        local_address: String,
+        local_port: u16,
+        remote_address: String,
+        remote_port: u16,
+        state: String,
+        inode: u64,
+        uid: u32,
+        listener: u8,
+        attribution: String,
+        scope: String,
+        exposure: String,
+        pids: Vec<u32>,
+        process_known: Vec<u8>,
+        process_names: Vec<String>,
+        process_executables: Vec<String>,
+        process_command_lines: Vec<String>,
+        process_uids: Vec<u32>,
+        process_users: Vec<String>,
+        process_units: Vec<String>,
+        process_containers: Vec<String>,
+        process_cgroups: Vec<String>,
+        process: String,
+        executable: String,
+        systemd_unit: String,
+        container_id: String,
+        netns: u64,
+        process_pod_uids: Vec<String>,
+        process_pod_names: Vec<String>,
+        process_pod_namespaces: Vec<String>,
+        pod_uid: String,
+        pod_name: String,
+        pod_namespace: String,
+        path: String,
+    }
     /// `socket_events`.
     SocketEventRow { host_id: String, seq: u64, at: u32, event: String, socket_key: String }
-}
-
-socket_row! {
     /// `sockets_current`.
     SocketCurrentRow { host_id: String, socket_key: String, seq: u64, present: u8, updated_at: u32 }
 }
 
-flow_row! {
+shared_rows! {
+    /// The flow columns shared by `flow_events` and `flows_current`.
+    FlowCols {
+        protocol: String,
+        direction: String,
+        family: u8,
+        local_address: String,
+        remote_address: String,
+        service_port: u16,
+        state: String,
+        pid: u32,
+        connections: u32,
+        process_known: u8,
+        process: String,
+        executable: String,
+        command_line: String,
+        process_uid: u32,
+        user: String,
+        systemd_unit: String,
+        container_id: String,
+        cgroup: String,
+        netns: u64,
+        pod_uid: String,
+        pod_name: String,
+        pod_namespace: String,
+    }
     /// `flow_events`.
     FlowEventRow { host_id: String, seq: u64, at: u32, event: String, flow_key: String }
-}
-
-flow_row! {
     /// `flows_current`.
     FlowCurrentRow { host_id: String, flow_key: String, seq: u64, present: u8, updated_at: u32 }
 }

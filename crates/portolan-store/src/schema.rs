@@ -66,6 +66,19 @@ pub mod table {
     pub const FINDING_ACKS: &str = "finding_acks";
     /// Gaps in hosts' history from agents' full spools.
     pub const SPOOL_GAPS: &str = "spool_gaps";
+    /// Every table, in the order a fresh database creates them.
+    pub const ALL: &[&str] = &[
+        SCHEMA_MIGRATIONS,
+        HOSTS,
+        HOST_REPORTS,
+        SOCKET_EVENTS,
+        SOCKETS_CURRENT,
+        FLOW_EVENTS,
+        FLOWS_CURRENT,
+        FINDINGS,
+        FINDING_ACKS,
+        SPOOL_GAPS,
+    ];
 }
 
 /// One migration: a version, a name and idempotent statements.
@@ -79,8 +92,9 @@ pub struct Migration {
     pub statements: Vec<String>,
 }
 
-#[derive(Clone, Copy)]
-enum Ty {
+/// A column's type, as the DDL of each [`Flavor`] spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ty {
     Str,
     /// `LowCardinality(String)` on the modern path.
     Lc,
@@ -96,7 +110,7 @@ enum Ty {
 }
 
 impl Ty {
-    fn sql(self, flavor: Flavor) -> &'static str {
+    pub(crate) fn sql(self, flavor: Flavor) -> &'static str {
         match (self, flavor) {
             (Ty::Str, _) | (Ty::Lc, Flavor::Legacy) => "String",
             (Ty::Lc, Flavor::Modern) => "LowCardinality(String)",
@@ -389,7 +403,20 @@ pub fn host_hello_columns() -> Vec<&'static str> {
 
 /// Every column of a table, in table order (`None` for an unknown table).
 pub fn table_columns(name: &str) -> Option<Vec<&'static str>> {
-    let parts: &[Columns] = match name {
+    table_parts(name).map(names)
+}
+
+/// Every column of a table with its type, in table order (`None` for an unknown table):
+/// the one definition the DDL is rendered from and the typed rows and the RowBinary
+/// writer are checked against (see the `layout` tests).
+#[cfg(test)]
+pub(crate) fn table_layout(name: &str) -> Option<Vec<(&'static str, Ty)>> {
+    table_parts(name).map(|parts| parts.iter().flat_map(|p| p.iter()).copied().collect())
+}
+
+/// The column groups of a table, in table order, as they stand after every migration.
+fn table_parts(name: &str) -> Option<&'static [Columns]> {
+    let parts: &'static [Columns] = match name {
         table::SCHEMA_MIGRATIONS => &[MIGRATIONS_COLUMNS],
         table::HOSTS => &[HOSTS_COLUMNS, HOST_FACTS, HOSTS_TAIL, HOST_NETNS_FACTS],
         table::HOST_REPORTS => &[REPORT_COLUMNS, HOST_FACTS, HOST_NETNS_FACTS],
@@ -412,7 +439,7 @@ pub fn table_columns(name: &str) -> Option<Vec<&'static str>> {
         table::SPOOL_GAPS => &[SPOOL_GAP_COLUMNS],
         _ => return None,
     };
-    Some(names(parts))
+    Some(parts)
 }
 
 fn create(

@@ -16,12 +16,9 @@ use portolan_core::{HostState, Inventory, Process, ScanStats};
 
 use crate::batch::{BatchConfig, Batcher, WriteStats, Writer};
 use crate::change::KnownHost;
-use crate::history;
-use crate::rows::{
-    FlowCurrentRow, FlowEventRow, HostRow, MigrationRow, ReportRow, SocketCurrentRow,
-    SocketEventRow, from_datetime, to_datetime,
-};
+use crate::rows::{HostRow, MigrationRow, ReportRow, from_datetime, to_datetime};
 use crate::schema::{self, Flavor, table};
+use crate::tracked::{Flows, Sockets, Tracked};
 use crate::{
     ClickHouseConfig, FlowEvent, HostReport, MigrationReport, ServerInfo, SocketEvent, StoreError,
     StoredFlow, StoredHost, StoredSocket, parse_version, queries, stored_host,
@@ -353,19 +350,20 @@ impl Store {
             .next())
     }
 
-    pub(crate) async fn socket_rows_by_key(
+    /// The latest current rows of `keys` (present or not), by key.
+    pub(crate) async fn rows_by_key<K: Tracked>(
         &self,
         host_id: &str,
         keys: &[String],
-    ) -> Result<HashMap<String, SocketCurrentRow>, StoreError> {
+    ) -> Result<HashMap<String, K::Current>, StoreError> {
         if keys.is_empty() {
             return Ok(HashMap::new());
         }
-        let rows: Vec<SocketCurrentRow> = self
+        let rows: Vec<K::Current> = self
             .fetch(
-                table::SOCKETS_CURRENT,
+                K::CURRENT,
                 self.client
-                    .query(queries::SOCKETS_BY_KEY)
+                    .query(K::BY_KEY)
                     .bind(host_id)
                     .bind(keys)
                     .with_setting("max_query_size", queries::MAX_QUERY_SIZE),
@@ -373,29 +371,8 @@ impl Store {
             .await?;
         Ok(rows
             .into_iter()
-            .map(|r| (r.socket_key.clone(), r))
+            .map(|r| (K::current_key(&r).to_string(), r))
             .collect())
-    }
-
-    pub(crate) async fn flow_rows_by_key(
-        &self,
-        host_id: &str,
-        keys: &[String],
-    ) -> Result<HashMap<String, FlowCurrentRow>, StoreError> {
-        if keys.is_empty() {
-            return Ok(HashMap::new());
-        }
-        let rows: Vec<FlowCurrentRow> = self
-            .fetch(
-                table::FLOWS_CURRENT,
-                self.client
-                    .query(queries::FLOWS_BY_KEY)
-                    .bind(host_id)
-                    .bind(keys)
-                    .with_setting("max_query_size", queries::MAX_QUERY_SIZE),
-            )
-            .await?;
-        Ok(rows.into_iter().map(|r| (r.flow_key.clone(), r)).collect())
     }
 
     /// The stored host, or `None` when it never said Hello nor sent host facts.
@@ -408,26 +385,19 @@ impl Store {
 
     /// The current sockets of a host, ordered by key.
     pub async fn current_sockets(&self, host_id: &str) -> Result<Vec<StoredSocket>, StoreError> {
-        self.recover_if_dirty(host_id).await?;
-        let rows: Vec<SocketCurrentRow> = self
-            .fetch(
-                table::SOCKETS_CURRENT,
-                self.client.query(queries::CURRENT_SOCKETS).bind(host_id),
-            )
-            .await?;
-        rows.iter().map(SocketCurrentRow::stored).collect()
+        self.current::<Sockets>(host_id).await
     }
 
     /// The current flows of a host, ordered by key.
     pub async fn current_flows(&self, host_id: &str) -> Result<Vec<StoredFlow>, StoreError> {
+        self.current::<Flows>(host_id).await
+    }
+
+    async fn current<K: Tracked>(&self, host_id: &str) -> Result<Vec<K::Stored>, StoreError> {
         self.recover_if_dirty(host_id).await?;
-        let rows: Vec<FlowCurrentRow> = self
-            .fetch(
-                table::FLOWS_CURRENT,
-                self.client.query(queries::CURRENT_FLOWS).bind(host_id),
-            )
-            .await?;
-        rows.iter().map(FlowCurrentRow::stored).collect()
+        let query = self.client.query(K::CURRENT_OF_HOST).bind(host_id);
+        let rows: Vec<K::Current> = self.fetch(K::CURRENT, query).await?;
+        rows.iter().map(K::stored).collect()
     }
 
     /// The stored inventory of a host: host facts from its latest `hosts` row, current
@@ -479,24 +449,21 @@ impl Store {
 
     /// The socket history of a host, ordered by seq (deduplicated with `FINAL`).
     pub async fn socket_events(&self, host_id: &str) -> Result<Vec<SocketEvent>, StoreError> {
-        let rows: Vec<SocketEventRow> = self
-            .fetch(
-                table::SOCKET_EVENTS,
-                self.client.query(queries::SOCKET_EVENTS).bind(host_id),
-            )
-            .await?;
-        rows.into_iter().map(history::socket_event).collect()
+        self.stored_events::<Sockets>(host_id).await
     }
 
     /// The flow history of a host, ordered by seq (deduplicated with `FINAL`).
     pub async fn flow_events(&self, host_id: &str) -> Result<Vec<FlowEvent>, StoreError> {
-        let rows: Vec<FlowEventRow> = self
-            .fetch(
-                table::FLOW_EVENTS,
-                self.client.query(queries::FLOW_EVENTS).bind(host_id),
-            )
-            .await?;
-        rows.into_iter().map(history::flow_event).collect()
+        self.stored_events::<Flows>(host_id).await
+    }
+
+    async fn stored_events<K: Tracked>(
+        &self,
+        host_id: &str,
+    ) -> Result<Vec<K::StoredEvent>, StoreError> {
+        let query = self.client.query(K::EVENTS_OF_HOST).bind(host_id);
+        let rows: Vec<K::Event> = self.fetch(K::EVENTS, query).await?;
+        rows.into_iter().map(K::stored_event).collect()
     }
 
     /// The reports of a host (snapshots, deltas, heartbeats), ordered by seq and time

@@ -299,10 +299,46 @@ fn resync_sends_the_newest_inventory_after_the_collectors_seq() {
     }
 }
 
+/// `spool.log` as an earlier build wrote it (its CRC-32 hand-written, before `crc32fast`):
+/// a base with port 22, then deltas to [22, 80] and [22, 80, 443], none acknowledged.
+const EARLIER_SPOOL: &[u8] = include_bytes!("testdata/spool.log");
+
 #[test]
-fn crc32_is_the_ieee_one() {
-    assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
-    assert_eq!(crc32(b""), 0);
+fn a_spool_an_earlier_build_wrote_still_reads_and_is_written_the_same() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join(FILE_NAME), EARLIER_SPOOL).expect("write");
+    let mut spool = Spool::open(dir.path(), 1 << 20).expect("open");
+    assert!(!dir.path().join("spool.log.unreadable").exists());
+    assert_eq!(spool.tip(), &inventory(&[22, 80, 443]));
+    let mut collector = Collector::default();
+    collector.drain(&mut spool);
+    assert_eq!((collector.snapshots, collector.deltas), (1, 2));
+    assert_eq!(collector.stored, inventory(&[22, 80, 443]));
+
+    let fresh = tempfile::tempdir().expect("tempdir");
+    {
+        let mut spool = Spool::open(fresh.path(), 1 << 20).expect("open");
+        record(&mut spool, &[22], 1);
+        record(&mut spool, &[22, 80], 2);
+        record(&mut spool, &[22, 80, 443], 3);
+    }
+    let written = std::fs::read(fresh.path().join(FILE_NAME)).expect("read");
+    assert_eq!(written, EARLIER_SPOOL, "the same records, the same bytes");
+}
+
+#[test]
+fn a_record_whose_crc_does_not_match_is_cut_off() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut bytes = EARLIER_SPOOL.to_vec();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x01;
+    std::fs::write(dir.path().join(FILE_NAME), bytes).expect("write");
+    let spool = Spool::open(dir.path(), 1 << 20).expect("open");
+    assert_eq!(
+        spool.tip(),
+        &inventory(&[22, 80]),
+        "the third record is gone"
+    );
 }
 
 /// One step of the model: scans, the collector coming and going, restarts.

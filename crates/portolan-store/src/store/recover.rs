@@ -7,11 +7,10 @@ use std::time::{Duration, Instant};
 
 use clickhouse::sql::Identifier;
 
-use crate::rows::{FlowCurrentRow, FlowEventRow, ReportRow, SocketCurrentRow, SocketEventRow};
+use crate::rows::ReportRow;
 use crate::schema::table;
-use crate::{
-    FlowEventKind, Recovery, SocketEventKind, Store, StoreError, empty_host_row, queries, stamp,
-};
+use crate::tracked::{Flows, Sockets, Tracked};
+use crate::{Recovery, Store, StoreError, empty_host_row, queries, stamp};
 
 use super::ROLLBACK_DEADLINE;
 
@@ -46,24 +45,8 @@ impl Store {
             rows = uncommitted,
             "rolling back rows of an uncommitted write"
         );
-        let socket_keys: Vec<String> = self
-            .fetch(
-                table::SOCKETS_CURRENT,
-                self.client
-                    .query(queries::UNCOMMITTED_SOCKET_KEYS)
-                    .bind(host_id)
-                    .bind(last_seq),
-            )
-            .await?;
-        let flow_keys: Vec<String> = self
-            .fetch(
-                table::FLOWS_CURRENT,
-                self.client
-                    .query(queries::UNCOMMITTED_FLOW_KEYS)
-                    .bind(host_id)
-                    .bind(last_seq),
-            )
-            .await?;
+        let socket_keys = self.uncommitted_keys::<Sockets>(host_id, last_seq).await?;
+        let flow_keys = self.uncommitted_keys::<Flows>(host_id, last_seq).await?;
         let host_touched = self
             .count_uncommitted(table::HOSTS, host_id, last_seq)
             .await?
@@ -93,9 +76,9 @@ impl Store {
         }
         let mut restored = 0;
         restored += self
-            .restore_sockets(host_id, last_seq, &socket_keys)
+            .restore::<Sockets>(host_id, last_seq, &socket_keys)
             .await?;
-        restored += self.restore_flows(host_id, last_seq, &flow_keys).await?;
+        restored += self.restore::<Flows>(host_id, last_seq, &flow_keys).await?;
         if host_touched {
             restored += self.restore_host(host_id, last_seq).await?;
         }
@@ -127,7 +110,20 @@ impl Store {
             .map_err(self.map_err("read", table))
     }
 
-    pub(crate) async fn restore_sockets(
+    /// The keys of `K` that rows above `last_seq` touch.
+    async fn uncommitted_keys<K: Tracked>(
+        &self,
+        host_id: &str,
+        last_seq: u64,
+    ) -> Result<Vec<String>, StoreError> {
+        let query = self.client.query(K::UNCOMMITTED_KEYS);
+        self.fetch(K::CURRENT, query.bind(host_id).bind(last_seq))
+            .await
+    }
+
+    /// Restores the current rows of `keys` that the rollback removed, from their latest
+    /// committed history rows.
+    async fn restore<K: Tracked>(
         &self,
         host_id: &str,
         last_seq: u64,
@@ -137,7 +133,7 @@ impl Store {
             return Ok(0);
         }
         let surviving: HashSet<String> = self
-            .socket_rows_by_key(host_id, keys)
+            .rows_by_key::<K>(host_id, keys)
             .await?
             .into_keys()
             .collect();
@@ -149,11 +145,11 @@ impl Store {
         if missing.is_empty() {
             return Ok(0);
         }
-        let events: Vec<SocketEventRow> = self
+        let events: Vec<K::Event> = self
             .fetch(
-                table::SOCKET_EVENTS,
+                K::EVENTS,
                 self.client
-                    .query(queries::LAST_SOCKET_EVENTS)
+                    .query(K::LAST_EVENTS)
                     .bind(host_id)
                     .bind(last_seq)
                     .bind(&missing)
@@ -161,77 +157,12 @@ impl Store {
             )
             .await?;
         // Ordered by seq: the last row per key is its committed content.
-        let latest: BTreeMap<String, SocketEventRow> = events
+        let latest: BTreeMap<String, K::Event> = events
             .into_iter()
-            .map(|e| (e.socket_key.clone(), e))
+            .map(|e| (K::event_key(&e).to_string(), e))
             .collect();
-        let rows: Vec<SocketCurrentRow> = latest
-            .into_values()
-            .map(|e| {
-                SocketCurrentRow::with_cols(
-                    e.host_id.clone(),
-                    e.socket_key.clone(),
-                    e.seq,
-                    u8::from(e.event != SocketEventKind::Removed.as_str()),
-                    e.at,
-                    e.cols(),
-                )
-            })
-            .collect();
-        self.insert(table::SOCKETS_CURRENT, &rows).await
-    }
-
-    pub(crate) async fn restore_flows(
-        &self,
-        host_id: &str,
-        last_seq: u64,
-        keys: &[String],
-    ) -> Result<u64, StoreError> {
-        if keys.is_empty() {
-            return Ok(0);
-        }
-        let surviving: HashSet<String> = self
-            .flow_rows_by_key(host_id, keys)
-            .await?
-            .into_keys()
-            .collect();
-        let missing: Vec<String> = keys
-            .iter()
-            .filter(|k| !surviving.contains(*k))
-            .cloned()
-            .collect();
-        if missing.is_empty() {
-            return Ok(0);
-        }
-        let events: Vec<FlowEventRow> = self
-            .fetch(
-                table::FLOW_EVENTS,
-                self.client
-                    .query(queries::LAST_FLOW_EVENTS)
-                    .bind(host_id)
-                    .bind(last_seq)
-                    .bind(&missing)
-                    .with_setting("max_query_size", queries::MAX_QUERY_SIZE),
-            )
-            .await?;
-        let latest: BTreeMap<String, FlowEventRow> = events
-            .into_iter()
-            .map(|e| (e.flow_key.clone(), e))
-            .collect();
-        let rows: Vec<FlowCurrentRow> = latest
-            .into_values()
-            .map(|e| {
-                FlowCurrentRow::with_cols(
-                    e.host_id.clone(),
-                    e.flow_key.clone(),
-                    e.seq,
-                    u8::from(e.event != FlowEventKind::Removed.as_str()),
-                    e.at,
-                    e.cols(),
-                )
-            })
-            .collect();
-        self.insert(table::FLOWS_CURRENT, &rows).await
+        let rows: Vec<K::Current> = latest.into_values().map(K::current_after).collect();
+        self.insert(K::CURRENT, &rows).await
     }
 
     pub(crate) async fn restore_host(

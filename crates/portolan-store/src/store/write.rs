@@ -9,6 +9,7 @@ use crate::batch::Rows;
 use crate::change::{Before, Change, KnownHost};
 use crate::rows::HostRow;
 use crate::schema::table;
+use crate::tracked::{Flows, Sockets};
 use crate::{
     ChangeKind, HostRecord, PendingWrite, Store, StoreError, WriteReceipt, hello_row, report_row,
 };
@@ -145,13 +146,15 @@ impl Store {
         delta: &Delta,
     ) -> Result<Before<'static>, StoreError> {
         let removed_keys: Vec<String> = delta.removed.iter().map(|s| s.key.to_string()).collect();
-        let stored_sockets = self.socket_rows_by_key(host_id, &removed_keys).await?;
+        let stored_sockets = self.rows_by_key::<Sockets>(host_id, &removed_keys).await?;
         let removed_flow_keys: Vec<String> = delta
             .flows_removed
             .iter()
             .map(|f| f.key.to_string())
             .collect();
-        let stored_flows = self.flow_rows_by_key(host_id, &removed_flow_keys).await?;
+        let stored_flows = self
+            .rows_by_key::<Flows>(host_id, &removed_flow_keys)
+            .await?;
         let mut removed_sockets = Vec::with_capacity(removed_keys.len());
         for key in &removed_keys {
             removed_sockets.push(match stored_sockets.get(key) {
