@@ -26,6 +26,7 @@ use portolan_core::{Delta, Inventory, ScanStats, apply_after_check, check_applie
 
 use crate::change::{Change, KnownHost};
 use crate::gaps::SpoolGap;
+use crate::rows::HostRow;
 use crate::{
     ChangeKind, HostRecord, PendingWrite, Recovery, Store, StoreError, WriteReceipt, hello_row,
 };
@@ -122,16 +123,15 @@ impl HostLedger {
         let write_now = latest.is_some() && !self.facts_stored;
         self.facts = record;
         if write_now {
-            self.store_facts().await?;
+            self.store_facts(latest.as_ref()).await?;
         }
         Ok(write_now)
     }
 
-    /// Writes the stream's Hello facts over the stored host facts.
-    async fn store_facts(&mut self) -> Result<(), StoreError> {
-        let latest = self.store.latest_host_row(&self.host_id).await?;
+    /// Writes the stream's Hello facts over the stored host facts of `latest`.
+    async fn store_facts(&mut self, latest: Option<&HostRow>) -> Result<(), StoreError> {
         self.store
-            .write_host_row(hello_row(&self.facts, latest.as_ref()))
+            .write_host_row(hello_row(&self.facts, latest))
             .await?;
         self.facts_stored = true;
         Ok(())
@@ -206,7 +206,8 @@ impl HostLedger {
             None => {
                 if !self.facts_stored {
                     // A host whose first change since Hello is a delta, with no row yet.
-                    self.store_facts().await?;
+                    let latest = self.store.latest_host_row(&self.host_id).await?;
+                    self.store_facts(latest.as_ref()).await?;
                 }
                 self.read_stored().await?
             }
