@@ -139,16 +139,17 @@ pub fn peer_info<T>(request: &tonic::Request<T>) -> Option<&PeerInfo> {
 
 /// A server-side TLS connection whose handshake succeeded, with the peer's [`PeerInfo`].
 ///
-/// Reads and writes go straight to the underlying [`TlsStream`].
+/// Reads and writes go straight to the underlying [`TlsStream`]. The transport is TCP;
+/// tests run the same type over an in-memory stream.
 #[derive(Debug)]
-pub struct PeerStream {
-    inner: TlsStream<TcpStream>,
+pub struct PeerStream<S = TcpStream> {
+    inner: TlsStream<S>,
     info: PeerInfo,
 }
 
-impl PeerStream {
+impl<S> PeerStream<S> {
     /// Wraps a finished handshake and reads the peer's identity from its certificate.
-    pub fn new(inner: TlsStream<TcpStream>, remote_addr: SocketAddr) -> Self {
+    pub fn new(inner: TlsStream<S>, remote_addr: SocketAddr) -> Self {
         let cert = inner
             .get_ref()
             .1
@@ -165,17 +166,17 @@ impl PeerStream {
     }
 
     /// The TLS stream.
-    pub fn get_ref(&self) -> &TlsStream<TcpStream> {
+    pub fn get_ref(&self) -> &TlsStream<S> {
         &self.inner
     }
 
     /// Gives back the TLS stream.
-    pub fn into_inner(self) -> TlsStream<TcpStream> {
+    pub fn into_inner(self) -> TlsStream<S> {
         self.inner
     }
 }
 
-impl Connected for PeerStream {
+impl<S: Send + Sync + 'static> Connected for PeerStream<S> {
     type ConnectInfo = PeerInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
@@ -183,7 +184,7 @@ impl Connected for PeerStream {
     }
 }
 
-impl AsyncRead for PeerStream {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for PeerStream<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -193,7 +194,7 @@ impl AsyncRead for PeerStream {
     }
 }
 
-impl AsyncWrite for PeerStream {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for PeerStream<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

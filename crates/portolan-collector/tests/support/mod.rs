@@ -11,9 +11,7 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::{Context as _, Result, anyhow, bail};
@@ -26,14 +24,12 @@ use portolan_proto::v1 as pb;
 use portolan_store::Store;
 use portolan_store::managed::{ManagedClickHouse, ManagedOptions};
 use portolan_tls::pki::{Ca, WriteMode};
-use portolan_tls::{OperatorRole, PeerInfo, TlsFiles};
-use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
+use portolan_tls::{OperatorRole, PeerStream, TlsFiles};
+use tokio::io::DuplexStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
-use tokio_rustls::server::TlsStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::server::Connected;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 /// The name the collector's certificate is issued for and clients verify.
@@ -223,61 +219,9 @@ impl Collector {
     }
 }
 
-/// A server-side TLS connection over an in-memory stream, with the peer's identity read
-/// from its certificate by the code [`portolan_tls::PeerStream`] uses.
-pub struct InProcess {
-    inner: TlsStream<DuplexStream>,
-    info: PeerInfo,
-}
-
-impl InProcess {
-    fn new(inner: TlsStream<DuplexStream>, remote: SocketAddr) -> InProcess {
-        let cert = inner
-            .get_ref()
-            .1
-            .peer_certificates()
-            .and_then(|certs| certs.first())
-            .map(|cert| cert.as_ref());
-        let info = PeerInfo::from_certificate(remote, cert);
-        InProcess { inner, info }
-    }
-}
-
-impl Connected for InProcess {
-    type ConnectInfo = PeerInfo;
-
-    fn connect_info(&self) -> PeerInfo {
-        self.info.clone()
-    }
-}
-
-impl AsyncRead for InProcess {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for InProcess {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-    }
-}
+/// A server-side TLS connection over an in-memory stream: the collector's own connection
+/// type, with the peer's identity read from its certificate as over TCP.
+pub type InProcess = PeerStream<DuplexStream>;
 
 /// A TCP listener on `0.0.0.0:port`, as an agent reports it.
 pub fn listener(port: u16) -> pb::Socket {
