@@ -407,20 +407,31 @@ struct Settings {
     ticks: f64,
 }
 
+/// The agent under measurement: where it runs and how its figures are read.
+struct Measured<'a> {
+    cluster: &'a Cluster,
+    host: &'a NetnsHost,
+    host_id: &'a str,
+    agent_pid: &'a str,
+    counters: &'a Counters,
+}
+
 /// Runs one phase: every interval, `ss -tanp` once (and churn when asked), RSS sampled.
-#[allow(clippy::too_many_arguments)]
 async fn phase(
-    cluster: &Cluster,
-    host: &NetnsHost,
-    host_id: &str,
-    agent_pid: &str,
-    counters: &Counters,
+    measured: &Measured<'_>,
     workers: &mut [Worker],
     settings: &Settings,
     length: Duration,
     churned: usize,
     rss_max: &mut u64,
 ) -> Result<Phase> {
+    let Measured {
+        cluster,
+        host,
+        host_id,
+        agent_pid,
+        counters,
+    } = *measured;
     let (snapshots0, deltas0) = reports(cluster, host_id)?;
     let (agent0, _) = cpu_ticks(agent_pid)?;
     // `ss` runs are this process's only children reaped during the phase.
@@ -503,12 +514,15 @@ async fn measure_size(
     // Settle: one interval for the first heartbeat and any page faults.
     tokio::time::sleep(settings.interval).await;
     let mut rss_max = rss_kib(agent.id());
-    let idle = phase(
+    let measured = Measured {
         cluster,
-        &host,
-        &host_id,
-        &agent_pid,
-        &counters,
+        host: &host,
+        host_id: &host_id,
+        agent_pid: &agent_pid,
+        counters: &counters,
+    };
+    let idle = phase(
+        &measured,
         &mut workers,
         settings,
         settings.idle,
@@ -518,11 +532,7 @@ async fn measure_size(
     .await?;
     let churned = ((sockets as f64 * settings.churn_percent / 100.0).round() as usize).max(1);
     let churn = phase(
-        cluster,
-        &host,
-        &host_id,
-        &agent_pid,
-        &counters,
+        &measured,
         &mut workers,
         settings,
         settings.churn,

@@ -381,7 +381,12 @@ impl Cluster {
         labels: &[(&str, &str)],
         env: &[(&str, &str)],
     ) -> Result<ChildGuard> {
-        self.spawn_agent_configured(host, host_id, collector, interval, labels, env, "")
+        let extra = AgentExtra {
+            labels,
+            env,
+            toml: "",
+        };
+        self.spawn_agent_configured(host, host_id, collector, interval, extra)
     }
 
     /// [`Cluster::spawn_agent`] with TOML sections appended to the agent's configuration
@@ -394,20 +399,27 @@ impl Cluster {
         interval: Duration,
         extra_toml: &str,
     ) -> Result<ChildGuard> {
-        self.spawn_agent_configured(host, host_id, collector, interval, &[], &[], extra_toml)
+        let extra = AgentExtra {
+            labels: &[],
+            env: &[],
+            toml: extra_toml,
+        };
+        self.spawn_agent_configured(host, host_id, collector, interval, extra)
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn spawn_agent_configured(
         &self,
         host: Option<&NetnsHost>,
         host_id: &str,
         collector: SocketAddr,
         interval: Duration,
-        labels: &[(&str, &str)],
-        env: &[(&str, &str)],
-        extra_toml: &str,
+        extra: AgentExtra<'_>,
     ) -> Result<ChildGuard> {
+        let AgentExtra {
+            labels,
+            env,
+            toml: extra_toml,
+        } = extra;
         let (cert, key) = self.pki.agent(host_id)?;
         let endpoint = format!("https://{collector}");
         let labels: String = labels
@@ -604,4 +616,12 @@ pub fn describe_difference(stored: &View, kernel: &View) -> String {
         }
     }
     lines.join("\n")
+}
+
+/// What an agent gets beyond the cluster's defaults: labels, environment variables and
+/// TOML sections appended to its configuration.
+struct AgentExtra<'a> {
+    labels: &'a [(&'a str, &'a str)],
+    env: &'a [(&'a str, &'a str)],
+    toml: &'a str,
 }

@@ -135,14 +135,12 @@ fn postgres() -> pb::Process {
     )
 }
 
-#[allow(clippy::too_many_arguments)]
+/// One socket row; the pairs are (protocol, state) and (scope, exposure).
 fn socket(
-    protocol: pb::Protocol,
-    state: pb::SocketState,
+    (protocol, state): (pb::Protocol, pb::SocketState),
     local: (Vec<u8>, u32),
     remote: (Vec<u8>, u32),
-    scope: pb::Scope,
-    exposure: pb::Scope,
+    (scope, exposure): (pb::Scope, pb::Scope),
     attribution: pb::Attribution,
     processes: Vec<pb::Process>,
 ) -> pb::HostSocket {
@@ -174,22 +172,18 @@ fn sockets() -> Vec<pb::HostSocket> {
     use pb::{Attribution as A, Protocol as P, Scope as S, SocketState as St};
     vec![
         socket(
-            P::Tcp,
-            St::Listen,
+            (P::Tcp, St::Listen),
             (vec![0, 0, 0, 0], 5432),
             (vec![0, 0, 0, 0], 0),
-            S::Wildcard,
-            S::Public,
+            (S::Wildcard, S::Public),
             A::Owned,
             vec![postgres()],
         ),
         socket(
-            P::Tcp,
-            St::Listen,
+            (P::Tcp, St::Listen),
             (vec![0; 16], 22),
             (vec![0; 16], 0),
-            S::Wildcard,
-            S::Private,
+            (S::Wildcard, S::Private),
             A::Owned,
             vec![
                 process(
@@ -211,22 +205,18 @@ fn sockets() -> Vec<pb::HostSocket> {
             ],
         ),
         socket(
-            P::Udp,
-            St::Listen,
+            (P::Udp, St::Listen),
             (vec![127, 0, 0, 53], 53),
             (vec![0, 0, 0, 0], 0),
-            S::Loopback,
-            S::Loopback,
+            (S::Loopback, S::Loopback),
             A::Kernel,
             vec![],
         ),
         socket(
-            P::Tcp,
-            St::Established,
+            (P::Tcp, St::Established),
             (vec![10, 0, 1, 5], 5432),
             (vec![10, 0, 2, 7], 51_944),
-            S::Private,
-            S::Private,
+            (S::Private, S::Private),
             A::Owned,
             vec![process(
                 4_410,

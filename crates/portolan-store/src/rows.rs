@@ -502,7 +502,6 @@ macro_rules! shared_rows {
         }
 
         impl $name {
-            #[allow(clippy::too_many_arguments)]
             pub fn with_cols($($head: $hty,)* c: $cols) -> Self {
                 $name { $($head,)* $($col: c.$col,)* }
             }
