@@ -16,7 +16,7 @@ demo *ARGS: setup build
     ./target/debug/portolan demo {{ARGS}}
 
 # Everything the project checks: format, lints, unit, store, end-to-end and SQL-on-modern-ClickHouse tests.
-test: setup setup-test lint deny build test-helm test-ansible test-prometheus
+test: setup setup-test lint deny build test-helm test-ansible test-dist test-prometheus
     cargo nextest run --workspace --no-fail-fast
     {{venv}}/bin/python tools/chdb/check.py
 
@@ -25,7 +25,7 @@ test-helm: setup-python build
     {{venv}}/bin/python -m pytest -p no:cacheprovider deploy/helm/tests
 
 # The Ansible roles and the systemd units: ansible-lint (production profile); the example playbook run for real into a temporary root, whose installed agent reaches its installed collector (managed ClickHouse); idempotence and --check; the agent's two capabilities under setpriv; systemd-analyze security scores under a threshold (PORTOLAN_BLESS=1 rewrites deploy/systemd from the roles).
-test-ansible: setup setup-python build
+test-ansible: setup setup-python build (dist "x86_64")
     #!/usr/bin/env bash
     set -euo pipefail
     # systemd-analyze scores the units (container images often lack systemd); setpriv runs the agent with the unit's capabilities.
@@ -39,6 +39,23 @@ test-ansible: setup setup-python build
         DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
     fi
     "{{venv}}/bin/python" -m pytest -p no:cacheprovider deploy/ansible/tests
+
+# The release artifacts for real: checksums and tarball contents; the .deb packages installed with dpkg on this machine (root), the installed collector and agent started with their units' ExecStart, user and capabilities until the installed `portolan hosts` lists the agent's host, then removed and purged with nothing left but what Debian policy keeps.
+test-dist: setup setup-python (dist "x86_64")
+    #!/usr/bin/env bash
+    set -euo pipefail
+    # setpriv runs the services as their units would; systemd-analyze verifies the installed units.
+    missing=()
+    command -v setpriv >/dev/null || missing+=(util-linux)
+    command -v systemd-analyze >/dev/null || missing+=(systemd)
+    command -v adduser >/dev/null || missing+=(adduser)
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "installing ${missing[*]} from the distribution's packages"
+        sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+    "{{venv}}/bin/python" -m pytest -p no:cacheprovider deploy/dist/tests
 
 # The Prometheus alerting rules for Portolan's own metrics, unit-tested with promtool (Debian's `prometheus` package).
 test-prometheus:
@@ -56,6 +73,45 @@ test-prometheus:
 # Build every binary (the end-to-end tests run the real binaries).
 build:
     cargo build --workspace --bins
+
+# The three binaries as static musl executables (profile dist: fat LTO, stripped), what the image and the release tarballs ship: target/x86_64-unknown-linux-musl/dist/.
+static:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    rustup target list --installed | grep -qx x86_64-unknown-linux-musl || rustup target add x86_64-unknown-linux-musl
+    # ring's C and assembly need a musl C compiler.
+    if ! command -v musl-gcc >/dev/null; then
+        echo "installing musl-tools (musl-gcc, for ring) from the distribution's packages"
+        sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq musl-tools >/dev/null
+    fi
+    cargo build --profile dist --target x86_64-unknown-linux-musl -p portolan-agent -p portolan-collector -p portolan-cli --bins
+
+# The release artifacts in target/dist/ (deploy/dist/README.md): for each architecture of ARCHES, a static tarball (the three binaries, LICENSE, README, CHANGELOG, deploy/config, deploy/systemd) and the portolan-agent and portolan-collector packages (cargo-deb), with sha256sums.txt over all. aarch64 is cross-built with cargo-zigbuild, Zig (PyPI's ziglang) as its C compiler and linker.
+dist ARCHES="x86_64 aarch64": static
+    #!/usr/bin/env bash
+    set -euo pipefail
+    triples=()
+    for arch in {{ARCHES}}; do
+        case "$arch" in
+            x86_64) ;;  # built by `just static`, the image's binaries
+            aarch64)
+                triple=aarch64-unknown-linux-musl
+                rustup target list --installed | grep -qx "$triple" || rustup target add "$triple"
+                command -v cargo-zigbuild >/dev/null || cargo install cargo-zigbuild --locked
+                [ -x "{{venv}}/bin/python" ] || python3 -m venv "{{venv}}"
+                "{{venv}}/bin/python" -c 'import ziglang' 2>/dev/null || "{{venv}}/bin/pip" install -q -r tools/dist-requirements.txt
+                # cargo-zigbuild runs `python3 -m ziglang` when there is no `zig`: the virtualenv's.
+                PATH="{{venv}}/bin:$PATH" cargo zigbuild --profile dist --target "$triple" \
+                    -p portolan-agent -p portolan-collector -p portolan-cli --bins
+                ;;
+            *) echo "unknown architecture \`$arch\` in ARCHES: x86_64 or aarch64" >&2; exit 64 ;;
+        esac
+        triples+=("$arch-unknown-linux-musl")
+    done
+    deploy/dist/build.sh "${triples[@]}"
+
 
 # Licences from the allow list, one crypto backend, crates only from crates.io (deny.toml); offline.
 deny: setup-test

@@ -1,0 +1,50 @@
+"""Shared by the deploy/dist tests: where the artifacts of `just dist` are, and a summary
+printed at the end of the run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[3]
+_LINES: list[str] = []
+
+
+def dist_dir() -> Path:
+    """<target>/dist, where `just dist` writes the tarballs, the packages and sha256sums.txt."""
+    target = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
+    if not target.is_absolute():
+        target = REPO / target
+    return target / "dist"
+
+
+def version() -> str:
+    """The workspace's version, which names every artifact."""
+    result = subprocess.run(
+        ["cargo", "metadata", "--no-deps", "--format-version", "1"], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    return {p["name"]: p["version"] for p in json.loads(result.stdout)["packages"]}["portolan-agent"]
+
+
+def artifact(name: str) -> Path:
+    path = dist_dir() / name
+    if not path.is_file():
+        pytest.fail(f"{path} is missing: run `just dist` first (`just test-dist` does)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def summary() -> list[str]:
+    """Lines for the end-of-run summary."""
+    return _LINES
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _LINES:
+        terminalreporter.section("deploy/dist")
+        for line in _LINES:
+            terminalreporter.write_line(line)
