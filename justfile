@@ -88,7 +88,7 @@ static:
     fi
     cargo build --profile dist --target x86_64-unknown-linux-musl -p portolan-agent -p portolan-collector -p portolan-cli --bins
 
-# The release artifacts in target/dist/ (deploy/dist/README.md): for each architecture of ARCHES, a static tarball (the three binaries, LICENSE, README, CHANGELOG, deploy/config, deploy/systemd) and the portolan-agent and portolan-collector packages (cargo-deb), with sha256sums.txt over all. aarch64 is cross-built with cargo-zigbuild, Zig (PyPI's ziglang) as its C compiler and linker.
+# The release artifacts in target/artifacts/ (deploy/dist/README.md): for each architecture of ARCHES, a static tarball (the three binaries, LICENSE, README, CHANGELOG, deploy/config, deploy/systemd) and the portolan-agent and portolan-collector packages (cargo-deb), with sha256sums.txt over all. aarch64 is cross-built with cargo-zigbuild, Zig (PyPI's ziglang) as its C compiler and linker.
 dist ARCHES="x86_64 aarch64": static
     #!/usr/bin/env bash
     set -euo pipefail

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # The release artifacts, from static binaries already built (`just dist` builds them):
 #
-#   <target>/dist/portolan-<version>-<triple>.tar.gz   binaries, LICENSE, README.md, CHANGELOG.md,
+#   <target>/artifacts/portolan-<version>-<triple>.tar.gz   binaries, LICENSE, README.md, CHANGELOG.md,
 #                                                      config/ (deploy/config), systemd/ (deploy/systemd)
-#   <target>/dist/portolan-agent_<version>-1_<arch>.deb
-#   <target>/dist/portolan-collector_<version>-1_<arch>.deb   (with the `portolan` CLI)
-#   <target>/dist/sha256sums.txt                        over every file above
+#   <target>/artifacts/portolan-agent_<version>-1_<arch>.deb
+#   <target>/artifacts/portolan-collector_<version>-1_<arch>.deb   (with the `portolan` CLI)
+#   <target>/artifacts/sha256sums.txt                        over every file above
 #
 # for each TRIPLE given (x86_64-unknown-linux-musl, aarch64-unknown-linux-musl), from
 # <target>/<triple>/dist/. The archives are reproducible: sorted, owned by root, dated
@@ -19,7 +19,8 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$repo"
 target=${CARGO_TARGET_DIR:-target}
 case "$target" in /*) ;; *) target="$repo/$target" ;; esac
-out="$target/dist"
+# Not <target>/dist: cargo keeps the dist profile's build scripts and proc macros there.
+out="$target/artifacts"
 binaries=(portolan portolan-agent portolan-collector)
 version=$(cargo metadata --no-deps --format-version 1 \
     | python3 -c 'import json, sys; print({p["name"]: p["version"] for p in json.load(sys.stdin)["packages"]}["portolan-agent"])')

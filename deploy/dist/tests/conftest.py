@@ -15,11 +15,11 @@ _LINES: list[str] = []
 
 
 def dist_dir() -> Path:
-    """<target>/dist, where `just dist` writes the tarballs, the packages and sha256sums.txt."""
+    """<target>/artifacts, where `just dist` writes the tarballs, the packages and sha256sums.txt."""
     target = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
     if not target.is_absolute():
         target = REPO / target
-    return target / "dist"
+    return target / "artifacts"
 
 
 def version() -> str:

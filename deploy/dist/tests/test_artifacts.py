@@ -104,7 +104,7 @@ def test_sha256sums_cover_every_artifact():
         assert match, f"sha256sums.txt: not `<sha256>  <file>`: {line!r}"
         listed[match.group(2)] = match.group(1)
     present = sorted(p.name for p in dist_dir().iterdir() if p.name.endswith((".tar.gz", ".deb")))
-    assert sorted(listed) == present, "sha256sums.txt and the artifacts in target/dist differ"
+    assert sorted(listed) == present, "sha256sums.txt and the artifacts in target/artifacts differ"
     for name, digest in listed.items():
         assert hashlib.sha256((dist_dir() / name).read_bytes()).hexdigest() == digest, f"{name}: wrong sum in sha256sums.txt"
 
