@@ -20,10 +20,10 @@ It fails, never skips, when it cannot run: no dpkg, no setpriv, not root.
 
 from __future__ import annotations
 
+import grp
 import json
 import os
 import pwd
-import grp
 import shutil
 import signal
 import socket
@@ -52,7 +52,13 @@ def run(args, **kwargs) -> subprocess.CompletedProcess:
 
 
 def dpkg(*args) -> str:
-    result = run(["dpkg", *args])
+    """dpkg, waiting up to 5 minutes for its lock (apt may be installing a tool meanwhile)."""
+    deadline = time.monotonic() + 300
+    while True:
+        result = run(["dpkg", *args])
+        if result.returncode == 0 or "lock" not in result.stderr or time.monotonic() > deadline:
+            break
+        time.sleep(2)
     assert result.returncode == 0, f"dpkg {' '.join(map(str, args))} failed:\n{result.stdout}{result.stderr}"
     return result.stdout + result.stderr
 
