@@ -15,8 +15,8 @@ default:
 demo *ARGS: setup build
     ./target/debug/portolan demo {{ARGS}}
 
-# Everything the project checks: format, lints, unit, store, end-to-end and SQL-on-modern-ClickHouse tests.
-test: setup setup-test lint deny build test-helm test-ansible test-dist test-prometheus
+# Everything the project checks: format, lints, unit, store, end-to-end, image, release-package and SQL-on-modern-ClickHouse tests.
+test: setup setup-test lint deny build image test-helm test-ansible test-dist test-prometheus
     cargo nextest run --workspace --no-fail-fast
     {{venv}}/bin/python tools/chdb/check.py
 
@@ -88,6 +88,36 @@ static:
     fi
     cargo build --profile dist --target x86_64-unknown-linux-musl -p portolan-agent -p portolan-collector -p portolan-cli --bins
 
+# The container image (the Helm chart's default, image.repository:appVersion): the static binaries on an empty base with an OCI label set, built by buildah from deploy/image/Containerfile without a Docker engine. Prints its reference and size.
+image: static
+    #!/usr/bin/env bash
+    set -euo pipefail
+    missing=()
+    command -v buildah >/dev/null || missing+=(buildah)
+    command -v podman >/dev/null || missing+=(podman)
+    command -v runc >/dev/null || missing+=(runc)
+    [ -f /etc/ssl/certs/ca-certificates.crt ] || missing+=(ca-certificates)
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "installing ${missing[*]} from the distribution's packages"
+        sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+    ref="$(tools/image/reference)"
+    context="${CARGO_TARGET_DIR:-target}/image/context"
+    rm -rf "$context"
+    mkdir -p "$context/empty"
+    cp deploy/image/Containerfile deploy/image/passwd deploy/image/group /etc/ssl/certs/ca-certificates.crt "$context/"
+    cp "${CARGO_TARGET_DIR:-target}"/x86_64-unknown-linux-musl/dist/{portolan,portolan-agent,portolan-collector} "$context/"
+    # The commit's time, not the clock's: the same commit builds the same image.
+    created="$(git log -1 --format=%ct 2>/dev/null || date +%s)"
+    buildah build --quiet --layers=false --timestamp "$created" \
+        --build-arg VERSION="${ref##*:}" \
+        --build-arg REVISION="$(git rev-parse HEAD 2>/dev/null || echo unknown)" \
+        --build-arg CREATED="$(date -u -d "@$created" +%Y-%m-%dT%H:%M:%SZ)" \
+        -f "$context/Containerfile" -t "$ref" "$context" >/dev/null
+    echo "$ref: $(podman image inspect --format '{{{{.Size}}' "$ref" | awk '{ printf "%.1f MiB", $1 / 1048576 }')"
+
 # The release artifacts in target/artifacts/ (deploy/dist/README.md): for each architecture of ARCHES, a static tarball (the three binaries, LICENSE, README, CHANGELOG, deploy/config, deploy/systemd) and the portolan-agent and portolan-collector packages (cargo-deb), with sha256sums.txt over all. aarch64 is cross-built with cargo-zigbuild, Zig (PyPI's ziglang) as its C compiler and linker.
 dist ARCHES="x86_64 aarch64": static
     #!/usr/bin/env bash
@@ -111,7 +141,6 @@ dist ARCHES="x86_64 aarch64": static
         triples+=("$arch-unknown-linux-musl")
     done
     deploy/dist/build.sh "${triples[@]}"
-
 
 # Licences from the allow list, one crypto backend, crates only from crates.io (deny.toml); offline.
 deny: setup-test
