@@ -40,12 +40,14 @@ test-ansible: setup setup-python build (dist "x86_64")
     fi
     "{{venv}}/bin/python" -m pytest -p no:cacheprovider deploy/ansible/tests
 
-# The release artifacts for real: checksums and tarball contents; the .deb packages installed with dpkg on this machine (root), the installed collector and agent started with their units' ExecStart, user and capabilities until the installed `portolan hosts` lists the agent's host, then removed and purged with nothing left but what Debian policy keeps.
-test-dist: setup setup-python (dist "x86_64")
+# The release artifacts of ARCHES (`just test-dist "x86_64 aarch64"` for both) for real: checksums, tarball contents, each binary run (under qemu for aarch64); the .deb packages installed with dpkg on this machine (root), the installed collector and agent started with their units' ExecStart, user and capabilities until the installed `portolan hosts` lists the agent's host, then removed and purged with nothing left but what Debian policy keeps.
+test-dist ARCHES="x86_64": setup setup-python (dist ARCHES)
     #!/usr/bin/env bash
     set -euo pipefail
-    # setpriv runs the services as their units would; systemd-analyze verifies the installed units.
+    # setpriv runs the services as their units would; systemd-analyze verifies the installed units;
+    # qemu runs the binaries of other architectures.
     missing=()
+    case " {{ARCHES}} " in *" aarch64 "*) command -v qemu-aarch64-static >/dev/null || missing+=(qemu-user-static) ;; esac
     command -v setpriv >/dev/null || missing+=(util-linux)
     command -v systemd-analyze >/dev/null || missing+=(systemd)
     command -v adduser >/dev/null || missing+=(adduser)

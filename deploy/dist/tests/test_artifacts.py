@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import re
 import shutil
 import struct
@@ -141,14 +142,26 @@ def check_tarball(triple: str, path: Path) -> None:
             assert not interpreter, f"{binary} is dynamically linked (it has an interpreter): not a static musl build"
 
 
-def test_x86_64_binaries_run(tmp_path):
-    path = tarballs()["x86_64-unknown-linux-musl"]
-    with tarfile.open(path) as archive:
-        archive.extractall(tmp_path, filter="data")
-    top = tmp_path / f"portolan-{version()}-x86_64-unknown-linux-musl"
-    for binary in BINARIES:
-        result = subprocess.run([top / binary, "--version"], capture_output=True, text=True, env={})
-        assert result.returncode == 0 and version() in result.stdout, f"{binary} --version: {result.stdout}{result.stderr}"
+def test_binaries_run(tmp_path, summary):
+    """Each tarball's binaries print their version: natively on this machine's
+    architecture, under qemu's user-mode emulator on the other (qemu-user-static)."""
+    ran = []
+    for triple, path in tarballs().items():
+        arch = triple.split("-")[0]
+        runner = []
+        if arch != os.uname().machine:
+            emulator = shutil.which(f"qemu-{arch}-static")
+            if not emulator:
+                pytest.fail(f"qemu-{arch}-static is missing: install qemu-user-static to run the {triple} binaries (`just test-dist` does)")
+            runner = [emulator]
+        with tarfile.open(path) as archive:
+            archive.extractall(tmp_path / arch, filter="data")
+        top = tmp_path / arch / f"portolan-{version()}-{triple}"
+        for binary in BINARIES:
+            result = subprocess.run([*runner, top / binary, "--version"], capture_output=True, text=True, env={})
+            assert result.returncode == 0 and version() in result.stdout, f"{triple} {binary} --version: {result.stdout}{result.stderr}"
+        ran.append(f"{arch}{' (qemu)' if runner else ''}")
+    summary.append(f"binaries run: {', '.join(ran)}")
 
 
 @pytest.mark.parametrize("package", PACKAGES)
