@@ -6,7 +6,8 @@ web server on 127.0.0.1 serving the artifacts of `just dist` (<target>/artifacts
    nothing and changes nothing, and neither does `--check`;
 2. a tarball whose sum differs from sha256sums.txt fails the play on the controller,
    saying so, before anything is installed;
-3. a version the release does not list fails the same way.
+3. a version the release does not list fails the same way;
+4. the roles' default version is the workspace's.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import threading
 from pathlib import Path
 
 import pytest
+import yaml
 
 from test_ansible import REPO, ansible_env, playbook, run, tool
 
@@ -179,3 +181,13 @@ def test_version_missing_from_the_release_fails(release, workdir):
     output = failed_playbook(workdir / "home", "-i", inv, "playbook.yml")
     assert "portolan-0.0.0-absent-x86_64-unknown-linux-musl.tar.gz" in output, output
     assert not (root / "usr/local/bin").exists()
+
+
+@pytest.mark.parametrize("role", ["portolan_agent", "portolan_collector"])
+def test_default_version_is_the_workspaces(role):
+    """The roles install, by default, the release of the code they come with."""
+    defaults = yaml.safe_load((REPO / "deploy/ansible/roles" / role / "defaults/main.yml").read_text())
+    assert str(defaults[f"{role}_version"]) == version(), (
+        f"deploy/ansible/roles/{role}/defaults/main.yml: {role}_version is {defaults[f'{role}_version']}, the workspace is {version()} "
+        "(bump it with the workspace's version, in meta/argument_specs.yml too)"
+    )
