@@ -28,6 +28,9 @@
 //! - `refusals`: no client certificate, another CA, a certificate for another host, a
 //!   non-agent certificate, oversized and malformed messages: refused with a clear status,
 //!   nothing stored, other agents unaffected.
+//! - `proxy`: `HTTPS_PROXY`, `HTTP_PROXY`, `NO_PROXY` through a real tinyproxy: an agent
+//!   streams through its CONNECT tunnel, wrong credentials are refused with a message
+//!   naming the proxy, `NO_PROXY` goes direct, webhook notifications are forwarded.
 //! - `query`: the CLI's first verbs (`hosts`, `host`, `sockets`, `who-listens`, `flows`,
 //!   `findings`) equal the sockets the test opened; refusals exit 77, 69 and 64.
 //! - `revocation`: a certificate revoked while its stream is open (ended within
@@ -50,6 +53,7 @@ mod metrics;
 mod namespaces;
 mod pipeline;
 mod protocols;
+mod proxy;
 mod query;
 mod reconnect;
 mod refusals;
