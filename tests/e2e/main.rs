@@ -11,6 +11,10 @@
 //! - `history`: the query API's past and live RPCs over mutual TLS: a host's sockets at
 //!   an instant (not now), the history of a port, a new listener streamed within
 //!   seconds, paging that returns every socket once, acknowledgements by admins only.
+//! - `health`: probes fail when they should: ClickHouse stopped turns the collector's
+//!   `/readyz` 503 and its gRPC health NOT_SERVING within seconds, and back when it
+//!   returns; an agent whose spool overflows with no collector is not ready until it
+//!   connects again.
 //! - `hostile`: an agent with a valid certificate sends oversized, undecodable,
 //!   malformed, out-of-order and another host's data, huge strings and a flood: each
 //!   refused with its own status and logged, nothing stored, a real agent unaffected.
@@ -47,6 +51,7 @@
 mod cli_history;
 mod faults;
 mod grafana;
+mod health;
 mod history;
 mod hostile;
 mod metrics;

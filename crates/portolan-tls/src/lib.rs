@@ -40,7 +40,7 @@ pub use client::{
     ConnectOptions, client_config, connect, connect_endpoint, connect_endpoint_lazy, connect_lazy,
 };
 pub use error::TlsError;
-pub use files::TlsFiles;
+pub use files::{TlsFiles, Validity};
 pub use identity::{Identity, IdentityError, OperatorRole, certificate_serial, identity_from_der};
 pub use reload::{DEFAULT_RELOAD_INTERVAL, ServerTls};
 pub use revocation::{RevocationList, RevocationParseError, serial_hex};
