@@ -287,7 +287,7 @@ setup:
         DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
     fi
 
-# What only the tests need: cargo-nextest, cargo-deny, and Python tools in a project-local virtualenv.
+# What only the tests need: ClickHouse, tinyproxy, cargo-nextest, cargo-deny, and Python tools in a project-local virtualenv.
 setup-test: setup-python
     #!/usr/bin/env bash
     set -euo pipefail
@@ -296,6 +296,12 @@ setup-test: setup-python
         sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
         $sudo apt-get update -qq
         DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq clickhouse-server clickhouse-client >/dev/null
+    fi
+    # A real HTTP proxy for the HTTPS_PROXY tests.
+    if ! command -v tinyproxy >/dev/null; then
+        sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq tinyproxy >/dev/null
     fi
     command -v cargo-nextest >/dev/null || cargo install cargo-nextest --locked
     command -v cargo-deny >/dev/null || cargo install cargo-deny --locked

@@ -98,6 +98,18 @@ pub fn repo() -> PathBuf {
         .unwrap_or_default()
 }
 
+/// The log (stdout and stderr) of a container, for failure messages.
+pub fn logs(container: &str) -> String {
+    match output(&["logs", container]) {
+        Ok(o) => format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+        Err(e) => format!("(no log: {e:#})"),
+    }
+}
+
 /// A container started with `podman run -d`, removed (with its anonymous volumes) on drop.
 pub struct Container {
     pub name: String,
@@ -112,22 +124,17 @@ impl Container {
         let mut all = vec!["run", "-d", "--name", name];
         all.extend(limits.iter().map(String::as_str));
         all.extend(args);
-        run(&all)?;
-        Ok(Container {
+        // The guard first: a container created and then failing to start is removed too.
+        let container = Container {
             name: name.to_string(),
-        })
+        };
+        run(&all)?;
+        Ok(container)
     }
 
     /// Its log (stdout and stderr), for failure messages.
     pub fn logs(&self) -> String {
-        match output(&["logs", &self.name]) {
-            Ok(o) => format!(
-                "{}{}",
-                String::from_utf8_lossy(&o.stdout),
-                String::from_utf8_lossy(&o.stderr)
-            ),
-            Err(e) => format!("(no log: {e:#})"),
-        }
+        logs(&self.name)
     }
 
     /// Whether it is still running.

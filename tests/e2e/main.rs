@@ -11,6 +11,10 @@
 //! - `history`: the query API's past and live RPCs over mutual TLS: a host's sockets at
 //!   an instant (not now), the history of a port, a new listener streamed within
 //!   seconds, paging that returns every socket once, acknowledgements by admins only.
+//! - `health`: probes fail when they should: ClickHouse stopped turns the collector's
+//!   `/readyz` 503 and its gRPC health NOT_SERVING within seconds, and back when it
+//!   returns; an agent whose spool overflows with no collector is not ready until it
+//!   connects again.
 //! - `hostile`: an agent with a valid certificate sends oversized, undecodable,
 //!   malformed, out-of-order and another host's data, huge strings and a flood: each
 //!   refused with its own status and logged, nothing stored, a real agent unaffected.
@@ -28,6 +32,9 @@
 //! - `refusals`: no client certificate, another CA, a certificate for another host, a
 //!   non-agent certificate, oversized and malformed messages: refused with a clear status,
 //!   nothing stored, other agents unaffected.
+//! - `proxy`: `HTTPS_PROXY`, `HTTP_PROXY`, `NO_PROXY` through a real tinyproxy: an agent
+//!   streams through its CONNECT tunnel, wrong credentials are refused with a message
+//!   naming the proxy, `NO_PROXY` goes direct, webhook notifications are forwarded.
 //! - `query`: the CLI's first verbs (`hosts`, `host`, `sockets`, `who-listens`, `flows`,
 //!   `findings`) equal the sockets the test opened; refusals exit 77, 69 and 64.
 //! - `revocation`: a certificate revoked while its stream is open (ended within
@@ -44,12 +51,14 @@
 mod cli_history;
 mod faults;
 mod grafana;
+mod health;
 mod history;
 mod hostile;
 mod metrics;
 mod namespaces;
 mod pipeline;
 mod protocols;
+mod proxy;
 mod query;
 mod reconnect;
 mod refusals;

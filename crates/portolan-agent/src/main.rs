@@ -206,12 +206,13 @@ fn run_agent(args: &RunArgs) -> anyhow::Result<()> {
                 ))
             })?;
             let addr = listener.local_addr().unwrap_or(addr);
-            tracing::info!(listen = %addr, "serving metrics at /metrics");
+            tracing::info!(listen = %addr, "serving /metrics, /healthz and /readyz");
             let mut stop = stopped.clone();
             tokio::spawn(portolan_agent::metrics::serve(listener, async move {
                 let _ = stop.changed().await;
             }));
         }
+        portolan_agent::metrics::global().set_tls_files(config.tls_files());
         stream::run(config, facts, stopped)
             .await
             .map_err(anyhow::Error::from)

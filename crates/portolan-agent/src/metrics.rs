@@ -1,12 +1,13 @@
-//! The agent's Prometheus metrics (`portolan_agent_*`), served at `/metrics` when
-//! `[metrics] listen` is set.
+//! The agent's Prometheus metrics (`portolan_agent_*`, `portolan_build_info`,
+//! `portolan_tls_certificate_*`), served at `/metrics` when `[metrics] listen` is set,
+//! beside `/healthz` and `/readyz` ([`crate::health`]).
 //!
 //! The metrics are process-wide ([`global`]): the scanner and the stream record into
 //! them, the HTTP server renders them.
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::{Arc, LazyLock};
+use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -15,6 +16,7 @@ use crate::scan::Scan;
 use portolan_core::{Protocol, SocketState};
 use portolan_metrics::SECONDS;
 pub use portolan_metrics::{Family, Histogram, Labels};
+use portolan_tls::TlsFiles;
 
 /// Every metric the agent exports.
 #[derive(Debug)]
@@ -54,6 +56,7 @@ pub struct AgentMetrics {
     /// `portolan_agent_network_namespaces{source}` of the last scan: `sock_diag` (the
     /// agent's own and those it entered) or `procfs` (read from `/proc/<pid>/net`).
     pub namespaces: Family,
+    tls: Mutex<Option<TlsFiles>>,
 }
 
 impl AgentMetrics {
@@ -129,6 +132,7 @@ impl AgentMetrics {
                 "portolan_agent_resident_memory_bytes",
                 "The agent's resident memory (VmRSS).",
             ),
+            tls: Mutex::new(None),
         };
         m.spool_gaps.touch(&[]);
         m.footprint_level.set(&[], 0.0);
@@ -189,9 +193,30 @@ impl AgentMetrics {
             .set(&[("source", "procfs")], f64::from(procfs));
     }
 
+    /// Reports when the certificate and the CAs of `files` expire, read at each scrape
+    /// (renewal replaces them without a restart).
+    pub fn set_tls_files(&self, files: TlsFiles) {
+        *self.tls.lock().unwrap_or_else(|e| e.into_inner()) = Some(files);
+    }
+
     /// Renders every metric in the Prometheus text format.
     pub fn render(&self) -> String {
         let mut out = String::new();
+        portolan_metrics::render_build_info(&mut out, "portolan-agent");
+        let tls = self.tls.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(files) = tls {
+            let validity = |v: portolan_tls::Validity| portolan_metrics::Validity {
+                not_before: v.not_before,
+                not_after: v.not_after,
+            };
+            portolan_metrics::render_certificates(
+                &mut out,
+                &[
+                    ("agent", files.cert_validity().ok().map(validity)),
+                    ("ca", files.ca_validity().ok().map(validity)),
+                ],
+            );
+        }
         self.scans.render(&mut out);
         self.scan_duration.render(&mut out);
         self.sockets.render(&mut out);
@@ -219,7 +244,12 @@ pub fn global() -> &'static AgentMetrics {
     &METRICS
 }
 
-/// Serves [`global`] at `/metrics` on `listener` until `shutdown` resolves.
+/// Serves [`global`] at `/metrics`, and the health of [`crate::health::global`] at
+/// `/healthz` and `/readyz`, on `listener` until `shutdown` resolves.
 pub async fn serve(listener: TcpListener, shutdown: impl Future<Output = ()> + Send) {
-    portolan_metrics::serve(listener, Arc::new(|| global().render()), shutdown).await;
+    let endpoints = portolan_metrics::Endpoints {
+        render: || global().render(),
+        health: crate::health::global().health(),
+    };
+    portolan_metrics::serve(listener, endpoints, shutdown).await;
 }

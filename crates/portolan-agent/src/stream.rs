@@ -27,9 +27,14 @@ use tracing::{debug, info, warn};
 
 use crate::config::AgentConfig;
 use crate::footprint::{self, Guard};
+use crate::health;
 use crate::metrics;
 use crate::scan::{ScanOptions, Scanner};
 use crate::spool::{Outgoing, Recorded, Spool, SpoolError};
+
+/// How late a scan may end past its interval before the agent counts as not alive, for
+/// intervals shorter than this.
+const SCAN_GRACE: Duration = Duration::from_secs(60);
 
 /// Sockets + flows per snapshot part (well under the collector's default limits).
 const SNAPSHOT_PART_ITEMS: usize = 5_000;
@@ -119,13 +124,15 @@ pub async fn run(
     }
     let spool = Arc::new(Mutex::new(spool));
     let config = Arc::new(config);
+    health::global().describe(&config.collector.endpoint, config.spool.max_size);
     let (reports_tx, mut reports) = watch::channel(None);
-    let scans = tokio::spawn(scan_loop(
-        config.clone(),
-        scanner,
-        spool.clone(),
-        reports_tx,
-    ));
+    let scans = tokio::spawn({
+        let (config, spool) = (config.clone(), spool.clone());
+        async move {
+            scan_loop(config, scanner, spool, reports_tx).await;
+            health::global().scan_loop_ended();
+        }
+    });
     let _stop_scans = AbortOnDrop(scans.abort_handle());
     let mut failures: u32 = 0;
     loop {
@@ -144,6 +151,7 @@ pub async fn run(
         }
         failures = failures.saturating_add(1);
         metrics::global().reconnects.inc(&[]);
+        health::global().update_readiness(|r| r.disconnected(Some(err.to_string())));
         let max = config.collector.max_backoff;
         let wait = if err.needs_operator() {
             max
@@ -205,6 +213,10 @@ async fn scan_loop(
     let mut attribute = config.attribute_processes;
     let mut next_scan = tokio::time::Instant::now();
     loop {
+        // Alive while the next scan starts and ends on time: its wait, then at most the
+        // longer of an interval and a minute.
+        let wait = next_scan.saturating_duration_since(tokio::time::Instant::now());
+        health::global().scan_loop_beat(wait + config.scan_interval.max(SCAN_GRACE));
         tokio::time::sleep_until(next_scan).await;
         let Some((mut taken, mut warned)) = scanner.take() else {
             return;
@@ -225,11 +237,13 @@ async fn scan_loop(
         scanner = Some(returned);
         match result {
             Ok(report) => {
+                health::global().update_readiness(health::AgentReadiness::scan_succeeded);
                 if reports.send(Some(report)).is_err() {
                     return;
                 }
             }
             Err(e) => {
+                health::global().update_readiness(|r| r.scan_failed(e.to_string()));
                 metrics::global().scans.inc(&[("outcome", "failed")]);
                 warn!(error = %e, "scan failed; retrying at the next interval");
             }
@@ -308,6 +322,7 @@ fn scan_into_spool(
         .map_err(|e| StreamError::Spool(e.to_string()))?;
     if let Recorded::Compacted { seq, gap } = &recorded {
         metrics::global().spool_gaps.inc(&[]);
+        health::global().update_readiness(health::AgentReadiness::spool_overflowed);
         warn!(
             seq,
             dropped_changes = gap.dropped_changes,
@@ -653,12 +668,14 @@ async fn send(
     Ok(())
 }
 
-/// `portolan_agent_stream_connected` is 1 while one of these lives.
+/// `portolan_agent_stream_connected` is 1, and readiness counts the agent connected,
+/// while one of these lives.
 struct ConnectedGauge;
 
 impl ConnectedGauge {
     fn up() -> ConnectedGauge {
         metrics::global().connected.set(&[], 1.0);
+        health::global().update_readiness(health::AgentReadiness::connected);
         ConnectedGauge
     }
 }
@@ -666,6 +683,7 @@ impl ConnectedGauge {
 impl Drop for ConnectedGauge {
     fn drop(&mut self) {
         metrics::global().connected.set(&[], 0.0);
+        health::global().update_readiness(|r| r.disconnected(None));
     }
 }
 

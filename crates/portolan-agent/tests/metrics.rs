@@ -1,7 +1,7 @@
-//! `/metrics` over real HTTP after a real scan of this host.
+//! `/metrics`, `/healthz` and `/readyz` over real HTTP around a real scan of this host.
 
-use portolan_agent::metrics;
 use portolan_agent::scan::{ScanOptions, Scanner};
+use portolan_agent::{health, metrics};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test]
@@ -26,6 +26,25 @@ async fn metrics_show_a_real_scan() -> Result<(), Box<dyn std::error::Error>> {
         stream.read_to_string(&mut response).await?;
         Ok(response)
     };
+    // Alive at once; not ready before the first scan completed.
+    let alive = get("/healthz").await?;
+    assert!(
+        alive.contains(" 200 OK") && alive.ends_with("\r\n\r\nok\n"),
+        "{alive}"
+    );
+    let before = get("/readyz").await?;
+    assert!(before.contains(" 503 Service Unavailable"), "{before}");
+    assert!(
+        before.ends_with("not ready: no scan completed yet\n"),
+        "{before}"
+    );
+    health::global().update_readiness(health::AgentReadiness::scan_succeeded);
+    let after = get("/readyz").await?;
+    assert!(
+        after.contains(" 200 OK") && after.ends_with("ready\n"),
+        "{after}"
+    );
+
     let response = get("/metrics").await?;
     assert!(
         response.starts_with("HTTP/1.") && response.contains(" 200 OK"),
@@ -40,6 +59,7 @@ async fn metrics_show_a_real_scan() -> Result<(), Box<dyn std::error::Error>> {
         "portolan_agent_unattributed_sockets{reason=\"no_permission\"} ",
         "portolan_agent_sockets{protocol=\"tcp\",state=\"LISTEN\"} ",
         "# TYPE portolan_agent_ack_latency_seconds histogram",
+        "portolan_build_info{binary=\"portolan-agent\",version=\"",
     ] {
         assert!(response.contains(line), "no `{line}` in\n{response}");
     }

@@ -222,6 +222,7 @@ async fn acknowledge_in_order(
 ) {
     let mut failed = Some(failed);
     let mut fail = |e: StoreError| {
+        crate::health::global().write_failed(&e);
         if let Some(failed) = failed.take() {
             let _ = failed.send(IngestError::Store(e));
         }
@@ -242,6 +243,7 @@ async fn acknowledge_in_order(
                 received,
             } => match pending.wait().await {
                 Ok(()) if ok => {
+                    crate::health::global().write_succeeded();
                     let m = metrics::global();
                     m.record_rows(&receipt);
                     m.ingest_latency
@@ -257,6 +259,7 @@ async fn acknowledge_in_order(
             },
             Queued::Heartbeat { pending, received } => match pending.wait().await {
                 Ok(()) => {
+                    crate::health::global().write_succeeded();
                     let m = metrics::global();
                     m.rows.add(&[("table", "host_reports")], 1.0);
                     m.ingest_latency

@@ -11,6 +11,7 @@ pub mod authz;
 pub mod config;
 pub mod error;
 pub mod evaluate;
+pub mod health;
 pub mod ingest;
 pub mod metrics;
 pub mod notify;

@@ -207,6 +207,14 @@ async fn run(config: CollectorConfig, rules: Vec<CompiledRule>) -> Result<()> {
     info!(listen = %local, collector = %name, "collector ready");
     let store = Arc::new(store);
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    // Readiness (`/readyz`, gRPC health): ClickHouse answers and its schema is current.
+    tokio::spawn({
+        let store = store.clone();
+        let url = ch.url.clone();
+        let stopped = stopped.clone();
+        async move { portolan_collector::health::watch_clickhouse(store, &url, stopped).await }
+    });
+    portolan_collector::metrics::global().set_tls_files(config.tls_files());
     tokio::spawn(async move {
         shutdown_signal().await;
         let _ = stop.send(true);
@@ -216,7 +224,7 @@ async fn run(config: CollectorConfig, rules: Vec<CompiledRule>) -> Result<()> {
             .await
             .with_context(|| format!("cannot serve metrics on {addr} (change `metrics.listen`)"))?;
         let addr = listener.local_addr().unwrap_or(addr);
-        info!(listen = %addr, "serving metrics at /metrics");
+        info!(listen = %addr, "serving /metrics, /healthz and /readyz");
         let mut stop = stopped.clone();
         tokio::spawn(portolan_collector::metrics::serve(listener, async move {
             let _ = stop.changed().await;

@@ -1,12 +1,13 @@
-//! The collector's Prometheus metrics (`portolan_collector_*`), served at `/metrics` when
-//! `[metrics] listen` is set.
+//! The collector's Prometheus metrics (`portolan_collector_*`, `portolan_build_info`,
+//! `portolan_tls_certificate_*`), served at `/metrics` when `[metrics] listen` is set,
+//! beside `/healthz` and `/readyz` ([`crate::health`]).
 //!
 //! The metrics are process-wide ([`global`]): ingest and rule evaluation record into
 //! them, the HTTP server renders them, with the notifier's figures read at scrape time.
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{LazyLock, Mutex};
 
 use portolan_rules::lifecycle::{Finding, Status};
 use tokio::net::TcpListener;
@@ -16,6 +17,7 @@ use crate::notify::ReceiverStats;
 use portolan_metrics::SECONDS;
 pub use portolan_metrics::{Family, Histogram, Labels};
 use portolan_store::WriteReceipt;
+use portolan_tls::TlsFiles;
 
 /// Reads the notifier's figures at scrape time.
 type StatsSource = Box<dyn Fn() -> Vec<ReceiverStats> + Send + Sync>;
@@ -45,6 +47,7 @@ pub struct CollectorMetrics {
     /// `portolan_collector_spool_gaps_total`.
     pub spool_gaps: Family,
     notifier: Mutex<Option<StatsSource>>,
+    tls: Mutex<Option<TlsFiles>>,
 }
 
 impl std::fmt::Debug for CollectorMetrics {
@@ -106,6 +109,7 @@ impl CollectorMetrics {
                 "Snapshots that closed a gap in a host's history (the agent's spool overflowed while no collector was reachable).",
             ),
             notifier: Mutex::new(None),
+            tls: Mutex::new(None),
         };
         m.spool_gaps.touch(&[]);
         m.agents_connected.set(&[], 0.0);
@@ -174,9 +178,26 @@ impl CollectorMetrics {
         *self.notifier.lock().unwrap_or_else(|e| e.into_inner()) = Some(source);
     }
 
+    /// Reports when the certificate and the CAs of `files` expire, read at each scrape
+    /// (they are reloaded without a restart).
+    pub fn set_tls_files(&self, files: TlsFiles) {
+        *self.tls.lock().unwrap_or_else(|e| e.into_inner()) = Some(files);
+    }
+
     /// Renders every metric in the Prometheus text format.
     pub fn render(&self) -> String {
         let mut out = String::new();
+        portolan_metrics::render_build_info(&mut out, "portolan-collector");
+        let tls = self.tls.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(files) = tls {
+            portolan_metrics::render_certificates(
+                &mut out,
+                &[
+                    ("collector", files.cert_validity().ok().map(validity)),
+                    ("ca", files.ca_validity().ok().map(validity)),
+                ],
+            );
+        }
         self.agents_connected.render(&mut out);
         self.messages.render(&mut out);
         self.rows.render(&mut out);
@@ -224,13 +245,25 @@ impl CollectorMetrics {
     }
 }
 
+fn validity(v: portolan_tls::Validity) -> portolan_metrics::Validity {
+    portolan_metrics::Validity {
+        not_before: v.not_before,
+        not_after: v.not_after,
+    }
+}
+
 /// The process's metrics.
 pub fn global() -> &'static CollectorMetrics {
     static METRICS: LazyLock<CollectorMetrics> = LazyLock::new(CollectorMetrics::new);
     &METRICS
 }
 
-/// Serves [`global`] at `/metrics` on `listener` until `shutdown` resolves.
+/// Serves [`global`] at `/metrics`, and the health of [`crate::health::global`] at
+/// `/healthz` and `/readyz`, on `listener` until `shutdown` resolves.
 pub async fn serve(listener: TcpListener, shutdown: impl Future<Output = ()> + Send) {
-    portolan_metrics::serve(listener, Arc::new(|| global().render()), shutdown).await;
+    let endpoints = portolan_metrics::Endpoints {
+        render: || global().render(),
+        health: crate::health::global().health(),
+    };
+    portolan_metrics::serve(listener, endpoints, shutdown).await;
 }

@@ -10,13 +10,16 @@ use portolan_tls::{AcceptOptions, ServerTls, TlsIncoming};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_stream::Stream;
+use tonic::server::NamedService;
 use tonic::transport::server::Connected;
+use tonic_health::ServingStatus;
 
 use crate::authz::AuthorizeLayer;
 use crate::config::{CollectorConfig, LimitsSection};
 use crate::ingest::Ingest;
 use crate::query::Query;
 use crate::revocation::Revocations;
+use portolan_metrics::Health;
 use portolan_store::Store;
 
 /// HTTP/2 flow-control window of one stream: how much an agent may send before the
@@ -71,6 +74,7 @@ pub async fn serve(
         collector_name: collector_name.to_owned(),
         store,
         revocations,
+        health: crate::health::global().health(),
     };
     serve_connections(services, incoming, shutdown).await?;
     drop(tls);
@@ -88,6 +92,9 @@ pub struct Services {
     pub store: Arc<Store>,
     /// The revoked certificates, refused on every call.
     pub revocations: Revocations,
+    /// The readiness the gRPC health service reports: SERVING while ready, NOT_SERVING
+    /// while not ([`crate::health`]).
+    pub health: Health,
 }
 
 /// Serves the ingest, query, health and reflection services on the connections
@@ -111,6 +118,7 @@ where
         collector_name,
         store,
         revocations,
+        health: readiness,
     } = services;
     let query =
         QueryServiceServer::new(Query::new(store.clone()).with_revocations(revocations.clone()));
@@ -120,13 +128,29 @@ where
     .max_decoding_message_size(limits.max_message_bytes as usize);
     // Health checking (grpc.health.v1) and reflection, for load balancers and grpcurl.
     // Both still sit behind mutual TLS: any certificate of the fleet's CA may ask.
+    // Every service, and the server as a whole (""), follow the collector's readiness.
     let (health_reporter, health) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<IngestServiceServer<Ingest>>()
-        .await;
-    health_reporter
-        .set_serving::<QueryServiceServer<Query>>()
-        .await;
+    let mut ready = readiness.subscribe();
+    let follow = tokio::spawn(async move {
+        loop {
+            let status = if *ready.borrow_and_update() {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            for service in [
+                "",
+                <IngestServiceServer<Ingest> as NamedService>::NAME,
+                <QueryServiceServer<Query> as NamedService>::NAME,
+            ] {
+                health_reporter.set_service_status(service, status).await;
+            }
+            if ready.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+    let _stop_following = AbortOnDrop(follow.abort_handle());
     // Reflection in both its versions: `v1`, and `v1alpha`, the only one that Python's
     // grpcio-reflection, older grpcurl releases and many other stock clients ask for.
     let reflection = || {
@@ -167,4 +191,13 @@ where
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

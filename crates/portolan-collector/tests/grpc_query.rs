@@ -4,6 +4,8 @@
 
 mod support;
 
+use std::time::Duration;
+
 use anyhow::{Result, ensure};
 use portolan_collector::config::LimitsSection;
 use portolan_proto::v1 as pb;
@@ -183,6 +185,39 @@ async fn health_checks_are_open_to_every_fleet_certificate() -> Result<()> {
                 answer.status == ServingStatus::Serving as i32,
                 "{who:?} asking about {service}: {answer:?}"
             );
+        }
+    }
+    // The health service follows readiness: NOT_SERVING while a check fails, for every
+    // service and for the server as a whole, and SERVING again once it passes.
+    let health = HealthClient::new(collector.channel(&READER).await?);
+    for (state, expected) in [
+        (
+            Err("clickhouse at http://ch: connection refused".to_string()),
+            ServingStatus::NotServing,
+        ),
+        (Ok(()), ServingStatus::Serving),
+    ] {
+        collector.health.set("clickhouse", state);
+        for service in ["", "portolan.v1.IngestService", "portolan.v1.QueryService"] {
+            let health = &health;
+            portolan_testkit::eventually_async!(timeout = Duration::from_secs(5), {
+                let answer = health
+                    .clone()
+                    .check(HealthCheckRequest {
+                        service: service.into(),
+                    })
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .into_inner();
+                if answer.status == expected as i32 {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "`{service}` is {:?}, not {expected:?}",
+                        answer.status
+                    ))
+                }
+            })
         }
     }
     collector.stop().await

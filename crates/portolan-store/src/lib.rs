@@ -89,7 +89,7 @@ pub use self::server::{ClickHouseConfig, ServerInfo, parse_version};
 pub use self::store::{MAX_CONCURRENT_REQUESTS, Store};
 pub use self::stored::{
     ChangeKind, FlowEvent, FlowEventKind, HostRecord, HostReport, MigrationReport, Recovery,
-    SocketEvent, SocketEventKind, StoredFlow, StoredHost, StoredSocket, WriteReceipt,
+    SchemaStatus, SocketEvent, SocketEventKind, StoredFlow, StoredHost, StoredSocket, WriteReceipt,
 };
 
 pub(crate) use self::change::{empty_host_row, hello_row, report_row, stamp};

@@ -20,8 +20,9 @@ use crate::rows::{HostRow, MigrationRow, ReportRow, from_datetime, to_datetime};
 use crate::schema::{self, Flavor, table};
 use crate::tracked::{Flows, Sockets, Tracked};
 use crate::{
-    ClickHouseConfig, FlowEvent, HostReport, MigrationReport, ServerInfo, SocketEvent, StoreError,
-    StoredFlow, StoredHost, StoredSocket, parse_version, queries, stored_host,
+    ClickHouseConfig, FlowEvent, HostReport, MigrationReport, SchemaStatus, ServerInfo,
+    SocketEvent, StoreError, StoredFlow, StoredHost, StoredSocket, parse_version, queries,
+    stored_host,
 };
 
 /// How long [`Store::recover`] waits for its deletions.
@@ -270,6 +271,35 @@ impl Store {
             report.version = report.version.max(migration.version);
         }
         Ok(report)
+    }
+
+    /// Reads the applied schema version and compares it with this build's: one small
+    /// query, which also proves the server answers. It does not wait for a request slot
+    /// (writes may hold them all): readiness checks call it every few seconds.
+    pub async fn schema_status(&self) -> Result<SchemaStatus, StoreError> {
+        let applied = match self
+            .client
+            .query(queries::APPLIED_MIGRATIONS)
+            .fetch_all::<u32>()
+            .await
+        {
+            Ok(versions) => versions.into_iter().max().unwrap_or(0),
+            // No `schema_migrations` at all (a new or emptied database): nothing applied.
+            // Code 60 is UNKNOWN_TABLE, on every server version.
+            Err(e)
+                if e.to_string().contains("Code: 60")
+                    || e.to_string().contains("UNKNOWN_TABLE") =>
+            {
+                0
+            }
+            Err(e) => return Err(self.map_err("read", table::SCHEMA_MIGRATIONS)(e)),
+        };
+        let required = schema::migrations(self.info.flavor())
+            .iter()
+            .map(|m| m.version)
+            .max()
+            .unwrap_or(0);
+        Ok(SchemaStatus { applied, required })
     }
 
     /// Runs one DDL statement; a concurrent creator winning the race is success.

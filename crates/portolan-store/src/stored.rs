@@ -289,6 +289,24 @@ pub struct Recovery {
     pub restored_rows: u64,
 }
 
+/// How the stored schema compares with the one this build needs
+/// ([`crate::Store::schema_status`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SchemaStatus {
+    /// The highest migration applied to the database (0: none).
+    pub applied: u32,
+    /// The highest migration this build knows.
+    pub required: u32,
+}
+
+impl SchemaStatus {
+    /// Whether every migration this build needs is applied (a newer collector may have
+    /// applied more: its migrations only add).
+    pub fn is_current(&self) -> bool {
+        self.applied >= self.required
+    }
+}
+
 /// What [`crate::Store::migrate`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MigrationReport {

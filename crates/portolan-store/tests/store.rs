@@ -448,11 +448,18 @@ async fn migrate_is_idempotent_and_safe_to_run_concurrently() -> Result<()> {
         .map(|m| m.version)
         .collect();
     let latest = *all.last().context("no migrations")?;
+    // Before any migration the schema is behind, and readiness says so.
+    let before = store.schema_status().await?;
+    assert_eq!((before.applied, before.required), (0, latest));
+    assert!(!before.is_current());
     let first = store.migrate().await?;
     assert_eq!(first.applied, all);
     let second = store.migrate().await?;
     assert!(second.applied.is_empty());
     assert_eq!(second.version, latest);
+    let after = store.schema_status().await?;
+    assert_eq!((after.applied, after.required), (latest, latest));
+    assert!(after.is_current());
 
     // Two collectors starting at once on a fresh database.
     let config = server.config("migrate_is_idempotent_and_safe_to_run_concurrently_2");

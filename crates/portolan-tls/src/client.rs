@@ -24,7 +24,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tonic::transport::{Channel, Endpoint, Uri};
 
-use crate::error::{TlsError, describe_chain, io_reason};
+use crate::error::{TlsError, describe_chain};
 use crate::files::TlsFiles;
 
 /// How long connecting (TCP and TLS handshake) may take by default.
@@ -203,14 +203,11 @@ impl MtlsConnector {
             server_name,
             tls,
         } = self;
-        let tcp = TcpStream::connect((host.as_str(), port))
-            .await
-            .map_err(|e| {
-                io::Error::new(
-                    e.kind(),
-                    format!("tcp connect to {host}:{port} failed: {}", io_reason(&e)),
-                )
-            })?;
+        // Direct, or through the CONNECT tunnel of the proxy HTTPS_PROXY names.
+        let tcp = crate::proxy::from_env()
+            .connect("https", &host, port)
+            .await?
+            .stream;
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!("cannot set TCP_NODELAY toward {host}:{port}: {e}");
         }

@@ -41,6 +41,18 @@ pub enum TlsError {
         /// The PEM label looked for (`CERTIFICATE`, `PRIVATE KEY`).
         marker: &'static str,
     },
+    /// A certificate is not valid X.509 DER.
+    #[error("certificate #{index} in `{key}` at {} is not a valid X.509 certificate: {reason} (replace the file with one your CA issued)", path.display())]
+    BadCertificate {
+        /// The configuration key naming the file.
+        key: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Position of the certificate in the file, starting at 1.
+        index: usize,
+        /// What the parser said.
+        reason: String,
+    },
     /// A certificate in the CA file cannot serve as a trust anchor.
     #[error("certificate #{index} in `tls.ca` at {} is not a usable CA certificate: {error} (the file should hold only CA certificates)", path.display())]
     BadCa {

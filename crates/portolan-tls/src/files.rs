@@ -61,6 +61,63 @@ impl TlsFiles {
     }
 }
 
+/// When a certificate is valid, in Unix seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Validity {
+    /// `notBefore`.
+    pub not_before: i64,
+    /// `notAfter`.
+    pub not_after: i64,
+}
+
+impl TlsFiles {
+    /// The validity of the `cert` file's leaf certificate (the first).
+    pub fn cert_validity(&self) -> Result<Validity, TlsError> {
+        let certs = load_certs("tls.cert", &self.cert)?;
+        validity("tls.cert", &self.cert, 1, &certs[0])
+    }
+
+    /// The validity of the `ca` file's certificate that expires first: when it expires,
+    /// peers whose chains end there are refused.
+    pub fn ca_validity(&self) -> Result<Validity, TlsError> {
+        let certs = load_certs("tls.ca", &self.ca)?;
+        let mut earliest: Option<Validity> = None;
+        for (i, cert) in certs.iter().enumerate() {
+            let v = validity("tls.ca", &self.ca, i + 1, cert)?;
+            if earliest.is_none_or(|e| v.not_after < e.not_after) {
+                earliest = Some(v);
+            }
+        }
+        // `load_certs` yields at least one certificate.
+        earliest.ok_or_else(|| TlsError::Empty {
+            key: "tls.ca",
+            path: self.ca.clone(),
+            expected: "certificate",
+            marker: "CERTIFICATE",
+        })
+    }
+}
+
+fn validity(
+    key: &'static str,
+    path: &Path,
+    index: usize,
+    cert: &CertificateDer<'_>,
+) -> Result<Validity, TlsError> {
+    let (_, x509) =
+        x509_parser::parse_x509_certificate(cert).map_err(|e| TlsError::BadCertificate {
+            key,
+            path: path.to_owned(),
+            index,
+            reason: e.to_string(),
+        })?;
+    let v = x509.validity();
+    Ok(Validity {
+        not_before: v.not_before.timestamp(),
+        not_after: v.not_after.timestamp(),
+    })
+}
+
 /// Reads a whole file, naming the configuration key in the error.
 fn read(key: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
     std::fs::read(path).map_err(|error| TlsError::Read {
@@ -94,6 +151,44 @@ fn load_certs(key: &'static str, path: &Path) -> Result<Vec<CertificateDer<'stat
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_the_validity_of_the_leaf_and_the_earliest_ca() {
+        use crate::pki::Ca;
+        use std::time::Duration;
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let long =
+            Ca::generate_with_validity("long", Duration::from_secs(400 * 86_400)).expect("a CA");
+        let short =
+            Ca::generate_with_validity("short", Duration::from_secs(30 * 86_400)).expect("a CA");
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, format!("{}{}", long.cert_pem(), short.cert_pem())).expect("written");
+        let files = TlsFiles {
+            ca: ca.clone(),
+            cert: ca.clone(),
+            key: dir.path().join("none.key"),
+        };
+        let unix = |t: std::time::SystemTime| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0)
+        };
+        let earliest = files.ca_validity().expect("a readable CA file");
+        assert_eq!(earliest.not_after, unix(short.not_after()));
+        let leaf = files.cert_validity().expect("a readable certificate");
+        assert_eq!(leaf.not_after, unix(long.not_after()));
+        assert!(leaf.not_before < leaf.not_after);
+        std::fs::write(
+            &ca,
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        )
+        .expect("written");
+        let err = files.ca_validity().expect_err("not a certificate");
+        assert!(
+            err.to_string().contains("not a valid X.509 certificate"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn deserializes_from_toml_keys() {

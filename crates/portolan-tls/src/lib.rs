@@ -14,6 +14,8 @@
 //!   tonic [`Channel`](tonic::transport::Channel) ([`connect`]);
 //! - reloads the collector's certificate, key, CAs and revocation list when their files
 //!   change, without a restart ([`ServerTls`], [`RevocationList`]);
+//! - reaches servers through the HTTP proxy the environment names (`HTTPS_PROXY`,
+//!   `NO_PROXY`; [`proxy`]);
 //! - with the `pki` feature, runs a development CA ([`pki::Ca`]).
 
 #![forbid(unsafe_code)]
@@ -29,6 +31,7 @@ pub mod files;
 pub mod identity;
 #[cfg(feature = "pki")]
 pub mod pki;
+pub mod proxy;
 pub mod reload;
 pub mod revocation;
 pub mod server;
@@ -37,7 +40,7 @@ pub use client::{
     ConnectOptions, client_config, connect, connect_endpoint, connect_endpoint_lazy, connect_lazy,
 };
 pub use error::TlsError;
-pub use files::TlsFiles;
+pub use files::{TlsFiles, Validity};
 pub use identity::{Identity, IdentityError, OperatorRole, certificate_serial, identity_from_der};
 pub use reload::{DEFAULT_RELOAD_INTERVAL, ServerTls};
 pub use revocation::{RevocationList, RevocationParseError, serial_hex};

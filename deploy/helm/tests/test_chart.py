@@ -407,6 +407,41 @@ def test_security_properties(case: str, renders: dict[str, Render]) -> None:
     assert not problems, "\n".join(problems)
 
 
+def workload_config(r: Render, workload: dict[str, Any]) -> dict[str, Any]:
+    """The TOML configuration the workload mounts from its ConfigMap."""
+    pod = workload["spec"]["template"]["spec"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "config"]
+    configmap = r.one("ConfigMap", volume["configMap"]["name"])
+    (text,) = [v for k, v in configmap["data"].items() if k.endswith(".toml")]
+    return tomllib.loads(text)
+
+
+# What each probe asks: started and alive while the loops run, ready while it can work.
+PROBE_PATHS = {"startupProbe": "/healthz", "readinessProbe": "/readyz", "livenessProbe": "/healthz"}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_every_workload_probes_the_health_endpoints_it_serves(case: str, renders: dict[str, Render]) -> None:
+    r = renders[case]
+    workloads = r.workloads()
+    assert {w["metadata"]["name"] for w in workloads} >= {AGENT, COLLECTOR, EVALUATOR}
+    for w in workloads:
+        name = f"{w['kind']}/{w['metadata']['name']}"
+        # The port the binary serves /healthz and /readyz on, from its own configuration.
+        listen = workload_config(r, w).get("metrics", {}).get("listen", "")
+        assert listen, f"{name}: no `metrics.listen`, nothing serves the probes"
+        served = int(listen.rsplit(":", 1)[1])
+        for c in w["spec"]["template"]["spec"]["containers"]:
+            ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
+            for probe, path in PROBE_PATHS.items():
+                assert probe in c, f"{name}/{c['name']}: no {probe}"
+                get = c[probe].get("httpGet")
+                assert get, f"{name}/{c['name']}: {probe} is not an HTTP GET"
+                assert get["path"] == path, f"{name}/{c['name']}: {probe} asks {get['path']}, not {path}"
+                port = ports.get(get["port"], get["port"])
+                assert port == served, f"{name}/{c['name']}: {probe} probes port {port}, the binary serves {served}"
+
+
 def test_evaluator_is_one_replica_that_never_overlaps(renders: dict[str, Render]) -> None:
     for case in CASES:
         evaluator = renders[case].one("Deployment", EVALUATOR)["spec"]

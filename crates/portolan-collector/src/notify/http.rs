@@ -15,14 +15,15 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::header::{
-    CONTENT_TYPE, HOST, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER, USER_AGENT,
+    CONTENT_TYPE, HOST, HeaderMap, HeaderName, HeaderValue, PROXY_AUTHORIZATION, RETRY_AFTER,
+    USER_AGENT,
 };
 use hyper::{Method, Request, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
+use portolan_tls::proxy::Forward;
 use rustls::RootCertStore;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
-use tokio::net::TcpStream;
 
 use super::NotifyError;
 
@@ -173,6 +174,8 @@ impl fmt::Display for Failure {
 pub(crate) struct Client {
     endpoint: Endpoint,
     path: Uri,
+    /// `http://authority/path`: the request's target through a forwarding proxy.
+    absolute: Uri,
     tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
     headers: HeaderMap,
     timeout: Duration,
@@ -235,9 +238,16 @@ impl Client {
             url: endpoint.to_string(),
             reason: format!("invalid path `{}`: {e}", endpoint.path),
         })?;
+        let absolute = format!("http://{}{}", endpoint.authority, endpoint.path)
+            .parse()
+            .map_err(|e| NotifyError::Url {
+                url: endpoint.to_string(),
+                reason: format!("invalid URL for a proxy: {e}"),
+            })?;
         Ok(Client {
             endpoint,
             path,
+            absolute,
             tls,
             headers: map,
             timeout,
@@ -258,23 +268,29 @@ impl Client {
     }
 
     async fn exchange(&self, body: Bytes) -> Result<Answer, Failure> {
-        let tcp = TcpStream::connect((self.endpoint.host.as_str(), self.endpoint.port))
+        // Direct, or through the proxy HTTPS_PROXY / HTTP_PROXY names for the receiver.
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let connection = portolan_tls::proxy::from_env()
+            .connect(scheme, &self.endpoint.host, self.endpoint.port)
             .await
             .map_err(Failure::Connect)?;
+        let tcp = connection.stream;
         let _ = tcp.set_nodelay(true);
         match &self.tls {
-            None => self.send(TokioIo::new(tcp), body).await,
+            None => self.send(TokioIo::new(tcp), body, connection.forward).await,
             Some((connector, name)) => {
                 let stream = connector
                     .connect(name.clone(), tcp)
                     .await
                     .map_err(Failure::Tls)?;
-                self.send(TokioIo::new(stream), body).await
+                self.send(TokioIo::new(stream), body, None).await
             }
         }
     }
 
-    async fn send<T>(&self, io: T, body: Bytes) -> Result<Answer, Failure>
+    /// One request over `io`; `forward`: `io` reaches a proxy that forwards plain HTTP,
+    /// which takes the request in absolute form with its credentials.
+    async fn send<T>(&self, io: T, body: Bytes, forward: Option<Forward>) -> Result<Answer, Failure>
     where
         T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
@@ -283,11 +299,17 @@ impl Client {
             .map_err(Failure::Http)?;
         let mut request = Request::new(Full::new(body));
         *request.method_mut() = Method::POST;
-        *request.uri_mut() = self.path.clone();
+        *request.uri_mut() = match &forward {
+            Some(_) => self.absolute.clone(),
+            None => self.path.clone(),
+        };
         let headers = request.headers_mut();
         headers.clone_from(&self.headers);
         if let Ok(host) = HeaderValue::from_str(&self.endpoint.authority) {
             headers.insert(HOST, host);
+        }
+        if let Some(authorization) = forward.and_then(|f| f.authorization) {
+            headers.insert(PROXY_AUTHORIZATION, authorization);
         }
         let exchange = async move {
             let response = sender.send_request(request).await?;

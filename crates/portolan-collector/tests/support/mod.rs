@@ -53,6 +53,8 @@ pub enum Who {
 /// A collector serving in-process, its ClickHouse and its CA.
 pub struct Collector {
     pub store: Arc<Store>,
+    /// The readiness the gRPC health service follows.
+    pub health: portolan_metrics::Health,
     clickhouse: Option<ManagedClickHouse>,
     database: String,
     ca: Ca,
@@ -89,11 +91,13 @@ impl Collector {
         let server_tls = portolan_tls::server_config(&server_files)?;
         let (connections, incoming) = mpsc::channel(16);
         let (shutdown, stop) = oneshot::channel::<()>();
+        let health = portolan_metrics::Health::new();
         let services = Services {
             limits,
             collector_name: "c1".into(),
             store: store.clone(),
             revocations: Revocations::none(),
+            health: health.clone(),
         };
         let serving = tokio::spawn(serve_connections(
             services,
@@ -104,6 +108,7 @@ impl Collector {
         ));
         Ok(Collector {
             store,
+            health,
             clickhouse: Some(clickhouse),
             database: database.into(),
             ca,

@@ -50,27 +50,12 @@ spec:
         - name: grpc
           containerPort: {{ $root.Values.collector.port }}
           protocol: TCP
-        {{- if $root.Values.metrics.enabled }}
+        # Metrics, /healthz and /readyz (plain HTTP): the gRPC health service sits
+        # behind mutual TLS, and the kubelet has no client certificate to present.
         - name: metrics
           containerPort: {{ $root.Values.metrics.port }}
           protocol: TCP
-        {{- end }}
-      # TCP probes: the gRPC health service sits behind mutual TLS, and the kubelet has
-      # no client certificate to present.
-      startupProbe:
-        tcpSocket:
-          port: grpc
-        periodSeconds: 5
-        failureThreshold: 60
-      readinessProbe:
-        tcpSocket:
-          port: grpc
-        periodSeconds: 10
-      livenessProbe:
-        tcpSocket:
-          port: grpc
-        periodSeconds: 20
-        failureThreshold: 3
+      {{- include "portolan.probes" $root | nindent 6 }}
       securityContext:
         {{- include "portolan.restrictedSecurityContext" $root | nindent 8 }}
       {{- with $v.resources }}

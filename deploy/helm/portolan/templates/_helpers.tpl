@@ -174,9 +174,8 @@ owns because they depend on how the pods are built (paths, ports, evaluation).
 {{- $_ = set $spool "dir" .Values.agent.spoolHostPath -}}
 {{- $_ = set $config "spool" $spool -}}
 {{- $_ = set $config "tls" (dict "ca" (printf "%s/ca.pem" $tlsDir) "cert" (printf "%s/agent.pem" $tlsDir) "key" (printf "%s/agent.key" $tlsDir)) -}}
-{{- if .Values.metrics.enabled -}}
+{{- /* Always on: the probes need /healthz and /readyz; metrics.enabled only adds scraping. */ -}}
 {{- $_ = set $config "metrics" (dict "listen" (printf "0.0.0.0:%d" (int .Values.metrics.port))) -}}
-{{- end -}}
 {{- toJson $config -}}
 {{- end -}}
 
@@ -194,9 +193,8 @@ owns because they depend on how the pods are built (paths, ports, evaluation).
 {{- end -}}
 {{- $_ = set $config "tls" $tls -}}
 {{- $_ = set $config "clickhouse" (dict "url" (include "portolan.clickhouse.url" $root) "database" $root.Values.clickhouse.database "batch_window" $root.Values.clickhouse.batchWindow "batch_max_rows" (int $root.Values.clickhouse.batchMaxRows)) -}}
-{{- if $root.Values.metrics.enabled -}}
+{{- /* Always on: the probes need /healthz and /readyz; metrics.enabled only adds scraping. */ -}}
 {{- $_ = set $config "metrics" (dict "listen" (printf "0.0.0.0:%d" (int $root.Values.metrics.port))) -}}
-{{- end -}}
 {{- end -}}
 
 {{- define "portolan.collector.config" -}}
@@ -316,4 +314,31 @@ then [[arrays of tables]]; keys sorted, `version` first.
 {{- end -}}
 {{- end -}}
 {{- end -}}
+{{- end -}}
+
+{{/*
+The probes of every workload, on the HTTP listener of `metrics.port`: started and alive
+while /healthz answers 200 (the process's loops run), ready while /readyz does (the
+collector can write to ClickHouse and its schema is current; the agent has scanned and
+its changes reach the collector or fit in its spool).
+*/}}
+{{- define "portolan.probes" -}}
+startupProbe:
+  httpGet:
+    path: /healthz
+    port: metrics
+  periodSeconds: 5
+  failureThreshold: 60
+readinessProbe:
+  httpGet:
+    path: /readyz
+    port: metrics
+  periodSeconds: 5
+  failureThreshold: 2
+livenessProbe:
+  httpGet:
+    path: /healthz
+    port: metrics
+  periodSeconds: 20
+  failureThreshold: 3
 {{- end -}}
