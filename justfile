@@ -120,7 +120,7 @@ image: static
         -f "$context/Containerfile" -t "$ref" "$context" >/dev/null
     echo "$ref: $(podman image inspect --format '{{{{.Size}}' "$ref" | awk '{ printf "%.1f MiB", $1 / 1048576 }')"
 
-# The release artifacts in target/artifacts/ (deploy/dist/README.md): for each architecture of ARCHES, a static tarball (the three binaries, LICENSE, README, CHANGELOG, deploy/config, deploy/systemd) and the portolan-agent and portolan-collector packages (cargo-deb), with sha256sums.txt over all. aarch64 is cross-built with cargo-zigbuild, Zig (PyPI's ziglang) as its C compiler and linker.
+# The release artifacts in target/artifacts/ (deploy/dist/README.md): for each architecture of ARCHES, a static tarball (the three binaries, LICENSE, README, CHANGELOG, deploy/config, deploy/systemd, the default rules) and the portolan-agent and portolan-collector packages (cargo-deb), with sha256sums.txt over all. aarch64 is cross-built with cargo-zigbuild, Zig (PyPI's ziglang) as its C compiler and linker.
 dist ARCHES="x86_64 aarch64": static
     #!/usr/bin/env bash
     set -euo pipefail

@@ -2,7 +2,8 @@
 # The release artifacts, from static binaries already built (`just dist` builds them):
 #
 #   <target>/artifacts/portolan-<version>-<triple>.tar.gz   binaries, LICENSE, README.md, CHANGELOG.md,
-#                                                      config/ (deploy/config), systemd/ (deploy/systemd)
+#                                                      config/ (deploy/config), systemd/ (deploy/systemd),
+#                                                      rules/default.yaml (the default rule pack)
 #   <target>/artifacts/portolan-agent_<version>-1_<arch>.deb
 #   <target>/artifacts/portolan-collector_<version>-1_<arch>.deb   (with the `portolan` CLI)
 #   <target>/artifacts/sha256sums.txt                        over every file above
@@ -42,11 +43,12 @@ for triple in "$@"; do
     # The tarball: one directory named like the archive, as node_exporter's.
     name="portolan-$version-$triple"
     dir="$stage/$name"
-    mkdir -p "$dir/config" "$dir/systemd"
+    mkdir -p "$dir/config" "$dir/systemd" "$dir/rules"
     for bin in "${binaries[@]}"; do install -m 0755 "$built/$bin" "$dir/"; done
     install -m 0644 LICENSE README.md CHANGELOG.md "$dir/"
     install -m 0644 deploy/config/portolan-agent.toml deploy/config/portolan-collector.toml "$dir/config/"
     install -m 0644 deploy/systemd/portolan-agent.service deploy/systemd/portolan-collector.service "$dir/systemd/"
+    install -m 0644 deploy/rules/default.yaml "$dir/rules/"
     tar --sort=name --owner=0 --group=0 --numeric-owner --mtime="@$SOURCE_DATE_EPOCH" \
         --format=gnu -C "$stage" -cf - "$name" | gzip -n -9 >"$out/$name.tar.gz"
 

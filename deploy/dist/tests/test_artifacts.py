@@ -3,7 +3,8 @@
 - sha256sums.txt covers every tarball and package, and every sum is right;
 - each tarball holds one directory with the three static binaries for its architecture
   (ELF of the right machine, no interpreter), LICENSE, README.md, CHANGELOG.md, the example
-  configurations (deploy/config) and the hardened units (deploy/systemd), owned by root;
+  configurations (deploy/config), the hardened units (deploy/systemd) and the default rule
+  pack, owned by root; the binaries print their version (under qemu for aarch64);
 - each package holds the binaries of the tarball of its architecture (the same bits), the
   unit of deploy/systemd with ExecStart in /usr/bin and nothing else changed, the example
   configuration as its only conffile, mode 0640, and maintainer scripts that create the
@@ -124,16 +125,18 @@ def check_tarball(triple: str, path: Path) -> None:
         **{f"{top}/{f}": 0o644 for f in ("LICENSE", "README.md", "CHANGELOG.md")},
         **{f"{top}/config/portolan-{n}.toml": 0o644 for n in ("agent", "collector")},
         **{f"{top}/systemd/portolan-{n}.service": 0o644 for n in ("agent", "collector")},
+        f"{top}/rules/default.yaml": 0o644,
     }
     with tarfile.open(path) as archive:
         members = {m.name: m for m in archive.getmembers() if m.isfile()}
-        assert {m.name for m in archive.getmembers() if not m.isfile()} == {top, f"{top}/config", f"{top}/systemd"}
+        assert {m.name for m in archive.getmembers() if not m.isfile()} == {top, f"{top}/config", f"{top}/systemd", f"{top}/rules"}
         assert {n: m.mode for n, m in members.items()} == expected
         assert all(m.uid == 0 and m.gid == 0 for m in members.values())
         for name, source in [
             *((f"{top}/{f}", REPO / f) for f in ("LICENSE", "README.md", "CHANGELOG.md")),
             *((f"{top}/config/portolan-{n}.toml", REPO / f"deploy/config/portolan-{n}.toml") for n in ("agent", "collector")),
             *((f"{top}/systemd/portolan-{n}.service", REPO / f"deploy/systemd/portolan-{n}.service") for n in ("agent", "collector")),
+            (f"{top}/rules/default.yaml", REPO / "deploy/rules/default.yaml"),
         ]:
             assert archive.extractfile(name).read() == source.read_bytes(), f"{name} differs from {source}"
         for binary in BINARIES:
