@@ -266,3 +266,48 @@ pub async fn serve(listener: TcpListener, shutdown: impl Future<Output = ()> + S
     };
     portolan_metrics::serve(listener, endpoints, shutdown).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portolan_metrics::{Exposition, Format};
+
+    /// Every family of the collector, notifier figures included, in both formats: a
+    /// counter is typed without `_total` in OpenMetrics only, its samples keep it.
+    #[test]
+    fn encodes_every_family_in_both_formats() {
+        let m = CollectorMetrics::new();
+        m.ingest_latency.observe(&[("kind", "snapshot")], 0.02);
+        m.set_notifier_stats(Box::new(|| {
+            vec![ReceiverStats {
+                kind: "webhook",
+                receiver: "https://hooks.example/p".into(),
+                delivered: 3,
+                failed: 0,
+                retried: 1,
+                dropped: 0,
+                queued: 2,
+            }]
+        }));
+        let exposition = Exposition::new(move |e| m.encode(e));
+        let text = exposition.render(Format::Text);
+        let openmetrics = exposition.render(Format::OpenMetrics);
+        for (format, out) in [("text", &text), ("openmetrics", &openmetrics)] {
+            for line in [
+                "portolan_build_info{binary=\"portolan-collector\",version=\"",
+                "portolan_collector_agents_connected 0\n",
+                "portolan_collector_messages_received_total{kind=\"heartbeat\"} 0\n",
+                "portolan_collector_ingest_latency_seconds_count{kind=\"snapshot\"} 1\n",
+                "portolan_collector_findings_open",
+                "portolan_collector_notifications_total{kind=\"webhook\",receiver=\"https://hooks.example/p\",outcome=\"sent\"} 3\n",
+                "portolan_collector_notifications_queued{kind=\"webhook\",receiver=\"https://hooks.example/p\"} 2\n",
+                "# TYPE portolan_collector_ingest_latency_seconds histogram\n",
+            ] {
+                assert!(out.contains(line), "{format}: no `{line}` in\n{out}");
+            }
+        }
+        assert!(text.contains("# TYPE portolan_collector_spool_gaps_total counter\n"));
+        assert!(openmetrics.contains("# TYPE portolan_collector_spool_gaps counter\n"));
+        assert!(openmetrics.ends_with("# EOF\n") && !text.contains("# EOF"));
+    }
+}
