@@ -6,6 +6,7 @@
 //! them, the HTTP server renders them.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::future::Future;
 use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
@@ -14,7 +15,7 @@ use tokio::net::TcpListener;
 
 use crate::scan::Scan;
 use portolan_core::{Protocol, SocketState};
-use portolan_metrics::SECONDS;
+use portolan_metrics::{DescriptorEncoder, SECONDS};
 pub use portolan_metrics::{Family, Histogram, Labels};
 use portolan_tls::TlsFiles;
 
@@ -199,42 +200,40 @@ impl AgentMetrics {
         *self.tls.lock().unwrap_or_else(|e| e.into_inner()) = Some(files);
     }
 
-    /// Renders every metric in the Prometheus text format.
-    pub fn render(&self) -> String {
-        let mut out = String::new();
-        portolan_metrics::render_build_info(&mut out, "portolan-agent");
+    /// Encodes every metric (at each scrape, in the format the scraper asked for).
+    pub fn encode(&self, encoder: &mut DescriptorEncoder<'_>) -> fmt::Result {
+        portolan_metrics::encode_build_info(encoder, "portolan-agent")?;
         let tls = self.tls.lock().unwrap_or_else(|e| e.into_inner()).clone();
         if let Some(files) = tls {
             let validity = |v: portolan_tls::Validity| portolan_metrics::Validity {
                 not_before: v.not_before,
                 not_after: v.not_after,
             };
-            portolan_metrics::render_certificates(
-                &mut out,
+            portolan_metrics::encode_certificates(
+                encoder,
                 &[
                     ("agent", files.cert_validity().ok().map(validity)),
                     ("ca", files.ca_validity().ok().map(validity)),
                 ],
-            );
+            )?;
         }
-        self.scans.render(&mut out);
-        self.scan_duration.render(&mut out);
-        self.sockets.render(&mut out);
-        self.unattributed.render(&mut out);
-        self.connected.render(&mut out);
-        self.sent.render(&mut out);
-        self.acked.render(&mut out);
-        self.sent_bytes.render(&mut out);
-        self.reconnects.render(&mut out);
-        self.ack_latency.render(&mut out);
-        self.spool_pending.render(&mut out);
-        self.spool_bytes.render(&mut out);
-        self.spool_gaps.render(&mut out);
-        self.footprint_level.render(&mut out);
-        self.cpu_percent.render(&mut out);
-        self.resident_bytes.render(&mut out);
-        self.namespaces.render(&mut out);
-        out
+        self.scans.encode(encoder)?;
+        self.scan_duration.encode(encoder)?;
+        self.sockets.encode(encoder)?;
+        self.unattributed.encode(encoder)?;
+        self.connected.encode(encoder)?;
+        self.sent.encode(encoder)?;
+        self.acked.encode(encoder)?;
+        self.sent_bytes.encode(encoder)?;
+        self.reconnects.encode(encoder)?;
+        self.ack_latency.encode(encoder)?;
+        self.spool_pending.encode(encoder)?;
+        self.spool_bytes.encode(encoder)?;
+        self.spool_gaps.encode(encoder)?;
+        self.footprint_level.encode(encoder)?;
+        self.cpu_percent.encode(encoder)?;
+        self.resident_bytes.encode(encoder)?;
+        self.namespaces.encode(encoder)
     }
 }
 
@@ -248,7 +247,7 @@ pub fn global() -> &'static AgentMetrics {
 /// `/healthz` and `/readyz`, on `listener` until `shutdown` resolves.
 pub async fn serve(listener: TcpListener, shutdown: impl Future<Output = ()> + Send) {
     let endpoints = portolan_metrics::Endpoints {
-        render: || global().render(),
+        metrics: portolan_metrics::Exposition::new(|encoder| global().encode(encoder)),
         health: crate::health::global().health(),
     };
     portolan_metrics::serve(listener, endpoints, shutdown).await;

@@ -6,6 +6,7 @@
 //! them, the HTTP server renders them, with the notifier's figures read at scrape time.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::future::Future;
 use std::sync::{LazyLock, Mutex};
 
@@ -14,7 +15,7 @@ use tokio::net::TcpListener;
 
 use crate::error::IngestError;
 use crate::notify::ReceiverStats;
-use portolan_metrics::SECONDS;
+use portolan_metrics::{DescriptorEncoder, SECONDS};
 pub use portolan_metrics::{Family, Histogram, Labels};
 use portolan_store::WriteReceipt;
 use portolan_tls::TlsFiles;
@@ -184,31 +185,30 @@ impl CollectorMetrics {
         *self.tls.lock().unwrap_or_else(|e| e.into_inner()) = Some(files);
     }
 
-    /// Renders every metric in the Prometheus text format.
-    pub fn render(&self) -> String {
-        let mut out = String::new();
-        portolan_metrics::render_build_info(&mut out, "portolan-collector");
+    /// Encodes every metric (at each scrape, in the format the scraper asked for).
+    pub fn encode(&self, encoder: &mut DescriptorEncoder<'_>) -> fmt::Result {
+        portolan_metrics::encode_build_info(encoder, "portolan-collector")?;
         let tls = self.tls.lock().unwrap_or_else(|e| e.into_inner()).clone();
         if let Some(files) = tls {
-            portolan_metrics::render_certificates(
-                &mut out,
+            portolan_metrics::encode_certificates(
+                encoder,
                 &[
                     ("collector", files.cert_validity().ok().map(validity)),
                     ("ca", files.ca_validity().ok().map(validity)),
                 ],
-            );
+            )?;
         }
-        self.agents_connected.render(&mut out);
-        self.messages.render(&mut out);
-        self.rows.render(&mut out);
-        self.ingest_latency.render(&mut out);
-        self.clickhouse_errors.render(&mut out);
-        self.refusals.render(&mut out);
-        self.evaluation_duration.render(&mut out);
-        self.evaluations.render(&mut out);
-        self.rules_failed.render(&mut out);
-        self.findings_open.render(&mut out);
-        self.spool_gaps.render(&mut out);
+        self.agents_connected.encode(encoder)?;
+        self.messages.encode(encoder)?;
+        self.rows.encode(encoder)?;
+        self.ingest_latency.encode(encoder)?;
+        self.clickhouse_errors.encode(encoder)?;
+        self.refusals.encode(encoder)?;
+        self.evaluation_duration.encode(encoder)?;
+        self.evaluations.encode(encoder)?;
+        self.rules_failed.encode(encoder)?;
+        self.findings_open.encode(encoder)?;
+        self.spool_gaps.encode(encoder)?;
         let stats = self
             .notifier
             .lock()
@@ -239,9 +239,8 @@ impl CollectorMetrics {
             }
             queued.set(&[("kind", s.kind), ("receiver", r)], s.queued as f64);
         }
-        notifications.render(&mut out);
-        queued.render(&mut out);
-        out
+        notifications.encode(encoder)?;
+        queued.encode(encoder)
     }
 }
 
@@ -262,8 +261,53 @@ pub fn global() -> &'static CollectorMetrics {
 /// `/healthz` and `/readyz`, on `listener` until `shutdown` resolves.
 pub async fn serve(listener: TcpListener, shutdown: impl Future<Output = ()> + Send) {
     let endpoints = portolan_metrics::Endpoints {
-        render: || global().render(),
+        metrics: portolan_metrics::Exposition::new(|encoder| global().encode(encoder)),
         health: crate::health::global().health(),
     };
     portolan_metrics::serve(listener, endpoints, shutdown).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portolan_metrics::{Exposition, Format};
+
+    /// Every family of the collector, notifier figures included, in both formats: a
+    /// counter is typed without `_total` in OpenMetrics only, its samples keep it.
+    #[test]
+    fn encodes_every_family_in_both_formats() {
+        let m = CollectorMetrics::new();
+        m.ingest_latency.observe(&[("kind", "snapshot")], 0.02);
+        m.set_notifier_stats(Box::new(|| {
+            vec![ReceiverStats {
+                kind: "webhook",
+                receiver: "https://hooks.example/p".into(),
+                delivered: 3,
+                failed: 0,
+                retried: 1,
+                dropped: 0,
+                queued: 2,
+            }]
+        }));
+        let exposition = Exposition::new(move |e| m.encode(e));
+        let text = exposition.render(Format::Text);
+        let openmetrics = exposition.render(Format::OpenMetrics);
+        for (format, out) in [("text", &text), ("openmetrics", &openmetrics)] {
+            for line in [
+                "portolan_build_info{binary=\"portolan-collector\",version=\"",
+                "portolan_collector_agents_connected 0\n",
+                "portolan_collector_messages_received_total{kind=\"heartbeat\"} 0\n",
+                "portolan_collector_ingest_latency_seconds_count{kind=\"snapshot\"} 1\n",
+                "portolan_collector_findings_open",
+                "portolan_collector_notifications_total{kind=\"webhook\",receiver=\"https://hooks.example/p\",outcome=\"sent\"} 3\n",
+                "portolan_collector_notifications_queued{kind=\"webhook\",receiver=\"https://hooks.example/p\"} 2\n",
+                "# TYPE portolan_collector_ingest_latency_seconds histogram\n",
+            ] {
+                assert!(out.contains(line), "{format}: no `{line}` in\n{out}");
+            }
+        }
+        assert!(text.contains("# TYPE portolan_collector_spool_gaps_total counter\n"));
+        assert!(openmetrics.contains("# TYPE portolan_collector_spool_gaps counter\n"));
+        assert!(openmetrics.ends_with("# EOF\n") && !text.contains("# EOF"));
+    }
 }

@@ -1,5 +1,9 @@
 //! `portolan_build_info`: which build of which binary is running.
 
+use std::fmt;
+
+use prometheus_client::encoding::DescriptorEncoder;
+
 use crate::exposition::Family;
 
 /// The git revision the binary was built from (12 hex digits), `PORTOLAN_BUILD_REVISION`
@@ -12,8 +16,8 @@ pub const TARGET: &str = env!("PORTOLAN_BUILD_TARGET");
 /// Portolan's version (the workspace's).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// Appends `portolan_build_info{binary,version,revision,rustc,target} 1`.
-pub fn render_build_info(out: &mut String, binary: &str) {
+/// Encodes `portolan_build_info{binary,version,revision,rustc,target} 1`.
+pub fn encode_build_info(encoder: &mut DescriptorEncoder<'_>, binary: &str) -> fmt::Result {
     let info = Family::gauge(
         "portolan_build_info",
         "Always 1; the labels say which build is running (version, git revision, compiler, target).",
@@ -28,17 +32,17 @@ pub fn render_build_info(out: &mut String, binary: &str) {
         ],
         1.0,
     );
-    info.render(out);
+    info.encode(encoder)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scrape::{Exposition, Format};
 
     #[test]
     fn reports_one_labelled_series() {
-        let mut out = String::new();
-        render_build_info(&mut out, "portolan-agent");
+        let out = Exposition::new(|e| encode_build_info(e, "portolan-agent")).render(Format::Text);
         let series = out
             .lines()
             .find(|l| l.starts_with("portolan_build_info{"))

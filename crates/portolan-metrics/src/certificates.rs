@@ -1,5 +1,9 @@
 //! `portolan_tls_certificate_*`: when the process's own certificate and its CAs expire.
 
+use std::fmt;
+
+use prometheus_client::encoding::DescriptorEncoder;
+
 use crate::exposition::Family;
 
 /// The validity window of one certificate, in Unix seconds.
@@ -11,12 +15,15 @@ pub struct Validity {
     pub not_after: i64,
 }
 
-/// Appends `portolan_tls_certificate_expiry_timestamp_seconds{role}` and
+/// Encodes `portolan_tls_certificate_expiry_timestamp_seconds{role}` and
 /// `portolan_tls_certificate_not_before_timestamp_seconds{role}` for each `(role,
 /// validity)`: `role` is the binary's own (`agent`, `collector`) or `ca`. A file that
 /// could not be read is left out (its absence is what an alert on `absent()` sees), and
 /// counted in `portolan_tls_certificate_read_errors` by role.
-pub fn render_certificates(out: &mut String, certificates: &[(&str, Option<Validity>)]) {
+pub fn encode_certificates(
+    encoder: &mut DescriptorEncoder<'_>,
+    certificates: &[(&str, Option<Validity>)],
+) -> fmt::Result {
     let expiry = Family::gauge(
         "portolan_tls_certificate_expiry_timestamp_seconds",
         "When the certificate expires (notAfter, Unix seconds), by role: this binary's own, or ca (the earliest of the CA file).",
@@ -39,23 +46,25 @@ pub fn render_certificates(out: &mut String, certificates: &[(&str, Option<Valid
             None => unreadable.set(&[("role", role)], 1.0),
         }
     }
-    expiry.render(out);
-    not_before.render(out);
-    unreadable.render(out);
+    expiry.encode(encoder)?;
+    not_before.encode(encoder)?;
+    unreadable.encode(encoder)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scrape::{Exposition, Format};
 
     #[test]
     fn renders_expiry_by_role() {
-        let mut out = String::new();
         let v = Validity {
             not_before: 1_700_000_000,
             not_after: 1_800_000_000,
         };
-        render_certificates(&mut out, &[("agent", Some(v)), ("ca", None)]);
+        let out =
+            Exposition::new(move |e| encode_certificates(e, &[("agent", Some(v)), ("ca", None)]))
+                .render(Format::Text);
         assert!(out.contains(
             "portolan_tls_certificate_expiry_timestamp_seconds{role=\"agent\"} 1800000000\n"
         ));

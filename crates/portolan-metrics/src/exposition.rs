@@ -1,8 +1,12 @@
-//! The Prometheus text exposition (format 0.0.4): counter, gauge and histogram families.
+//! Counter, gauge and histogram families, kept here and encoded by `prometheus-client`
+//! in the Prometheus text format or OpenMetrics ([`crate::scrape`]).
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
+use std::fmt;
 use std::sync::{Mutex, MutexGuard};
+
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
 
 /// A label set: `(name, value)` pairs in the order they are rendered.
 pub type Labels = Vec<(&'static str, String)>;
@@ -21,17 +25,18 @@ fn labels(pairs: &[(&'static str, &str)]) -> Labels {
 pub struct Family {
     name: &'static str,
     help: &'static str,
-    kind: &'static str,
+    counter: bool,
     values: Mutex<BTreeMap<Labels, f64>>,
 }
 
 impl Family {
-    /// A counter family (`…_total`): only ever grows.
+    /// A counter family: only ever grows. Its name ends with `_total`.
     pub const fn counter(name: &'static str, help: &'static str) -> Family {
+        assert!(ends_with_total(name), "a counter's name ends with `_total`");
         Family {
             name,
             help,
-            kind: "counter",
+            counter: true,
             values: Mutex::new(BTreeMap::new()),
         }
     }
@@ -41,7 +46,7 @@ impl Family {
         Family {
             name,
             help,
-            kind: "gauge",
+            counter: false,
             values: Mutex::new(BTreeMap::new()),
         }
     }
@@ -80,13 +85,51 @@ impl Family {
         lock(&self.values).entry(labels(pairs)).or_insert(0.0);
     }
 
-    /// Appends the family in the text format.
-    pub fn render(&self, out: &mut String) {
-        header(out, self.name, self.help, self.kind);
+    /// Encodes the family (a counter's `_total` is added back by the encoder).
+    pub fn encode(&self, encoder: &mut DescriptorEncoder<'_>) -> fmt::Result {
+        let (name, kind) = if self.counter {
+            let name = self.name.strip_suffix("_total").unwrap_or(self.name);
+            (name, MetricType::Counter)
+        } else {
+            (self.name, MetricType::Gauge)
+        };
+        let mut metric = encoder.encode_descriptor(name, self.help, None, kind)?;
         for (labels, value) in lock(&self.values).iter() {
-            sample(out, self.name, labels, None, *value);
+            let mut sample = metric.encode_family(labels)?;
+            match (self.counter, integral(*value)) {
+                (true, Some(n)) if n >= 0 => {
+                    sample.encode_counter::<NoLabelSet, _, f64>(&n.unsigned_abs(), None)?
+                }
+                (true, _) => sample.encode_counter::<NoLabelSet, _, f64>(value, None)?,
+                (false, Some(n)) => sample.encode_gauge(&n)?,
+                (false, None) => sample.encode_gauge(value)?,
+            }
         }
+        Ok(())
     }
+}
+
+/// `v` as an integer when it is one (counts, timestamps, sizes), so that it is written
+/// `3` rather than `3.0`.
+fn integral(v: f64) -> Option<i64> {
+    // 2^53: every integer below is exact in an f64.
+    (v.fract() == 0.0 && v.abs() < 9_007_199_254_740_992.0).then_some(v as i64)
+}
+
+/// Whether `name` ends with `_total`, in a `const fn`.
+const fn ends_with_total(name: &str) -> bool {
+    let (name, suffix) = (name.as_bytes(), b"_total");
+    if name.len() < suffix.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < suffix.len() {
+        if name[name.len() - suffix.len() + i] != suffix[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
 }
 
 /// A histogram family with fixed bucket bounds (seconds), one histogram per label set.
@@ -100,6 +143,7 @@ pub struct Histogram {
 
 #[derive(Debug, Default, Clone)]
 struct Buckets {
+    /// Observations per bucket (not cumulative), the last one past every bound.
     counts: Vec<u64>,
     sum: f64,
     count: u64,
@@ -126,12 +170,12 @@ impl Histogram {
         let mut values = lock(&self.values);
         let b = values.entry(labels(pairs)).or_default();
         if b.counts.is_empty() {
-            b.counts = vec![0; self.bounds.len()];
+            b.counts = vec![0; self.bounds.len() + 1];
         }
-        for (count, bound) in b.counts.iter_mut().zip(self.bounds) {
-            if v <= *bound {
-                *count += 1;
-            }
+        // The first bucket whose bound is at least `v`, else the last (`+Inf`).
+        let bucket = self.bounds.partition_point(|bound| *bound < v);
+        if let Some(count) = b.counts.get_mut(bucket) {
+            *count += 1;
         }
         b.sum += v;
         b.count += 1;
@@ -144,82 +188,82 @@ impl Histogram {
             .map_or(0, |b| b.count)
     }
 
-    /// Appends the family in the text format.
-    pub fn render(&self, out: &mut String) {
-        header(out, self.name, self.help, "histogram");
-        let bucket = format!("{}_bucket", self.name);
-        let sum = format!("{}_sum", self.name);
-        let count = format!("{}_count", self.name);
+    /// Encodes the family.
+    pub fn encode(&self, encoder: &mut DescriptorEncoder<'_>) -> fmt::Result {
+        let mut metric =
+            encoder.encode_descriptor(self.name, self.help, None, MetricType::Histogram)?;
         for (labels, b) in lock(&self.values).iter() {
-            for (n, bound) in b.counts.iter().zip(self.bounds) {
-                sample(out, &bucket, labels, Some(&bound.to_string()), *n as f64);
-            }
-            sample(out, &bucket, labels, Some("+Inf"), b.count as f64);
-            sample(out, &sum, labels, None, b.sum);
-            sample(out, &count, labels, None, b.count as f64);
+            let buckets: Vec<(f64, u64)> = self
+                .bounds
+                .iter()
+                .copied()
+                .chain([f64::INFINITY])
+                .zip(b.counts.iter().copied())
+                .collect();
+            metric
+                .encode_family(labels)?
+                .encode_histogram::<NoLabelSet>(b.sum, b.count, &buckets, None)?;
         }
-    }
-}
-
-fn header(out: &mut String, name: &str, help: &str, kind: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-}
-
-fn sample(out: &mut String, name: &str, labels: &Labels, le: Option<&str>, value: f64) {
-    out.push_str(name);
-    if !labels.is_empty() || le.is_some() {
-        out.push('{');
-        let mut first = true;
-        let le = le.map(|le| ("le", le));
-        for (k, v) in labels.iter().map(|(k, v)| (*k, v.as_str())).chain(le) {
-            if !first {
-                out.push(',');
-            }
-            first = false;
-            out.push_str(k);
-            out.push_str("=\"");
-            for c in v.chars() {
-                match c {
-                    '\\' => out.push_str("\\\\"),
-                    '"' => out.push_str("\\\""),
-                    '\n' => out.push_str("\\n"),
-                    c => out.push(c),
-                }
-            }
-            out.push('"');
-        }
-        out.push('}');
-    }
-    if value.is_nan() {
-        out.push_str(" NaN\n");
-    } else if value.is_infinite() {
-        out.push_str(if value > 0.0 { " +Inf\n" } else { " -Inf\n" });
-    } else {
-        let _ = writeln!(out, " {value}");
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scrape::{Exposition, Format};
 
-    #[test]
-    fn renders_the_text_format() {
+    fn exposition() -> Exposition {
         let c = Family::counter("x_total", "Things.");
         c.inc(&[("kind", "a\"b")]);
         c.add(&[("kind", "a\"b")], 2.0);
+        let g = Family::gauge("g", "Level.");
+        g.set(&[], 0.25);
         let h = Histogram::new("d_seconds", "Durations.", &[0.1, 1.0]);
         h.observe(&[], 0.5);
-        let mut out = String::new();
-        c.render(&mut out);
-        h.render(&mut out);
+        h.observe(&[], 7.0);
+        Exposition::new(move |e| {
+            c.encode(e)?;
+            g.encode(e)?;
+            h.encode(e)
+        })
+    }
+
+    #[test]
+    fn encodes_the_text_format() {
         assert_eq!(
-            out,
+            exposition().render(Format::Text),
             "# HELP x_total Things.\n# TYPE x_total counter\nx_total{kind=\"a\\\"b\"} 3\n\
+             # HELP g Level.\n# TYPE g gauge\ng 0.25\n\
              # HELP d_seconds Durations.\n# TYPE d_seconds histogram\n\
              d_seconds_bucket{le=\"0.1\"} 0\nd_seconds_bucket{le=\"1\"} 1\n\
-             d_seconds_bucket{le=\"+Inf\"} 1\nd_seconds_sum 0.5\nd_seconds_count 1\n"
+             d_seconds_bucket{le=\"+Inf\"} 2\nd_seconds_sum 7.5\nd_seconds_count 2\n"
         );
+    }
+
+    #[test]
+    fn encodes_openmetrics() {
+        assert_eq!(
+            exposition().render(Format::OpenMetrics),
+            "# HELP x Things.\n# TYPE x counter\nx_total{kind=\"a\\\"b\"} 3\n\
+             # HELP g Level.\n# TYPE g gauge\ng 0.25\n\
+             # HELP d_seconds Durations.\n# TYPE d_seconds histogram\n\
+             d_seconds_sum 7.5\nd_seconds_count 2\n\
+             d_seconds_bucket{le=\"0.1\"} 0\nd_seconds_bucket{le=\"1.0\"} 1\n\
+             d_seconds_bucket{le=\"+Inf\"} 2\n# EOF\n"
+        );
+    }
+
+    #[test]
+    fn counts_land_in_the_first_bucket_that_holds_them() {
+        let h = Histogram::new("d", "D.", &[1.0, 2.0]);
+        for v in [1.0, 1.5, 2.0, 2.5, -1.0] {
+            h.observe(&[("k", "v")], v);
+        }
+        assert_eq!(h.count(&[("k", "v")]), 5);
+        let text = Exposition::new(move |e| h.encode(e)).render(Format::Text);
+        assert!(text.contains("d_bucket{k=\"v\",le=\"1\"} 2\n"), "{text}");
+        assert!(text.contains("d_bucket{k=\"v\",le=\"2\"} 4\n"), "{text}");
+        assert!(text.contains("d_bucket{k=\"v\",le=\"+Inf\"} 5\n"), "{text}");
     }
 }

@@ -12,39 +12,32 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use crate::health::Health;
+use crate::scrape::{Exposition, Format};
 
-/// What the listener serves: the metrics text and the health state.
-pub struct Endpoints<F> {
-    /// Renders `/metrics`.
-    pub render: F,
+/// What the listener serves: the metrics and the health state.
+#[derive(Debug)]
+pub struct Endpoints {
+    /// Answers `/metrics`.
+    pub metrics: Exposition,
     /// Answers `/healthz` and `/readyz`.
     pub health: Health,
 }
 
-impl<F> std::fmt::Debug for Endpoints<F> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Endpoints")
-            .field("health", &self.health)
-            .finish_non_exhaustive()
-    }
-}
-
 /// Serves, on `listener` over plain HTTP/1, until `shutdown` resolves:
 ///
-/// - `GET /metrics`: the text `render` returns;
+/// - `GET /metrics`: the families of [`Endpoints::metrics`], in OpenMetrics when the
+///   `Accept` header asks for it, else in the Prometheus text format;
 /// - `GET /healthz`: 200 `ok` while every loop of [`Health`] runs, else 503 with what is
 ///   late;
 /// - `GET /readyz`: 200 `ready` while every check is ready, else 503 `not ready: …` with
 ///   each reason.
 ///
 /// Every other path is 404.
-pub async fn serve<F>(
+pub async fn serve(
     listener: TcpListener,
-    endpoints: Endpoints<F>,
+    endpoints: Endpoints,
     shutdown: impl Future<Output = ()> + Send,
-) where
-    F: Fn() -> String + Send + Sync + 'static,
-{
+) {
     let endpoints = Arc::new(endpoints);
     tokio::pin!(shutdown);
     loop {
@@ -63,7 +56,7 @@ pub async fn serve<F>(
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request: Request<Incoming>| {
                 let endpoints = endpoints.clone();
-                async move { Ok::<_, std::convert::Infallible>(respond(&request, &*endpoints)) }
+                async move { Ok::<_, std::convert::Infallible>(respond(&request, &endpoints)) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service);
@@ -76,10 +69,7 @@ pub async fn serve<F>(
 
 const TEXT: &str = "text/plain; charset=utf-8";
 
-fn respond<B, F>(request: &Request<B>, endpoints: &Endpoints<F>) -> Response<Full<Bytes>>
-where
-    F: Fn() -> String,
-{
+fn respond<B>(request: &Request<B>, endpoints: &Endpoints) -> Response<Full<Bytes>> {
     let path = request.uri().path();
     let (status, content_type, body) = if !matches!(path, "/metrics" | "/healthz" | "/readyz") {
         (
@@ -95,10 +85,12 @@ where
             "use GET\n".to_string(),
         )
     } else if path == "/metrics" {
+        let accept = request.headers().get(hyper::header::ACCEPT);
+        let format = Format::negotiate(accept.and_then(|a| a.to_str().ok()));
         (
             StatusCode::OK,
-            "text/plain; version=0.0.4; charset=utf-8",
-            (endpoints.render)(),
+            format.content_type(),
+            endpoints.metrics.render(format),
         )
     } else if path == "/healthz" {
         match endpoints.health.liveness(Instant::now()) {
@@ -133,7 +125,7 @@ mod tests {
     use super::*;
     use http_body_util::BodyExt as _;
 
-    async fn get(endpoints: &Endpoints<fn() -> String>, path: &str) -> (u16, String) {
+    async fn get(endpoints: &Endpoints, path: &str) -> (u16, String) {
         let request = Request::get(path).body(()).expect("a valid request");
         let response = respond(&request, endpoints);
         let status = response.status().as_u16();
@@ -148,11 +140,16 @@ mod tests {
 
     #[tokio::test]
     async fn routes_metrics_liveness_and_readiness() {
-        let endpoints: Endpoints<fn() -> String> = Endpoints {
-            render: || "x 1\n".to_string(),
+        let x = crate::Family::gauge("x", "X.");
+        x.set(&[], 1.0);
+        let endpoints = Endpoints {
+            metrics: Exposition::new(move |e| x.encode(e)),
             health: Health::new(),
         };
-        assert_eq!(get(&endpoints, "/metrics").await, (200, "x 1\n".into()));
+        assert_eq!(
+            get(&endpoints, "/metrics").await,
+            (200, "# HELP x X.\n# TYPE x gauge\nx 1\n".into())
+        );
         assert_eq!(get(&endpoints, "/healthz").await, (200, "ok\n".into()));
         assert_eq!(get(&endpoints, "/readyz").await, (200, "ready\n".into()));
         assert_eq!(get(&endpoints, "/").await.0, 404);
