@@ -9,6 +9,10 @@ use portolan_metrics::MetricsSection;
 use portolan_tls::TlsFiles;
 use serde::{Deserialize, Serialize};
 
+mod redact;
+
+pub use redact::REDACTED;
+
 /// Everything the collector can be configured with.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -61,7 +61,8 @@ fn main() -> ExitCode {
         }
     };
     if cli.print_config {
-        return match portolan_config::to_toml(&config) {
+        // Secrets (passwords, header values) are never printed.
+        return match portolan_config::to_toml(&config.redacted()) {
             Ok(text) => {
                 print!("{text}");
                 ExitCode::SUCCESS
