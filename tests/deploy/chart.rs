@@ -29,8 +29,8 @@ use crate::podman;
 /// The user the image runs as when nothing says otherwise (its `USER`).
 const IMAGE_USER: u64 = 65532;
 
-/// The release and namespace `deploy/helm/tests/render.py` renders (conftest.py's).
-const RELEASE_NAMESPACE: &str = "portolan";
+/// The namespace `deploy/helm/tests/render.py` renders into (conftest.py's).
+const NAMESPACE: &str = "portolan";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chart_manifests_start_every_workload_from_the_image() -> Result<()> {
@@ -82,7 +82,7 @@ async fn chart_manifests_start_every_workload_from_the_image() -> Result<()> {
     manifests.push(json!({
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": { "name": "portolan-collector-tls", "namespace": RELEASE_NAMESPACE },
+        "metadata": { "name": "portolan-collector-tls", "namespace": NAMESPACE },
         "stringData": {
             "ca.crt": ca.cert_pem(),
             "tls.crt": collector.cert_pem,
@@ -117,10 +117,14 @@ async fn chart_manifests_start_every_workload_from_the_image() -> Result<()> {
         &workload_docs,
         &["--network", &network.name],
     )?;
-    let collector_ip = pod_ip(
-        &format!("{RELEASE_NAMESPACE}-collector-pod-0"),
-        &network.name,
-    )?;
+    // The collector Deployment's first replica, as podman 4.3 names it.
+    let collector_pod = workloads
+        .container_specs()
+        .into_iter()
+        .map(|(pod, _, _)| pod)
+        .find(|pod| pod.ends_with("-collector-pod-0"))
+        .context("the render has no collector Deployment")?;
+    let collector_ip = pod_ip(&collector_pod, &network.name)?;
 
     // The agent, rendered again to reach that pod: without cluster DNS the Service's name
     // cannot resolve (and podman 4.3 ignores hostAliases on the host network), so the
