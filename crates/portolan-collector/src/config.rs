@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 mod redact;
 
 pub use redact::REDACTED;
+pub(crate) use redact::without_credentials;
 
 /// Everything the collector can be configured with.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

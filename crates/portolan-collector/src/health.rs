@@ -153,27 +153,12 @@ fn reason(error: &StoreError) -> String {
     error.to_string()
 }
 
-/// `url` without the user and password it may carry (`http://user:secret@host` →
-/// `http://host`): readiness reasons are served without authentication.
-fn without_credentials(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, rest)) => {
-            let authority_end = rest.find('/').unwrap_or(rest.len());
-            match rest[..authority_end].rfind('@') {
-                Some(at) => format!("{scheme}://{}", &rest[at + 1..]),
-                None => url.to_string(),
-            }
-        }
-        None => url.to_string(),
-    }
-}
-
 /// Checks `store` every [`CHECK_INTERVAL`] until `stop` turns true, feeding [`global`].
 /// `url` is the ClickHouse URL; readiness reports it without credentials.
 pub async fn watch_clickhouse(store: Arc<Store>, url: &str, mut stop: watch::Receiver<bool>) {
     let state = global();
     *state.clickhouse.lock().unwrap_or_else(|e| e.into_inner()) = Some(ClickHouseReadiness::new(
-        &without_credentials(url),
+        &crate::config::without_credentials(url),
         WRITE_FAILURE_HOLD,
     ));
     let within = CHECK_INTERVAL + CHECK_TIMEOUT + Duration::from_secs(10);
@@ -275,15 +260,6 @@ mod tests {
         r.write_failed(t0, "disk full".into());
         r.write_succeeded();
         assert_eq!(r.state(t0), Ok(()));
-    }
-
-    #[test]
-    fn reasons_never_show_credentials() {
-        assert_eq!(
-            without_credentials("https://u:secret@ch.example:8443/?x=a@b"),
-            "https://ch.example:8443/?x=a@b"
-        );
-        assert_eq!(without_credentials("http://ch:8123"), "http://ch:8123");
     }
 
     #[test]

@@ -37,18 +37,31 @@ impl CollectorConfig {
     }
 }
 
-/// `scheme://user:password@host/…` with the password replaced; anything else unchanged.
-fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
+/// `scheme://userinfo@rest` split as (scheme, userinfo, rest), when the URL has a userinfo
+/// (an `@` before the path, query or fragment).
+fn split_userinfo(url: &str) -> Option<(&str, &str, &str)> {
+    let (scheme, rest) = url.split_once("://")?;
     let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    let Some((userinfo, host)) = authority.rsplit_once('@') else {
-        return url.to_string();
-    };
-    match userinfo.split_once(':') {
-        Some((user, _password)) => format!("{scheme}://{user}:{REDACTED}@{host}{tail}"),
+    let at = rest[..authority_end].rfind('@')?;
+    Some((scheme, &rest[..at], &rest[at + 1..]))
+}
+
+/// `scheme://user:password@host/…` with the password replaced; anything else unchanged.
+pub(crate) fn redact_url(url: &str) -> String {
+    match split_userinfo(url) {
+        Some((scheme, userinfo, rest)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{scheme}://{user}:{REDACTED}@{rest}"),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
+/// `url` without the user and password it may carry (`http://user:secret@host` →
+/// `http://host`), for what is served without authentication (readiness reasons).
+pub(crate) fn without_credentials(url: &str) -> String {
+    match split_userinfo(url) {
+        Some((scheme, _, rest)) => format!("{scheme}://{rest}"),
         None => url.to_string(),
     }
 }
