@@ -20,11 +20,11 @@ use portolan_store::{ClickHouseConfig, Store};
 use portolan_testkit::{SocketFixture, TempState, eventually_async, fixture_binary};
 use portolan_tls::pki::{Ca, WriteMode};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::kube::{Conversion, PROBES, name_of};
 use crate::podman;
+use crate::support::http_get;
 
 /// The user the image runs as when nothing says otherwise (its `USER`).
 const IMAGE_USER: u64 = 65532;
@@ -104,7 +104,6 @@ async fn chart_manifests_start_every_workload_from_the_image() -> Result<()> {
     };
     let workload_docs: Vec<Value> = conversion
         .convert(&manifests)?
-        .documents
         .into_iter()
         .filter(|d| !is_agent(d))
         .collect();
@@ -138,7 +137,6 @@ async fn chart_manifests_start_every_workload_from_the_image() -> Result<()> {
     manifests.extend(render(&state, &values)?);
     let agent_docs: Vec<Value> = conversion
         .convert(&manifests)?
-        .documents
         .into_iter()
         .filter(is_agent)
         .collect();
@@ -475,20 +473,12 @@ async fn ask(ip: IpAddr, probe: &Value) -> Result<()> {
             .as_u64()
             .context("httpGet port is not a number")? as u16;
         let path = get["path"].as_str().unwrap_or("/");
-        let mut stream = tokio::time::timeout(timeout, TcpStream::connect((ip, port))).await??;
-        stream
-            .write_all(format!("GET {path} HTTP/1.0\r\nHost: {ip}:{port}\r\nUser-Agent: kube-probe/1.31\r\n\r\n").as_bytes())
-            .await?;
-        let mut answer = Vec::new();
-        tokio::time::timeout(timeout, stream.read_to_end(&mut answer)).await??;
-        let answer = String::from_utf8_lossy(&answer);
-        let status: u16 = answer
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .with_context(|| format!("not an HTTP answer: {answer:?}"))?;
+        let (status, body) =
+            tokio::time::timeout(timeout, http_get(SocketAddr::new(ip, port), path))
+                .await?
+                .map_err(anyhow::Error::msg)?;
         if !(200..400).contains(&status) {
-            bail!("HTTP {status}: {answer}");
+            bail!("HTTP {status}: {body}");
         }
         Ok(())
     } else if let Some(tcp) = probe.get("tcpSocket") {

@@ -39,12 +39,6 @@ const WITHOUT_RUNTIME: [&str; 5] = [
 /// The probes a container may have.
 pub const PROBES: [&str; 3] = ["startupProbe", "readinessProbe", "livenessProbe"];
 
-/// What podman plays: the workloads with their ConfigMaps, in one or more files.
-pub struct Playable {
-    /// ConfigMaps, then Deployments and Pods.
-    pub documents: Vec<Value>,
-}
-
 /// A rendered chart made playable; Secret files are written under `secrets_dir`.
 pub struct Conversion<'a> {
     /// The node's name (what `spec.nodeName` holds).
@@ -54,8 +48,9 @@ pub struct Conversion<'a> {
 }
 
 impl Conversion<'_> {
-    /// Converts `manifests` (the chart's render, plus Secrets the operator created).
-    pub fn convert(&self, manifests: &[Value]) -> Result<Playable> {
+    /// Converts `manifests` (the chart's render, plus Secrets the operator created) into
+    /// what podman plays: the ConfigMaps, then the Deployments and Pods.
+    pub fn convert(&self, manifests: &[Value]) -> Result<Vec<Value>> {
         let secrets: BTreeMap<String, BTreeMap<String, Vec<u8>>> = manifests
             .iter()
             .filter(|m| m["kind"] == "Secret")
@@ -96,9 +91,7 @@ impl Conversion<'_> {
             }
         }
         config_maps.extend(workloads);
-        Ok(Playable {
-            documents: config_maps,
-        })
+        Ok(config_maps)
     }
 
     /// Resolves a pod template in place (see the module docs).
@@ -314,8 +307,8 @@ mod tests {
             secret(),
             json!({ "kind": "Service", "metadata": { "name": "x" } }),
         ])?;
-        assert_eq!(played.documents.len(), 1, "{:?}", played.documents);
-        let pod = &played.documents[0];
+        assert_eq!(played.len(), 1, "{played:?}");
+        let pod = &played[0];
         assert_eq!(pod["kind"], "Pod");
         assert_eq!(pod["metadata"]["name"], "a");
         assert_eq!(pod["metadata"]["annotations"], json!({ "keep": "me" }));

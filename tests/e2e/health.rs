@@ -9,41 +9,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Result, ensure};
 use portolan_testkit::{FixtureId, Lab, Protocol, SocketFixture, eventually_async, fixture_binary};
 use portolan_tls::{ConnectOptions, TlsFiles};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
-use crate::support::{Cluster, Limits};
-
-/// `GET path` over plain HTTP/1.0: the status code and the body.
-async fn get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
-    let mut stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: portolan\r\n\r\n").as_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .await
-        .map_err(|e| e.to_string())?;
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| format!("no header end in {response:?}"))?;
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| format!("no status in {head:?}"))?;
-    Ok((code, body.to_string()))
-}
+use crate::support::{Cluster, Limits, http_get, metric_sample as sample};
 
 /// Waits until `GET path` answers `code`; its body.
 async fn wait_for(addr: SocketAddr, path: &str, code: u16, timeout: Duration) -> String {
     eventually_async!(timeout = timeout, interval = Duration::from_millis(100), {
-        let (got, body) = get(addr, path).await?;
+        let (got, body) = http_get(addr, path).await?;
         if got == code {
             Ok(body)
         } else {
@@ -81,12 +55,6 @@ async fn wait_for_grpc(client: &HealthClient<tonic::transport::Channel>, expecte
     )
 }
 
-/// The value of the sample whose name and labels are exactly `series`.
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
-
 fn unix_now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -109,7 +77,9 @@ async fn collector_readiness_follows_clickhouse_over_http_and_grpc() -> Result<(
     );
 
     // Build and certificates on /metrics: the e2e PKI issues the collector an hour.
-    let (_, metrics) = get(http, "/metrics").await.map_err(anyhow::Error::msg)?;
+    let (_, metrics) = http_get(http, "/metrics")
+        .await
+        .map_err(anyhow::Error::msg)?;
     ensure!(
         metrics.contains("portolan_build_info{binary=\"portolan-collector\",version=\""),
         "{metrics}"
@@ -164,7 +134,10 @@ async fn collector_readiness_follows_clickhouse_over_http_and_grpc() -> Result<(
     let to_not_serving = stopped.elapsed();
     // Alive all along: the process runs, it only cannot store.
     assert_eq!(
-        get(http, "/healthz").await.map_err(anyhow::Error::msg)?.0,
+        http_get(http, "/healthz")
+            .await
+            .map_err(anyhow::Error::msg)?
+            .0,
         200
     );
 
@@ -231,7 +204,9 @@ async fn agent_readiness_follows_its_spool_and_collector() -> Result<()> {
             cluster.agent_log("host-h")
         );
         tokio::time::sleep(Duration::from_millis(400)).await;
-        let (code, body) = get(http, "/readyz").await.map_err(anyhow::Error::msg)?;
+        let (code, body) = http_get(http, "/readyz")
+            .await
+            .map_err(anyhow::Error::msg)?;
         if code == 503 {
             break body;
         }
@@ -250,7 +225,10 @@ async fn agent_readiness_follows_its_spool_and_collector() -> Result<()> {
     let overflowed_after = churn_started.elapsed();
     // Alive: it still scans.
     assert_eq!(
-        get(http, "/healthz").await.map_err(anyhow::Error::msg)?.0,
+        http_get(http, "/healthz")
+            .await
+            .map_err(anyhow::Error::msg)?
+            .0,
         200
     );
 
@@ -258,7 +236,9 @@ async fn agent_readiness_follows_its_spool_and_collector() -> Result<()> {
     cluster.start_collector(0).await?;
     let returned = Instant::now();
     wait_for(http, "/readyz", 200, Duration::from_secs(30)).await;
-    let (_, metrics) = get(http, "/metrics").await.map_err(anyhow::Error::msg)?;
+    let (_, metrics) = http_get(http, "/metrics")
+        .await
+        .map_err(anyhow::Error::msg)?;
     ensure!(
         sample(&metrics, "portolan_agent_stream_connected") == Some(1.0),
         "{metrics}"

@@ -4,36 +4,16 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use crate::support::{Cluster, Limits, http_get, metric_sample as sample};
 use anyhow::Result;
 use portolan_testkit::{Lab, eventually_async};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::support::{Cluster, Limits};
-
-/// `GET /metrics` over plain HTTP/1.0; the body.
+/// `/metrics`, which must answer 200.
 async fn scrape(addr: SocketAddr) -> Result<String, String> {
-    let mut stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
-    stream
-        .write_all(b"GET /metrics HTTP/1.0\r\nHost: portolan\r\n\r\n")
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .await
-        .map_err(|e| e.to_string())?;
-    match response.split_once("\r\n\r\n") {
-        Some((head, body)) if head.contains(" 200 OK") => Ok(body.to_string()),
-        _ => Err(format!("unexpected response: {response}")),
+    match http_get(addr, "/metrics").await? {
+        (200, body) => Ok(body),
+        (code, body) => Err(format!("/metrics answered {code}: {body}")),
     }
-}
-
-/// The value of the sample whose name and labels are exactly `series`.
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
 /// The sum of every sample of the metric `name` (all label sets).
