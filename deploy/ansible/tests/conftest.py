@@ -1,7 +1,13 @@
 """Shared by the deploy/ansible tests: a summary printed at the end of the run (the units'
 exposure scores, what landed in ClickHouse), whether or not output is captured."""
 
+import sys
+from pathlib import Path
+
 import pytest
+
+# deploy/deploy_testkit.py, shared with the dist tests.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 _LINES: list[str] = []
 

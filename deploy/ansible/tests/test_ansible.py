@@ -31,12 +31,10 @@ import os
 import pwd
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import time
 import tomllib
 import urllib.parse
 import urllib.request
@@ -45,6 +43,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from deploy_testkit import free_port, run, setpriv, stop, target, wait_for
 
 ANSIBLE = Path(__file__).resolve().parents[1]
 REPO = ANSIBLE.parents[1]
@@ -63,15 +62,10 @@ THRESHOLDS = {"portolan-agent.service": 2.5, "portolan-collector.service": 1.5}
 # --- helpers ---------------------------------------------------------------------------
 
 
-def target_dir() -> Path:
-    target = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
-    if not target.is_absolute():
-        target = REPO / target
-    return target / "debug"
 
 
 def built(name: str) -> Path:
-    path = target_dir() / name
+    path = target("debug") / name
     if not path.is_file():
         pytest.fail(f"{path} is missing: build first (`cargo build --workspace --bins`; `just test-ansible` does)")
     return path
@@ -88,10 +82,6 @@ def tool(name: str) -> str:
     return found
 
 
-def run(args: list[str], **kwargs) -> subprocess.CompletedProcess:
-    kwargs.setdefault("capture_output", True)
-    kwargs.setdefault("text", True)
-    return subprocess.run([str(a) for a in args], **kwargs)
 
 
 def ansible_env(home: Path) -> dict[str, str]:
@@ -137,32 +127,10 @@ def changed_tasks(output: str) -> list[str]:
     return tasks
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
-def wait_for(what: str, condition, timeout: float, logs: list[Path] = ()) -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            text = "\n".join(f"--- {p} ---\n{p.read_text(errors='replace') if p.exists() else '(none)'}" for p in logs)
-            pytest.fail(f"{what} within {timeout:.0f} s\n{text}")
-        time.sleep(0.5)
 
 
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def flatten(table: dict, prefix: str = "") -> dict[str, object]:
@@ -487,12 +455,7 @@ def test_agent_attributes_other_users_sockets_with_exactly_its_two_capabilities(
     a socket held by this root process: listed in every case, attributed only with both."""
     agent = installed["root"] / "usr/local/bin/portolan-agent"
     nobody = pwd.getpwnam("nobody")
-    command = ["setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups", "--no-new-privs"]
-    if caps:
-        spec = ",".join(f"+{c}" for c in caps)
-        command += [f"--inh-caps=-all,{spec}", f"--ambient-caps={spec}", f"--bounding-set=-all,{spec}"]
-    else:
-        command += ["--inh-caps=-all", "--bounding-set=-all"]
+    command = setpriv(nobody.pw_uid, nobody.pw_gid, caps)
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen()
@@ -516,11 +479,7 @@ def test_agent_reads_other_namespaces_without_entering_them(installed):
     the namespace (setns) needs CAP_SYS_ADMIN, and the agent says so."""
     agent = installed["root"] / "usr/local/bin/portolan-agent"
     nobody = pwd.getpwnam("nobody")
-    spec = "+dac_read_search,+sys_ptrace"
-    command = [
-        *("setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups", "--no-new-privs"),
-        *(f"--inh-caps=-all,{spec}", f"--ambient-caps={spec}", f"--bounding-set=-all,{spec}"),
-    ]
+    command = setpriv(nobody.pw_uid, nobody.pw_gid, ["dac_read_search", "sys_ptrace"])
     hold = (
         "import socket, sys\n"
         "s = socket.socket()\n"

@@ -27,31 +27,23 @@ from pathlib import Path
 import pytest
 import yaml
 
+from deploy_testkit import target, workspace_version
 from test_ansible import REPO, ansible_env, playbook, run, tool
 
 TRIPLE = "x86_64-unknown-linux-musl"
 
 
-def dist_dir() -> Path:
-    target = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
-    if not target.is_absolute():
-        target = REPO / target
-    return target / "artifacts"
 
 
-def version() -> str:
-    result = run(["cargo", "metadata", "--no-deps", "--format-version", "1"], cwd=REPO)
-    assert result.returncode == 0, result.stderr
-    return {p["name"]: p["version"] for p in json.loads(result.stdout)["packages"]}["portolan-agent"]
 
 
 @pytest.fixture(scope="module")
 def release(tmp_path_factory):
     """Two release directories served on 127.0.0.1: `good`, a copy of <target>/artifacts, and
     `tampered`, the same with one byte of the tarball changed."""
-    name = f"portolan-{version()}-{TRIPLE}.tar.gz"
-    if not (dist_dir() / name).is_file() or not (dist_dir() / "sha256sums.txt").is_file():
-        pytest.fail(f"{dist_dir() / name} or sha256sums.txt is missing: run `just dist` first (`just test-ansible` does)")
+    name = f"portolan-{workspace_version()}-{TRIPLE}.tar.gz"
+    if not (target('artifacts') / name).is_file() or not (target('artifacts') / "sha256sums.txt").is_file():
+        pytest.fail(f"{target('artifacts') / name} or sha256sums.txt is missing: run `just dist` first (`just test-ansible` does)")
     if os.uname().machine != "x86_64":
         pytest.fail(f"these tests install the x86_64 tarball on this host, which is {os.uname().machine}")
     root = tmp_path_factory.mktemp("release")
@@ -59,7 +51,7 @@ def release(tmp_path_factory):
     for directory in (good, tampered):
         directory.mkdir()
         for artifact in (name, "sha256sums.txt"):
-            shutil.copyfile(dist_dir() / artifact, directory / artifact)
+            shutil.copyfile(target('artifacts') / artifact, directory / artifact)
     data = bytearray((tampered / name).read_bytes())
     data[len(data) // 2] ^= 0xFF
     (tampered / name).write_bytes(bytes(data))
@@ -70,7 +62,7 @@ def release(tmp_path_factory):
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{server.server_address[1]}"
-    yield {"good": f"{url}/good", "tampered": f"{url}/tampered", "tarball": dist_dir() / name}
+    yield {"good": f"{url}/good", "tampered": f"{url}/tampered", "tarball": target('artifacts') / name}
     server.shutdown()
     server.server_close()
 
@@ -88,7 +80,7 @@ def inventory(workdir: Path, root: Path, url: str, cache: Path, extra: dict | No
         "root": str(root),
         "install_from": "release",
         "release_url": url,
-        "version": version(),
+        "version": workspace_version(),
         "release_cache_dir": str(cache),
     }
     variables = {
@@ -126,7 +118,7 @@ def workdir(tmp_path_factory, release):
     # The CLI of the release itself issues the certificates.
     with tarfile.open(release["tarball"]) as archive:
         archive.extractall(path / "unpacked", filter="data")
-    portolan = path / "unpacked" / f"portolan-{version()}-{TRIPLE}" / "portolan"
+    portolan = path / "unpacked" / f"portolan-{workspace_version()}-{TRIPLE}" / "portolan"
     for args in (["init"], ["issue-collector", "--name", "release-e2e", "--ip", "127.0.0.1"], ["issue-agent", "--host-id", "release-e2e"]):
         result = run([portolan, "pki", *args, "--dir", path / "pki"])
         assert result.returncode == 0, result.stderr
@@ -145,7 +137,7 @@ def test_release_install_is_the_tarballs_binaries_and_idempotent(release, workdi
     inv = inventory(workdir, root, release["good"], cache)
     recap, output = playbook(workdir / "home", "-i", inv, "playbook.yml")
     assert recap["failed"] == 0 and recap["changed"] > 0, output
-    top = f"portolan-{version()}-{TRIPLE}"
+    top = f"portolan-{workspace_version()}-{TRIPLE}"
     with tarfile.open(release["tarball"]) as archive:
         for binary in ("portolan-agent", "portolan-collector"):
             installed = root / "usr/local/bin" / binary
@@ -172,7 +164,7 @@ def test_tampered_tarball_fails_before_anything_is_installed(release, workdir):
     assert "Download the release tarball, checked against sha256sums.txt" in output
     assert "did not match" in output and "checksum" in output.lower(), output
     assert not (root / "usr/local/bin").exists(), "a binary was installed from a tarball whose checksum is wrong"
-    assert not (cache / f"portolan-{version()}-{TRIPLE}").exists()
+    assert not (cache / f"portolan-{workspace_version()}-{TRIPLE}").exists()
 
 
 def test_version_missing_from_the_release_fails(release, workdir):
@@ -187,7 +179,7 @@ def test_version_missing_from_the_release_fails(release, workdir):
 def test_default_version_is_the_workspaces(role):
     """The roles install, by default, the release of the code they come with."""
     defaults = yaml.safe_load((REPO / "deploy/ansible/roles" / role / "defaults/main.yml").read_text())
-    assert str(defaults[f"{role}_version"]) == version(), (
-        f"deploy/ansible/roles/{role}/defaults/main.yml: {role}_version is {defaults[f'{role}_version']}, the workspace is {version()} "
+    assert str(defaults[f"{role}_version"]) == workspace_version(), (
+        f"deploy/ansible/roles/{role}/defaults/main.yml: {role}_version is {defaults[f'{role}_version']}, the workspace is {workspace_version()} "
         "(bump it with the workspace's version, in meta/argument_specs.yml too)"
     )

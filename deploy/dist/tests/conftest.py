@@ -3,31 +3,31 @@ printed at the end of the run."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[3]
+# deploy/deploy_testkit.py, shared with the Ansible tests.
+sys.path.insert(0, str(REPO / "deploy"))
+
+from deploy_testkit import target, workspace_version  # noqa: E402
 _LINES: list[str] = []
+
+
+
+
 
 
 def dist_dir() -> Path:
     """<target>/artifacts, where `just dist` writes the tarballs, the packages and sha256sums.txt."""
-    target = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
-    if not target.is_absolute():
-        target = REPO / target
-    return target / "artifacts"
+    return target("artifacts")
 
 
 def version() -> str:
     """The workspace's version, which names every artifact."""
-    result = subprocess.run(
-        ["cargo", "metadata", "--no-deps", "--format-version", "1"], cwd=REPO, capture_output=True, text=True, check=True
-    )
-    return {p["name"]: p["version"] for p in json.loads(result.stdout)["packages"]}["portolan-agent"]
+    return workspace_version()
 
 
 def artifact(name: str) -> Path:

@@ -25,7 +25,6 @@ import json
 import os
 import pwd
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -36,6 +35,7 @@ from pathlib import Path
 import pytest
 
 from conftest import artifact, version
+from deploy_testkit import free_port, run, setpriv, stop, wait_for
 
 PACKAGES = ("portolan-agent", "portolan-collector")
 ETC = Path("/etc/portolan")
@@ -45,10 +45,6 @@ SERVICE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 SCANNED = (Path("/etc"), Path("/usr"), Path("/var/lib"))
 
 
-def run(args, **kwargs) -> subprocess.CompletedProcess:
-    kwargs.setdefault("capture_output", True)
-    kwargs.setdefault("text", True)
-    return subprocess.run([str(a) for a in args], **kwargs)
 
 
 def dpkg(*args) -> str:
@@ -121,12 +117,7 @@ def start_as_unit(unit: Path, log: Path) -> subprocess.Popen:
     user, group = pwd.getpwnam(service["User"]), grp.getgrnam(service["Group"])
     caps = [c.lower().removeprefix("cap_") for c in service["AmbientCapabilities"].split()]
     assert service["CapabilityBoundingSet"].split() == service["AmbientCapabilities"].split()
-    command = ["setpriv", f"--reuid={user.pw_uid}", f"--regid={group.gr_gid}", "--clear-groups", "--no-new-privs"]
-    if caps:
-        spec = ",".join(f"+{c}" for c in caps)
-        command += [f"--inh-caps=-all,{spec}", f"--ambient-caps={spec}", f"--bounding-set=-all,{spec}"]
-    else:
-        command += ["--inh-caps=-all", "--bounding-set=-all"]
+    command = setpriv(user.pw_uid, group.gr_gid, caps)
     env = {"PATH": SERVICE_PATH, "LANG": "C.UTF-8"}
     env.update(environment_file(Path(service["EnvironmentFile"].removeprefix("-"))))
     umask = int(service["UMask"], 8)
@@ -142,32 +133,10 @@ def start_as_unit(unit: Path, log: Path) -> subprocess.Popen:
         )
 
 
-def stop(process: subprocess.Popen | None) -> None:
-    if process and process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=45)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
-def wait_for(what: str, condition, timeout: float, logs: list[Path]):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            text = "\n".join(f"--- {p} ---\n{p.read_text(errors='replace') if p.exists() else '(none)'}" for p in logs)
-            pytest.fail(f"{what} within {timeout:.0f} s\n{text}")
-        time.sleep(0.5)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def process_uid(pid: int) -> int:
