@@ -12,6 +12,7 @@
 //! ready), so load balancers stop sending agents to a replica that cannot store what they
 //! send. [`ClickHouseReadiness`] is the pure state; the rest is plumbing.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
@@ -102,6 +103,9 @@ impl ClickHouseReadiness {
 pub struct CollectorHealth {
     health: Health,
     clickhouse: Mutex<Option<ClickHouseReadiness>>,
+    /// A failed write is recorded and no write succeeded since: only then has a success
+    /// anything to clear, so the acknowledgement path takes no lock otherwise.
+    write_failure_recorded: AtomicBool,
 }
 
 /// The process's health state.
@@ -109,6 +113,7 @@ pub fn global() -> &'static CollectorHealth {
     static HEALTH: LazyLock<CollectorHealth> = LazyLock::new(|| CollectorHealth {
         health: Health::new(),
         clickhouse: Mutex::new(None),
+        write_failure_recorded: AtomicBool::new(false),
     });
     &HEALTH
 }
@@ -130,13 +135,17 @@ impl CollectorHealth {
 
     /// A write of ingest reached ClickHouse.
     pub fn write_succeeded(&self) {
-        self.update(ClickHouseReadiness::write_succeeded);
+        if self.write_failure_recorded.swap(false, Ordering::AcqRel) {
+            self.update(ClickHouseReadiness::write_succeeded);
+        }
     }
 
     /// A write of ingest failed.
     pub fn write_failed(&self, error: &StoreError) {
         let reason = reason(error);
         self.update(|r| r.write_failed(Instant::now(), reason));
+        // After the failure is in place: a success racing with it clears it next time.
+        self.write_failure_recorded.store(true, Ordering::Release);
     }
 }
 
