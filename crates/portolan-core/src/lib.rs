@@ -10,6 +10,7 @@
 
 pub mod backoff;
 pub mod delta;
+pub mod enrollment;
 pub mod flow;
 pub mod fuzz;
 pub mod host;

@@ -12,6 +12,7 @@ fn generated_code_is_current() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         root.join("proto/portolan/v1/ingest.proto"),
         root.join("proto/portolan/v1/query.proto"),
+        root.join("proto/portolan/v1/enroll.proto"),
     ];
     let out = tempfile::tempdir()?;
     let protoc = protoc_bin_vendored::protoc_bin_path()?;

@@ -53,6 +53,24 @@ pub fn client_config(files: &TlsFiles) -> Result<Arc<ClientConfig>, TlsError> {
     Ok(Arc::new(config))
 }
 
+/// A client configuration that authenticates the server against `ca` and presents no
+/// certificate: what an agent uses to enrol, before it has one.
+pub fn server_only_client_config(ca: &std::path::Path) -> Result<Arc<ClientConfig>, TlsError> {
+    let roots = TlsFiles {
+        ca: ca.to_owned(),
+        cert: Default::default(),
+        key: Default::default(),
+    }
+    .load_roots()?;
+    let mut config = ClientConfig::builder_with_provider(crate::crypto_provider())
+        .with_protocol_versions(crate::PROTOCOL_VERSIONS)
+        .map_err(TlsError::Protocol)?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![crate::ALPN_H2.to_vec()];
+    Ok(Arc::new(config))
+}
+
 /// How to reach a collector.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnectOptions {

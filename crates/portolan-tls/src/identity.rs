@@ -276,10 +276,32 @@ pub fn certificate_serial(cert_der: &[u8]) -> Result<Vec<u8>, IdentityError> {
     parse_certificate(cert_der).map(|parsed| parsed.serial)
 }
 
-/// What Portolan reads from a peer certificate: its identity and its serial number.
+/// The SHA-256 of a DER SubjectPublicKeyInfo, lowercase hex: how enrollment names a
+/// host's key.
+pub fn key_sha256(spki_der: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, spki_der);
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What enrollment checks of a peer certificate besides its identity: its key, issuer
+/// and validity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertFacts {
+    /// SHA-256 of the certificate's public key ([`key_sha256`]).
+    pub key_sha256: String,
+    /// The issuer's distinguished name, DER.
+    pub issuer: Vec<u8>,
+    /// `notBefore`, Unix seconds.
+    pub not_before: i64,
+    /// `notAfter`, Unix seconds.
+    pub not_after: i64,
+}
+
+/// What Portolan reads from a peer certificate: its identity, serial number and facts.
 pub(crate) struct ParsedCertificate {
     pub(crate) identity: Result<Identity, IdentityError>,
     pub(crate) serial: Vec<u8>,
+    pub(crate) facts: CertFacts,
 }
 
 /// Parses a certificate once for both identity and serial.
@@ -302,7 +324,22 @@ pub(crate) fn parse_certificate(cert_der: &[u8]) -> Result<ParsedCertificate, Id
                 },
             )),
         };
-    Ok(ParsedCertificate { identity, serial })
+    let facts = CertFacts {
+        key_sha256: key_sha256(cert.public_key().raw),
+        issuer: cert.issuer().as_raw().to_vec(),
+        not_before: cert.validity().not_before.timestamp(),
+        not_after: cert.validity().not_after.timestamp(),
+    };
+    Ok(ParsedCertificate {
+        identity,
+        serial,
+        facts,
+    })
+}
+
+/// The facts of a DER certificate ([`CertFacts`]).
+pub fn certificate_facts(cert_der: &[u8]) -> Result<CertFacts, IdentityError> {
+    parse_certificate(cert_der).map(|parsed| parsed.facts)
 }
 
 #[cfg(test)]

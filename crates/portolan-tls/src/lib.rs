@@ -16,7 +16,8 @@
 //!   change, without a restart ([`ServerTls`], [`RevocationList`]);
 //! - reaches servers through the HTTP proxy the environment names (`HTTPS_PROXY`,
 //!   `NO_PROXY`; [`proxy`]);
-//! - with the `pki` feature, runs a development CA ([`pki::Ca`]).
+//! - with the `pki` feature, runs a development CA ([`pki::Ca`]) and the enrollment
+//!   signer, and makes a host's key and signing request ([`enroll`]).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -26,6 +27,8 @@ use std::sync::Arc;
 use rustls::crypto::CryptoProvider;
 
 pub mod client;
+#[cfg(feature = "pki")]
+pub mod enroll;
 mod error;
 pub mod files;
 pub mod identity;
@@ -38,13 +41,19 @@ pub mod server;
 
 pub use client::{
     ConnectOptions, client_config, connect, connect_endpoint, connect_endpoint_lazy, connect_lazy,
+    server_only_client_config,
 };
 pub use error::TlsError;
 pub use files::{TlsFiles, Validity};
-pub use identity::{Identity, IdentityError, OperatorRole, certificate_serial, identity_from_der};
+pub use identity::{
+    CertFacts, Identity, IdentityError, OperatorRole, certificate_facts, certificate_serial,
+    identity_from_der, key_sha256,
+};
 pub use reload::{DEFAULT_RELOAD_INTERVAL, ServerTls};
 pub use revocation::{RevocationList, RevocationParseError, serial_hex};
-pub use server::{AcceptOptions, PeerInfo, PeerStream, TlsIncoming, peer_info, server_config};
+pub use server::{
+    AcceptOptions, ClientAuth, PeerInfo, PeerStream, TlsIncoming, peer_info, server_config,
+};
 
 /// The ALPN protocol of gRPC.
 pub const ALPN_H2: &[u8] = b"h2";

@@ -189,7 +189,8 @@ impl Ca {
         params
             .distinguished_name
             .push(DnType::OrganizationName, "Portolan");
-        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        // One intermediate may sit below it: the enrollment signer ([`Ca::issue_signer`]).
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(1));
         params.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
             KeyUsagePurpose::CrlSign,
@@ -271,6 +272,60 @@ impl Ca {
         mode: WriteMode,
     ) -> Result<WrittenFiles, PkiError> {
         self.cert.write_files(dir, name, mode)
+    }
+
+    /// Issues the enrollment signer: an intermediate CA that may sign agent certificates
+    /// only (pathLenConstraint 0, extended key usage clientAuth only; see
+    /// [`crate::enroll`]). The collector holds it to answer enrollments.
+    pub fn issue_signer(&self, name: &str, validity: Duration) -> Result<IssuedCert, PkiError> {
+        let what = format!("the enrollment signer `{name}`");
+        crate::identity::validate_name("name", name)?;
+        let key = generate_key(&what)?;
+        let (not_before, not_after, not_after_system) = validity_window(validity)?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params.distinguished_name.push(
+            DnType::CommonName,
+            format!("Portolan enrollment signer {name}"),
+        );
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, "Portolan");
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.use_authority_key_identifier_extension = true;
+        params.not_before = not_before;
+        params.not_after = not_after;
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .map_err(|e| generate_error(&what, e))?;
+        Ok(IssuedCert {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            not_after: not_after_system,
+        })
+    }
+
+    /// Whether this CA may have an intermediate below it (CAs made before the enrollment
+    /// signer existed have pathLenConstraint 0).
+    pub fn allows_intermediate(&self) -> bool {
+        let der: Result<rustls_pki_types::CertificateDer<'static>, _> =
+            rustls_pki_types::pem::PemObject::from_pem_slice(self.cert.cert_pem.as_bytes());
+        let Ok(der) = der else { return false };
+        x509_parser::parse_x509_certificate(&der)
+            .ok()
+            .and_then(|(_, c)| {
+                c.basic_constraints()
+                    .ok()
+                    .flatten()
+                    .map(|bc| bc.value.path_len_constraint)
+            })
+            .is_some_and(|len| len.is_none_or(|n| n >= 1))
     }
 
     /// Issues an agent certificate (`spiffe://portolan/host/<host_id>`, clientAuth).

@@ -20,6 +20,7 @@ use tokio::task::JoinHandle;
 use crate::error::TlsError;
 use crate::files::TlsFiles;
 use crate::revocation::{RevocationList, serial_hex};
+use crate::server::ClientAuth;
 
 /// How often [`ServerTls`] looks at its files by default.
 pub const DEFAULT_RELOAD_INTERVAL: Duration = Duration::from_secs(1);
@@ -54,9 +55,20 @@ impl ServerTls {
         revoked: Option<PathBuf>,
         interval: Duration,
     ) -> Result<ServerTls, TlsError> {
+        Self::start_for(files, revoked, interval, ClientAuth::Required)
+    }
+
+    /// [`ServerTls::start`], with client certificates required or optional
+    /// ([`ClientAuth`]; optional when the collector serves enrollment).
+    pub fn start_for(
+        files: TlsFiles,
+        revoked: Option<PathBuf>,
+        interval: Duration,
+        client_auth: ClientAuth,
+    ) -> Result<ServerTls, TlsError> {
         let cert_stamps = cert_stamps(&files);
         let revoked_stamp = revoked.as_deref().map(stamp);
-        let config = crate::server_config(&files)?;
+        let config = crate::server::server_config_for(&files, client_auth)?;
         let list = match &revoked {
             Some(path) => RevocationList::load(path)?,
             None => RevocationList::empty(),
@@ -65,6 +77,7 @@ impl ServerTls {
         let (revoked_tx, revoked_rx) = watch::channel(Arc::new(list));
         let task = tokio::spawn(poll(
             files,
+            client_auth,
             revoked,
             interval,
             (cert_stamps, revoked_stamp),
@@ -102,6 +115,7 @@ fn cert_stamps(files: &TlsFiles) -> [Stamp; 3] {
 
 async fn poll(
     files: TlsFiles,
+    client_auth: ClientAuth,
     revoked: Option<PathBuf>,
     interval: Duration,
     seen: ([Stamp; 3], Option<Stamp>),
@@ -116,7 +130,7 @@ async fn poll(
         let certs_now = cert_stamps(&files);
         if certs_now != certs_seen {
             certs_seen = certs_now;
-            match crate::server_config(&files) {
+            match crate::server::server_config_for(&files, client_auth) {
                 Ok(config) => {
                     let serial = files
                         .load_cert_chain()

@@ -29,7 +29,7 @@ use tonic::transport::server::Connected;
 
 use crate::error::TlsError;
 use crate::files::TlsFiles;
-use crate::identity::{Identity, IdentityError, parse_certificate};
+use crate::identity::{CertFacts, Identity, IdentityError, parse_certificate};
 
 /// How long a client may take to complete its TLS handshake before the connection is
 /// closed.
@@ -42,20 +42,42 @@ pub const DEFAULT_MAX_CONCURRENT_HANDSHAKES: usize = 1024;
 /// file descriptors), so that the accept loop does not spin.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
+/// Whether a client must present a certificate to complete the handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClientAuth {
+    /// Every client presents a certificate of the fleet's CAs, or the handshake fails.
+    #[default]
+    Required,
+    /// A client may connect without a certificate (one it presents is still verified in
+    /// full). Such a peer has no identity: the collector lets it call enrollment only.
+    Optional,
+}
+
 /// Builds the server configuration of a collector: its certificate and key from `files`,
 /// and a client certificate verifier that **requires** every client to present a
 /// certificate signed by one of the CAs in `files.ca`. ALPN offers `h2`; TLS 1.3 and 1.2.
 pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
+    server_config_for(files, ClientAuth::Required)
+}
+
+/// [`server_config`], with client certificates required or optional ([`ClientAuth`]).
+pub fn server_config_for(
+    files: &TlsFiles,
+    client_auth: ClientAuth,
+) -> Result<Arc<ServerConfig>, TlsError> {
     let roots = Arc::new(files.load_roots()?);
     let chain = files.load_cert_chain()?;
     let key = files.load_key()?;
     let provider = crate::crypto_provider();
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
-        .build()
-        .map_err(|e| TlsError::Verifier {
-            path: files.ca.clone(),
-            reason: e.to_string(),
-        })?;
+    let builder = WebPkiClientVerifier::builder_with_provider(roots, provider.clone());
+    let builder = match client_auth {
+        ClientAuth::Required => builder,
+        ClientAuth::Optional => builder.allow_unauthenticated(),
+    };
+    let verifier = builder.build().map_err(|e| TlsError::Verifier {
+        path: files.ca.clone(),
+        reason: e.to_string(),
+    })?;
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(crate::PROTOCOL_VERSIONS)
         .map_err(TlsError::Protocol)?
@@ -89,6 +111,8 @@ pub struct PeerInfo {
     /// The serial number of the peer's certificate (the big-endian bytes of the DER
     /// INTEGER), for revocation checks. Empty if the certificate could not be parsed.
     pub serial: Vec<u8>,
+    /// The certificate's key, issuer and validity; `None` without a parsable certificate.
+    pub cert: Option<CertFacts>,
 }
 
 impl PeerInfo {
@@ -102,6 +126,7 @@ impl PeerInfo {
             remote_addr,
             identity,
             serial,
+            cert: None,
         }
     }
 
@@ -118,11 +143,13 @@ impl PeerInfo {
                 remote_addr,
                 identity: parsed.identity,
                 serial: parsed.serial,
+                cert: Some(parsed.facts),
             },
             Err(e) => PeerInfo {
                 remote_addr,
                 identity: Err(e),
                 serial: Vec::new(),
+                cert: None,
             },
         }
     }
