@@ -104,6 +104,7 @@ fn check_typed_row<T: Row + DeserializeOwned + Serialize>(table: &str) {
 #[test]
 fn every_typed_row_has_its_tables_layout() {
     use super::acks::FindingAckRow;
+    use super::enrollment::{HostKeyRow, TokenRow};
     use super::findings::FindingRow;
     use super::gaps::SpoolGapRow;
     use super::rows::{
@@ -111,7 +112,7 @@ fn every_typed_row_has_its_tables_layout() {
         SocketEventRow,
     };
     type Check = fn(&str);
-    let checks: [(&str, Check); 10] = [
+    let checks: [(&str, Check); 12] = [
         (table::SCHEMA_MIGRATIONS, check_typed_row::<MigrationRow>),
         (table::HOSTS, check_typed_row::<HostRow>),
         (table::HOST_REPORTS, check_typed_row::<ReportRow>),
@@ -122,6 +123,8 @@ fn every_typed_row_has_its_tables_layout() {
         (table::FINDINGS, check_typed_row::<FindingRow>),
         (table::FINDING_ACKS, check_typed_row::<FindingAckRow>),
         (table::SPOOL_GAPS, check_typed_row::<SpoolGapRow>),
+        (table::ENROLL_TOKENS, check_typed_row::<TokenRow>),
+        (table::HOST_KEYS, check_typed_row::<HostKeyRow>),
     ];
     let checked: Vec<&str> = checks.iter().map(|(t, _)| *t).collect();
     assert_eq!(checked, table::ALL, "every table has a typed row");

@@ -19,6 +19,8 @@
 //!   siblings.
 //! - `findings` / `finding_acks` — findings of the rules and their acknowledgements, the
 //!   latest row per fingerprint.
+//! - `enroll_tokens` / `host_keys` — enrollment: bootstrap tokens (secrets hashed) and
+//!   every host's keys with where each stands, the latest row per token and per key.
 //!
 //! # Idempotency
 //!
@@ -57,12 +59,14 @@
 //! | [`history`] | events over time and the state at a past instant |
 //! | [`findings`], [`acks`] | the rules' findings and their acknowledgements |
 //! | [`gaps`] | spool gaps: where an agent's history holds only a net effect |
+//! | [`enrollment`] | bootstrap tokens and host keys (bound, pending, retired…) |
 //! | [`managed`] | the embedded default: a local `clickhouse-server` the collector runs |
 #![forbid(unsafe_code)]
 
 pub mod acks;
 pub mod batch;
 mod change;
+pub mod enrollment;
 pub mod error;
 pub mod findings;
 pub mod fleet;

@@ -66,6 +66,10 @@ pub mod table {
     pub const FINDING_ACKS: &str = "finding_acks";
     /// Gaps in hosts' history from agents' full spools.
     pub const SPOOL_GAPS: &str = "spool_gaps";
+    /// Enrollment's bootstrap tokens (secrets hashed), latest row per id.
+    pub const ENROLL_TOKENS: &str = "enroll_tokens";
+    /// Enrollment's host keys: bound, pending, denied, superseded, retired.
+    pub const HOST_KEYS: &str = "host_keys";
     /// Every table, in the order a fresh database creates them.
     pub const ALL: &[&str] = &[
         SCHEMA_MIGRATIONS,
@@ -78,6 +82,8 @@ pub mod table {
         FINDINGS,
         FINDING_ACKS,
         SPOOL_GAPS,
+        ENROLL_TOKENS,
+        HOST_KEYS,
     ];
 }
 
@@ -366,6 +372,34 @@ const FINDING_ACK_COLUMNS: Columns = &[
 ];
 
 /// Column names of a column group, in table order.
+const ENROLL_TOKEN_COLUMNS: Columns = &[
+    ("id", Ty::Str),
+    ("secret_sha256", Ty::Str),
+    ("host_patterns", Ty::ArrStr),
+    ("label_keys", Ty::ArrStr),
+    ("label_values", Ty::ArrStr),
+    ("created_by", Ty::Str),
+    ("description", Ty::Str),
+    ("created_at", Ty::DateTime),
+    ("expires_at", Ty::DateTime),
+    ("max_uses", Ty::U32),
+    ("revoked", Ty::U8),
+    ("version", Ty::U64),
+];
+
+const HOST_KEY_COLUMNS: Columns = &[
+    ("host_id", Ty::Str),
+    ("key_sha256", Ty::Str),
+    ("state", Ty::Lc),
+    ("token_id", Ty::Str),
+    ("label_keys", Ty::ArrStr),
+    ("label_values", Ty::ArrStr),
+    ("requested_at", Ty::DateTime),
+    ("decided_at", Ty::DateTime),
+    ("decided_by", Ty::Str),
+    ("version", Ty::U64),
+];
+
 fn names(parts: &[Columns]) -> Vec<&'static str> {
     parts
         .iter()
@@ -437,6 +471,8 @@ fn table_parts(name: &str) -> Option<&'static [Columns]> {
         table::FINDINGS => &[FINDING_COLUMNS],
         table::FINDING_ACKS => &[FINDING_ACK_COLUMNS],
         table::SPOOL_GAPS => &[SPOOL_GAP_COLUMNS],
+        table::ENROLL_TOKENS => &[ENROLL_TOKEN_COLUMNS],
+        table::HOST_KEYS => &[HOST_KEY_COLUMNS],
         _ => return None,
     };
     Some(parts)
@@ -602,6 +638,28 @@ pub fn migrations(flavor: Flavor) -> Vec<Migration> {
             statements: vec![
                 add_columns(flavor, table::SOCKET_EVENTS, SOCKET_PATH_COLUMNS),
                 add_columns(flavor, table::SOCKETS_CURRENT, SOCKET_PATH_COLUMNS),
+            ],
+        },
+        Migration {
+            version: 7,
+            name: "enrollment: bootstrap tokens and host keys",
+            statements: vec![
+                create(
+                    flavor,
+                    table::ENROLL_TOKENS,
+                    &[ENROLL_TOKEN_COLUMNS],
+                    "ReplacingMergeTree(version)",
+                    "ORDER BY id",
+                    "",
+                ),
+                create(
+                    flavor,
+                    table::HOST_KEYS,
+                    &[HOST_KEY_COLUMNS],
+                    "ReplacingMergeTree(version)",
+                    "ORDER BY (host_id, key_sha256)",
+                    "",
+                ),
             ],
         },
     ]

@@ -11,6 +11,10 @@ use portolan_core::{
 };
 
 use crate::acks::{ACK_BY_FINGERPRINT, ALL_ACKS, FindingAckRow};
+use crate::enrollment::{
+    ALL_KEYS, ALL_TOKENS, COUNT_CURRENT, DELETE_CURRENT_FLOWS, DELETE_CURRENT_SOCKETS, HostKeyRow,
+    KEYS_OF_HOST, TOKEN_BY_ID, TOKEN_USES, TokenRow,
+};
 use crate::findings::{ALL_FINDINGS, FINDING_BY_FINGERPRINT, FindingRow};
 use crate::fleet::{
     FlowCursor, FlowFilter, NAMESPACE_PODS, SocketCursor, SocketFilter, bind_flow_list,
@@ -277,6 +281,7 @@ pub fn catalog(flavor: Flavor) -> Vec<CatalogEntry> {
         }),
     );
     history_and_findings(&mut push, h, seq, &skey, &fkey);
+    enrollment(&mut push, h);
     for t in SEQ_TABLES {
         push(
             &format!("recover: roll back {t}"),
@@ -523,6 +528,76 @@ fn history_and_findings(
         fill(ACK_BY_FINGERPRINT, FindingAckRow::COLUMN_NAMES, |q| {
             q.bind("0123456789ABCDEF")
         }),
+    );
+}
+
+/// The statements of enrollment: tokens, host keys, and a retirement's deletions.
+fn enrollment(push: &mut impl FnMut(&str, String), h: &str) {
+    push(
+        "write_enroll_token: insert enroll_tokens",
+        insert(
+            table::ENROLL_TOKENS,
+            &TokenRow {
+                id: "t0k3n1d".into(),
+                secret_sha256: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+                    .into(),
+                host_patterns: vec!["web-*".into()],
+                label_keys: vec!["env".into()],
+                label_values: vec!["prod".into()],
+                created_by: "spiffe://portolan/operator/admin/alice".into(),
+                description: "web tier, autoscaled".into(),
+                created_at: 1_760_000_000,
+                expires_at: 1_760_086_400,
+                max_uses: 10,
+                revoked: 0,
+                version: 1_760_000_000_000_000_000,
+            },
+        ),
+    );
+    push(
+        "enroll_tokens",
+        fill(ALL_TOKENS, TokenRow::COLUMN_NAMES, |q| q),
+    );
+    push(
+        "enroll_token",
+        fill(TOKEN_BY_ID, TokenRow::COLUMN_NAMES, |q| q.bind("t0k3n1d")),
+    );
+    push(
+        "write_host_keys: insert host_keys",
+        insert(
+            table::HOST_KEYS,
+            &HostKeyRow {
+                host_id: h.into(),
+                key_sha256: "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae"
+                    .into(),
+                state: "bound".into(),
+                token_id: "t0k3n1d".into(),
+                label_keys: vec!["env".into()],
+                label_values: vec!["prod".into()],
+                requested_at: 1_760_000_100,
+                decided_at: 1_760_000_100,
+                decided_by: "token".into(),
+                version: 1_760_000_100_000_000_000,
+            },
+        ),
+    );
+    push("enroll_token_uses", TOKEN_USES.to_string());
+    push(
+        "host_keys_of",
+        fill(KEYS_OF_HOST, HostKeyRow::COLUMN_NAMES, |q| q.bind(h)),
+    );
+    push("host_keys", fill(ALL_KEYS, HostKeyRow::COLUMN_NAMES, |q| q));
+    push(
+        "current_rows",
+        fill(COUNT_CURRENT, &[], |q| q.bind(h).bind(h)),
+    );
+    push(
+        "delete_current_state: sockets",
+        fill(DELETE_CURRENT_SOCKETS, &[], |q| q.bind(h)),
+    );
+    push(
+        "delete_current_state: flows",
+        fill(DELETE_CURRENT_FLOWS, &[], |q| q.bind(h)),
     );
 }
 
