@@ -36,6 +36,9 @@ pub enum Allowed {
     /// Any certificate of the fleet's CA, whatever identity it names (health checks and
     /// reflection, for load balancers and grpcurl).
     AnyCertificate,
+    /// Anyone, with or without a certificate: enrollment only, which authenticates the
+    /// caller by its bootstrap token.
+    Anyone,
 }
 
 /// Every RPC of `portolan.v1` and who may call it, by gRPC path.
@@ -70,6 +73,48 @@ pub const RULES: &[(&str, Allowed)] = &[
     ),
     ("/portolan.v1.QueryService/WatchHost", Allowed::Operators),
     ("/portolan.v1.QueryService/TestRules", Allowed::Operators),
+    ("/portolan.v1.EnrollmentService/Enroll", Allowed::Anyone),
+    ("/portolan.v1.EnrollmentService/Renew", Allowed::Agents),
+    (
+        "/portolan.v1.EnrollmentService/CreateToken",
+        Allowed::Admins {
+            what: "creating an enrollment token",
+        },
+    ),
+    (
+        "/portolan.v1.EnrollmentService/ListTokens",
+        Allowed::Admins {
+            what: "listing enrollment tokens",
+        },
+    ),
+    (
+        "/portolan.v1.EnrollmentService/RevokeToken",
+        Allowed::Admins {
+            what: "revoking an enrollment token",
+        },
+    ),
+    (
+        "/portolan.v1.EnrollmentService/ListHostKeys",
+        Allowed::Operators,
+    ),
+    (
+        "/portolan.v1.EnrollmentService/ApproveHost",
+        Allowed::Admins {
+            what: "approving a host",
+        },
+    ),
+    (
+        "/portolan.v1.EnrollmentService/DenyHost",
+        Allowed::Admins {
+            what: "denying a host",
+        },
+    ),
+    (
+        "/portolan.v1.EnrollmentService/RetireHost",
+        Allowed::Admins {
+            what: "retiring a host",
+        },
+    ),
 ];
 
 /// Services (by path prefix) every method of which any fleet certificate may call.
@@ -120,13 +165,21 @@ pub fn authorize(path: &str, peer: Option<&PeerInfo>) -> Result<Option<Caller>, 
             "this collector serves no method `{path}` (check the client's portolan.v1 version)"
         )));
     };
+    if allowed == Allowed::Anyone {
+        return Ok(None);
+    }
     let Some(peer) = peer else {
         return Err(Status::unauthenticated(
             "no client certificate on this connection",
         ));
     };
     if allowed == Allowed::AnyCertificate {
-        return Ok(None);
+        return match &peer.identity {
+            Err(portolan_tls::IdentityError::NoCertificate) => Err(Status::unauthenticated(
+                "no client certificate on this connection (present a certificate of the fleet)",
+            )),
+            _ => Ok(None),
+        };
     }
     let remote = peer.remote_addr;
     let identity = match &peer.identity {
@@ -153,7 +206,7 @@ pub fn authorize(path: &str, peer: Option<&PeerInfo>) -> Result<Option<Caller>, 
                     ..
                 },
             )
-            | (Allowed::AnyCertificate, _)
+            | (Allowed::AnyCertificate | Allowed::Anyone, _)
     );
     if permitted {
         return Ok(Some(Caller {

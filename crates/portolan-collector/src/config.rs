@@ -9,8 +9,10 @@ use portolan_metrics::MetricsSection;
 use portolan_tls::TlsFiles;
 use serde::{Deserialize, Serialize};
 
+mod enrollment;
 mod redact;
 
+pub use enrollment::EnrollmentSection;
 pub use redact::REDACTED;
 pub(crate) use redact::without_credentials;
 
@@ -32,6 +34,8 @@ pub struct CollectorConfig {
     pub clickhouse: ClickHouseSection,
     /// Bounds on what an agent may send.
     pub limits: LimitsSection,
+    /// Agents that join with a bootstrap token.
+    pub enrollment: EnrollmentSection,
     /// Exposure rules.
     pub rules: RulesSection,
     /// Where findings are sent.
@@ -274,6 +278,7 @@ impl Default for CollectorConfig {
             tls: TlsSection::default(),
             clickhouse: ClickHouseSection::default(),
             limits: LimitsSection::default(),
+            enrollment: EnrollmentSection::default(),
             rules: RulesSection::default(),
             notify: NotifySection::default(),
             metrics: MetricsSection::default(),
@@ -372,6 +377,7 @@ impl CollectorConfig {
         if self.rules.interval < std::time::Duration::from_secs(1) {
             problems.push("`rules.interval` is under 1s".into());
         }
+        self.enrollment.validate(&mut problems);
         self.notify.validate(&mut problems);
         self.metrics.validate(&mut problems);
         if problems.is_empty() {

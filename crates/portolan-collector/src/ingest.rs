@@ -118,6 +118,7 @@ impl IngestService for Ingest {
             store: self.store.clone(),
             limits: self.limits.clone(),
             collector_name: self.collector_name.clone(),
+            enrolled_labels: self.revocations.enrolled_labels(peer, &host_id),
             host_id,
             tx: tx.clone(),
             hello: None,
@@ -165,6 +166,8 @@ struct Session {
     limits: LimitsSection,
     collector_name: Arc<str>,
     host_id: String,
+    /// The labels of the token the host's key enrolled with: they override the agent's.
+    enrolled_labels: BTreeMap<String, String>,
     tx: mpsc::Sender<Result<pb::StreamInventoryResponse, Status>>,
     hello: Option<pb::Hello>,
     /// The host's stored state and its one write path, from Hello on.
@@ -656,6 +659,7 @@ impl Session {
                 .labels
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
+                .chain(self.enrolled_labels.clone())
                 .collect::<BTreeMap<_, _>>(),
             agent_version: hello.agent_version.clone(),
             kernel: hello.kernel.clone(),
@@ -703,21 +707,27 @@ fn validate_hello(hello: &pb::Hello) -> Result<(), IngestError> {
             )));
         }
     }
-    if hello.labels.len() > MAX_LABELS {
-        return Err(IngestError::Invalid(format!(
-            "Hello carries {} labels, over {MAX_LABELS}",
-            hello.labels.len()
-        )));
+    check_labels(&hello.labels).map_err(IngestError::Invalid)
+}
+
+/// Checks a host's labels (from a Hello, or an enrollment token): at most [`MAX_LABELS`],
+/// keys of letters, digits and `_-./`, keys and values of bounded size.
+pub(crate) fn check_labels<'a>(
+    labels: impl IntoIterator<Item = (&'a String, &'a String)>,
+) -> Result<(), String> {
+    let labels: Vec<(&String, &String)> = labels.into_iter().collect();
+    if labels.len() > MAX_LABELS {
+        return Err(format!("{} labels, over {MAX_LABELS}", labels.len()));
     }
-    for (k, v) in &hello.labels {
+    for (k, v) in labels {
         let valid_key = !k.is_empty()
             && k.len() <= MAX_HELLO_STRING
             && k.chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '/'));
         if !valid_key || v.len() > MAX_HELLO_STRING {
-            return Err(IngestError::Invalid(format!(
+            return Err(format!(
                 "label `{k}` is invalid: keys are 1-{MAX_HELLO_STRING} characters of letters, digits, `_-./`, values at most {MAX_HELLO_STRING} bytes"
-            )));
+            ));
         }
     }
     Ok(())

@@ -9,6 +9,7 @@
 
 pub mod authz;
 pub mod config;
+pub mod enroll;
 pub mod error;
 pub mod evaluate;
 pub mod health;

@@ -47,6 +47,8 @@ pub struct CollectorMetrics {
     pub findings_open: Family,
     /// `portolan_collector_spool_gaps_total`.
     pub spool_gaps: Family,
+    /// `portolan_collector_enrollments_total{result}`.
+    pub enrollments: Family,
     notifier: Mutex<Option<StatsSource>>,
     tls: Mutex<Option<TlsFiles>>,
 }
@@ -109,9 +111,18 @@ impl CollectorMetrics {
                 "portolan_collector_spool_gaps_total",
                 "Snapshots that closed a gap in a host's history (the agent's spool overflowed while no collector was reachable).",
             ),
+            enrollments: Family::counter(
+                "portolan_collector_enrollments_total",
+                "Enrollment and renewal requests, by result (issued, renewed, pending, refused, invalid, failed).",
+            ),
             notifier: Mutex::new(None),
             tls: Mutex::new(None),
         };
+        for result in [
+            "issued", "renewed", "pending", "refused", "invalid", "failed",
+        ] {
+            m.enrollments.touch(&[("result", result)]);
+        }
         m.spool_gaps.touch(&[]);
         m.agents_connected.set(&[], 0.0);
         m.clickhouse_errors.touch(&[]);

@@ -13,6 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use portolan_tls::{Identity, PeerInfo, RevocationList, serial_hex};
+
+use crate::enroll::Gate;
 use tokio::sync::watch;
 use tokio_stream::Stream;
 use tonic::Status;
@@ -23,13 +25,15 @@ use tracing::{info, warn};
 struct Holder {
     serial: Vec<u8>,
     identity: Option<Identity>,
+    peer: PeerInfo,
     what: &'static str,
 }
 
-/// The revocation list in force and the sessions open under it.
+/// The revocation list in force, the enrollment gate, and the sessions open under them.
 #[derive(Debug, Clone)]
 pub struct Revocations {
     list: watch::Receiver<Arc<RevocationList>>,
+    gate: Option<Gate>,
     live: Arc<Mutex<BTreeMap<u64, Holder>>>,
     next_id: Arc<AtomicU64>,
 }
@@ -42,6 +46,7 @@ impl Revocations {
     pub fn new(list: watch::Receiver<Arc<RevocationList>>) -> Revocations {
         let revocations = Revocations {
             list,
+            gate: None,
             live: Arc::new(Mutex::new(BTreeMap::new())),
             next_id: Arc::new(AtomicU64::new(0)),
         };
@@ -54,16 +59,44 @@ impl Revocations {
         let (_, list) = watch::channel(Arc::new(RevocationList::empty()));
         Revocations {
             list,
+            gate: None,
             live: Arc::new(Mutex::new(BTreeMap::new())),
             next_id: Arc::new(AtomicU64::new(0)),
         }
     }
 
+    /// The same, also refusing agent certificates whose key `gate` says may not speak
+    /// for their host (retired, superseded, denied, another key bound), on every call and
+    /// for open streams.
+    pub fn with_gate(mut self, gate: Gate) -> Revocations {
+        self.gate = Some(gate);
+        self
+    }
+
+    /// The labels the token of `peer`'s key gave `host_id` (none for a certificate issued
+    /// by hand, or without a gate).
+    pub fn enrolled_labels(
+        &self,
+        peer: &PeerInfo,
+        host_id: &str,
+    ) -> std::collections::BTreeMap<String, String> {
+        let (Some(gate), Some(cert)) = (&self.gate, &peer.cert) else {
+            return Default::default();
+        };
+        gate.keys_of(host_id)
+            .into_iter()
+            .find(|k| k.record.key_sha256 == cert.key_sha256)
+            .map(|k| k.labels)
+            .unwrap_or_default()
+    }
+
     /// Why `peer` is revoked now, if it is.
     pub fn check(&self, peer: &PeerInfo) -> Option<String> {
-        self.list
+        let listed = self
+            .list
             .borrow()
-            .check(&peer.serial, peer.identity.as_ref().ok())
+            .check(&peer.serial, peer.identity.as_ref().ok());
+        listed.or_else(|| self.gate.as_ref().and_then(|gate| gate.check(peer)))
     }
 
     /// A tonic interceptor refusing calls from revoked peers with PERMISSION_DENIED
@@ -102,6 +135,7 @@ impl Revocations {
         let holder = Holder {
             serial: peer.serial.clone(),
             identity: peer.identity.clone().ok(),
+            peer: peer.clone(),
             what,
         };
         if let Ok(mut live) = self.live.lock() {
@@ -111,6 +145,7 @@ impl Revocations {
             id,
             holder,
             list: self.list.clone(),
+            gate: self.gate.clone(),
             live: self.live.clone(),
         })
     }
@@ -173,6 +208,7 @@ pub struct LiveSession {
     id: u64,
     holder: Holder,
     list: watch::Receiver<Arc<RevocationList>>,
+    gate: Option<Gate>,
     live: Arc<Mutex<BTreeMap<u64, Holder>>>,
 }
 
@@ -180,16 +216,46 @@ impl LiveSession {
     /// Resolves, with the reason, once the list in force revokes this stream's peer;
     /// never resolves otherwise.
     pub async fn revoked(&mut self) -> String {
+        let mut keys = self.gate.as_ref().map(Gate::subscribe);
+        let mut list_open = true;
         loop {
-            let reason = self
+            let listed = self
                 .list
                 .borrow_and_update()
                 .check(&self.holder.serial, self.holder.identity.as_ref());
-            if let Some(reason) = reason {
+            if let Some(keys) = keys.as_mut() {
+                keys.borrow_and_update();
+            }
+            let gated = self
+                .gate
+                .as_ref()
+                .and_then(|gate| gate.check(&self.holder.peer));
+            if let Some(reason) = listed.or(gated) {
                 return reason;
             }
-            if self.list.changed().await.is_err() {
-                // The list can no longer change: nothing will revoke this stream.
+            let list_changed = async {
+                if list_open {
+                    self.list.changed().await.is_ok()
+                } else {
+                    std::future::pending().await
+                }
+            };
+            let keys_changed = async {
+                match keys.as_mut() {
+                    Some(keys) => keys.changed().await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                open = list_changed => list_open = open,
+                open = keys_changed => {
+                    if !open {
+                        keys = None;
+                    }
+                }
+            }
+            // Neither can change any more: nothing will revoke this stream.
+            if !list_open && keys.is_none() {
                 std::future::pending::<()>().await;
             }
         }

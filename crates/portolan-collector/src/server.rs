@@ -3,10 +3,11 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use portolan_proto::v1::enrollment_service_server::EnrollmentServiceServer;
 use portolan_proto::v1::ingest_service_server::IngestServiceServer;
 use portolan_proto::v1::query_service_server::QueryServiceServer;
 use portolan_tls::PeerInfo;
-use portolan_tls::{AcceptOptions, ServerTls, TlsIncoming};
+use portolan_tls::{AcceptOptions, ClientAuth, ServerTls, TlsIncoming};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_stream::Stream;
@@ -16,6 +17,7 @@ use tonic_health::ServingStatus;
 
 use crate::authz::AuthorizeLayer;
 use crate::config::{CollectorConfig, LimitsSection};
+use crate::enroll::{Enrollment, Gate, SignerFiles, SignerHandle};
 use crate::ingest::Ingest;
 use crate::query::Query;
 use crate::revocation::Revocations;
@@ -42,6 +44,9 @@ pub enum ServeError {
     /// The TLS files are unusable.
     #[error(transparent)]
     Tls(#[from] portolan_tls::TlsError),
+    /// The enrollment signer is unusable.
+    #[error(transparent)]
+    Signer(#[from] portolan_tls::enroll::EnrollError),
     /// The reflection service could not be built from the embedded descriptors.
     #[error("cannot build the reflection service: {0}")]
     Reflection(String),
@@ -62,16 +67,42 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    let tls = ServerTls::start(
+    let enrollment = &config.enrollment;
+    // Clients without a certificate get through the handshake only where they can enrol;
+    // the authorisation table lets them call Enroll and nothing else.
+    let client_auth = if enrollment.enabled {
+        ClientAuth::Optional
+    } else {
+        ClientAuth::Required
+    };
+    let tls = ServerTls::start_for(
         config.tls_files(),
         config.revoked_file(),
         portolan_tls::DEFAULT_RELOAD_INTERVAL,
+        client_auth,
     )?;
     let incoming = TlsIncoming::reloading(listener, tls.config(), AcceptOptions::default());
-    let revocations = Revocations::new(tls.revocations());
+    let gate = Gate::start(store.clone(), enrollment.refresh_interval).await;
+    let signer = if enrollment.enabled {
+        let files = SignerFiles {
+            cert: enrollment.signer_cert.clone(),
+            key: enrollment.signer_key.clone(),
+        };
+        Some(SignerHandle::load(files, gate.clone())?)
+    } else {
+        None
+    };
+    let revocations = Revocations::new(tls.revocations()).with_gate(gate.clone());
     let services = Services {
         limits: config.limits.clone(),
         collector_name: collector_name.to_owned(),
+        enrollment: Enrollment::new(
+            store.clone(),
+            gate,
+            signer,
+            enrollment.policy(),
+            enrollment.certificate_lifetime,
+        ),
         store,
         revocations,
         health: crate::health::global().health(),
@@ -92,6 +123,8 @@ pub struct Services {
     pub store: Arc<Store>,
     /// The revoked certificates, refused on every call.
     pub revocations: Revocations,
+    /// Enrollment: agents' certificates, tokens and host keys.
+    pub enrollment: Enrollment,
     /// The readiness the gRPC health service reports: SERVING while ready, NOT_SERVING
     /// while not ([`crate::health`]).
     pub health: Health,
@@ -118,8 +151,10 @@ where
         collector_name,
         store,
         revocations,
+        enrollment,
         health: readiness,
     } = services;
+    let enrollment = EnrollmentServiceServer::new(enrollment);
     let query =
         QueryServiceServer::new(Query::new(store.clone()).with_revocations(revocations.clone()));
     let ingest = IngestServiceServer::new(
@@ -142,6 +177,7 @@ where
                 "",
                 <IngestServiceServer<Ingest> as NamedService>::NAME,
                 <QueryServiceServer<Query> as NamedService>::NAME,
+                <EnrollmentServiceServer<Enrollment> as NamedService>::NAME,
             ] {
                 health_reporter.set_service_status(service, status).await;
             }
@@ -185,6 +221,7 @@ where
         .http2_max_header_list_size(Some(MAX_HEADER_LIST_BYTES))
         .add_service(ingest)
         .add_service(query)
+        .add_service(enrollment)
         .add_service(health)
         .add_service(reflection)
         .add_service(reflection_v1alpha)

@@ -120,7 +120,11 @@ pub enum TokenRefusal {
 }
 
 /// Whether `token` admits `host_id` at `now`. `new_binding`: the enrollment would bind a
-/// new key (and so spend a use); re-enrolling a host's bound key spends none.
+/// new key (or record a new request for approval).
+///
+/// Expiry and uses limit new keys only: a host whose key is bound already proves that key
+/// with its CSR, and may enrol again with its token while the token is not revoked, as when its certificate expired during a long collector outage.
+/// A revoked token admits nobody.
 pub fn check_token(
     token: &TokenRule,
     host_id: &str,
@@ -130,7 +134,7 @@ pub fn check_token(
     if token.revoked {
         return Err(TokenRefusal::Revoked);
     }
-    if now >= token.expires_at {
+    if new_binding && now >= token.expires_at {
         return Err(TokenRefusal::Expired {
             expires_at: token.expires_at,
         });
@@ -428,6 +432,8 @@ mod tests {
             check_token(&t, "web-1", 1000, true),
             Err(TokenRefusal::Expired { expires_at: 1000 })
         ));
+        // A bound key enrols again after expiry.
+        assert_eq!(check_token(&t, "web-1", 1000, false), Ok(()));
         let used = TokenRule { uses: 2, ..token() };
         assert!(matches!(
             check_token(&used, "web-1", 10, true),

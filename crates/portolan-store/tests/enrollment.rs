@@ -68,7 +68,7 @@ async fn tokens_and_keys_round_trip_and_the_latest_wins() -> Result<()> {
     ensure!(all.len() == 2, "{all:?}");
 
     let bound = key("web-1", "k1", KeyState::Bound, "t1", 1);
-    store.write_host_keys(&[bound.clone()]).await?;
+    store.write_host_keys(std::slice::from_ref(&bound)).await?;
     store
         .write_host_keys(&[
             key("web-2", "k2", KeyState::Bound, "t1", 1),

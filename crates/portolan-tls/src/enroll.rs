@@ -173,6 +173,7 @@ pub fn check_csr(der: &[u8], host_id: &str) -> Result<CheckedCsr, EnrollError> {
 pub struct Signer {
     issuer: Issuer<'static, KeyPair>,
     cert_pem: String,
+    subject: Vec<u8>,
     not_after: i64,
 }
 
@@ -229,11 +230,13 @@ impl Signer {
             ));
         }
         let not_after = x509.validity().not_after.timestamp();
+        let subject = x509.subject().as_raw().to_vec();
         let issuer = Issuer::from_ca_cert_der(&der, key)
             .map_err(|e| load("its certificate", e.to_string()))?;
         Ok(Signer {
             issuer,
             cert_pem: cert_pem.to_owned(),
+            subject,
             not_after,
         })
     }
@@ -241,6 +244,11 @@ impl Signer {
     /// The signer's certificate, PEM.
     pub fn cert_pem(&self) -> &str {
         &self.cert_pem
+    }
+
+    /// The signer's subject (DER): the issuer of every certificate it signs.
+    pub fn subject(&self) -> &[u8] {
+        &self.subject
     }
 
     /// When the signer's own certificate expires, Unix seconds: no certificate it signs

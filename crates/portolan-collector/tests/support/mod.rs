@@ -97,6 +97,13 @@ impl Collector {
             collector_name: "c1".into(),
             store: store.clone(),
             revocations: Revocations::none(),
+            enrollment: portolan_collector::enroll::Enrollment::new(
+                store.clone(),
+                portolan_collector::enroll::Gate::fixed(Default::default()),
+                None,
+                Default::default(),
+                portolan_tls::enroll::DEFAULT_LIFETIME,
+            ),
             health: health.clone(),
         };
         let serving = tokio::spawn(serve_connections(
