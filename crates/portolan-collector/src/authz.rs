@@ -386,7 +386,38 @@ mod tests {
         );
         assert_eq!(code(ingest, Some(&nameless)), Unauthenticated);
         assert_eq!(code(list, Some(&nameless)), Unauthenticated);
-        assert_eq!(code(health, Some(&nameless)), Ok);
+        // Health and reflection need a certificate of the fleet, whatever it names; a
+        // client without one (possible where enrollment is served) may only enrol.
+        assert_eq!(code(health, Some(&nameless)), Unauthenticated);
+        let uriless = PeerInfo::new(
+            agent.remote_addr,
+            Err(portolan_tls::IdentityError::NoUri),
+            vec![2],
+        );
+        assert_eq!(code(health, Some(&uriless)), Ok);
+        let enroll = "/portolan.v1.EnrollmentService/Enroll";
+        let renew = "/portolan.v1.EnrollmentService/Renew";
+        let create = "/portolan.v1.EnrollmentService/CreateToken";
+        let retire = "/portolan.v1.EnrollmentService/RetireHost";
+        let keys = "/portolan.v1.EnrollmentService/ListHostKeys";
+        for p in [None, Some(&nameless), Some(&agent), Some(&admin)] {
+            assert_eq!(code(enroll, p), Ok, "anyone may enrol");
+        }
+        for (path, p, want) in [
+            (renew, &agent, Ok),
+            (renew, &admin, Denied),
+            (renew, &nameless, Unauthenticated),
+            (create, &reader, Denied),
+            (create, &agent, Denied),
+            (create, &nameless, Unauthenticated),
+            (create, &admin, Ok),
+            (retire, &reader, Denied),
+            (retire, &admin, Ok),
+            (keys, &reader, Ok),
+            (keys, &agent, Denied),
+        ] {
+            assert_eq!(code(path, Some(p)), want, "{path} by {:?}", p.identity);
+        }
     }
 
     #[test]
