@@ -39,12 +39,29 @@ pub struct AgentConfig {
     pub collector: CollectorSection,
     /// The agent's certificate.
     pub tls: TlsFiles,
+    /// Obtaining and renewing that certificate with a bootstrap token.
+    pub enrollment: EnrollmentSection,
     /// Where changes wait for the collector.
     pub spool: SpoolSection,
     /// The agent's own budget of CPU and memory.
     pub footprint: FootprintSection,
     /// Prometheus metrics.
     pub metrics: MetricsSection,
+}
+
+/// `[enrollment]`: a bootstrap token (`portolan token create`) with which the agent obtains
+/// its certificate by itself: it makes its key on the host (`tls.key`), enrols for its
+/// host_id, writes the certificate (`tls.cert`) and renews it before it expires. Without a
+/// token, `tls.cert` and `tls.key` are issued by hand (`portolan pki issue-agent`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EnrollmentSection {
+    /// The token itself (prefer `token_file`: a file keeps it out of the process list
+    /// and the environment). Never printed.
+    pub token: String,
+    /// A file holding the token (a Kubernetes Secret, a file Ansible wrote); read at each
+    /// enrollment, so a new token is picked up without a restart.
+    pub token_file: PathBuf,
 }
 
 /// `[spool]`: the on-disk queue of changes the collector has not acknowledged.
@@ -123,6 +140,7 @@ impl Default for AgentConfig {
                 cert: PathBuf::from("/etc/portolan/agent.pem"),
                 key: PathBuf::from("/etc/portolan/agent.key"),
             },
+            enrollment: EnrollmentSection::default(),
             spool: SpoolSection::default(),
             footprint: FootprintSection::default(),
             metrics: MetricsSection::default(),

@@ -164,7 +164,11 @@ fn load_config(args: &RunArgs) -> anyhow::Result<AgentConfig> {
 fn run_agent(args: &RunArgs) -> anyhow::Result<()> {
     let config = load_config(args)?;
     if args.print_config {
-        print!("{}", portolan_config::to_toml(&config)?);
+        let mut shown = config.clone();
+        if !shown.enrollment.token.is_empty() {
+            shown.enrollment.token = "**REDACTED**".into();
+        }
+        print!("{}", portolan_config::to_toml(&shown)?);
         return Ok(());
     }
     // Logs on stderr (`PORTOLAN_LOG`); traces over OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT`
@@ -173,8 +177,14 @@ fn run_agent(args: &RunArgs) -> anyhow::Result<()> {
     let host_id = config.resolve_host_id().map_err(usage)?;
     portolan_tls::identity::validate_name("host_id", &host_id).map_err(|e| usage(e.to_string()))?;
     // Check the certificates now: a typo should stop the agent at once, not loop; a key
-    // the agent may not read is a missing right (77), not a typo.
-    portolan_tls::client_config(&config.tls_files()).map_err(|e| {
+    // the agent may not read is a missing right (77), not a typo. An enrolling agent needs
+    // only its CA now: it makes its key and obtains its certificate.
+    let enroller = portolan_agent::enroll::Enroller::new(&config, &host_id);
+    let checked = match &enroller {
+        Some(_) => portolan_tls::server_only_client_config(&config.tls.ca).map(|_| ()),
+        None => portolan_tls::client_config(&config.tls_files()).map(|_| ()),
+    };
+    checked.map_err(|e| {
         let exit = e.io_error_kind().and_then(Exit::of_io);
         Classified::new(exit.unwrap_or(Exit::Usage), e.to_string())
     })?;
@@ -213,6 +223,13 @@ fn run_agent(args: &RunArgs) -> anyhow::Result<()> {
             }));
         }
         portolan_agent::metrics::global().set_tls_files(config.tls_files());
+        if let Some(enroller) = enroller {
+            let mut stop = stopped.clone();
+            if !enroller.obtain(&mut stop).await {
+                return Ok(());
+            }
+            tokio::spawn(enroller.maintain(stopped.clone()));
+        }
         stream::run(config, facts, stopped)
             .await
             .map_err(anyhow::Error::from)

@@ -57,6 +57,10 @@ pub struct AgentMetrics {
     /// `portolan_agent_network_namespaces{source}` of the last scan: `sock_diag` (the
     /// agent's own and those it entered) or `procfs` (read from `/proc/<pid>/net`).
     pub namespaces: Family,
+    /// `portolan_agent_enrollments_total{result}`: issued, pending, failed.
+    pub enrollments: Family,
+    /// `portolan_agent_certificate_renewals_total{result}`: ok, failed.
+    pub renewals: Family,
     tls: Mutex<Option<TlsFiles>>,
 }
 
@@ -133,8 +137,22 @@ impl AgentMetrics {
                 "portolan_agent_resident_memory_bytes",
                 "The agent's resident memory (VmRSS).",
             ),
+            enrollments: Family::counter(
+                "portolan_agent_enrollments_total",
+                "Enrollments with the bootstrap token, by result (issued, pending, failed).",
+            ),
+            renewals: Family::counter(
+                "portolan_agent_certificate_renewals_total",
+                "Renewals of the agent's certificate over its own identity, by result (ok, failed).",
+            ),
             tls: Mutex::new(None),
         };
+        for result in ["issued", "pending", "failed"] {
+            m.enrollments.touch(&[("result", result)]);
+        }
+        for result in ["ok", "failed"] {
+            m.renewals.touch(&[("result", result)]);
+        }
         m.spool_gaps.touch(&[]);
         m.footprint_level.set(&[], 0.0);
         m.connected.set(&[], 0.0);
@@ -233,6 +251,8 @@ impl AgentMetrics {
         self.footprint_level.encode(encoder)?;
         self.cpu_percent.encode(encoder)?;
         self.resident_bytes.encode(encoder)?;
+        self.enrollments.encode(encoder)?;
+        self.renewals.encode(encoder)?;
         self.namespaces.encode(encoder)
     }
 }

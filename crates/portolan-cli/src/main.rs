@@ -107,6 +107,16 @@ enum Command {
     At(query::history::AtArgs),
     /// Print finding changes or a host's events as they happen, until Ctrl-C.
     Watch(query::watch::WatchArgs),
+    /// Enrollment tokens: `portolan token create|list|revoke` (admin certificates only).
+    Token(query::enroll::TokenArgs),
+    /// List hosts' enrolled keys: bound, pending approval, denied, superseded, retired.
+    Keys(query::enroll::KeysArgs),
+    /// Approve a host's pending key (admin certificates only).
+    Approve(query::enroll::DecideArgs),
+    /// Deny a host's pending key (admin certificates only).
+    Deny(query::enroll::DecideArgs),
+    /// Retire a host: refuse its certificates, drop its current state, keep its history (admin certificates only).
+    Retire(query::enroll::RetireArgs),
     /// Work with rule files: `portolan rules check FILE`, `portolan rules test FILE --since 7d`.
     Rules(rules::RulesArgs),
     /// Print a shell completion script (bash, zsh, fish, …).
@@ -200,6 +210,11 @@ fn main() -> ExitCode {
         Command::History(args) => query(query::Verb::History(args), &mut out),
         Command::At(args) => query(query::Verb::At(args), &mut out),
         Command::Watch(args) => query(query::Verb::Watch(args), &mut out),
+        Command::Token(args) => query(query::Verb::Token(args), &mut out),
+        Command::Keys(args) => query(query::Verb::Keys(args), &mut out),
+        Command::Approve(args) => query(query::Verb::Approve(args), &mut out),
+        Command::Deny(args) => query(query::Verb::Deny(args), &mut out),
+        Command::Retire(args) => query(query::Verb::Retire(args), &mut out),
     }
     .and_then(|found| out.flush().map(|()| found).map_err(anyhow::Error::from));
     match result {

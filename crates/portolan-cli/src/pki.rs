@@ -59,6 +59,19 @@ spiffe://portolan/host/<host-id>. The collector refuses a stream whose host_id d
 from the certificate's.")]
     IssueAgent(IssueAgentArgs),
 
+    /// Issue the enrollment signer: an intermediate CA the collector signs agent certificates with.
+    #[command(after_help = "\
+Example:
+  portolan pki issue-signer --name s1 --validity 1y
+
+Writes ./pki/signer-s1.pem and ./pki/signer-s1.key. Give both to the collectors
+(`[enrollment] signer_cert` and `signer_key`); agents then enrol with a token
+(`portolan token create`). The signer may sign agent certificates only: it cannot make
+another CA (path length 0) nor any certificate a server could use (extended key usage
+clientAuth only), and collectors refuse operator or collector identities it signed.
+Rotate it by issuing a new one and replacing the collectors' files: they reload them.")]
+    IssueSigner(IssueSignerArgs),
+
     /// Issue an operator (client) certificate for the query API.
     #[command(after_help = "\
 Example:
@@ -122,6 +135,20 @@ struct IssueCollectorArgs {
 
     #[command(flatten)]
     validity: ValidityArgs,
+}
+
+#[derive(Debug, Args)]
+struct IssueSignerArgs {
+    /// The signer's name (`[A-Za-z0-9._-]`), e.g. the year or a rotation number.
+    #[arg(long, value_name = "NAME")]
+    name: String,
+
+    #[command(flatten)]
+    dir: DirArgs,
+
+    /// How long the signer is valid (no certificate it signs outlives it).
+    #[arg(long, value_name = "DURATION", default_value = "1y", value_parser = parse_validity)]
+    validity: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -215,6 +242,29 @@ pub fn run(args: PkiArgs, out: &mut dyn Write) -> anyhow::Result<()> {
                 &cert,
                 &args.dir,
                 &format!("collector-{}", args.name),
+                &what,
+                out,
+            )
+        }
+        PkiCommand::IssueSigner(args) => {
+            let ca = load_ca(&args.dir.dir)?;
+            if !ca.allows_intermediate() {
+                return Err(usage(format!(
+                    "the CA in {} allows no intermediate below it (path length 0: it was made by an older `portolan pki init`); make a new CA with `portolan pki init --force`, reissue the collectors' and operators' certificates, or issue agents' certificates by hand",
+                    args.dir.dir.display()
+                )));
+            }
+            let cert = ca
+                .issue_signer(&args.name, args.validity)
+                .map_err(pki_error)?;
+            let what = format!(
+                "enrollment signer `{}` (agent certificates only)",
+                args.name
+            );
+            write(
+                &cert,
+                &args.dir,
+                &format!("signer-{}", args.name),
                 &what,
                 out,
             )

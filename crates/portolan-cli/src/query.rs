@@ -12,6 +12,7 @@
 #![allow(clippy::needless_update)]
 
 pub mod ack;
+pub mod enroll;
 pub mod history;
 pub mod rules_test;
 pub mod watch;
@@ -338,6 +339,16 @@ pub enum Verb {
     Watch(watch::WatchArgs),
     /// `rules test`.
     RulesTest(crate::rules::TestArgs),
+    /// `token create|list|revoke`.
+    Token(enroll::TokenArgs),
+    /// `keys`.
+    Keys(enroll::KeysArgs),
+    /// `approve`.
+    Approve(enroll::DecideArgs),
+    /// `deny`.
+    Deny(enroll::DecideArgs),
+    /// `retire`.
+    Retire(enroll::RetireArgs),
 }
 
 /// Runs a query verb and prints its answer.
@@ -365,6 +376,11 @@ pub fn run(settings: &Settings, ctx: &Context, verb: Verb, out: &mut dyn Write) 
             Verb::At(args) => history::at(settings, ctx, args, out).await,
             Verb::Watch(args) => watch::watch(settings, ctx, args, out).await,
             Verb::RulesTest(args) => rules_test::run(settings, ctx, args, out).await,
+            Verb::Token(args) => enroll::token(settings, ctx, args, out).await,
+            Verb::Keys(args) => enroll::keys(settings, ctx, args, out).await,
+            Verb::Approve(args) => enroll::decide(settings, ctx, args, true, out).await,
+            Verb::Deny(args) => enroll::decide(settings, ctx, args, false, out).await,
+            Verb::Retire(args) => enroll::retire(settings, ctx, args, out).await,
         }
     })
 }
@@ -646,6 +662,11 @@ fn refused(status: &tonic::Status, settings: &Settings) -> anyhow::Error {
 }
 
 async fn connect(c: &Settings) -> Result<QueryServiceClient<Channel>> {
+    Ok(QueryServiceClient::new(connect_channel(c).await?))
+}
+
+/// A mutual-TLS channel to the collector, with the settings' certificate.
+async fn connect_channel(c: &Settings) -> Result<Channel> {
     let files = portolan_tls::TlsFiles {
         ca: c.ca.clone(),
         cert: c.cert.clone(),
@@ -668,5 +689,5 @@ async fn connect(c: &Settings) -> Result<QueryServiceClient<Channel>> {
                 message: format!("{e} (is the collector running? check --collector)"),
             })
         })?;
-    Ok(QueryServiceClient::new(channel))
+    Ok(channel)
 }

@@ -5,6 +5,7 @@
 //! [`Record`](crate::output::Record) column list is its table, wide and CSV. Adding a verb
 //! means adding a module here with its row, a `From<&pb::…>` conversion and its columns.
 
+pub mod enrollment;
 pub mod event;
 pub mod finding;
 pub mod flow;

@@ -240,7 +240,7 @@ pub enum Decision {
 pub enum KeyRefusal {
     /// The host is bound to another key.
     #[error(
-        "host `{host_id}` is enrolled with another key ({bound}): an admin must retire the host (`portolan host retire {host_id}`) or approve this key"
+        "host `{host_id}` is enrolled with another key ({bound}): an admin must retire the host (`portolan retire {host_id}`) or approve this key"
     )]
     BoundToAnotherKey {
         /// The host.
@@ -274,7 +274,7 @@ pub enum KeyRefusal {
     },
     /// The key waits for an admin's approval.
     #[error(
-        "this key of host `{host_id}` waits for an admin's approval (`portolan host approve {host_id}`)"
+        "this key of host `{host_id}` waits for an admin's approval (`portolan approve {host_id}`)"
     )]
     Pending {
         /// The host.
@@ -370,6 +370,21 @@ pub fn admit(
             }
         }
     }
+}
+
+/// When a certificate received at `received` (Unix seconds) and valid until `not_after`
+/// is due for renewal: at two thirds of the time it had left when it arrived, so that a
+/// third of its life is left for retries.
+pub fn renewal_due(received: i64, not_after: i64) -> i64 {
+    let life = not_after.saturating_sub(received).max(0);
+    received.saturating_add(life.saturating_mul(2) / 3)
+}
+
+/// The longest wait between two renewal attempts at `now` for a certificate valid until
+/// `not_after` (seconds): a quarter of what is left, between 1 second and 5 minutes, so
+/// that several attempts fit before it expires.
+pub fn renewal_retry_cap(now: i64, not_after: i64) -> i64 {
+    (not_after.saturating_sub(now) / 4).clamp(1, 300)
 }
 
 impl fmt::Display for Decision {
@@ -548,7 +563,30 @@ mod tests {
         prop::sample::select(KeyState::ALL.to_vec())
     }
 
+    #[test]
+    fn renewal_is_due_at_two_thirds() {
+        assert_eq!(renewal_due(0, 86_400), 57_600);
+        assert_eq!(renewal_due(100, 109), 106);
+        assert_eq!(
+            renewal_due(100, 50),
+            100,
+            "an expired certificate is due now"
+        );
+        assert_eq!(renewal_retry_cap(0, 86_400), 300);
+        assert_eq!(renewal_retry_cap(0, 8), 2);
+        assert_eq!(renewal_retry_cap(10, 5), 1);
+    }
+
     proptest! {
+        /// Renewal is due after the certificate arrived and before it expires, leaving at
+        /// least a third of its life for retries.
+        #[test]
+        fn renewal_leaves_a_third_for_retries(received in 0i64..4_000_000_000, life in 0i64..10_000_000) {
+            let due = renewal_due(received, received + life);
+            prop_assert!(due >= received && due <= received + life);
+            prop_assert!(received + life - due >= life / 3);
+        }
+
         /// A literal pattern (no `*`) matches exactly itself; `*` alone matches anything;
         /// a pattern built from a text by replacing any slice with `*` matches that text.
         #[test]

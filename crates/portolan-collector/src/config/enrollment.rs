@@ -23,7 +23,7 @@ pub struct EnrollmentSection {
     /// How long an enrolled or renewed certificate is valid; agents renew at two thirds.
     #[serde(with = "portolan_config::duration")]
     pub certificate_lifetime: Duration,
-    /// Hold every new host for an admin's approval (`portolan host approve`).
+    /// Hold every new host for an admin's approval (`portolan approve`).
     pub strict: bool,
     /// What an enrollment with a second key for an enrolled host gets: `refuse`, or
     /// `hold` for an admin's approval.

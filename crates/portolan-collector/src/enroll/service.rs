@@ -199,7 +199,7 @@ impl Enrollment {
                         previous,
                     );
                     self.write_keys(&[pending]).await?;
-                    warn!(host = %host_id, token = %token.id, key = %&csr.key_sha256[..16], "enrollment held for an admin's approval (`portolan host approve`)");
+                    warn!(host = %host_id, token = %token.id, key = %&csr.key_sha256[..16], "enrollment held for an admin's approval (`portolan approve`)");
                 }
                 metrics::global().enrollments.inc(&[("result", "pending")]);
                 Ok(pb::EnrollResponse {
@@ -207,7 +207,7 @@ impl Enrollment {
                     certificate_chain_pem: String::new(),
                     not_after: 0,
                     message: format!(
-                        "held for an admin's approval: `portolan host approve {host_id} --key {}`",
+                        "held for an admin's approval: `portolan approve {host_id} --key-id {}`",
                         &csr.key_sha256[..16]
                     ),
                 })
@@ -303,7 +303,7 @@ impl Enrollment {
             [one] => *one,
             [] => {
                 return Err(Status::not_found(format!(
-                    "host `{host_id}` has no {from} key{} (`portolan host keys {host_id}` lists its keys)",
+                    "host `{host_id}` has no {from} key{} (`portolan keys {host_id}` lists its keys)",
                     if key_prefix.is_empty() {
                         String::new()
                     } else {
@@ -313,7 +313,7 @@ impl Enrollment {
             }
             _ => {
                 return Err(Status::invalid_argument(format!(
-                    "host `{host_id}` has {} {from} keys: name one with `--key` (`portolan host keys {host_id}`)",
+                    "host `{host_id}` has {} {from} keys: name one with `--key-id` (`portolan keys {host_id}`)",
                     candidates.len()
                 )));
             }
