@@ -25,7 +25,7 @@ const HOLD: Duration = Duration::from_secs(3);
 const SLACK: Duration = Duration::from_secs(3);
 
 /// Listeners opened and closed on one host, one new port per step.
-struct Churn {
+pub(crate) struct Churn {
     host_id: String,
     fixture: SocketFixture,
     host: NetnsHost,
@@ -42,7 +42,7 @@ struct Listener {
 }
 
 impl Churn {
-    fn new(host: &NetnsHost, host_id: &str, first_port: u16) -> Result<Churn> {
+    pub(crate) fn new(host: &NetnsHost, host_id: &str, first_port: u16) -> Result<Churn> {
         Ok(Churn {
             host_id: host_id.to_string(),
             fixture: SocketFixture::spawn(Some(host), &fixture_binary()?)?,
@@ -76,7 +76,7 @@ impl Churn {
     }
 
     /// Steps once per interval for `duration`.
-    async fn run_for(&mut self, duration: Duration) -> Result<()> {
+    pub(crate) async fn run_for(&mut self, duration: Duration) -> Result<()> {
         let until = tokio::time::Instant::now() + duration;
         while tokio::time::Instant::now() < until {
             self.step()?;
@@ -86,7 +86,7 @@ impl Churn {
     }
 
     /// Closes every listener still open (after holding it long enough to be seen).
-    async fn close_all(&mut self) -> Result<()> {
+    pub(crate) async fn close_all(&mut self) -> Result<()> {
         tokio::time::sleep(HOLD).await;
         for l in self.listeners.iter_mut().filter(|l| l.closed_at.is_none()) {
             self.fixture.close(l.id)?;
@@ -173,7 +173,11 @@ fn check(churn: &Churn, stored: &Stored) -> Result<usize, String> {
 
 /// Waits until the store holds every churned event, then checks it holds nothing more and
 /// that the stored current state equals `ss`; prints in/stored.
-async fn assert_nothing_lost(cluster: &Cluster, churn: &Churn, what: &str) -> Result<()> {
+pub(crate) async fn assert_nothing_lost(
+    cluster: &Cluster,
+    churn: &Churn,
+    what: &str,
+) -> Result<()> {
     let events_in = churn.events_in();
     let stored = eventually_async!(
         timeout = Duration::from_secs(90),
@@ -238,7 +242,7 @@ fn spawn_agent(setup: &Setup, host: usize, host_id: &str) -> Result<ChildGuard> 
     )
 }
 
-async fn wait_connected(cluster: &Cluster, host_id: &str) -> Result<()> {
+pub(crate) async fn wait_connected(cluster: &Cluster, host_id: &str) -> Result<()> {
     eventually_async!(
         timeout = Duration::from_secs(60),
         interval = Duration::from_millis(200),

@@ -49,6 +49,7 @@
 //!   endpoint where nothing listens, data lands as usual and the exporter warns once.
 
 mod cli_history;
+mod enrollment;
 mod faults;
 mod grafana;
 mod health;

@@ -328,6 +328,17 @@ impl Cluster {
         Ok(())
     }
 
+    /// Appends `toml` to collector replica `n`'s configuration (read at its next start).
+    pub fn append_collector_config(&mut self, n: usize, toml: &str) -> Result<()> {
+        let Some(replica) = self.collectors.get(n) else {
+            bail!("no collector replica {n}")
+        };
+        let mut text = std::fs::read_to_string(&replica.config)?;
+        text.push_str(toml);
+        std::fs::write(&replica.config, text)?;
+        Ok(())
+    }
+
     /// Environment variables for collector processes started from now on.
     pub fn set_collector_env(&mut self, env: Vec<(String, String)>) {
         self.limits.collector_env = env;
