@@ -87,10 +87,20 @@ fn portolan(
     op: &(PathBuf, PathBuf),
     args: &[&str],
 ) -> Result<(i32, String, String)> {
+    portolan_at(cluster, cluster.collector_port, op, args)
+}
+
+/// [`portolan`] against the collector replica listening on `port`.
+fn portolan_at(
+    cluster: &Cluster,
+    port: u16,
+    op: &(PathBuf, PathBuf),
+    args: &[&str],
+) -> Result<(i32, String, String)> {
     let output = Command::new(binary("portolan")?)
         .args(args)
         .arg("--collector")
-        .arg(format!("https://127.0.0.1:{}", cluster.collector_port))
+        .arg(format!("https://127.0.0.1:{port}"))
         .arg("--ca")
         .arg(cluster.pki.ca_path())
         .arg("--cert")
@@ -608,7 +618,7 @@ async fn a_retired_host_stops_its_current_state_leaves_its_findings_resolve_its_
     let lab = Lab::new("enrret")?;
     let host = lab.add_host("h0")?;
     let bridge = IpAddr::V4(lab.bridge_ipv4());
-    let cluster =
+    let mut cluster =
         enrolling_cluster("enrollretire", &[bridge], "1h", "", Some(RETIRE_RULES)).await?;
     let collector = SocketAddr::new(bridge, cluster.collector_port);
     let admin = operator(&cluster, "alice", OperatorRole::Admin)?;
@@ -640,12 +650,15 @@ async fn a_retired_host_stops_its_current_state_leaves_its_findings_resolve_its_
     let history = cluster.store.socket_events(id).await?.len();
     let current = cluster.store.current_rows(id).await?;
     ensure!(history > 0 && current > 0);
-    let (code, out, err) = portolan(&cluster, &admin, &["retire", id])?;
+    // The admin retires the host on another replica than the one its agent streams to:
+    // the streaming replica learns it from ClickHouse.
+    let other = cluster.add_collector().await?;
+    let (code, out, err) = portolan_at(&cluster, other, &admin, &["retire", id])?;
     ensure!(code == 0, "retire: {err}");
     println!("{out}{err}");
     // Its stream ends and reconnections are refused: no report is stored after it.
     eventually_async!(
-        timeout = Duration::from_secs(20),
+        timeout = Duration::from_secs(10),
         interval = Duration::from_millis(500),
         {
             let log = cluster.agent_log(id);
