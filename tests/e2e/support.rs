@@ -193,6 +193,7 @@ impl Cluster {
             database: database.clone(),
             user: None,
             password: None,
+            tls: Default::default(),
         })
         .await?;
         store.migrate().await?;

@@ -171,6 +171,7 @@ async fn run(config: CollectorConfig, rules: Vec<CompiledRule>) -> Result<()> {
         user: (!config.clickhouse.user.is_empty()).then(|| config.clickhouse.user.clone()),
         password: (!config.clickhouse.password.is_empty())
             .then(|| config.clickhouse.password.clone()),
+        tls: Default::default(),
     };
     let store = Store::connect(&ch)
         .await
