@@ -161,6 +161,7 @@ async fn chart_manifests_start_every_workload_from_the_image() -> Result<()> {
         database: "portolan".into(),
         user: None,
         password: None,
+        tls: Default::default(),
     })
     .await?;
     let fixture_pid = fixture.pid();

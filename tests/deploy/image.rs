@@ -192,6 +192,7 @@ async fn collector_and_agent_containers_stream_this_hosts_sockets() -> Result<()
         database: database.into(),
         user: None,
         password: None,
+        tls: Default::default(),
     })
     .await?;
     let fixture_pid = fixture.pid();

@@ -4,6 +4,9 @@
 //! - `cli_history`: the CLI's past and live verbs (`at`, `history`, `ack`, `watch`,
 //!   `rules test`) run as the real binary: what was open then and not now, admins alone
 //!   acknowledge, a watch prints what opens after it started.
+//! - `clickhouse_tls`: the collector stores an agent's inventory in a ClickHouse served
+//!   over HTTPS with a private CA's certificate; its `/readyz` names a TLS failure and
+//!   what to configure when the server's certificate changes to an untrusted one.
 //! - `faults`: the collector SIGKILLed, ClickHouse stopped for 30 s under load, the
 //!   network cut for a minute, the agent killed holding unacknowledged changes — while
 //!   listeners open and close: every opening and closing stored once, at its scan time,
@@ -49,6 +52,7 @@
 //!   endpoint where nothing listens, data lands as usual and the exporter warns once.
 
 mod cli_history;
+mod clickhouse_tls;
 mod enrollment;
 mod faults;
 mod grafana;

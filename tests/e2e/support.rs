@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use portolan_core::inventory::ScannedSocket;
 use portolan_core::{Attribution, FlowKey, HostState, Inventory, SocketKey, SocketState};
-use portolan_store::managed::{ManagedClickHouse, ManagedOptions};
+use portolan_store::managed::{ManagedClickHouse, ManagedHttps, ManagedOptions};
 use portolan_store::{ClickHouseConfig, Store};
 use portolan_testkit::{
     ChildGuard, NetnsHost, Protocol, SocketFixture, SsSocket, TempState, eventually_async,
@@ -67,6 +67,24 @@ impl Pki {
 
     pub fn ca_path(&self) -> PathBuf {
         self.dir.join("ca.pem")
+    }
+
+    /// HTTPS material for a managed ClickHouse: a server certificate for `localhost` and
+    /// 127.0.0.1 issued by `ca`, written as `<name>.pem` and `<name>.key`.
+    pub fn clickhouse_https(&self, ca: &Ca, name: &str) -> Result<ManagedHttps> {
+        let written = ca
+            .issue_collector(
+                "clickhouse",
+                &["localhost".into()],
+                &[IpAddr::V4(Ipv4Addr::LOCALHOST)],
+                Duration::from_secs(3600),
+            )?
+            .write_files(&self.dir, name, WriteMode::Overwrite)?;
+        Ok(ManagedHttps {
+            cert: written.cert,
+            key: written.key,
+            client_ca: None,
+        })
     }
 }
 
@@ -128,6 +146,9 @@ pub struct Cluster {
     /// Kept for the cluster's lifetime: dropping it stops the server.
     clickhouse: ManagedClickHouse,
     pub clickhouse_url: String,
+    /// The URL collectors are configured with: [`Cluster::clickhouse_url`], or the
+    /// server's `https://` URL with [`Limits::clickhouse_https`].
+    pub collector_clickhouse_url: String,
     pub database: String,
     pub store: Store,
     pub pki: Pki,
@@ -161,6 +182,9 @@ pub struct Limits {
     /// Environment variables for the collector processes (e.g. `OTEL_*`); see
     /// [`Cluster::set_collector_env`].
     pub collector_env: Vec<(String, String)>,
+    /// ClickHouse also serves HTTPS with a certificate of the e2e CA (for `localhost`),
+    /// and collectors reach it there, trusting that CA (`[clickhouse.tls] ca`).
+    pub clickhouse_https: bool,
 }
 
 impl Default for Limits {
@@ -173,6 +197,7 @@ impl Default for Limits {
             revocation_list: false,
             message_rate: None,
             collector_env: Vec::new(),
+            clickhouse_https: false,
         }
     }
 }
@@ -182,28 +207,38 @@ impl Cluster {
     /// reach it at the bridge address) with a certificate for `collector_ips`.
     pub async fn start(name: &str, collector_ips: &[IpAddr], limits: Limits) -> Result<Cluster> {
         let state = TempState::new(name)?;
-        let clickhouse = ManagedClickHouse::start(ManagedOptions {
+        let mut ips = vec![IpAddr::V4(Ipv4Addr::LOCALHOST)];
+        ips.extend_from_slice(collector_ips);
+        let pki = Pki::new(state.subdir("pki")?, &ips)?;
+        let options = ManagedOptions {
             state_dir: state.subdir("clickhouse")?,
             binary: None,
-        })
-        .await?;
+        };
+        let clickhouse = if limits.clickhouse_https {
+            ManagedClickHouse::start_https(options, pki.clickhouse_https(&pki.ca, "clickhouse")?)
+                .await?
+        } else {
+            ManagedClickHouse::start(options).await?
+        };
         let database = format!("e2e_{name}");
         let store = Store::connect(&ClickHouseConfig {
             url: clickhouse.url(),
             database: database.clone(),
             user: None,
             password: None,
+            tls: Default::default(),
         })
         .await?;
         store.migrate().await?;
-        let mut ips = vec![IpAddr::V4(Ipv4Addr::LOCALHOST)];
-        ips.extend_from_slice(collector_ips);
-        let pki = Pki::new(state.subdir("pki")?, &ips)?;
         let clickhouse_url = clickhouse.url();
+        let collector_clickhouse_url = clickhouse
+            .https_url()
+            .unwrap_or_else(|| clickhouse_url.clone());
         let mut cluster = Cluster {
             state,
             clickhouse,
             clickhouse_url,
+            collector_clickhouse_url,
             database,
             store,
             pki,
@@ -229,7 +264,7 @@ impl Cluster {
         std::fs::write(
             &config,
             format!(
-                "version = 1\nname = \"e2e{suffix}\"\nlisten = \"0.0.0.0:{port}\"\nstate_dir = {state:?}\n\n[tls]\nca = {ca:?}\ncert = {cert:?}\nkey = {key:?}\n\n[clickhouse]\nurl = {url:?}\ndatabase = {database:?}\n\n[limits]\nmax_message_bytes = {mmb}\nmax_sockets_per_message = {msm}\n",
+                "version = 1\nname = \"e2e{suffix}\"\nlisten = \"0.0.0.0:{port}\"\nstate_dir = {state:?}\n\n[tls]\nca = {ca:?}\ncert = {cert:?}\nkey = {key:?}\n\n[clickhouse]\nurl = {url:?}\ndatabase = {database:?}\n{clickhouse_tls}\n[limits]\nmax_message_bytes = {mmb}\nmax_sockets_per_message = {msm}\n",
                 state = self
                     .state
                     .subdir(&format!("collector{suffix}"))?
@@ -238,8 +273,16 @@ impl Cluster {
                 ca = self.pki.ca_path().display().to_string(),
                 cert = self.pki.dir.join("collector.pem").display().to_string(),
                 key = self.pki.dir.join("collector.key").display().to_string(),
-                url = self.clickhouse_url,
+                url = self.collector_clickhouse_url,
                 database = self.database,
+                clickhouse_tls = if self.limits.clickhouse_https {
+                    format!(
+                        "\n[clickhouse.tls]\nca = {:?}\n",
+                        self.pki.ca_path().display().to_string()
+                    )
+                } else {
+                    String::new()
+                },
                 mmb = self.limits.max_message_bytes,
                 msm = self.limits.max_sockets_per_message,
             ),
@@ -521,6 +564,12 @@ impl Cluster {
     }
 
     /// Starts the stopped ClickHouse again and waits until it answers.
+    /// Changes ClickHouse's HTTPS material; it takes effect at the next
+    /// [`Cluster::start_clickhouse`].
+    pub fn set_clickhouse_https(&mut self, https: ManagedHttps) {
+        self.clickhouse.set_https(https);
+    }
+
     pub async fn start_clickhouse(&mut self) -> Result<()> {
         self.clickhouse.start_again().await?;
         Ok(())

@@ -174,6 +174,7 @@ pub fn run(args: DemoArgs, out: &mut dyn Write) -> Result<()> {
         database: database.into(),
         user: None,
         password: None,
+        tls: Default::default(),
     }))?;
     let seq_before = runtime.block_on(store.last_seq(&host_id)).unwrap_or(0);
     eprintln!(

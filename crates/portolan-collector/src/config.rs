@@ -9,9 +9,11 @@ use portolan_metrics::MetricsSection;
 use portolan_tls::TlsFiles;
 use serde::{Deserialize, Serialize};
 
+mod clickhouse;
 mod enrollment;
 mod redact;
 
+pub use clickhouse::{ClickHouseSection, ClickHouseTlsSection};
 pub use enrollment::EnrollmentSection;
 pub use redact::REDACTED;
 pub(crate) use redact::without_credentials;
@@ -179,45 +181,6 @@ impl Default for RulesSection {
     }
 }
 
-/// `[clickhouse]`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ClickHouseSection {
-    /// HTTP URL of the ClickHouse server. Empty: run a managed local ClickHouse from the
-    /// `clickhouse-server` binary on this machine, with its data under `state_dir`.
-    pub url: String,
-    /// Database; created when missing.
-    pub database: String,
-    /// User; empty for `default`.
-    pub user: String,
-    /// Password; empty for none. Prefer `PORTOLAN_CLICKHOUSE_PASSWORD` to the file.
-    pub password: String,
-    /// Path of the `clickhouse-server` binary for the managed server; empty: search PATH.
-    pub binary: String,
-    /// Group commit: batches of the changes and heartbeats of all agents are written one
-    /// at a time, one INSERT per table, and start at least this long apart. At rest a
-    /// change is written at once; under load, what arrives meanwhile joins the next
-    /// batch. Longer: fewer, larger INSERTs (less merging for ClickHouse) and later
-    /// acknowledgements under load. `"0s"`: every change is written on its own.
-    #[serde(with = "portolan_config::duration")]
-    pub batch_window: Duration,
-    /// A batch holding this many rows is written without waiting for the window to close.
-    pub batch_max_rows: u32,
-}
-
-impl ClickHouseSection {
-    /// How the store groups writes.
-    pub fn batching(&self) -> portolan_store::BatchConfig {
-        if self.batch_window.is_zero() {
-            return portolan_store::BatchConfig::unbatched();
-        }
-        portolan_store::BatchConfig {
-            window: self.batch_window,
-            max_rows: self.batch_max_rows as usize,
-        }
-    }
-}
-
 /// `[tls]`: the collector's certificate and key, the CAs client certificates must chain
 /// to, and the revocation list. Every file is re-read within a second of changing; a file
 /// that does not load is logged and the previous material stays in force.
@@ -286,20 +249,6 @@ impl Default for CollectorConfig {
     }
 }
 
-impl Default for ClickHouseSection {
-    fn default() -> Self {
-        ClickHouseSection {
-            url: String::new(),
-            database: "portolan".into(),
-            user: String::new(),
-            password: String::new(),
-            binary: String::new(),
-            batch_window: portolan_store::BatchConfig::default().window,
-            batch_max_rows: 100_000,
-        }
-    }
-}
-
 impl Default for LimitsSection {
     fn default() -> Self {
         LimitsSection {
@@ -323,30 +272,7 @@ impl CollectorConfig {
                 self.version
             ));
         }
-        if self.clickhouse.database.is_empty()
-            || !self
-                .clickhouse
-                .database
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_')
-        {
-            problems.push(format!(
-                "`clickhouse.database` is `{}`; use letters, digits and `_`",
-                self.clickhouse.database
-            ));
-        }
-        if self.clickhouse.batch_window > Duration::from_secs(5) {
-            problems.push(
-                "`clickhouse.batch_window` is over 5s; agents would wait that long for each acknowledgement (250ms is plenty)"
-                    .into(),
-            );
-        }
-        if !self.clickhouse.batch_window.is_zero() && self.clickhouse.batch_max_rows == 0 {
-            problems.push(
-                "`clickhouse.batch_max_rows` must be positive (set `clickhouse.batch_window = \"0s\"` to write every change on its own)"
-                    .into(),
-            );
-        }
+        self.clickhouse.validate(&mut problems);
         if self.limits.max_message_bytes < 64 * 1024 {
             problems.push(
                 "`limits.max_message_bytes` is under 64 KiB; agents could not send a snapshot part"

@@ -52,7 +52,8 @@ impl ClickHouseReadiness {
         }
     }
 
-    /// Records a check: the schema status read, or why it could not be read.
+    /// Records a check: the schema status read, or why it could not be read and what to
+    /// do (see [`check_failure`]).
     pub fn checked(&mut self, result: Result<SchemaStatus, String>) {
         self.check = Some(result);
     }
@@ -72,11 +73,7 @@ impl ClickHouseReadiness {
         let url = &self.url;
         let status = match &self.check {
             None => return Err(format!("clickhouse at {url}: not checked yet")),
-            Some(Err(e)) => {
-                return Err(format!(
-                    "clickhouse at {url}: {e}; check that it runs and that `clickhouse.url` names it"
-                ));
-            }
+            Some(Err(e)) => return Err(format!("clickhouse at {url}: {e}")),
             Some(Ok(status)) => status,
         };
         if let Some((at, error)) = &self.write_failure {
@@ -162,6 +159,21 @@ fn reason(error: &StoreError) -> String {
     error.to_string()
 }
 
+/// Why a check failed and what to do: a TLS failure says what to configure in
+/// `[clickhouse.tls]`; anything else is a server that does not run or is not the one named.
+pub fn check_failure(error: &StoreError) -> String {
+    match error {
+        StoreError::Tls { problem, .. } => {
+            format!("cannot open a TLS connection: {problem}")
+        }
+        StoreError::TlsFile { .. } | StoreError::TlsSetup(_) => error.to_string(),
+        _ => format!("{}; {UNREACHABLE_ADVICE}", reason(error)),
+    }
+}
+
+/// What to do when a check finds no answering server.
+const UNREACHABLE_ADVICE: &str = "check that it runs and that `clickhouse.url` names it";
+
 /// Checks `store` every [`CHECK_INTERVAL`] until `stop` turns true, feeding [`global`].
 /// `url` is the ClickHouse URL; readiness reports it without credentials.
 pub async fn watch_clickhouse(store: Arc<Store>, url: &str, mut stop: watch::Receiver<bool>) {
@@ -175,8 +187,11 @@ pub async fn watch_clickhouse(store: Arc<Store>, url: &str, mut stop: watch::Rec
         state.health.beat(LOOP, within);
         let result = match tokio::time::timeout(CHECK_TIMEOUT, store.schema_status()).await {
             Ok(Ok(status)) => Ok(status),
-            Ok(Err(e)) => Err(reason(&e)),
-            Err(_) => Err(format!("no answer within {}s", CHECK_TIMEOUT.as_secs_f64())),
+            Ok(Err(e)) => Err(check_failure(&e)),
+            Err(_) => Err(format!(
+                "no answer within {}s; {UNREACHABLE_ADVICE}",
+                CHECK_TIMEOUT.as_secs_f64()
+            )),
         };
         let was_ready = state.health.readiness().is_ok();
         state.update(|r| r.checked(result));
@@ -222,7 +237,9 @@ mod tests {
     #[test]
     fn a_failed_check_says_what_failed_and_what_to_do() {
         let mut r = ClickHouseReadiness::new(URL, Duration::from_secs(30));
-        r.checked(Err("Connection refused (os error 111)".into()));
+        r.checked(Err(format!(
+            "Connection refused (os error 111); {UNREACHABLE_ADVICE}"
+        )));
         assert_eq!(
             r.state(Instant::now()),
             Err("clickhouse at http://ch:8123: Connection refused (os error 111); check that it runs and that `clickhouse.url` names it".into())

@@ -12,7 +12,7 @@ use portolan_collector::evaluate::{CompiledRule, Evaluator};
 use portolan_collector::notify::Notifier;
 use portolan_config::exit::{self, Classified, EXIT_USAGE, Exit};
 use portolan_store::managed::{ManagedClickHouse, ManagedOptions};
-use portolan_store::{ClickHouseConfig, Store, StoreError};
+use portolan_store::{Store, StoreError};
 use tracing::info;
 
 /// Thousands of streams building rows on two runtime threads and freeing them on the
@@ -165,18 +165,23 @@ async fn run(config: CollectorConfig, rules: Vec<CompiledRule>) -> Result<()> {
     } else {
         config.clickhouse.url.clone()
     };
-    let ch = ClickHouseConfig {
-        url,
-        database: config.clickhouse.database.clone(),
-        user: (!config.clickhouse.user.is_empty()).then(|| config.clickhouse.user.clone()),
-        password: (!config.clickhouse.password.is_empty())
-            .then(|| config.clickhouse.password.clone()),
-    };
+    let ch = config
+        .clickhouse
+        .store_config(url)
+        .map_err(|e| {
+            let exit = Exit::of_io(e.error.kind()).unwrap_or(Exit::Usage);
+            Classified::new(exit, e)
+        })
+        .context("cannot read the ClickHouse password")?;
     let store = Store::connect(&ch)
         .await
         .map_err(|e| {
             let exit = match e {
                 StoreError::Unreachable { .. } => Exit::Unavailable,
+                // Something to configure: `[clickhouse.tls]` or the URL.
+                StoreError::Tls { .. } | StoreError::TlsFile { .. } | StoreError::TlsSetup(_) => {
+                    Exit::Usage
+                }
                 _ => Exit::Failure,
             };
             Classified::new(exit, e)

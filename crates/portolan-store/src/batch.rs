@@ -29,6 +29,7 @@ use clickhouse::{Client, Row, RowOwned, RowWrite};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::StoreError;
+use super::error::Endpoint;
 use super::rowbinary::Encoded;
 use super::rows::{HostRow, ReportRow};
 use super::schema::table;
@@ -130,7 +131,7 @@ impl Rows {
 #[derive(Debug)]
 pub(crate) struct Writer {
     client: Client,
-    url: String,
+    endpoint: Arc<Endpoint>,
     requests: Arc<Semaphore>,
     dirty: Arc<Mutex<HashSet<String>>>,
     counters: Counters,
@@ -139,13 +140,13 @@ pub(crate) struct Writer {
 impl Writer {
     pub(crate) fn new(
         client: Client,
-        url: String,
+        endpoint: Arc<Endpoint>,
         requests: Arc<Semaphore>,
         dirty: Arc<Mutex<HashSet<String>>>,
     ) -> Writer {
         Writer {
             client,
-            url,
+            endpoint,
             requests,
             dirty,
             counters: Counters::default(),
@@ -171,19 +172,9 @@ impl Writer {
     }
 
     fn map_err(&self, table: &str) -> impl FnOnce(clickhouse::error::Error) -> StoreError {
-        let url = self.url.clone();
+        let endpoint = self.endpoint.clone();
         let table = table.to_string();
-        move |error| {
-            if super::is_connect_error(&error) {
-                StoreError::Unreachable { url, error }
-            } else {
-                StoreError::Query {
-                    op: "insert into",
-                    table,
-                    error,
-                }
-            }
-        }
+        move |error| endpoint.error("insert into", &table, error)
     }
 
     /// One INSERT of `rows` into `table` (none when `rows` is empty), within the

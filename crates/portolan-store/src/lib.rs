@@ -46,6 +46,7 @@
 //! | [`ledger`] | [`HostLedger`]: one host's stored state as its stream holds it, and the one write path of the protocol (hello, snapshot, delta, heartbeat) |
 //! | [`store`] | [`Store`]: connection, server detection, migration, one host's stored state read back, writes, recovery |
 //! | [`server`] | [`ClickHouseConfig`] and [`ServerInfo`]: where the server is and what it is |
+//! | [`tls`] | [`ClickHouseTls`]: `https://` servers, their roots and client certificates, and what a failed handshake means |
 //! | [`stored`] | what the store takes and gives back: [`HostRecord`], [`StoredSocket`], events, receipts |
 //! | [`error`] | [`StoreError`] |
 //! | [`schema`] | the DDL of every table, per server flavour, and its migrations |
@@ -83,6 +84,7 @@ pub mod schema;
 pub mod server;
 pub mod store;
 pub mod stored;
+pub mod tls;
 mod tracked;
 
 pub use self::batch::{BatchConfig, PendingWrite, WriteStats};
@@ -95,7 +97,7 @@ pub use self::stored::{
     ChangeKind, FlowEvent, FlowEventKind, HostRecord, HostReport, MigrationReport, Recovery,
     SchemaStatus, SocketEvent, SocketEventKind, StoredFlow, StoredHost, StoredSocket, WriteReceipt,
 };
+pub use self::tls::ClickHouseTls;
 
 pub(crate) use self::change::{empty_host_row, hello_row, report_row, stamp};
-pub(crate) use self::store::is_connect_error;
 pub(crate) use self::stored::stored_host;

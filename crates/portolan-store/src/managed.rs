@@ -14,6 +14,10 @@
 //! logs/clickhouse-server.log  logs/clickhouse-server.err.log  logs/console.log
 //! ```
 //!
+//! With [`ManagedHttps`] ([`ManagedClickHouse::start_https`]) the server also serves
+//! HTTPS on a third loopback port with the given certificate, optionally requiring a
+//! client certificate: how the tests hold the store's TLS to a real server.
+//!
 //! The ports are chosen once, by binding port 0, and kept for the life of the value:
 //! [`ManagedClickHouse::stop`] and [`ManagedClickHouse::start_again`] restart the server on
 //! the same ports and the same data, which is what fault tests need.
@@ -29,6 +33,10 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
+
+mod config;
+
+use self::config::{Ports, config_xml, users_xml};
 
 /// How long [`ManagedClickHouse::start`] waits for the server to answer `/ping`.
 pub const START_DEADLINE: Duration = Duration::from_secs(60);
@@ -47,6 +55,19 @@ pub struct ManagedOptions {
     /// where Debian installs it, which is not on a normal user's `PATH`), then
     /// `clickhouse` (run as `clickhouse server`).
     pub binary: Option<PathBuf>,
+}
+
+/// HTTPS for a managed server: PEM files the server reads at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManagedHttps {
+    /// The server's certificate (with `localhost` / `127.0.0.1` among its names for the
+    /// client to verify it at [`ManagedClickHouse::https_url`]).
+    pub cert: PathBuf,
+    /// Its private key.
+    pub key: PathBuf,
+    /// CA certificates a client certificate must chain to: the server then requires one
+    /// (`verificationMode` `strict`). `None`: no client certificate is asked.
+    pub client_ca: Option<PathBuf>,
 }
 
 /// Why the managed server could not be started or stopped.
@@ -134,8 +155,8 @@ struct Binary {
 pub struct ManagedClickHouse {
     binary: Binary,
     dir: PathBuf,
-    http_port: u16,
-    tcp_port: u16,
+    ports: Ports,
+    https: Option<ManagedHttps>,
     child: Option<Child>,
 }
 
@@ -144,8 +165,8 @@ impl fmt::Debug for ManagedClickHouse {
         f.debug_struct("ManagedClickHouse")
             .field("binary", &self.binary.path)
             .field("dir", &self.dir)
-            .field("http_port", &self.http_port)
-            .field("tcp_port", &self.tcp_port)
+            .field("ports", &self.ports)
+            .field("https", &self.https)
             .field("pid", &self.pid())
             .finish()
     }
@@ -159,6 +180,22 @@ impl ManagedClickHouse {
     /// `server.pid`, with this directory's configuration on its command line) is stopped
     /// first: it would hold the data directory's lock.
     pub async fn start(options: ManagedOptions) -> Result<ManagedClickHouse, ManagedError> {
+        ManagedClickHouse::start_with(options, None).await
+    }
+
+    /// [`ManagedClickHouse::start`], with HTTPS on a third loopback port as `https` says
+    /// (see [`ManagedClickHouse::https_url`]).
+    pub async fn start_https(
+        options: ManagedOptions,
+        https: ManagedHttps,
+    ) -> Result<ManagedClickHouse, ManagedError> {
+        ManagedClickHouse::start_with(options, Some(https)).await
+    }
+
+    async fn start_with(
+        options: ManagedOptions,
+        https: Option<ManagedHttps>,
+    ) -> Result<ManagedClickHouse, ManagedError> {
         let binary = find_binary(options.binary.as_deref())?;
         let dir = options.state_dir.join("clickhouse");
         for sub in ["data", "tmp", "user_files", "format_schemas", "logs"] {
@@ -172,8 +209,12 @@ impl ManagedClickHouse {
         let mut server = ManagedClickHouse {
             binary,
             dir,
-            http_port: 0,
-            tcp_port: 0,
+            ports: Ports {
+                http: 0,
+                tcp: 0,
+                https: 0,
+            },
+            https,
             child: None,
         };
         server.stop_stale().await;
@@ -182,9 +223,7 @@ impl ManagedClickHouse {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let (http_port, tcp_port) = free_ports()?;
-            server.http_port = http_port;
-            server.tcp_port = tcp_port;
+            server.ports = free_ports()?;
             match server.launch().await {
                 Ok(()) => break,
                 Err(ManagedError::Exited { tail, .. })
@@ -197,7 +236,8 @@ impl ManagedClickHouse {
         }
         tracing::info!(
             url = %server.url(),
-            tcp_port = server.tcp_port,
+            tcp_port = server.ports.tcp,
+            https_port = server.https.is_some().then_some(server.ports.https),
             dir = %server.dir.display(),
             binary = %server.binary.path.display(),
             "managed clickhouse started"
@@ -213,6 +253,7 @@ impl ManagedClickHouse {
             database: database.to_string(),
             user: None,
             password: None,
+            tls: crate::ClickHouseTls::default(),
         })
         .await?;
         store.migrate().await?;
@@ -221,17 +262,32 @@ impl ManagedClickHouse {
 
     /// The HTTP URL: `http://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.http_port)
+        format!("http://127.0.0.1:{}", self.ports.http)
+    }
+
+    /// The HTTPS URL, `https://localhost:PORT`, when the server was started with
+    /// [`ManagedClickHouse::start_https`].
+    pub fn https_url(&self) -> Option<String> {
+        self.https
+            .as_ref()
+            .map(|_| format!("https://localhost:{}", self.ports.https))
+    }
+
+    /// Changes the HTTPS material (another certificate, a client CA or none): it takes
+    /// effect at the next [`ManagedClickHouse::start_again`], on the same port. For
+    /// tests of what clients do when a server's certificate changes.
+    pub fn set_https(&mut self, https: ManagedHttps) {
+        self.https = Some(https);
     }
 
     /// The HTTP port.
     pub fn http_port(&self) -> u16 {
-        self.http_port
+        self.ports.http
     }
 
     /// The native-protocol port (for `clickhouse-client --port`).
     pub fn tcp_port(&self) -> u16 {
-        self.tcp_port
+        self.ports.tcp
     }
 
     /// The server's log file (level `warning`); errors also go to
@@ -291,7 +347,7 @@ impl ManagedClickHouse {
         let root = root_element(&self.binary).await;
         write_file(
             &self.config_path(),
-            &config_xml(root, &self.dir, self.http_port, self.tcp_port),
+            &config_xml(root, &self.dir, self.ports, self.https.as_ref()),
         )?;
         write_file(&self.dir.join("users.xml"), &users_xml(root))?;
         let console = self.dir.join("logs").join("console.log");
@@ -336,7 +392,7 @@ impl ManagedClickHouse {
 
     async fn wait_ready(&mut self) -> Result<(), ManagedError> {
         let deadline = Instant::now() + START_DEADLINE;
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.http_port));
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.ports.http));
         loop {
             if let Some(child) = self.child.as_mut()
                 && let Ok(Some(status)) = child.try_wait()
@@ -531,15 +587,20 @@ async fn root_element(binary: &Binary) -> &'static str {
     }
 }
 
-fn free_ports() -> Result<(u16, u16), ManagedError> {
-    // Both listeners are held at once so that the two ports differ.
-    let a = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(ManagedError::NoPort)?;
-    let b = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(ManagedError::NoPort)?;
-    let ports = (
-        a.local_addr().map_err(ManagedError::NoPort)?.port(),
-        b.local_addr().map_err(ManagedError::NoPort)?.port(),
-    );
-    Ok(ports)
+fn free_ports() -> Result<Ports, ManagedError> {
+    // The listeners are held at once so that the ports differ.
+    let bind = || TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(ManagedError::NoPort);
+    let (a, b, c) = (bind()?, bind()?, bind()?);
+    let port = |l: &TcpListener| {
+        l.local_addr()
+            .map(|a| a.port())
+            .map_err(ManagedError::NoPort)
+    };
+    Ok(Ports {
+        http: port(&a)?,
+        tcp: port(&b)?,
+        https: port(&c)?,
+    })
 }
 
 fn write_file(path: &Path, text: &str) -> Result<(), ManagedError> {
@@ -565,118 +626,9 @@ fn tail_lines(path: &Path, lines: usize) -> String {
     out
 }
 
-fn xml_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-}
-
-/// The server configuration: loopback only, no interserver port, small caches, level
-/// `warning`, everything under `dir`, UTC.
-fn config_xml(root: &str, dir: &Path, http_port: u16, tcp_port: u16) -> String {
-    let d = |sub: &str| xml_escape(&format!("{}/{sub}", dir.display()));
-    format!(
-        r#"<?xml version="1.0"?>
-<!-- Generated by portolan-collector for its managed ClickHouse; rewritten at every start. -->
-<{root}>
-    <logger>
-        <level>warning</level>
-        <log>{log}</log>
-        <errorlog>{errlog}</errorlog>
-        <size>50M</size>
-        <count>3</count>
-        <console>0</console>
-    </logger>
-    <listen_host>127.0.0.1</listen_host>
-    <http_port>{http_port}</http_port>
-    <tcp_port>{tcp_port}</tcp_port>
-    <max_connections>256</max_connections>
-    <!-- Above the client pool idle timeout (2 s), and short: a stopping server waits for idle keep-alive connections. -->
-    <keep_alive_timeout>3</keep_alive_timeout>
-    <max_concurrent_queries>64</max_concurrent_queries>
-    <mark_cache_size>67108864</mark_cache_size>
-    <uncompressed_cache_size>67108864</uncompressed_cache_size>
-    <path>{data}/</path>
-    <tmp_path>{tmp}/</tmp_path>
-    <user_files_path>{user_files}/</user_files_path>
-    <format_schema_path>{format_schemas}/</format_schema_path>
-    <users_config>users.xml</users_config>
-    <default_profile>default</default_profile>
-    <default_database>default</default_database>
-    <timezone>UTC</timezone>
-    <mlock_executable>false</mlock_executable>
-</{root}>
-"#,
-        log = d("logs/clickhouse-server.log"),
-        errlog = d("logs/clickhouse-server.err.log"),
-        data = d("data"),
-        tmp = d("tmp"),
-        user_files = d("user_files"),
-        format_schemas = d("format_schemas"),
-    )
-}
-
-/// One user, `default`, without password, reachable from loopback only.
-fn users_xml(root: &str) -> String {
-    format!(
-        r#"<?xml version="1.0"?>
-<!-- Generated by portolan-collector for its managed ClickHouse; rewritten at every start. -->
-<{root}>
-    <profiles>
-        <default>
-            <max_memory_usage>4000000000</max_memory_usage>
-            <use_uncompressed_cache>0</use_uncompressed_cache>
-        </default>
-    </profiles>
-    <users>
-        <default>
-            <password></password>
-            <networks>
-                <ip>127.0.0.1</ip>
-                <ip>::1</ip>
-            </networks>
-            <profile>default</profile>
-            <quota>default</quota>
-        </default>
-    </users>
-    <quotas>
-        <default>
-            <interval>
-                <duration>3600</duration>
-                <queries>0</queries>
-                <errors>0</errors>
-                <result_rows>0</result_rows>
-                <read_rows>0</read_rows>
-                <execution_time>0</execution_time>
-            </interval>
-        </default>
-    </quotas>
-</{root}>
-"#
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn config_is_loopback_only_and_under_the_state_dir() {
-        let xml = config_xml("yandex", Path::new("/state/clickhouse"), 18123, 19000);
-        assert!(xml.contains("<listen_host>127.0.0.1</listen_host>"));
-        assert!(!xml.contains("interserver_http_port"));
-        assert!(xml.contains("<path>/state/clickhouse/data/</path>"));
-        assert!(xml.contains("<http_port>18123</http_port>"));
-        assert!(xml.contains("<level>warning</level>"));
-    }
-
-    #[test]
-    fn users_are_loopback_only() {
-        let xml = users_xml("clickhouse");
-        assert!(xml.starts_with("<?xml"));
-        assert!(xml.contains("<ip>127.0.0.1</ip>"));
-        assert!(!xml.contains("::/0"));
-    }
 
     #[test]
     fn a_configured_binary_that_does_not_exist_says_so() {
@@ -697,7 +649,9 @@ mod tests {
 
     #[test]
     fn free_ports_differ() {
-        let (a, b) = free_ports().expect("ports");
-        assert_ne!(a, b);
+        let ports = free_ports().expect("ports");
+        assert_ne!(ports.http, ports.tcp);
+        assert_ne!(ports.http, ports.https);
+        assert_ne!(ports.tcp, ports.https);
     }
 }

@@ -1,11 +1,12 @@
 //! Where the store's ClickHouse is and what it is: version and schema flavour.
 
+use crate::ClickHouseTls;
 use crate::schema::Flavor;
 
 /// Where the store's ClickHouse is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClickHouseConfig {
-    /// HTTP URL, e.g. `http://127.0.0.1:8123`.
+    /// HTTP URL, e.g. `http://127.0.0.1:8123` or `https://abc.clickhouse.cloud:8443`.
     pub url: String,
     /// Database; created when missing. Letters, digits and `_`.
     pub database: String,
@@ -13,6 +14,8 @@ pub struct ClickHouseConfig {
     pub user: Option<String>,
     /// Password.
     pub password: Option<String>,
+    /// How an `https://` server is verified and what the store presents to it.
+    pub tls: ClickHouseTls,
 }
 
 /// What the server is, detected once at [`crate::Store::connect`].

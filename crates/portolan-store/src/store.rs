@@ -12,6 +12,8 @@ use std::time::{Duration, SystemTime};
 
 use clickhouse::sql::Identifier;
 use clickhouse::{Client, Row, RowOwned, RowRead, RowWrite};
+
+use crate::error::Endpoint;
 use portolan_core::{HostState, Inventory, Process, ScanStats};
 
 use crate::batch::{BatchConfig, Batcher, WriteStats, Writer};
@@ -31,7 +33,7 @@ const ROLLBACK_DEADLINE: Duration = Duration::from_secs(120);
 /// The ClickHouse store. Cheap to share behind an `Arc`; all methods take `&self`.
 pub struct Store {
     pub(crate) client: Client,
-    pub(crate) url: String,
+    pub(crate) endpoint: Arc<Endpoint>,
     pub(crate) database: String,
     pub(crate) info: ServerInfo,
     /// Hosts whose last write failed in this process: recovered before their next
@@ -54,39 +56,11 @@ pub const MAX_CONCURRENT_REQUESTS: usize = 32;
 impl fmt::Debug for Store {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Store")
-            .field("url", &self.url)
+            .field("url", &self.endpoint.url)
             .field("database", &self.database)
             .field("info", &self.info)
             .finish_non_exhaustive()
     }
-}
-
-pub(crate) fn is_connect_error(error: &clickhouse::error::Error) -> bool {
-    use std::error::Error as _;
-    if !matches!(error, clickhouse::error::Error::Network(_)) {
-        return false;
-    }
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = error.source();
-    while let Some(e) = cause {
-        if let Some(io) = e.downcast_ref::<std::io::Error>()
-            && matches!(
-                io.kind(),
-                std::io::ErrorKind::ConnectionRefused
-                    | std::io::ErrorKind::ConnectionReset
-                    | std::io::ErrorKind::ConnectionAborted
-                    | std::io::ErrorKind::NotConnected
-                    | std::io::ErrorKind::AddrNotAvailable
-                    | std::io::ErrorKind::TimedOut
-                    | std::io::ErrorKind::BrokenPipe
-                    | std::io::ErrorKind::UnexpectedEof
-            )
-        {
-            return true;
-        }
-        cause = e.source();
-    }
-    let text = error.to_string();
-    text.contains("connect") || text.contains("Connection")
 }
 
 fn valid_identifier(name: &str) -> bool {
@@ -110,9 +84,11 @@ impl Store {
         if !valid_identifier(&config.database) {
             return Err(StoreError::InvalidDatabase(config.database.clone()));
         }
-        let mut base = Client::default()
-            .with_url(&config.url)
-            .with_validation(false);
+        let endpoint = Arc::new(Endpoint {
+            url: config.url.clone(),
+            tls: config.tls.clone(),
+        });
+        let mut base = crate::tls::client(&config.url, &config.tls)?.with_validation(false);
         if let Some(user) = &config.user {
             base = base.with_user(user);
         }
@@ -120,15 +96,9 @@ impl Store {
             base = base.with_password(password);
         }
         let map = |op: &'static str, table: &str| {
-            let url = config.url.clone();
+            let endpoint = endpoint.clone();
             let table = table.to_string();
-            move |error: clickhouse::error::Error| {
-                if is_connect_error(&error) {
-                    StoreError::Unreachable { url, error }
-                } else {
-                    StoreError::Query { op, table, error }
-                }
-            }
+            move |error: clickhouse::error::Error| endpoint.error(op, &table, error)
         };
         let text: String = base
             .query(queries::VERSION)
@@ -156,13 +126,13 @@ impl Store {
         let requests = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_REQUESTS));
         let writer = Arc::new(Writer::new(
             client.clone(),
-            config.url.clone(),
+            endpoint.clone(),
             requests.clone(),
             dirty.clone(),
         ));
         Ok(Store {
             client,
-            url: config.url.clone(),
+            endpoint,
             database: config.database.clone(),
             info,
             dirty,
@@ -176,7 +146,7 @@ impl Store {
     pub fn with_batching(self, config: BatchConfig) -> Store {
         let writer = Arc::new(Writer::new(
             self.client.clone(),
-            self.url.clone(),
+            self.endpoint.clone(),
             self.requests.clone(),
             self.dirty.clone(),
         ));
@@ -216,15 +186,9 @@ impl Store {
         op: &'static str,
         table: &str,
     ) -> impl FnOnce(clickhouse::error::Error) -> StoreError {
-        let url = self.url.clone();
+        let endpoint = self.endpoint.clone();
         let table = table.to_string();
-        move |error| {
-            if is_connect_error(&error) {
-                StoreError::Unreachable { url, error }
-            } else {
-                StoreError::Query { op, table, error }
-            }
-        }
+        move |error| endpoint.error(op, &table, error)
     }
 
     /// Creates or migrates the schema. Idempotent, and safe to run from several
@@ -569,6 +533,7 @@ mod tests {
             database: String::new(),
             user: None,
             password: None,
+            tls: crate::ClickHouseTls::default(),
         }));
     }
 

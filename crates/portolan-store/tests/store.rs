@@ -416,6 +416,7 @@ async fn connecting_to_nothing_says_what_to_check() -> Result<()> {
         database: "nothing".into(),
         user: None,
         password: None,
+        tls: Default::default(),
     })
     .await
     .expect_err("nothing listens");
@@ -430,6 +431,7 @@ async fn connecting_to_nothing_says_what_to_check() -> Result<()> {
         database: "bad-name".into(),
         user: None,
         password: None,
+        tls: Default::default(),
     })
     .await
     .expect_err("invalid database name");

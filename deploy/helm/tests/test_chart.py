@@ -229,6 +229,10 @@ COLLECTOR_OWNED = {
     "clickhouse.database": "from clickhouse.database",
     "clickhouse.user": "PORTOLAN_CLICKHOUSE_USER from the credentials Secret",
     "clickhouse.password": "PORTOLAN_CLICKHOUSE_PASSWORD from the credentials Secret",
+    "clickhouse.password_file": "unused: the password comes from the credentials Secret",
+    "clickhouse.tls.ca": "the mounted Secret clickhouse.tls.caSecret",
+    "clickhouse.tls.cert": "the mounted Secret clickhouse.tls.clientSecret",
+    "clickhouse.tls.key": "the mounted Secret clickhouse.tls.clientSecret",
     "clickhouse.binary": "the managed ClickHouse is not used in Kubernetes",
     "clickhouse.batch_window": "from clickhouse.batchWindow",
     "clickhouse.batch_max_rows": "from clickhouse.batchMaxRows",
@@ -481,7 +485,13 @@ def test_dashboards_configmap_ships_the_grafana_dashboards(renders: dict[str, Re
 def test_existing_secrets_are_only_referenced(renders: dict[str, Render]) -> None:
     assert not renders["existing-secrets"].kind("Secret")
     text = renders["existing-secrets"].text()
-    for name in ("clickhouse-credentials", "portolan-collector-tls", "portolan-agent-tls"):
+    for name in (
+        "clickhouse-credentials",
+        "clickhouse-ca",
+        "portolan-clickhouse-client",
+        "portolan-collector-tls",
+        "portolan-agent-tls",
+    ):
         assert f"name: {name}" in text or f"secretName: {name}" in text, name
 
 
@@ -666,6 +676,23 @@ def test_collector_accepts_its_config(case: str, workload: str, renders: dict[st
     for key in ("ca", "cert", "key"):
         path = config["tls"][key]
         assert secret_file_provided(mounted(pod, path), Path(path).name), f"tls.{key} = {path} is provided by no volume"
+    # [clickhouse.tls]: each file on a mounted Secret of `clickhouse.tls`, else unset.
+    ch_tls = values["clickhouse"].get("tls", {})
+    wanted = {}
+    if ch_tls.get("caSecret"):
+        wanted["ca"] = (ch_tls["caSecret"], ch_tls.get("caKey", "ca.crt"))
+    if ch_tls.get("clientSecret"):
+        wanted["cert"] = (ch_tls["clientSecret"], "tls.crt")
+        wanted["key"] = (ch_tls["clientSecret"], "tls.key")
+    for key in ("ca", "cert", "key"):
+        path = config["clickhouse"]["tls"][key]
+        if key not in wanted:
+            assert path == "", f"clickhouse.tls.{key} = {path}"
+            continue
+        secret, filename = wanted[key]
+        volume = mounted(pod, path)
+        assert volume["secret"]["secretName"] == secret, key
+        assert Path(path).name == filename and secret_file_provided(volume, filename), key
     revocation = values.get("collector", {}).get("revocation", {})
     if revocation.get("configMap"):
         # The whole ConfigMap as a directory (no items, no subPath): updates reach the file.

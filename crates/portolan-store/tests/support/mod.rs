@@ -46,6 +46,7 @@ impl Server {
             database: database.to_string(),
             user: None,
             password: None,
+            tls: Default::default(),
         }
     }
 

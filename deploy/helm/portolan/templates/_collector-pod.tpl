@@ -81,6 +81,16 @@ spec:
           mountPath: /etc/portolan/rules
           readOnly: true
         {{- end }}
+        {{- if $root.Values.clickhouse.tls.caSecret }}
+        - name: clickhouse-ca
+          mountPath: {{ include "portolan.clickhouse.tlsDir" $root }}/ca
+          readOnly: true
+        {{- end }}
+        {{- if $root.Values.clickhouse.tls.clientSecret }}
+        - name: clickhouse-client
+          mountPath: {{ include "portolan.clickhouse.tlsDir" $root }}/client
+          readOnly: true
+        {{- end }}
         - name: state
           mountPath: /var/lib/portolan-collector
         - name: tmp
@@ -102,6 +112,18 @@ spec:
     - name: rules
       configMap:
         name: {{ $name }}-rules
+    {{- end }}
+    {{- with $root.Values.clickhouse.tls.caSecret }}
+    - name: clickhouse-ca
+      secret:
+        secretName: {{ . }}
+        defaultMode: 0440
+    {{- end }}
+    {{- with $root.Values.clickhouse.tls.clientSecret }}
+    - name: clickhouse-client
+      secret:
+        secretName: {{ . }}
+        defaultMode: 0440
     {{- end }}
     # state_dir: only the managed ClickHouse writes there, which the chart does not use.
     - name: state

@@ -110,6 +110,11 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s-%s" (include "portolan.agent.fullname" .root) .node | trunc 253 -}}
 {{- end -}}
 
+{{/* Where the collector and the evaluator find the Secrets of `clickhouse.tls`. */}}
+{{- define "portolan.clickhouse.tlsDir" -}}
+/etc/portolan/clickhouse-tls
+{{- end -}}
+
 {{/* Environment of the collector and the evaluator: ClickHouse credentials from the Secret. */}}
 {{- define "portolan.clickhouse.env" -}}
 - name: PORTOLAN_CLICKHOUSE_USER
@@ -192,7 +197,19 @@ owns because they depend on how the pods are built (paths, ports, evaluation).
 {{- $_ = set $tls "revoked" (printf "%s/%s" (include "portolan.collector.revocationDir" $root) $root.Values.collector.revocation.key) -}}
 {{- end -}}
 {{- $_ = set $config "tls" $tls -}}
-{{- $_ = set $config "clickhouse" (dict "url" (include "portolan.clickhouse.url" $root) "database" $root.Values.clickhouse.database "batch_window" $root.Values.clickhouse.batchWindow "batch_max_rows" (int $root.Values.clickhouse.batchMaxRows)) -}}
+{{- $clickhouse := dict "url" (include "portolan.clickhouse.url" $root) "database" $root.Values.clickhouse.database "batch_window" $root.Values.clickhouse.batchWindow "batch_max_rows" (int $root.Values.clickhouse.batchMaxRows) -}}
+{{- $chTls := dict -}}
+{{- if $root.Values.clickhouse.tls.caSecret -}}
+{{- $_ = set $chTls "ca" (printf "%s/ca/%s" (include "portolan.clickhouse.tlsDir" $root) $root.Values.clickhouse.tls.caKey) -}}
+{{- end -}}
+{{- if $root.Values.clickhouse.tls.clientSecret -}}
+{{- $_ = set $chTls "cert" (printf "%s/client/tls.crt" (include "portolan.clickhouse.tlsDir" $root)) -}}
+{{- $_ = set $chTls "key" (printf "%s/client/tls.key" (include "portolan.clickhouse.tlsDir" $root)) -}}
+{{- end -}}
+{{- if $chTls -}}
+{{- $_ = set $clickhouse "tls" $chTls -}}
+{{- end -}}
+{{- $_ = set $config "clickhouse" $clickhouse -}}
 {{- /* Always on: the probes need /healthz and /readyz; metrics.enabled only adds scraping. */ -}}
 {{- $_ = set $config "metrics" (dict "listen" (printf "0.0.0.0:%d" (int $root.Values.metrics.port))) -}}
 {{- end -}}
