@@ -276,10 +276,12 @@ pub fn certificate_serial(cert_der: &[u8]) -> Result<Vec<u8>, IdentityError> {
     parse_certificate(cert_der).map(|parsed| parsed.serial)
 }
 
-/// What Portolan reads from a peer certificate: its identity and its serial number.
+/// What Portolan reads from a peer certificate: its identity, its serial number and its
+/// issuer's name (DER), which together with the serial names it in a CRL.
 pub(crate) struct ParsedCertificate {
     pub(crate) identity: Result<Identity, IdentityError>,
     pub(crate) serial: Vec<u8>,
+    pub(crate) issuer: Vec<u8>,
 }
 
 /// Parses a certificate once for both identity and serial.
@@ -289,6 +291,7 @@ pub(crate) fn parse_certificate(cert_der: &[u8]) -> Result<ParsedCertificate, Id
             reason: e.to_string(),
         })?;
     let serial = cert.raw_serial().to_vec();
+    let issuer = cert.issuer().as_raw().to_vec();
     let identity =
         match cert.subject_alternative_name() {
             Err(e) => Err(IdentityError::Unparsable {
@@ -302,7 +305,11 @@ pub(crate) fn parse_certificate(cert_der: &[u8]) -> Result<ParsedCertificate, Id
                 },
             )),
         };
-    Ok(ParsedCertificate { identity, serial })
+    Ok(ParsedCertificate {
+        identity,
+        serial,
+        issuer,
+    })
 }
 
 #[cfg(test)]

@@ -27,6 +27,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tonic::transport::server::Connected;
 
+use crate::crl::CrlSet;
 use crate::error::TlsError;
 use crate::files::TlsFiles;
 use crate::identity::{Identity, IdentityError, parse_certificate};
@@ -46,16 +47,44 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 /// and a client certificate verifier that **requires** every client to present a
 /// certificate signed by one of the CAs in `files.ca`. ALPN offers `h2`; TLS 1.3 and 1.2.
 pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
+    server_config_with_crls(files, &CrlSet::empty())
+}
+
+/// [`server_config`], and the handshake also refuses a client certificate that a CRL of
+/// `crls` revokes ([`CrlSet::load`] checked them against `files.ca`).
+///
+/// Only the client's own certificate is looked up (intermediates are not: Portolan's CAs
+/// issue leaves directly). A certificate whose issuer publishes no CRL is accepted: CRLs
+/// are one CA's word about its own certificates, and the fleet may trust CAs that publish
+/// none. A CRL past its `nextUpdate` still applies and does not refuse anyone by itself
+/// (rustls' default; `enforce_revocation_expiration` is not set): refusing every
+/// certificate of a CA because its CRL was not refreshed in time would lock the fleet out,
+/// while the revoked serials it lists stay revoked whatever its age. The collector warns
+/// about a stale CRL instead ([`ServerTls`](crate::ServerTls)).
+pub fn server_config_with_crls(
+    files: &TlsFiles,
+    crls: &CrlSet,
+) -> Result<Arc<ServerConfig>, TlsError> {
     let roots = Arc::new(files.load_roots()?);
     let chain = files.load_cert_chain()?;
     let key = files.load_key()?;
     let provider = crate::crypto_provider();
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
-        .build()
-        .map_err(|e| TlsError::Verifier {
+    let mut builder = WebPkiClientVerifier::builder_with_provider(roots, provider.clone());
+    if !crls.is_empty() {
+        builder = builder
+            .with_crls(crls.ders())
+            .only_check_end_entity_revocation()
+            .allow_unknown_revocation_status();
+    }
+    let verifier = builder.build().map_err(|e| match e {
+        rustls::server::VerifierBuilderError::InvalidCrl(e) => {
+            unusable_crl(files, crls, &provider, format!("{e:?}"))
+        }
+        e => TlsError::Verifier {
             path: files.ca.clone(),
             reason: e.to_string(),
-        })?;
+        },
+    })?;
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(crate::PROTOCOL_VERSIONS)
         .map_err(TlsError::Protocol)?
@@ -75,6 +104,30 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
     Ok(Arc::new(config))
 }
 
+/// The error naming the CRL of `crls` that rustls refuses (each is tried on its own);
+/// `reason` is what rustls said about the whole set.
+fn unusable_crl(
+    files: &TlsFiles,
+    crls: &CrlSet,
+    provider: &Arc<rustls::crypto::CryptoProvider>,
+    reason: String,
+) -> TlsError {
+    let culprit = crls.crls().iter().find(|crl| {
+        files.load_roots().is_ok_and(|roots| {
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                .with_crls([crl.der().clone()])
+                .build()
+                .is_err()
+        })
+    });
+    TlsError::Crl {
+        path: culprit.map_or_else(|| files.ca.clone(), |crl| crl.path().to_owned()),
+        reason: format!(
+            "rustls cannot use it ({reason}; check it with `openssl crl -noout -text -in FILE`, or write it again with `portolan pki crl`)"
+        ),
+    }
+}
+
 /// Who is on the other end of an accepted connection, as tonic hands it to handlers in the
 /// request extensions (see [`peer_info`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,6 +142,10 @@ pub struct PeerInfo {
     /// The serial number of the peer's certificate (the big-endian bytes of the DER
     /// INTEGER), for revocation checks. Empty if the certificate could not be parsed.
     pub serial: Vec<u8>,
+    /// The DER of the certificate's issuer name: a CRL revokes a serial of its own issuer
+    /// only (two CAs may hand out the same serial). Empty if the certificate could not be
+    /// parsed, or if the peer was described without it ([`PeerInfo::new`]).
+    pub issuer: Vec<u8>,
 }
 
 impl PeerInfo {
@@ -102,7 +159,14 @@ impl PeerInfo {
             remote_addr,
             identity,
             serial,
+            issuer: Vec::new(),
         }
+    }
+
+    /// The same peer, its certificate issued by the CA named `issuer` (DER of the name).
+    pub fn with_issuer(mut self, issuer: Vec<u8>) -> Self {
+        self.issuer = issuer;
+        self
     }
 
     /// Reads identity and serial from the leaf certificate a peer presented (`None`: it
@@ -118,11 +182,13 @@ impl PeerInfo {
                 remote_addr,
                 identity: parsed.identity,
                 serial: parsed.serial,
+                issuer: parsed.issuer,
             },
             Err(e) => PeerInfo {
                 remote_addr,
                 identity: Err(e),
                 serial: Vec::new(),
+                issuer: Vec::new(),
             },
         }
     }
