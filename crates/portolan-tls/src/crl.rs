@@ -286,3 +286,133 @@ fn check(
         serials,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::pki::{Ca, DEFAULT_CRL_VALIDITY};
+
+    struct Dir(tempfile::TempDir);
+
+    impl Dir {
+        fn new() -> Dir {
+            Dir(tempfile::tempdir().expect("a temporary directory"))
+        }
+
+        fn write(&self, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
+            let path = self.0.path().join(name);
+            std::fs::write(&path, contents).expect("written");
+            path
+        }
+    }
+
+    fn load(paths: &[PathBuf], ca: &Path) -> Result<CrlSet, String> {
+        CrlSet::load(paths, ca).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn pem_with_several_crls_and_der_load() {
+        let dir = Dir::new();
+        let (a, b) = (
+            Ca::generate("ca a").expect("ca"),
+            Ca::generate("ca b").expect("ca"),
+        );
+        let ca = dir.write("ca.pem", format!("{}{}", a.cert_pem(), b.cert_pem()));
+        let crl_a = a
+            .crl(None, &[vec![0x0a]], DEFAULT_CRL_VALIDITY)
+            .expect("crl");
+        let crl_b = b
+            .crl(None, &[vec![0x0b]], DEFAULT_CRL_VALIDITY)
+            .expect("crl");
+        let both = dir.write("both.crl.pem", format!("{}{}", crl_a.pem, crl_b.pem));
+        let der = CertificateRevocationListDer::from_pem_slice(crl_b.pem.as_bytes()).expect("pem");
+        let der = dir.write("b.crl", der.as_ref());
+        let set = load(&[both.clone(), der.clone()], &ca).expect("loads");
+        let issuers: Vec<&str> = set.crls().iter().map(Crl::issuer_name).collect();
+        assert_eq!(
+            issuers,
+            [
+                "CN=ca a, O=Portolan",
+                "CN=ca b, O=Portolan",
+                "CN=ca b, O=Portolan"
+            ]
+        );
+        assert_eq!(set.crls()[2].path(), der.as_path());
+        let serials: Vec<&[u8]> = set.crls()[0].serials().collect();
+        assert_eq!(serials, [&[0x0a][..]]);
+        assert!(set.stale(0).is_empty());
+        assert_eq!(set.ders().len(), 3);
+        assert!(
+            load(&[], &dir.0.path().join("absent"))
+                .expect("nothing to load")
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_crl_past_its_next_update_is_stale_and_still_lists_its_serials() {
+        let dir = Dir::new();
+        let ca = Ca::generate("ca").expect("ca");
+        let ca_path = dir.write("ca.pem", ca.cert_pem());
+        let crl = ca
+            .crl(None, &[vec![5]], Duration::from_secs(60))
+            .expect("crl");
+        let set = load(&[dir.write("c.pem", &crl.pem)], &ca_path).expect("loads");
+        let crl = &set.crls()[0];
+        let next = crl.next_update().expect("a next update");
+        assert!(next - crl.this_update() == 60);
+        assert!(!crl.is_stale(next) && crl.is_stale(next + 1));
+        assert_eq!(set.stale(next + 1).len(), 1);
+        assert_eq!(crl.serials().count(), 1);
+    }
+
+    #[test]
+    fn garbage_and_foreign_crls_are_refused_with_what_to_do() {
+        let dir = Dir::new();
+        let ca = Ca::generate("fleet").expect("ca");
+        let ca_path = dir.write("ca.pem", ca.cert_pem());
+        let cases: Vec<(PathBuf, &str)> = vec![
+            (
+                dir.write("garbage.crl", "this is not a CRL\n"),
+                "neither a PEM `X509 CRL` block nor a DER CRL",
+            ),
+            (
+                dir.write("cert.pem", ca.cert_pem()),
+                "no CRL found in `tls.crls`",
+            ),
+            (
+                dir.write("bad.der", [0x30, 0x03, 0x02, 0x01, 0x01]),
+                "not a valid X.509 CRL",
+            ),
+            (
+                dir.write(
+                    "unknown.crl.pem",
+                    Ca::generate("stranger")
+                        .and_then(|other| other.crl(None, &[], DEFAULT_CRL_VALIDITY))
+                        .expect("crl")
+                        .pem,
+                ),
+                "issued by `CN=stranger, O=Portolan`, which is none of the CAs in `tls.ca`",
+            ),
+            (
+                // Same name as the trusted CA, another key: a forgery or a lost CA.
+                dir.write(
+                    "forged.crl.pem",
+                    Ca::generate("fleet")
+                        .and_then(|other| other.crl(None, &[], DEFAULT_CRL_VALIDITY))
+                        .expect("crl")
+                        .pem,
+                ),
+                "signature does not verify with the key of the CA `CN=fleet, O=Portolan`",
+            ),
+            (dir.0.path().join("missing.crl"), "cannot read `tls.crls`"),
+        ];
+        for (path, expected) in cases {
+            let e = load(std::slice::from_ref(&path), &ca_path).expect_err(expected);
+            assert!(e.contains(expected), "{}: {e}", path.display());
+            assert!(e.contains(&path.display().to_string()), "{e}");
+        }
+    }
+}
