@@ -1,7 +1,7 @@
 //! Revoked certificates: refused on every new call, and their open streams ended.
 //!
-//! The list itself (file format, reload) is `portolan_tls`'s [`RevocationList`]; this
-//! module enforces it. Every call passes [`Revocations::interceptor`] first (a revoked
+//! The list itself (file format, the CRLs folded in, reload) is `portolan_tls`'s
+//! [`RevocationList`]; this module enforces it. Every call passes [`Revocations::interceptor`] first (a revoked
 //! peer gets PERMISSION_DENIED naming the entry). Every long-lived stream (ingest, watch)
 //! registers as a [`LiveSession`] that resolves [`LiveSession::revoked`] as soon as a
 //! reloaded list names its certificate, so the stream ends within the reload interval.
@@ -21,6 +21,7 @@ use tracing::{info, warn};
 /// Who a live session belongs to.
 #[derive(Debug, Clone)]
 struct Holder {
+    issuer: Vec<u8>,
     serial: Vec<u8>,
     identity: Option<Identity>,
     what: &'static str,
@@ -63,7 +64,7 @@ impl Revocations {
     pub fn check(&self, peer: &PeerInfo) -> Option<String> {
         self.list
             .borrow()
-            .check(&peer.serial, peer.identity.as_ref().ok())
+            .check(&peer.issuer, &peer.serial, peer.identity.as_ref().ok())
     }
 
     /// A tonic interceptor refusing calls from revoked peers with PERMISSION_DENIED
@@ -100,6 +101,7 @@ impl Revocations {
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let holder = Holder {
+            issuer: peer.issuer.clone(),
             serial: peer.serial.clone(),
             identity: peer.identity.clone().ok(),
             what,
@@ -128,7 +130,7 @@ impl Revocations {
                 |live| {
                     live.values()
                         .filter_map(|h| {
-                            list.check(&h.serial, h.identity.as_ref())
+                            list.check(&h.issuer, &h.serial, h.identity.as_ref())
                                 .map(|reason| format!("{} stream of {} ({reason})", h.what, who(h)))
                         })
                         .collect()
@@ -136,6 +138,7 @@ impl Revocations {
             );
             info!(
                 entries = list.len(),
+                crl_entries = list.crl_entries(),
                 ending = ending.len(),
                 "revocation list in force: {}",
                 if ending.is_empty() {
@@ -181,10 +184,11 @@ impl LiveSession {
     /// never resolves otherwise.
     pub async fn revoked(&mut self) -> String {
         loop {
-            let reason = self
-                .list
-                .borrow_and_update()
-                .check(&self.holder.serial, self.holder.identity.as_ref());
+            let reason = self.list.borrow_and_update().check(
+                &self.holder.issuer,
+                &self.holder.serial,
+                self.holder.identity.as_ref(),
+            );
             if let Some(reason) = reason {
                 return reason;
             }

@@ -51,8 +51,9 @@ pub enum ServeError {
 }
 
 /// Serves ingest on `listener` until `shutdown` resolves. Only clients presenting a
-/// certificate that chains to `tls.ca` get past the handshake, and only those not listed
-/// in `tls.revoked` get past the first call. The `[tls]` files are re-read when they
+/// certificate that chains to `tls.ca` and that no CRL of `tls.crls` lists get past the
+/// handshake, and only those not listed in `tls.revoked` (nor in a CRL since) get past
+/// the first call. The `[tls]` files are re-read when they
 /// change ([`ServerTls`]): new connections get the new certificate and CAs, and open
 /// streams of a newly revoked certificate end.
 pub async fn serve(
@@ -64,7 +65,7 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let tls = ServerTls::start(
         config.tls_files(),
-        config.revoked_file(),
+        config.revocation_files(),
         portolan_tls::DEFAULT_RELOAD_INTERVAL,
     )?;
     let incoming = TlsIncoming::reloading(listener, tls.config(), AcceptOptions::default());
