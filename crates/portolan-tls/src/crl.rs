@@ -129,7 +129,19 @@ impl CrlSet {
                 error,
             })?;
             for der in split(path, &bytes)? {
-                crls.push(check(path, der, &cas)?);
+                let crl = check(path, der, &cas)?;
+                // The handshake consults the first CRL of an issuer only.
+                if let Some(first) = crls.iter().find(|c: &&Crl| c.issuer == crl.issuer) {
+                    return Err(bad(
+                        path,
+                        format!(
+                            "it is a second CRL of `{}`, after `{}`: the handshake would consult only the first (keep one CRL per CA in `tls.crls`, the newest)",
+                            crl.issuer_name,
+                            first.path.display()
+                        ),
+                    ));
+                }
+                crls.push(crl);
             }
         }
         Ok(CrlSet { crls })
@@ -242,31 +254,37 @@ fn check(
             ),
         ));
     }
-    let mut last_error = String::new();
-    let mut verified = false;
+    // rustls looks a CRL up by its issuer's name and checks it with the key of whichever
+    // CA of that name issued the certificate: every such CA must be able to vouch for it,
+    // or the certificates of the others would all be refused.
+    let mut verifying = 0;
+    let mut refusal = None;
     for signer in &signers {
         if let Ok(Some(usage)) = signer.key_usage()
             && !usage.value.crl_sign()
         {
-            last_error = format!(
+            refusal = Some(format!(
                 "its CA `{issuer_name}` may not sign CRLs (its key usage lacks `cRLSign`; publish the CRL from a CA that may)"
-            );
-            continue;
-        }
-        match crl.verify_signature(signer.public_key()) {
-            Ok(()) => {
-                verified = true;
-                break;
-            }
-            Err(e) => {
-                last_error = format!(
-                    "its signature does not verify with the key of the CA `{issuer_name}` in `tls.ca` ({e}; it was signed by another key: write it again with that CA, e.g. `portolan pki crl`)"
-                );
-            }
+            ));
+        } else if let Err(e) = crl.verify_signature(signer.public_key()) {
+            refusal.get_or_insert(format!(
+                "its signature does not verify with the key of the CA `{issuer_name}` in `tls.ca` ({e}; it was signed by another key: write it again with that CA, e.g. `portolan pki crl`)"
+            ));
+        } else {
+            verifying += 1;
         }
     }
-    if !verified {
-        return Err(bad(path, last_error));
+    if verifying == 0 {
+        return Err(bad(path, refusal.unwrap_or_default()));
+    }
+    if verifying < signers.len() {
+        return Err(bad(
+            path,
+            format!(
+                "`tls.ca` holds {} CAs named `{issuer_name}` and only {verifying} of them signed it: rustls finds a CRL by its issuer's name, so the certificates of the other would all be refused (give each CA its own name, e.g. `portolan pki init --common-name`, or leave the CRL out until the other CA leaves `tls.ca`)",
+                signers.len()
+            ),
+        ));
     }
     let serials = crl
         .iter_revoked_certificates()
@@ -329,21 +347,24 @@ mod tests {
         let both = dir.write("both.crl.pem", format!("{}{}", crl_a.pem, crl_b.pem));
         let der = CertificateRevocationListDer::from_pem_slice(crl_b.pem.as_bytes()).expect("pem");
         let der = dir.write("b.crl", der.as_ref());
-        let set = load(&[both.clone(), der.clone()], &ca).expect("loads");
+        let set = load(std::slice::from_ref(&both), &ca).expect("loads");
         let issuers: Vec<&str> = set.crls().iter().map(Crl::issuer_name).collect();
-        assert_eq!(
-            issuers,
-            [
-                "CN=ca a, O=Portolan",
-                "CN=ca b, O=Portolan",
-                "CN=ca b, O=Portolan"
-            ]
-        );
-        assert_eq!(set.crls()[2].path(), der.as_path());
+        assert_eq!(issuers, ["CN=ca a, O=Portolan", "CN=ca b, O=Portolan"]);
         let serials: Vec<&[u8]> = set.crls()[0].serials().collect();
         assert_eq!(serials, [&[0x0a][..]]);
         assert!(set.stale(0).is_empty());
-        assert_eq!(set.ders().len(), 3);
+        assert_eq!(set.ders().len(), 2);
+        let a_pem = dir.write("a.crl.pem", &crl_a.pem);
+        let set = load(&[a_pem, der.clone()], &ca).expect("loads");
+        assert_eq!(set.crls()[1].path(), der.as_path());
+        assert_eq!(set.crls()[1].issuer_name(), "CN=ca b, O=Portolan");
+        // Two CRLs of one CA: the handshake would read only the first.
+        let e = load(&[both, der], &ca).expect_err("a second CRL of `ca b`");
+        assert!(
+            e.contains("a second CRL of `CN=ca b, O=Portolan`, after `")
+                && e.contains("both.crl.pem"),
+            "{e}"
+        );
         assert!(
             load(&[], &dir.0.path().join("absent"))
                 .expect("nothing to load")
@@ -366,6 +387,33 @@ mod tests {
         assert!(!crl.is_stale(next) && crl.is_stale(next + 1));
         assert_eq!(set.stale(next + 1).len(), 1);
         assert_eq!(crl.serials().count(), 1);
+    }
+
+    #[test]
+    fn a_crl_is_refused_when_another_trusted_ca_of_its_name_did_not_sign_it() {
+        let dir = Dir::new();
+        // Two trusted CAs of one name (a rotation by `portolan pki init --force`): rustls
+        // would check a CRL of one against the key of the other for the other's
+        // certificates, and refuse them all.
+        let (old, new) = (
+            Ca::generate("fleet").expect("ca"),
+            Ca::generate("fleet").expect("ca"),
+        );
+        let twins = dir.write("twins.pem", format!("{}{}", old.cert_pem(), new.cert_pem()));
+        let crl = dir.write(
+            "new.crl.pem",
+            new.crl(None, &[], DEFAULT_CRL_VALIDITY).expect("crl").pem,
+        );
+        let e = load(std::slice::from_ref(&crl), &twins).expect_err("ambiguous");
+        assert!(
+            e.contains(
+                "`tls.ca` holds 2 CAs named `CN=fleet, O=Portolan` and only 1 of them signed it"
+            ),
+            "{e}"
+        );
+        // The same CA twice in the file (or renewed with its key) is no ambiguity.
+        let same = dir.write("same.pem", format!("{}{}", new.cert_pem(), new.cert_pem()));
+        assert!(load(std::slice::from_ref(&crl), &same).is_ok());
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! A development PKI: a CA that issues agent, collector and operator certificates carrying
-//! Portolan identities (feature `pki`).
+//! Portolan identities, and signs the CRL that revokes them ([`Ca::crl`], module `crl`)
+//! (feature `pki`).
 //!
 //! Keys are ECDSA P-256. Production deployments may use any CA (cert-manager, Vault, …)
 //! as long as certificates carry the same SAN URIs and key usages.
