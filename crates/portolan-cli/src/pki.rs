@@ -17,11 +17,12 @@ const CA_NAME: &str = "ca";
 
 #[derive(Debug, Args)]
 #[command(after_help = "\
-Example (a CA, then one certificate of each kind):
+Example (a CA, one certificate of each kind, then a CRL revoking one):
   portolan pki init --dir ./pki
   portolan pki issue-collector --name collector-0 --dns collector.example.net --dir ./pki
   portolan pki issue-agent --host-id web-1 --dir ./pki
-  portolan pki issue-operator --name alice --role reader --dir ./pki")]
+  portolan pki issue-operator --name alice --role reader --dir ./pki
+  portolan pki crl --revoke-cert ./pki/agent-web-1.pem --dir ./pki")]
 pub struct PkiArgs {
     #[command(subcommand)]
     command: PkiCommand,
@@ -80,6 +81,18 @@ Example:
 Writes ./pki/operator-alice.pem and ./pki/operator-alice.key, with the identity
 spiffe://portolan/operator/reader/alice.")]
     IssueOperator(IssueOperatorArgs),
+
+    /// Write or update the CA's certificate revocation list (CRL) for the collector's `tls.crls`.
+    #[command(after_help = "\
+Example:
+  portolan pki crl --revoke-cert ./pki/agent-web-1.pem --revoke 3a:f2:09 --next-update 7d
+
+Writes ./pki/crl.pem, signed by ./pki/ca.pem. An existing CRL at --out is updated: its
+entries are kept, the new serials are added, and its CRL number goes up by one. Run it with
+no --revoke before --next-update passes to publish a fresh CRL: the collector warns about a
+CRL past its next update (and keeps enforcing it). The file is replaced in one rename, so
+a collector reading it (`tls.crls`) never sees half a CRL; it applies within a second.")]
+    Crl(CrlArgs),
 }
 
 /// Options every verb shares.
@@ -180,6 +193,40 @@ struct IssueOperatorArgs {
 
     #[command(flatten)]
     validity: ValidityArgs,
+}
+
+#[derive(Debug, Args)]
+struct CrlArgs {
+    /// Serial of a certificate to revoke, in hexadecimal as `portolan pki issue-*` and
+    /// `openssl x509 -noout -serial` print it (repeatable).
+    #[arg(long = "revoke", value_name = "SERIAL", value_parser = parse_serial_arg)]
+    revoke: Vec<Serial>,
+
+    /// A certificate to revoke, PEM (repeatable); it must be one this CA issued.
+    #[arg(long = "revoke-cert", value_name = "CERT")]
+    revoke_cert: Vec<PathBuf>,
+
+    /// The CRL to write, and to update if it exists [default: <DIR>/crl.pem].
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+
+    /// How long until the CRL's next update, e.g. `7d`, `12h`.
+    #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = parse_validity)]
+    next_update: Duration,
+
+    /// Directory holding `ca.pem` and `ca.key`.
+    #[arg(long, value_name = "DIR", default_value = "./pki")]
+    dir: PathBuf,
+}
+
+/// A serial to revoke, big-endian bytes.
+#[derive(Debug, Clone)]
+struct Serial(Vec<u8>);
+
+fn parse_serial_arg(s: &str) -> Result<Serial, String> {
+    portolan_tls::pki::parse_serial(s)
+        .map(Serial)
+        .map_err(|e| e.to_string())
 }
 
 /// Operator roles as the command line spells them.
@@ -298,7 +345,80 @@ pub fn run(args: PkiArgs, out: &mut dyn Write) -> anyhow::Result<()> {
                 out,
             )
         }
+        PkiCommand::Crl(args) => crl(args, out),
     }
+}
+
+/// Writes or updates `<dir>/crl.pem` (or `--out`).
+fn crl(args: CrlArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    let ca = load_ca(&args.dir)?;
+    let path = args.out.unwrap_or_else(|| args.dir.join("crl.pem"));
+    let previous = match std::fs::read(&path) {
+        Ok(bytes) => Some(bytes),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => {
+            return Err(usage(format!(
+                "cannot read the existing CRL {}: {e} (check the file's owner and mode, or choose another `--out`)",
+                path.display()
+            )));
+        }
+    };
+    let mut serials: Vec<Vec<u8>> = args.revoke.into_iter().map(|s| s.0).collect();
+    for cert in &args.revoke_cert {
+        let pem = std::fs::read_to_string(cert).map_err(|e| {
+            usage(format!(
+                "cannot read the certificate to revoke {}: {e}",
+                cert.display()
+            ))
+        })?;
+        let serial = ca
+            .serial_of(&pem)
+            .map_err(pki_error)
+            .with_context(|| format!("cannot revoke {}", cert.display()))?;
+        serials.push(serial);
+    }
+    let crl = ca
+        .crl(previous.as_deref(), &serials, args.next_update)
+        .map_err(pki_error)
+        .with_context(|| format!("cannot write the CRL {}", path.display()))?;
+    replace_file(&path, crl.pem.as_bytes())?;
+    print_paths(out, &[&path])?;
+    let listed = match crl.revoked.len() {
+        1 => "1 revoked certificate".to_owned(),
+        n => format!("{n} revoked certificates"),
+    };
+    eprintln!(
+        "wrote CRL number {} with {listed} ({} new), next update {}",
+        crl.number,
+        crl.added,
+        rfc3339(crl.next_update)
+    );
+    Ok(())
+}
+
+/// Replaces `path` with `contents` in one rename, so that a reader sees the old file or
+/// the new one, never half of one.
+fn replace_file(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| usage(format!("`--out` {} names no file", path.display())))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(file_name);
+    tmp_name.push(format!(".{}.tmp", std::process::id()));
+    let tmp = path.with_file_name(tmp_name);
+    let written = std::fs::File::create(&tmp).and_then(|mut file| {
+        file.write_all(contents)?;
+        file.sync_all()
+    });
+    let renamed = written.and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = renamed {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(anyhow::Error::new(e).context(format!(
+            "cannot write {} (check that the directory exists and is writable)",
+            path.display()
+        )));
+    }
+    Ok(())
 }
 
 fn init(args: InitArgs, out: &mut dyn Write) -> anyhow::Result<()> {

@@ -11,6 +11,7 @@ const VERBS: &[&[&str]] = &[
     &["pki", "issue-agent"],
     &["pki", "issue-collector"],
     &["pki", "issue-operator"],
+    &["pki", "crl"],
     &["demo"],
     &["hosts"],
     &["host"],

@@ -182,8 +182,9 @@ impl Default for RulesSection {
 }
 
 /// `[tls]`: the collector's certificate and key, the CAs client certificates must chain
-/// to, and the revocation list. Every file is re-read within a second of changing; a file
-/// that does not load is logged and the previous material stays in force.
+/// to, the CRLs they publish, and the revocation list. Every file is re-read within a
+/// second of changing; a file that does not load is logged and the previous material
+/// stays in force.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsSection {
@@ -198,6 +199,12 @@ pub struct TlsSection {
     /// starts a comment. Listed peers are refused with PERMISSION_DENIED and their open
     /// streams end within seconds. Empty: nothing is revoked.
     pub revoked: PathBuf,
+    /// X.509 CRL files (PEM or DER) published by the CAs of `ca`, e.g. one per CA. A
+    /// certificate a CRL lists is refused in the handshake, its calls get
+    /// PERMISSION_DENIED and its open streams end within seconds; certificates of a CA
+    /// without CRL are accepted. Each CRL must be signed by a CA of `ca`. A CRL past its
+    /// next update still applies (and is logged): refresh it before then. Empty: none.
+    pub crls: Vec<PathBuf>,
 }
 
 impl Default for TlsSection {
@@ -207,6 +214,7 @@ impl Default for TlsSection {
             cert: PathBuf::from("/etc/portolan/collector.pem"),
             key: PathBuf::from("/etc/portolan/collector.key"),
             revoked: PathBuf::new(),
+            crls: Vec::new(),
         }
     }
 }
@@ -303,6 +311,12 @@ impl CollectorConfig {
         if self.rules.interval < std::time::Duration::from_secs(1) {
             problems.push("`rules.interval` is under 1s".into());
         }
+        if self.tls.crls.iter().any(|p| p.as_os_str().is_empty()) {
+            problems.push(
+                "`tls.crls` names an empty path; list CRL files, e.g. `crls = [\"/etc/portolan/ca.crl.pem\"]`, or none (`crls = []`)"
+                    .into(),
+            );
+        }
         self.enrollment.validate(&mut problems);
         self.notify.validate(&mut problems);
         self.metrics.validate(&mut problems);
@@ -325,6 +339,14 @@ impl CollectorConfig {
     /// The revocation list file, when one is configured.
     pub fn revoked_file(&self) -> Option<PathBuf> {
         (!self.tls.revoked.as_os_str().is_empty()).then(|| self.tls.revoked.clone())
+    }
+
+    /// Where revocations come from: the deny list and the CRLs.
+    pub fn revocation_files(&self) -> portolan_tls::RevocationFiles {
+        portolan_tls::RevocationFiles {
+            revoked: self.revoked_file(),
+            crls: self.tls.crls.clone(),
+        }
     }
 }
 
@@ -396,6 +418,34 @@ fn receiver_problems(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn crls_come_from_the_environment_and_an_empty_path_is_a_problem()
+    -> Result<(), portolan_config::ConfigError> {
+        let env = BTreeMap::from([(
+            "PORTOLAN_TLS_CRLS".to_string(),
+            "[\"/etc/portolan/fleet.crl.pem\", \"/etc/portolan/enrol.crl\"]".to_string(),
+        )]);
+        let config: CollectorConfig =
+            portolan_config::load(None, &env, "PORTOLAN_", toml::Table::new())?;
+        assert_eq!(
+            config.tls.crls,
+            [
+                PathBuf::from("/etc/portolan/fleet.crl.pem"),
+                PathBuf::from("/etc/portolan/enrol.crl")
+            ]
+        );
+        assert_eq!(config.revocation_files().crls, config.tls.crls);
+        assert_eq!(config.validate(), Ok(()));
+        let mut config = CollectorConfig::default();
+        config.tls.crls = vec![PathBuf::new()];
+        let problems = config.validate().expect_err("an empty path");
+        assert!(
+            problems[0].starts_with("`tls.crls` names an empty path"),
+            "{problems:?}"
+        );
+        Ok(())
+    }
 
     #[test]
     fn every_notify_problem_is_reported() {

@@ -128,14 +128,27 @@ async fn run(config: CollectorConfig, rules: Vec<CompiledRule>) -> Result<()> {
     } else {
         config.name.clone()
     };
-    // Check the certificates before anything slow starts.
+    // Check the certificates and CRLs before anything slow starts.
+    // A file the collector may not read is a missing right (77), else a mistake (64).
+    let classify = |e: portolan_tls::TlsError| {
+        let exit = e.io_error_kind().and_then(Exit::of_io);
+        Classified::new(exit.unwrap_or(Exit::Usage), e)
+    };
     portolan_tls::server_config(&config.tls_files())
-        .map_err(|e| {
-            // A file the collector may not read is a missing right (77), else a mistake (64).
-            let exit = e.io_error_kind().and_then(Exit::of_io);
-            Classified::new(exit.unwrap_or(Exit::Usage), e)
-        })
+        .map_err(classify)
         .context("cannot load the collector's TLS files (see `[tls]`)")?;
+    if !config.tls.crls.is_empty() {
+        let crls = portolan_tls::CrlSet::load(&config.tls.crls, &config.tls.ca)
+            .map_err(classify)
+            .context("cannot load the CRLs (see `tls.crls`)")?;
+        portolan_tls::server_config_with_crls(&config.tls_files(), &crls)
+            .map_err(classify)
+            .context("cannot load the CRLs (see `tls.crls`)")?;
+        info!(
+            crls = crls.crls().len(),
+            "CRLs loaded: their certificates are refused in the handshake and on every call"
+        );
+    }
     if let Some(revoked) = config.revoked_file() {
         portolan_tls::RevocationList::load(&revoked).context(
             "cannot load the revocation list (see `tls.revoked`; an empty file revokes nothing)",

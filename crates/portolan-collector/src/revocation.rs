@@ -1,7 +1,7 @@
 //! Revoked certificates: refused on every new call, and their open streams ended.
 //!
-//! The list itself (file format, reload) is `portolan_tls`'s [`RevocationList`]; this
-//! module enforces it. Every call passes [`Revocations::interceptor`] first (a revoked
+//! The list itself (file format, the CRLs folded in, reload) is `portolan_tls`'s
+//! [`RevocationList`]; this module enforces it. Every call passes [`Revocations::interceptor`] first (a revoked
 //! peer gets PERMISSION_DENIED naming the entry). Every long-lived stream (ingest, watch)
 //! registers as a [`LiveSession`] that resolves [`LiveSession::revoked`] as soon as a
 //! reloaded list names its certificate, so the stream ends within the reload interval.
@@ -23,6 +23,7 @@ use tracing::{info, warn};
 /// Who a live session belongs to.
 #[derive(Debug, Clone)]
 struct Holder {
+    issuer: Vec<u8>,
     serial: Vec<u8>,
     identity: Option<Identity>,
     peer: PeerInfo,
@@ -92,10 +93,10 @@ impl Revocations {
 
     /// Why `peer` is revoked now, if it is.
     pub fn check(&self, peer: &PeerInfo) -> Option<String> {
-        let listed = self
-            .list
-            .borrow()
-            .check(&peer.serial, peer.identity.as_ref().ok());
+        let listed =
+            self.list
+                .borrow()
+                .check(&peer.issuer, &peer.serial, peer.identity.as_ref().ok());
         listed.or_else(|| self.gate.as_ref().and_then(|gate| gate.check(peer)))
     }
 
@@ -133,6 +134,7 @@ impl Revocations {
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let holder = Holder {
+            issuer: peer.issuer.clone(),
             serial: peer.serial.clone(),
             identity: peer.identity.clone().ok(),
             peer: peer.clone(),
@@ -163,7 +165,7 @@ impl Revocations {
                 |live| {
                     live.values()
                         .filter_map(|h| {
-                            list.check(&h.serial, h.identity.as_ref())
+                            list.check(&h.issuer, &h.serial, h.identity.as_ref())
                                 .map(|reason| format!("{} stream of {} ({reason})", h.what, who(h)))
                         })
                         .collect()
@@ -171,6 +173,7 @@ impl Revocations {
             );
             info!(
                 entries = list.len(),
+                crl_entries = list.crl_entries(),
                 ending = ending.len(),
                 "revocation list in force: {}",
                 if ending.is_empty() {
@@ -219,10 +222,11 @@ impl LiveSession {
         let mut keys = self.gate.as_ref().map(Gate::subscribe);
         let mut list_open = true;
         loop {
-            let listed = self
-                .list
-                .borrow_and_update()
-                .check(&self.holder.serial, self.holder.identity.as_ref());
+            let listed = self.list.borrow_and_update().check(
+                &self.holder.issuer,
+                &self.holder.serial,
+                self.holder.identity.as_ref(),
+            );
             if let Some(keys) = keys.as_mut() {
                 keys.borrow_and_update();
             }

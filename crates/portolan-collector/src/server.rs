@@ -56,8 +56,9 @@ pub enum ServeError {
 }
 
 /// Serves ingest on `listener` until `shutdown` resolves. Only clients presenting a
-/// certificate that chains to `tls.ca` get past the handshake, and only those not listed
-/// in `tls.revoked` get past the first call. The `[tls]` files are re-read when they
+/// certificate that chains to `tls.ca` and that no CRL of `tls.crls` lists get past the
+/// handshake, and only those not listed in `tls.revoked` (nor in a CRL since) get past
+/// the first call. The `[tls]` files are re-read when they
 /// change ([`ServerTls`]): new connections get the new certificate and CAs, and open
 /// streams of a newly revoked certificate end.
 pub async fn serve(
@@ -77,7 +78,7 @@ pub async fn serve(
     };
     let tls = ServerTls::start_for(
         config.tls_files(),
-        config.revoked_file(),
+        config.revocation_files(),
         portolan_tls::DEFAULT_RELOAD_INTERVAL,
         client_auth,
     )?;

@@ -82,3 +82,53 @@ fn clickhouse_out_of_reach_exits_69() -> anyhow::Result<()> {
     assert_eq!(output.status.code(), Some(69), "{}", shown(&output));
     Ok(())
 }
+
+#[test]
+fn a_crl_it_cannot_use_exits_64_and_says_why() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let ca = Ca::generate("exit codes test ca")?;
+    let ca_files = ca.write_files(dir.path(), "ca", WriteMode::CreateNew)?;
+    let collector_files = ca
+        .issue_collector(
+            "collector-1",
+            &[],
+            &[IpAddr::V4(Ipv4Addr::LOCALHOST)],
+            Duration::from_secs(3600),
+        )?
+        .write_files(dir.path(), "collector", WriteMode::CreateNew)?;
+    let garbage = dir.path().join("garbage.crl");
+    std::fs::write(&garbage, "not a CRL\n")?;
+    let foreign = dir.path().join("foreign.crl.pem");
+    let stranger = Ca::generate("stranger")?;
+    std::fs::write(
+        &foreign,
+        stranger
+            .crl(None, &[], portolan_tls::pki::DEFAULT_CRL_VALIDITY)?
+            .pem,
+    )?;
+    for (crl, expected) in [
+        (&garbage, "neither a PEM `X509 CRL` block nor a DER CRL"),
+        (&foreign, "which is none of the CAs in `tls.ca`"),
+    ] {
+        let output = collector()
+            .env("PORTOLAN_TLS_CA", &ca_files.cert)
+            .env("PORTOLAN_TLS_CERT", &collector_files.cert)
+            .env("PORTOLAN_TLS_KEY", &collector_files.key)
+            .env("PORTOLAN_TLS_CRLS", format!("[\"{}\"]", crl.display()))
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--state-dir")
+            .arg(dir.path())
+            .output()?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(64), "{}", shown(&output));
+        assert!(
+            stderr.contains("cannot load the CRLs (see `tls.crls`)")
+                && stderr.contains(&crl.display().to_string())
+                && stderr.contains(expected),
+            "{}",
+            shown(&output)
+        );
+    }
+    Ok(())
+}

@@ -90,6 +90,14 @@ pub enum TlsError {
         /// Which line is wrong and why.
         error: crate::revocation::RevocationParseError,
     },
+    /// A CRL file (`tls.crls`) cannot be used.
+    #[error("cannot use the CRL in `tls.crls` at {}: {reason}", path.display())]
+    Crl {
+        /// The CRL file.
+        path: PathBuf,
+        /// What is wrong with it and what to do.
+        reason: String,
+    },
     /// rustls refused the protocol versions (cannot happen with the ring provider; kept so
     /// that no configuration error is swallowed).
     #[error("cannot configure tls protocol versions: {0}")]

@@ -283,14 +283,12 @@ pub fn key_sha256(spki_der: &[u8]) -> String {
     digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// What enrollment checks of a peer certificate besides its identity: its key, issuer
+/// What enrollment checks of a peer certificate besides its identity and issuer: its key
 /// and validity.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertFacts {
     /// SHA-256 of the certificate's public key ([`key_sha256`]).
     pub key_sha256: String,
-    /// The issuer's distinguished name, DER.
-    pub issuer: Vec<u8>,
     /// `notBefore`, Unix seconds.
     pub not_before: i64,
     /// `notAfter`, Unix seconds.
@@ -301,6 +299,7 @@ pub struct CertFacts {
 pub(crate) struct ParsedCertificate {
     pub(crate) identity: Result<Identity, IdentityError>,
     pub(crate) serial: Vec<u8>,
+    pub(crate) issuer: Vec<u8>,
     pub(crate) facts: CertFacts,
 }
 
@@ -311,6 +310,7 @@ pub(crate) fn parse_certificate(cert_der: &[u8]) -> Result<ParsedCertificate, Id
             reason: e.to_string(),
         })?;
     let serial = cert.raw_serial().to_vec();
+    let issuer = cert.issuer().as_raw().to_vec();
     let identity =
         match cert.subject_alternative_name() {
             Err(e) => Err(IdentityError::Unparsable {
@@ -326,13 +326,13 @@ pub(crate) fn parse_certificate(cert_der: &[u8]) -> Result<ParsedCertificate, Id
         };
     let facts = CertFacts {
         key_sha256: key_sha256(cert.public_key().raw),
-        issuer: cert.issuer().as_raw().to_vec(),
         not_before: cert.validity().not_before.timestamp(),
         not_after: cert.validity().not_after.timestamp(),
     };
     Ok(ParsedCertificate {
         identity,
         serial,
+        issuer,
         facts,
     })
 }

@@ -12,8 +12,10 @@
 //!   ([`TlsIncoming`]), whose [`PeerInfo`] handlers read with [`peer_info`];
 //! - builds the agent's and CLI's client configuration ([`client_config`]) and connects a
 //!   tonic [`Channel`](tonic::transport::Channel) ([`connect`]);
-//! - reloads the collector's certificate, key, CAs and revocation list when their files
-//!   change, without a restart ([`ServerTls`], [`RevocationList`]);
+//! - reads the X.509 CRLs the trusted CAs publish ([`CrlSet`]) and enforces them in the
+//!   handshake and, folded into the [`RevocationList`], for calls and open streams;
+//! - reloads the collector's certificate, key, CAs, CRLs and revocation list when their
+//!   files change, without a restart ([`ServerTls`], [`RevocationList`]);
 //! - reaches servers through the HTTP proxy the environment names (`HTTPS_PROXY`,
 //!   `NO_PROXY`; [`proxy`]);
 //! - with the `pki` feature, runs a development CA ([`pki::Ca`]) and the enrollment
@@ -27,6 +29,7 @@ use std::sync::Arc;
 use rustls::crypto::CryptoProvider;
 
 pub mod client;
+pub mod crl;
 #[cfg(feature = "pki")]
 pub mod enroll;
 mod error;
@@ -43,16 +46,18 @@ pub use client::{
     ConnectOptions, client_config, connect, connect_endpoint, connect_endpoint_lazy, connect_lazy,
     server_only_client_config,
 };
+pub use crl::{Crl, CrlSet};
 pub use error::TlsError;
 pub use files::{TlsFiles, Validity};
 pub use identity::{
     CertFacts, Identity, IdentityError, OperatorRole, certificate_facts, certificate_serial,
     identity_from_der, key_sha256,
 };
-pub use reload::{DEFAULT_RELOAD_INTERVAL, ServerTls};
+pub use reload::{DEFAULT_RELOAD_INTERVAL, RevocationFiles, ServerTls};
 pub use revocation::{RevocationList, RevocationParseError, serial_hex};
 pub use server::{
     AcceptOptions, ClientAuth, PeerInfo, PeerStream, TlsIncoming, peer_info, server_config,
+    server_config_with_crls,
 };
 
 /// The ALPN protocol of gRPC.

@@ -15,11 +15,17 @@
 //! Serials are compared as numbers: `0x00` padding (as DER and `openssl x509 -serial`
 //! print them) does not matter. `openssl x509 -noout -serial -in cert.pem` shows a
 //! certificate's serial.
+//!
+//! The X.509 CRLs of `tls.crls` fold into the same list ([`RevocationList::with_crls`]):
+//! a CRL revokes a serial of its own issuer only, so its entries match a certificate by
+//! issuer name and serial together (two CAs may hand out the same serial), while a
+//! `serial:` line of the file matches that serial whoever issued it.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
+use crate::crl::CrlSet;
 use crate::error::TlsError;
 use crate::identity::{Identity, validate_name};
 
@@ -34,6 +40,10 @@ pub struct RevocationList {
     hosts: BTreeMap<String, usize>,
     /// Operator name → line.
     operators: BTreeMap<String, usize>,
+    /// (issuer name DER, serial without leading zero bytes) → index in `crls`.
+    crl_serials: BTreeMap<(Vec<u8>, Vec<u8>), usize>,
+    /// How refusals name each CRL folded in (see [`crate::Crl::describe`]).
+    crls: Vec<String>,
 }
 
 /// Why a revocation list could not be read.
@@ -99,9 +109,29 @@ impl RevocationList {
         })
     }
 
-    /// How many entries the list holds.
+    /// The list with every entry of the CRLs of `crls` added: a certificate whose issuer
+    /// and serial a CRL lists is revoked.
+    pub fn with_crls(mut self, crls: &CrlSet) -> Self {
+        for crl in crls.crls() {
+            let index = self.crls.len();
+            self.crls.push(crl.describe());
+            for serial in crl.serials() {
+                self.crl_serials
+                    .entry((crl.issuer().to_vec(), serial.to_vec()))
+                    .or_insert(index);
+            }
+        }
+        self
+    }
+
+    /// How many entries the list holds (lines of the file and CRL entries).
     pub fn len(&self) -> usize {
-        self.serials.len() + self.hosts.len() + self.operators.len()
+        self.serials.len() + self.hosts.len() + self.operators.len() + self.crl_serials.len()
+    }
+
+    /// How many of the entries come from CRLs.
+    pub fn crl_entries(&self) -> usize {
+        self.crl_serials.len()
     }
 
     /// Whether the list revokes nothing.
@@ -109,14 +139,32 @@ impl RevocationList {
         self.len() == 0
     }
 
-    /// Why a peer with certificate `serial` and `identity` is revoked, or `None` when it
-    /// is not. The reason names the entry and its line, e.g.
-    /// ``certificate serial 3af2 is revoked (`tls.revoked` line 2)``.
-    pub fn check(&self, serial: &[u8], identity: Option<&Identity>) -> Option<String> {
+    /// Why a peer with a certificate of `serial`, issued by `issuer` (the DER of the
+    /// issuer's name, see [`PeerInfo::issuer`](crate::PeerInfo::issuer)), naming
+    /// `identity`, is revoked, or `None` when it is not. The reason names the entry and
+    /// where it is, e.g. ``certificate serial 3af2 is revoked (`tls.revoked` line 2)`` or
+    /// ``certificate serial 3af2 is revoked (CRL `/etc/portolan/ca.crl.pem` (number 3, issuer `CN=…`))``.
+    pub fn check(
+        &self,
+        issuer: &[u8],
+        serial: &[u8],
+        identity: Option<&Identity>,
+    ) -> Option<String> {
         let serial = strip_zeros(serial);
         if let Some(line) = self.serials.get(serial) {
             return Some(format!(
                 "certificate serial {} is revoked (`tls.revoked` line {line})",
+                serial_hex(serial)
+            ));
+        }
+        if !self.crl_serials.is_empty()
+            && let Some(crl) = self
+                .crl_serials
+                .get(&(issuer.to_vec(), serial.to_vec()))
+                .and_then(|index| self.crls.get(*index))
+        {
+            return Some(format!(
+                "certificate serial {} is revoked ({crl})",
                 serial_hex(serial)
             ));
         }
@@ -148,13 +196,14 @@ pub fn serial_hex(serial: &[u8]) -> String {
     out
 }
 
-fn strip_zeros(serial: &[u8]) -> &[u8] {
+/// The serial without its leading zero bytes, as lists compare serials.
+pub(crate) fn strip_zeros(serial: &[u8]) -> &[u8] {
     let first = serial.iter().position(|b| *b != 0).unwrap_or(serial.len());
     &serial[first..]
 }
 
 /// `3A:F2:09`, `3af209`, `0x3af209` → bytes without leading zeros.
-fn parse_serial(value: &str) -> Result<Vec<u8>, String> {
+pub(crate) fn parse_serial(value: &str) -> Result<Vec<u8>, String> {
     let digits: String = value
         .trim_start_matches("0x")
         .chars()
@@ -192,26 +241,26 @@ mod tests {
         assert_eq!(list.len(), 3);
         let web2 = Identity::agent("web-2").expect("valid");
         assert_eq!(
-            list.check(&[0x3a, 0xf2], Some(&web2)).as_deref(),
+            list.check(&[], &[0x3a, 0xf2], Some(&web2)).as_deref(),
             Some("certificate serial 3af2 is revoked (`tls.revoked` line 3)")
         );
         assert_eq!(
-            list.check(&[0x00, 0x3a, 0xf2], None).as_deref(),
+            list.check(&[], &[0x00, 0x3a, 0xf2], None).as_deref(),
             Some("certificate serial 3af2 is revoked (`tls.revoked` line 3)")
         );
-        assert_eq!(list.check(&[0x3a, 0xf3], Some(&web2)), None);
+        assert_eq!(list.check(&[], &[0x3a, 0xf3], Some(&web2)), None);
         let web1 = Identity::agent("web-1").expect("valid");
         assert_eq!(
-            list.check(&[1], Some(&web1)).as_deref(),
+            list.check(&[], &[1], Some(&web1)).as_deref(),
             Some("host `web-1` is revoked (`tls.revoked` line 4)")
         );
         let alice = Identity::operator("alice", OperatorRole::Reader).expect("valid");
-        assert!(list.check(&[1], Some(&alice)).is_some());
+        assert!(list.check(&[], &[1], Some(&alice)).is_some());
         // A host id does not revoke an operator of the same name, nor the reverse.
         let op_web1 = Identity::operator("web-1", OperatorRole::Admin).expect("valid");
-        assert_eq!(list.check(&[1], Some(&op_web1)), None);
+        assert_eq!(list.check(&[], &[1], Some(&op_web1)), None);
         let agent_alice = Identity::agent("alice").expect("valid");
-        assert_eq!(list.check(&[1], Some(&agent_alice)), None);
+        assert_eq!(list.check(&[], &[1], Some(&agent_alice)), None);
     }
 
     #[test]

@@ -27,6 +27,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tonic::transport::server::Connected;
 
+use crate::crl::CrlSet;
 use crate::error::TlsError;
 use crate::files::TlsFiles;
 use crate::identity::{CertFacts, Identity, IdentityError, parse_certificate};
@@ -57,26 +58,57 @@ pub enum ClientAuth {
 /// and a client certificate verifier that **requires** every client to present a
 /// certificate signed by one of the CAs in `files.ca`. ALPN offers `h2`; TLS 1.3 and 1.2.
 pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
-    server_config_for(files, ClientAuth::Required)
+    server_config_for(files, &CrlSet::empty(), ClientAuth::Required)
 }
 
-/// [`server_config`], with client certificates required or optional ([`ClientAuth`]).
+/// [`server_config`], and the handshake also refuses a client certificate that a CRL of
+/// `crls` revokes ([`CrlSet::load`] checked them against `files.ca`).
+pub fn server_config_with_crls(
+    files: &TlsFiles,
+    crls: &CrlSet,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    server_config_for(files, crls, ClientAuth::Required)
+}
+
+/// [`server_config_with_crls`], with client certificates required or optional
+/// ([`ClientAuth`]).
+///
+/// Only the client's own certificate is looked up in the CRLs (intermediates are not:
+/// Portolan's CAs issue leaves directly). A certificate whose issuer publishes no CRL is
+/// accepted: CRLs are one CA's word about its own certificates, and the fleet may trust
+/// CAs that publish none (the enrollment signer's certificates are refused by retirement
+/// instead). A CRL past its `nextUpdate` still applies and does not refuse anyone by
+/// itself (rustls' default; `enforce_revocation_expiration` is not set): refusing every
+/// certificate of a CA because its CRL was not refreshed in time would lock the fleet out,
+/// while the revoked serials it lists stay revoked whatever its age. The collector warns
+/// about a stale CRL instead ([`ServerTls`](crate::ServerTls)).
 pub fn server_config_for(
     files: &TlsFiles,
+    crls: &CrlSet,
     client_auth: ClientAuth,
 ) -> Result<Arc<ServerConfig>, TlsError> {
     let roots = Arc::new(files.load_roots()?);
     let chain = files.load_cert_chain()?;
     let key = files.load_key()?;
     let provider = crate::crypto_provider();
-    let builder = WebPkiClientVerifier::builder_with_provider(roots, provider.clone());
-    let builder = match client_auth {
-        ClientAuth::Required => builder,
-        ClientAuth::Optional => builder.allow_unauthenticated(),
-    };
-    let verifier = builder.build().map_err(|e| TlsError::Verifier {
-        path: files.ca.clone(),
-        reason: e.to_string(),
+    let mut builder = WebPkiClientVerifier::builder_with_provider(roots, provider.clone());
+    if !crls.is_empty() {
+        builder = builder
+            .with_crls(crls.ders())
+            .only_check_end_entity_revocation()
+            .allow_unknown_revocation_status();
+    }
+    if client_auth == ClientAuth::Optional {
+        builder = builder.allow_unauthenticated();
+    }
+    let verifier = builder.build().map_err(|e| match e {
+        rustls::server::VerifierBuilderError::InvalidCrl(e) => {
+            unusable_crl(files, crls, &provider, format!("{e:?}"))
+        }
+        e => TlsError::Verifier {
+            path: files.ca.clone(),
+            reason: e.to_string(),
+        },
     })?;
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(crate::PROTOCOL_VERSIONS)
@@ -97,6 +129,30 @@ pub fn server_config_for(
     Ok(Arc::new(config))
 }
 
+/// The error naming the CRL of `crls` that rustls refuses (each is tried on its own);
+/// `reason` is what rustls said about the whole set.
+fn unusable_crl(
+    files: &TlsFiles,
+    crls: &CrlSet,
+    provider: &Arc<rustls::crypto::CryptoProvider>,
+    reason: String,
+) -> TlsError {
+    let culprit = crls.crls().iter().find(|crl| {
+        files.load_roots().is_ok_and(|roots| {
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                .with_crls([crl.der().clone()])
+                .build()
+                .is_err()
+        })
+    });
+    TlsError::Crl {
+        path: culprit.map_or_else(|| files.ca.clone(), |crl| crl.path().to_owned()),
+        reason: format!(
+            "rustls cannot use it ({reason}; check it with `openssl crl -noout -text -in FILE`, or write it again with `portolan pki crl`)"
+        ),
+    }
+}
+
 /// Who is on the other end of an accepted connection, as tonic hands it to handlers in the
 /// request extensions (see [`peer_info`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,6 +167,10 @@ pub struct PeerInfo {
     /// The serial number of the peer's certificate (the big-endian bytes of the DER
     /// INTEGER), for revocation checks. Empty if the certificate could not be parsed.
     pub serial: Vec<u8>,
+    /// The DER of the certificate's issuer name: a CRL revokes a serial of its own issuer
+    /// only (two CAs may hand out the same serial). Empty if the certificate could not be
+    /// parsed, or if the peer was described without it ([`PeerInfo::new`]).
+    pub issuer: Vec<u8>,
     /// The certificate's key, issuer and validity; `None` without a parsable certificate.
     pub cert: Option<CertFacts>,
 }
@@ -127,7 +187,14 @@ impl PeerInfo {
             identity,
             serial,
             cert: None,
+            issuer: Vec::new(),
         }
+    }
+
+    /// The same peer, its certificate issued by the CA named `issuer` (DER of the name).
+    pub fn with_issuer(mut self, issuer: Vec<u8>) -> Self {
+        self.issuer = issuer;
+        self
     }
 
     /// Reads identity and serial from the leaf certificate a peer presented (`None`: it
@@ -144,12 +211,14 @@ impl PeerInfo {
                 identity: parsed.identity,
                 serial: parsed.serial,
                 cert: Some(parsed.facts),
+                issuer: parsed.issuer,
             },
             Err(e) => PeerInfo {
                 remote_addr,
                 identity: Err(e),
                 serial: Vec::new(),
                 cert: None,
+                issuer: Vec::new(),
             },
         }
     }

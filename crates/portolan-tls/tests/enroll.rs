@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use portolan_tls::crl::CrlSet;
 use portolan_tls::enroll::{self, EnrollError, Signer};
 use portolan_tls::pki::{Ca, DEFAULT_LEAF_VALIDITY, IssuedCert, WriteMode};
 use portolan_tls::{
@@ -163,7 +164,8 @@ async fn an_enrolled_certificate_is_a_working_agent_identity() {
     // fleet CA, and the collector reads the agent's identity and key from it.
     let collector = fleet.collector_files();
     let (addr, server) = serve_once(
-        portolan_tls::server::server_config_for(&collector, ClientAuth::Required).expect("server"),
+        portolan_tls::server::server_config_for(&collector, &CrlSet::empty(), ClientAuth::Required)
+            .expect("server"),
     )
     .await;
     let agent = fleet.agent_files("web-1", &key, &issued.chain_pem);
@@ -184,7 +186,8 @@ async fn a_client_without_certificate_connects_only_where_optional() {
     let collector = fleet.collector_files();
     let anonymous = server_only_client_config(&collector.ca).expect("client");
     let (addr, server) = serve_once(
-        portolan_tls::server::server_config_for(&collector, ClientAuth::Optional).expect("server"),
+        portolan_tls::server::server_config_for(&collector, &CrlSet::empty(), ClientAuth::Optional)
+            .expect("server"),
     )
     .await;
     round_trip(addr, anonymous.clone())
@@ -195,7 +198,8 @@ async fn a_client_without_certificate_connects_only_where_optional() {
     assert!(peer.cert.is_none());
 
     let (addr, server) = serve_once(
-        portolan_tls::server::server_config_for(&collector, ClientAuth::Required).expect("server"),
+        portolan_tls::server::server_config_for(&collector, &CrlSet::empty(), ClientAuth::Required)
+            .expect("server"),
     )
     .await;
     assert!(round_trip(addr, anonymous).await.is_err());
@@ -231,7 +235,8 @@ async fn the_signer_can_never_authenticate_a_server() {
         key: fleet.dir.path().join("evil.key"),
     };
     let (addr, _server) = serve_once(
-        portolan_tls::server::server_config_for(&evil, ClientAuth::Optional).expect("server"),
+        portolan_tls::server::server_config_for(&evil, &CrlSet::empty(), ClientAuth::Optional)
+            .expect("server"),
     )
     .await;
     let agent = server_only_client_config(&evil.ca).expect("client");

@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use portolan_tls::pki::{Ca, DEFAULT_LEAF_VALIDITY, IssuedCert, WriteMode};
-use portolan_tls::{AcceptOptions, ServerTls, TlsFiles, TlsIncoming, client_config, serial_hex};
+use portolan_tls::{
+    AcceptOptions, RevocationFiles, ServerTls, TlsFiles, TlsIncoming, client_config, serial_hex,
+};
 use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
 use rustls_pki_types::pem::PemObject;
@@ -30,6 +32,13 @@ fn write(dir: &Path, name: &str, cert: &IssuedCert) {
 fn write_cas(path: &Path, cas: &[&Ca]) {
     let bundle: String = cas.iter().map(|ca| ca.cert_pem()).collect();
     std::fs::write(path, bundle).expect("write ca bundle");
+}
+
+fn deny_list(path: &Path) -> RevocationFiles {
+    RevocationFiles {
+        revoked: Some(path.to_owned()),
+        crls: Vec::new(),
+    }
 }
 
 fn serial_of_pem(pem: &str) -> String {
@@ -142,7 +151,12 @@ async fn a_renewed_certificate_and_a_new_ca_serve_new_connections_without_restar
         key: dir.path().join("collector.key"),
     };
     write_cas(&files.ca, &[&old]);
-    let tls = ServerTls::start(files.clone(), None, Duration::from_millis(200)).expect("loads");
+    let tls = ServerTls::start(
+        files.clone(),
+        RevocationFiles::default(),
+        Duration::from_millis(200),
+    )
+    .expect("loads");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     echo(TlsIncoming::reloading(
@@ -237,11 +251,11 @@ async fn the_revocation_list_reloads_and_a_broken_one_keeps_the_previous() {
     write_cas(&files.ca, &[&ca]);
     let revoked = dir.path().join("revoked.txt");
     assert!(
-        ServerTls::start(files.clone(), Some(revoked.clone()), POLL).is_err(),
+        ServerTls::start(files.clone(), deny_list(&revoked), POLL).is_err(),
         "a configured list that is missing stops the start"
     );
     std::fs::write(&revoked, "# nothing yet\n").expect("write");
-    let tls = ServerTls::start(files, Some(revoked.clone()), POLL).expect("loads");
+    let tls = ServerTls::start(files, deny_list(&revoked), POLL).expect("loads");
     let mut list = tls.revocations();
     assert!(list.borrow().is_empty());
     std::fs::write(&revoked, "host:web-1\nserial:0a0b\n").expect("write");

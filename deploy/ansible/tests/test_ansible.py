@@ -196,6 +196,7 @@ def installed(workdir):
         ["init"],
         ["issue-collector", "--name", "ansible-e2e", "--ip", "127.0.0.1", "--dns", "localhost"],
         ["issue-agent", "--host-id", host_id],
+        ["issue-agent", "--host-id", "revoked-host"],
     ):
         result = run([portolan, "pki", *args, "--dir", pki])
         assert result.returncode == 0, result.stderr
@@ -228,6 +229,7 @@ def installed(workdir):
         "portolan_collector_rules_src": [str(REPO / "deploy" / "rules" / "default.yaml")],
         # Named by the role, written by the operator (the test, before the collector starts).
         "portolan_collector_tls_revoked": "/etc/portolan/revoked.txt",
+        "portolan_collector_tls_crls": ["/etc/portolan/ca.crl.pem"],
     }
     inventory = workdir / "inventory.json"
     inventory.write_text(
@@ -244,7 +246,7 @@ def installed(workdir):
     )
     recap, output = playbook(workdir / "ansible-home", "-i", inventory, "playbook.yml")
     assert recap["failed"] == 0 and recap["changed"] > 0, output
-    return {"root": root, "inventory": inventory, "host_id": host_id, "port": port, "variables": variables}
+    return {"root": root, "inventory": inventory, "host_id": host_id, "port": port, "variables": variables, "pki": pki}
 
 
 # --- 1. ansible-lint ------------------------------------------------------------------------
@@ -310,7 +312,14 @@ def test_playbook_installs_an_agent_that_reaches_the_collector(installed, workdi
     assert revoked == root / "etc/portolan/revoked.txt"
     # Another host's agent is revoked: this one still gets through.
     revoked.write_text("# revoked by the test\nhost:another-host\n")
-    for path in [*agent["tls"].values(), *collector["tls"].values(), agent["spool"]["dir"], collector["state_dir"], *collector["rules"]["files"]]:
+    # And the CA's CRL, written by `portolan pki crl`, revokes another agent's certificate.
+    (crl,) = (Path(p) for p in collector["tls"]["crls"])
+    assert crl == root / "etc/portolan/ca.crl.pem"
+    pki = installed["pki"]
+    result = run([built("portolan"), "pki", "crl", "--revoke-cert", pki / "agent-revoked-host.pem", "--out", crl, "--dir", pki])
+    assert result.returncode == 0, result.stderr
+    collector_tls = [v for k, v in collector["tls"].items() if k != "crls"] + collector["tls"]["crls"]
+    for path in [*agent["tls"].values(), *collector_tls, agent["spool"]["dir"], collector["state_dir"], *collector["rules"]["files"]]:
         assert Path(path).is_relative_to(root) and Path(path).exists(), path
     assert agent["labels"]["note"] == 'quote " backslash \\ é'
     for command in ([agent_bin, "run", "--print-config", "--config", agent_toml], [collector_bin, "--print-config", "--config", collector_toml]):

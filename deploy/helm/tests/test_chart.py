@@ -165,6 +165,8 @@ BAD_VALUES = [
     ("a namespaces mode that does not exist", {"agent": {"config": {"namespaces": "pods"}}}, "namespaces"),
     ("a zero message rate", {"collector": {"config": {"limits": {"max_messages_per_second": 0}}}}, "max_messages_per_second"),
     ("the revocation list in config", {"collector": {"config": {"tls": {"revoked": "/x"}}}}, "tls"),
+    ("CRLs in config", {"collector": {"config": {"tls": {"crls": ["/x"]}}}}, "tls"),
+    ("a CRL key with a slash", {"collector": {"crl": {"configMap": "c", "keys": ["a/b.pem"]}}}, "keys"),
     ("a relative spool host path", {"agent": {"spoolHostPath": "spool"}}, "spoolHostPath"),
 ]
 
@@ -192,6 +194,7 @@ FAILURES = [
     ("cert-manager without issuer", {"tls": {"certManager": {"enabled": True}}}, "issuerRef.name"),
     ("ServiceMonitor without metrics port", {"serviceMonitor": {"enabled": True}}, "metrics.enabled"),
     ("evaluator without rules", {"evaluator": {"rules": {"defaultPack": False}}}, "no rule file"),
+    ("CRLs from a ConfigMap and a Secret", {"collector": {"crl": {"configMap": "c", "secret": "s"}}}, "collector.crl: set either configMap or secret"),
 ]
 
 
@@ -225,6 +228,7 @@ COLLECTOR_OWNED = {
     "tls.cert": "the mounted certificate Secret",
     "tls.key": "the mounted certificate Secret",
     "tls.revoked": "the mounted ConfigMap collector.revocation.configMap",
+    "tls.crls": "the mounted ConfigMap or Secret collector.crl, one path per key",
     "clickhouse.url": "from clickhouse.url",
     "clickhouse.database": "from clickhouse.database",
     "clickhouse.user": "PORTOLAN_CLICKHOUSE_USER from the credentials Secret",
@@ -701,6 +705,19 @@ def test_collector_accepts_its_config(case: str, workload: str, renders: dict[st
         assert Path(config["tls"]["revoked"]).name == revocation.get("key", "revoked.txt")
     else:
         assert config["tls"]["revoked"] == ""
+    crl = values.get("collector", {}).get("crl", {})
+    if crl.get("configMap") or crl.get("secret"):
+        keys = crl.get("keys", ["ca.crl.pem"])
+        assert [Path(p).name for p in config["tls"]["crls"]] == keys
+        for path in config["tls"]["crls"]:
+            # The whole object as a directory (no items, no subPath): updates reach the files.
+            volume = mounted(pod, path)
+            if crl.get("configMap"):
+                assert volume["configMap"] == {"name": crl["configMap"]}
+            else:
+                assert volume["secret"] == {"secretName": crl["secret"]}
+    else:
+        assert config["tls"]["crls"] == []
     if workload == COLLECTOR:
         assert config["rules"]["evaluate"] is False
         return

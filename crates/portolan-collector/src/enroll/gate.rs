@@ -169,7 +169,7 @@ impl Gate {
                 let from_signer = self
                     .signer_subjects
                     .lock()
-                    .is_ok_and(|subjects| subjects.contains(&cert.issuer));
+                    .is_ok_and(|subjects| subjects.contains(&peer.issuer));
                 from_signer.then(|| {
                     format!("`{identity}` was issued by the enrollment signer, which may sign agent identities only (issue operator and collector certificates with the fleet CA)")
                 })

@@ -64,11 +64,25 @@ pub struct Collector {
     serving: Option<JoinHandle<Result<(), portolan_collector::server::ServeError>>>,
     dir: tempfile::TempDir,
     next_port: std::sync::atomic::AtomicU16,
+    /// The reloading TLS material whose revocation list the services enforce, when the
+    /// collector was started with a CRL ([`Collector::start_with_crl`]).
+    server_reload: Option<portolan_tls::ServerTls>,
 }
 
 impl Collector {
     /// Starts ClickHouse, migrates `database` and serves the collector with `limits`.
     pub async fn start(database: &str, limits: LimitsSection) -> Result<Collector> {
+        Self::start_inner(database, limits, false).await
+    }
+
+    /// As [`Collector::start`], and enforces for calls and open streams the CRL at
+    /// [`Collector::crl_path`] (empty at first, signed by [`Collector::ca`]), re-read
+    /// every 100 ms as the collector re-reads `tls.crls`.
+    pub async fn start_with_crl(database: &str, limits: LimitsSection) -> Result<Collector> {
+        Self::start_inner(database, limits, true).await
+    }
+
+    async fn start_inner(database: &str, limits: LimitsSection, crl: bool) -> Result<Collector> {
         let _ = tracing_subscriber::fmt()
             .with_env_filter("portolan_collector=debug,portolan_store=info")
             .with_test_writer()
@@ -89,6 +103,23 @@ impl Collector {
             ca.issue_collector("c1", &[COLLECTOR_NAME.into()], &[], VALIDITY)?,
         )?;
         let server_tls = portolan_tls::server_config(&server_files)?;
+        let (server_reload, revocations) = if crl {
+            let path = dir.path().join("ca.crl.pem");
+            let empty = ca.crl(None, &[], VALIDITY)?;
+            std::fs::write(&path, empty.pem)?;
+            let reload = portolan_tls::ServerTls::start(
+                server_files.clone(),
+                portolan_tls::RevocationFiles {
+                    revoked: None,
+                    crls: vec![path],
+                },
+                Duration::from_millis(100),
+            )?;
+            let revocations = Revocations::new(reload.revocations());
+            (Some(reload), revocations)
+        } else {
+            (None, Revocations::none())
+        };
         let (connections, incoming) = mpsc::channel(16);
         let (shutdown, stop) = oneshot::channel::<()>();
         let health = portolan_metrics::Health::new();
@@ -96,7 +127,7 @@ impl Collector {
             limits,
             collector_name: "c1".into(),
             store: store.clone(),
-            revocations: Revocations::none(),
+            revocations,
             enrollment: portolan_collector::enroll::Enrollment::new(
                 store.clone(),
                 portolan_collector::enroll::Gate::fixed(Default::default()),
@@ -125,7 +156,18 @@ impl Collector {
             serving: Some(serving),
             dir,
             next_port: std::sync::atomic::AtomicU16::new(40000),
+            server_reload,
         })
+    }
+
+    /// The collector's CA, which signs client certificates and the CRL.
+    pub fn ca(&self) -> &Ca {
+        &self.ca
+    }
+
+    /// The CRL file a collector of [`Collector::start_with_crl`] enforces.
+    pub fn crl_path(&self) -> std::path::PathBuf {
+        self.dir.path().join("ca.crl.pem")
     }
 
     fn files_of(
@@ -146,6 +188,14 @@ impl Collector {
     /// A channel to the collector presenting `who`'s certificate. Each connection it
     /// makes is a fresh in-memory stream with its own TLS handshake.
     pub async fn channel(&self, who: &Who) -> Result<Channel> {
+        Ok(self.channel_with_cert(who).await?.0)
+    }
+
+    /// As [`Collector::channel`]; also gives the certificate the client presents.
+    pub async fn channel_with_cert(
+        &self,
+        who: &Who,
+    ) -> Result<(Channel, portolan_tls::pki::IssuedCert)> {
         let (name, cert) = match who {
             Who::Agent(host_id) => (
                 format!("agent-{host_id}"),
@@ -156,7 +206,17 @@ impl Collector {
                 self.ca.issue_operator(name, *role, VALIDITY)?,
             ),
         };
-        let files = Self::files_of(&self.ca, self.dir.path(), &name, cert)?;
+        let channel = self.channel_presenting(&name, &cert).await?;
+        Ok((channel, cert))
+    }
+
+    /// A channel to the collector presenting `cert`, its files written under `name`.
+    pub async fn channel_presenting(
+        &self,
+        name: &str,
+        cert: &portolan_tls::pki::IssuedCert,
+    ) -> Result<Channel> {
+        let files = Self::files_of(&self.ca, self.dir.path(), name, cert.clone())?;
         let client_tls = portolan_tls::client_config(&files)?;
         let acceptor = TlsAcceptor::from(self.server_tls.clone());
         let connections = self.connections.clone();

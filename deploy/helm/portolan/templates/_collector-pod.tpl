@@ -76,6 +76,12 @@ spec:
           mountPath: {{ include "portolan.collector.revocationDir" $root }}
           readOnly: true
         {{- end }}
+        {{- if include "portolan.collector.crlEnabled" $root }}
+        # A directory too: an updated CRL reaches the pods and applies within a second.
+        - name: crl
+          mountPath: {{ include "portolan.collector.crlDir" $root }}
+          readOnly: true
+        {{- end }}
         {{- if .rules }}
         - name: rules
           mountPath: /etc/portolan/rules
@@ -107,6 +113,16 @@ spec:
     - name: revocation
       configMap:
         name: {{ . }}
+    {{- end }}
+    {{- with $root.Values.collector.crl.configMap }}
+    - name: crl
+      configMap:
+        name: {{ . }}
+    {{- end }}
+    {{- with $root.Values.collector.crl.secret }}
+    - name: crl
+      secret:
+        secretName: {{ . }}
     {{- end }}
     {{- if .rules }}
     - name: rules

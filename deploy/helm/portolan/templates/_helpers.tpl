@@ -96,6 +96,18 @@ app.kubernetes.io/component: {{ .component }}
 {{/* Where the revocation list's ConfigMap is mounted, as a whole directory. */}}
 {{- define "portolan.collector.revocationDir" -}}/etc/portolan/revocation{{- end -}}
 
+{{/* Where the CRLs' ConfigMap or Secret is mounted, as a whole directory. */}}
+{{- define "portolan.collector.crlDir" -}}/etc/portolan/crl{{- end -}}
+
+{{/* Whether CRLs are mounted ("true" or empty); fails when both sources are set. */}}
+{{- define "portolan.collector.crlEnabled" -}}
+{{- $crl := .Values.collector.crl -}}
+{{- if and $crl.configMap $crl.secret -}}
+{{- fail "collector.crl: set either configMap or secret, not both" -}}
+{{- end -}}
+{{- if or $crl.configMap $crl.secret -}}true{{- end -}}
+{{- end -}}
+
 {{/* The Secret holding the ClickHouse credentials. */}}
 {{- define "portolan.clickhouse.secret" -}}
 {{- default (printf "%s-clickhouse" (include "portolan.fullname" .)) .Values.clickhouse.existingSecret -}}
@@ -195,6 +207,13 @@ owns because they depend on how the pods are built (paths, ports, evaluation).
 {{- $tls := dict "ca" (printf "%s/ca.crt" $tlsDir) "cert" (printf "%s/tls.crt" $tlsDir) "key" (printf "%s/tls.key" $tlsDir) -}}
 {{- with $root.Values.collector.revocation.configMap -}}
 {{- $_ = set $tls "revoked" (printf "%s/%s" (include "portolan.collector.revocationDir" $root) $root.Values.collector.revocation.key) -}}
+{{- end -}}
+{{- if include "portolan.collector.crlEnabled" $root -}}
+{{- $crls := list -}}
+{{- range $key := $root.Values.collector.crl.keys -}}
+{{- $crls = append $crls (printf "%s/%s" (include "portolan.collector.crlDir" $root) $key) -}}
+{{- end -}}
+{{- $_ = set $tls "crls" $crls -}}
 {{- end -}}
 {{- $_ = set $config "tls" $tls -}}
 {{- $clickhouse := dict "url" (include "portolan.clickhouse.url" $root) "database" $root.Values.clickhouse.database "batch_window" $root.Values.clickhouse.batchWindow "batch_max_rows" (int $root.Values.clickhouse.batchMaxRows) -}}
