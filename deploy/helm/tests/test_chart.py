@@ -215,8 +215,10 @@ AGENT_OWNED = {
     "pod_logs_dir": "/var/log/pods, where agent.podLogsHostPath is mounted",
     "spool.dir": "agent.spoolHostPath, mounted from the node at the same path",
     "tls.ca": "the mounted certificate directory",
-    "tls.cert": "the mounted certificate directory",
-    "tls.key": "the mounted certificate directory",
+    "tls.cert": "the mounted certificate directory, or spoolHostPath with agent.tls.source=enrollment",
+    "tls.key": "the mounted certificate directory, or spoolHostPath with agent.tls.source=enrollment",
+    "enrollment.token": "never in the config: the token is a Secret (enrollment.tokenSecret)",
+    "enrollment.token_file": "the mounted Secret enrollment.tokenSecret with agent.tls.source=enrollment",
     "metrics.listen": "0.0.0.0:<metrics.port> when metrics.enabled",
 }
 COLLECTOR_OWNED = {
@@ -240,6 +242,9 @@ COLLECTOR_OWNED = {
     "clickhouse.binary": "the managed ClickHouse is not used in Kubernetes",
     "clickhouse.batch_window": "from clickhouse.batchWindow",
     "clickhouse.batch_max_rows": "from clickhouse.batchMaxRows",
+    "enrollment.enabled": "from enrollment.enabled, on the collector only (never the evaluator)",
+    "enrollment.signer_cert": "the mounted Secret enrollment.signerSecret",
+    "enrollment.signer_key": "the mounted Secret enrollment.signerSecret",
     "rules.evaluate": "false on the collector, true on the evaluator",
     "rules.files": "the rules ConfigMap's files",
     "metrics.listen": "0.0.0.0:<metrics.port> when metrics.enabled",
@@ -652,6 +657,23 @@ def test_agent_accepts_its_config(case: str, renders: dict[str, Render], tmp_pat
     (container,) = pod["containers"]
     assert next(m for m in container["volumeMounts"] if m["name"] == logs["name"])["readOnly"] is True
     source = values.get("agent", {}).get("tls", {}).get("source", "hostPath")
+    if source == "enrollment":
+        # Only the CA and the token are mounted; the agent makes its key and certificate
+        # in the node's spool directory (writable, kept across pod restarts).
+        spool_dir = config["spool"]["dir"]
+        assert config["tls"]["cert"] == f"{spool_dir}/agent.pem"
+        assert config["tls"]["key"] == f"{spool_dir}/agent.key"
+        for key in ("cert", "key"):
+            assert mounted(pod, config["tls"][key])["name"] == spool["name"]
+        token = config["enrollment"]["token_file"]
+        secret = mounted(pod, token)["secret"]
+        enrollment = values["enrollment"]
+        assert secret["secretName"] == enrollment["tokenSecret"]
+        assert secret["items"] == [{"key": enrollment.get("tokenKey", "token"), "path": Path(token).name}]
+        ca = mounted(pod, config["tls"]["ca"])["secret"]
+        assert ca["items"] == [{"key": "ca.crt", "path": "ca.pem"}], "the CA only, never the collector's key"
+        assert config["enrollment"]["token"] == "", "the token is never in the configuration"
+        return
     if source != "hostPath":
         assert config["tls"]["cert"] == f"/etc/portolan/tls/agent-{node}.pem"
         assert config["tls"]["key"] == f"/etc/portolan/tls/agent-{node}.key"
@@ -680,6 +702,21 @@ def test_collector_accepts_its_config(case: str, workload: str, renders: dict[st
     for key in ("ca", "cert", "key"):
         path = config["tls"][key]
         assert secret_file_provided(mounted(pod, path), Path(path).name), f"tls.{key} = {path} is provided by no volume"
+    # [enrollment]: on the collector only, with the signer from its Secret; the evaluator
+    # never mounts the signer's key.
+    enrollment = values.get("enrollment", {})
+    if enrollment.get("enabled") and workload == COLLECTOR:
+        assert config["enrollment"]["enabled"] is True
+        for key in ("signer_cert", "signer_key"):
+            path = config["enrollment"][key]
+            assert mounted(pod, path)["secret"]["secretName"] == enrollment["signerSecret"]
+        policy = values.get("collector", {}).get("config", {}).get("enrollment", {})
+        for key, value in policy.items():
+            assert config["enrollment"][key] == value, key
+    else:
+        assert config["enrollment"]["enabled"] is False
+        signer = enrollment.get("signerSecret")
+        assert not signer or not any(v.get("secret", {}).get("secretName") == signer for v in pod["volumes"])
     # [clickhouse.tls]: each file on a mounted Secret of `clickhouse.tls`, else unset.
     ch_tls = values["clickhouse"].get("tls", {})
     wanted = {}

@@ -6,6 +6,9 @@ The pod template of the collector and of the evaluator (the same binary):
 {{- $root := .root -}}
 {{- $v := .values -}}
 {{- $name := include (printf "portolan.%s.fullname" .component) $root -}}
+{{- if and $root.Values.enrollment.enabled (not $root.Values.enrollment.signerSecret) -}}
+{{- fail "enrollment.enabled: set enrollment.signerSecret to the Secret holding the signer (`portolan pki issue-signer`) as tls.crt and tls.key" -}}
+{{- end -}}
 metadata:
   labels:
     {{- include "portolan.componentLabels" (dict "root" $root "component" .component) | nindent 4 }}
@@ -97,6 +100,12 @@ spec:
           mountPath: {{ include "portolan.clickhouse.tlsDir" $root }}/client
           readOnly: true
         {{- end }}
+        {{- if and (eq .component "collector") $root.Values.enrollment.enabled }}
+        # The enrollment signer: whoever reads its key can make agent certificates.
+        - name: signer
+          mountPath: /etc/portolan/signer
+          readOnly: true
+        {{- end }}
         - name: state
           mountPath: /var/lib/portolan-collector
         - name: tmp
@@ -139,6 +148,12 @@ spec:
     - name: clickhouse-client
       secret:
         secretName: {{ . }}
+        defaultMode: 0440
+    {{- end }}
+    {{- if and (eq .component "collector") $root.Values.enrollment.enabled }}
+    - name: signer
+      secret:
+        secretName: {{ $root.Values.enrollment.signerSecret }}
         defaultMode: 0440
     {{- end }}
     # state_dir: only the managed ClickHouse writes there, which the chart does not use.

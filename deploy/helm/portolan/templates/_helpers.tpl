@@ -190,7 +190,14 @@ owns because they depend on how the pods are built (paths, ports, evaluation).
 {{- $spool := default (dict) (get $config "spool") -}}
 {{- $_ = set $spool "dir" .Values.agent.spoolHostPath -}}
 {{- $_ = set $config "spool" $spool -}}
+{{- if eq .Values.agent.tls.source "enrollment" -}}
+{{- /* The CA only is mounted; the agent makes its key and obtains its certificate into the
+node's spool directory (kept across pod restarts: the key stays on its node). */ -}}
+{{- $_ = set $config "tls" (dict "ca" (printf "%s/ca.pem" $tlsDir) "cert" (printf "%s/agent.pem" .Values.agent.spoolHostPath) "key" (printf "%s/agent.key" .Values.agent.spoolHostPath)) -}}
+{{- $_ = set $config "enrollment" (dict "token_file" "/etc/portolan/enrollment/token") -}}
+{{- else -}}
 {{- $_ = set $config "tls" (dict "ca" (printf "%s/ca.pem" $tlsDir) "cert" (printf "%s/agent.pem" $tlsDir) "key" (printf "%s/agent.key" $tlsDir)) -}}
+{{- end -}}
 {{- /* Always on: the probes need /healthz and /readyz; metrics.enabled only adds scraping. */ -}}
 {{- $_ = set $config "metrics" (dict "listen" (printf "0.0.0.0:%d" (int .Values.metrics.port))) -}}
 {{- toJson $config -}}
@@ -236,6 +243,16 @@ owns because they depend on how the pods are built (paths, ports, evaluation).
 {{- define "portolan.collector.config" -}}
 {{- $config := deepCopy (default (dict) .Values.collector.config) -}}
 {{- include "portolan.collector.ownedKeys" (dict "root" . "config" $config) -}}
+{{- /* Only the collector enrols: the evaluator never holds the signer's key. */ -}}
+{{- $enrollment := default (dict) (get $config "enrollment") -}}
+{{- if .Values.enrollment.enabled -}}
+{{- $_ := set $enrollment "enabled" true -}}
+{{- $_ = set $enrollment "signer_cert" "/etc/portolan/signer/tls.crt" -}}
+{{- $_ = set $enrollment "signer_key" "/etc/portolan/signer/tls.key" -}}
+{{- end -}}
+{{- if $enrollment -}}
+{{- $_ := set $config "enrollment" $enrollment -}}
+{{- end -}}
 {{- $_ := set $config "rules" (dict "evaluate" false) -}}
 {{- toJson $config -}}
 {{- end -}}
