@@ -10,6 +10,7 @@
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -32,10 +33,33 @@ const IMAGE_USER: u64 = 65532;
 /// The namespace `deploy/helm/tests/render.py` renders into (conftest.py's).
 const NAMESPACE: &str = "portolan";
 
+/// Where the agents' certificates come from in a played chart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AgentIdentity {
+    /// The node's own files, issued by hand (`agent.tls.source: hostPath`).
+    HandIssued,
+    /// A bootstrap token Secret and the collector's enrollment (`agent.tls.source:
+    /// enrollment`): no per-node certificate exists anywhere before the agent starts.
+    Enrolled,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chart_manifests_start_every_workload_from_the_image() -> Result<()> {
+    play_chart(AgentIdentity::HandIssued).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chart_agents_enrol_with_a_token_secret_and_no_per_node_certificate() -> Result<()> {
+    play_chart(AgentIdentity::Enrolled).await
+}
+
+/// Plays the chart rendered for `identity` and checks what the module says.
+async fn play_chart(identity: AgentIdentity) -> Result<()> {
     let _image = podman::image()?;
-    let state = TempState::new("chart")?;
+    let state = TempState::new(match identity {
+        AgentIdentity::HandIssued => "chart",
+        AgentIdentity::Enrolled => "chart-enrol",
+    })?;
     let pid = std::process::id();
     let node = format!("chart-node-{pid}");
     let clickhouse = ManagedClickHouse::start(ManagedOptions {
@@ -62,6 +86,18 @@ async fn chart_manifests_start_every_workload_from_the_image() -> Result<()> {
         },
         "evaluator": { "config": { "rules": { "interval": "2s" } } },
     });
+    let spool = state.path().join("spool");
+    if identity == AgentIdentity::Enrolled {
+        values["agent"]["tls"] = json!({ "source": "enrollment" });
+        values["enrollment"] = json!({
+            "enabled": true,
+            "signerSecret": "portolan-signer",
+            "tokenSecret": "portolan-enrollment-token",
+        });
+        // Short-lived certificates: the agent renews one while the test watches.
+        values["collector"] =
+            json!({ "config": { "enrollment": { "certificate_lifetime": "24s" } } });
+    }
     let mut manifests = render(&state, &values)?;
     let endpoint = agent_endpoint(&manifests)?;
     let (service_host, service_port) = endpoint
@@ -89,10 +125,25 @@ async fn chart_manifests_start_every_workload_from_the_image() -> Result<()> {
             "tls.key": collector.key_pem,
         },
     }));
-    let agent_tls = state.path().join("agent-tls");
-    ca.write_files(&agent_tls, "ca", WriteMode::Overwrite)?;
-    ca.issue_agent(&node, Duration::from_secs(3600))?
-        .write_files(&agent_tls, "agent", WriteMode::Overwrite)?;
+    match identity {
+        AgentIdentity::HandIssued => {
+            let agent_tls = state.path().join("agent-tls");
+            ca.write_files(&agent_tls, "ca", WriteMode::Overwrite)?;
+            ca.issue_agent(&node, Duration::from_secs(3600))?
+                .write_files(&agent_tls, "agent", WriteMode::Overwrite)?;
+        }
+        AgentIdentity::Enrolled => {
+            // The signer Secret, as the chart's values document it (kubectl create secret tls).
+            let signer = ca.issue_signer("chart", Duration::from_secs(3600))?;
+            manifests.push(json!({
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": { "name": "portolan-signer", "namespace": NAMESPACE },
+                "type": "kubernetes.io/tls",
+                "stringData": { "tls.crt": signer.cert_pem, "tls.key": signer.key_pem },
+            }));
+        }
+    }
 
     let secrets_dir = state.subdir("secrets")?;
     let conversion = Conversion {
@@ -133,7 +184,18 @@ async fn chart_manifests_start_every_workload_from_the_image() -> Result<()> {
         "endpoint": format!("https://{collector_ip}:{service_port}"),
         "server_name": service_host,
     });
-    manifests.retain(|m| m["kind"] == "Secret" && name_of(m) == "portolan-collector-tls");
+    manifests.retain(|m| m["kind"] == "Secret" && name_of(m).starts_with("portolan-"));
+    if identity == AgentIdentity::Enrolled {
+        // The admin creates a token against the running collector and stores it in the
+        // Secret the agents mount.
+        let token = create_token(&state, &ca, collector_ip, &service_port, &service_host)?;
+        manifests.push(json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": { "name": "portolan-enrollment-token", "namespace": NAMESPACE },
+            "stringData": { "token": token },
+        }));
+    }
     manifests.extend(render(&state, &values)?);
     let agent_docs: Vec<Value> = conversion
         .convert(&manifests)?
@@ -233,7 +295,83 @@ async fn chart_manifests_start_every_workload_from_the_image() -> Result<()> {
         }
     }
     println!("probes answered: {probed:?}");
+    if identity == AgentIdentity::Enrolled {
+        // The agent made its key on the node and renews the certificate it enrolled for.
+        let key = spool.join("agent.key");
+        let mode = std::fs::metadata(&key)
+            .with_context(|| format!("the agent made no key at {}", key.display()))?
+            .permissions()
+            .mode();
+        anyhow::ensure!(mode & 0o077 == 0, "the key is private (mode {mode:o})");
+        let agent_container = agent
+            .containers()
+            .into_iter()
+            .next()
+            .context("no agent container")?;
+        eventually_async!(
+            timeout = Duration::from_secs(60),
+            interval = Duration::from_millis(500),
+            {
+                let log = podman::logs(&agent_container);
+                if log.contains("enrolled: certificate obtained")
+                    && log.contains("renewed the certificate")
+                {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "not enrolled and renewed yet:\n{}",
+                        last_lines(&log, 12)
+                    ))
+                }
+            }
+        );
+        println!(
+            "the agent enrolled with the token Secret, made its key (mode {mode:o}) on the node, and renewed its certificate"
+        );
+    }
     Ok(())
+}
+
+/// `portolan token create` by an admin against the collector pod at `ip`, verifying its
+/// certificate for `server_name`: the token.
+fn create_token(
+    state: &TempState,
+    ca: &Ca,
+    ip: IpAddr,
+    port: &str,
+    server_name: &str,
+) -> Result<String> {
+    let admin = ca
+        .issue_operator(
+            "chart-admin",
+            portolan_tls::OperatorRole::Admin,
+            Duration::from_secs(3600),
+        )?
+        .write_files(state.path(), "admin", WriteMode::Overwrite)?;
+    let ca_file = state.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.cert_pem())?;
+    let output = std::process::Command::new(podman::repo().join("target/debug/portolan"))
+        .args(["token", "create", "--host", "chart-node-*", "--ttl", "1h"])
+        .arg("--collector")
+        .arg(format!("https://{ip}:{port}"))
+        .arg("--server-name")
+        .arg(server_name)
+        .arg("--ca")
+        .arg(&ca_file)
+        .arg("--cert")
+        .arg(&admin.cert)
+        .arg("--key")
+        .arg(&admin.key)
+        .env_remove("PORTOLAN_CONFIG")
+        .output()
+        .context("cannot run target/debug/portolan (`cargo build` first)")?;
+    if !output.status.success() {
+        bail!(
+            "portolan token create failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
 }
 
 /// The last `n` lines of a log.

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
-use portolan_tls::{Identity, PeerInfo, RevocationList, serial_hex};
+use portolan_tls::{PeerInfo, RevocationList, serial_hex};
 
 use crate::enroll::Gate;
 use tokio::sync::watch;
@@ -23,11 +23,16 @@ use tracing::{info, warn};
 /// Who a live session belongs to.
 #[derive(Debug, Clone)]
 struct Holder {
-    issuer: Vec<u8>,
-    serial: Vec<u8>,
-    identity: Option<Identity>,
     peer: PeerInfo,
     what: &'static str,
+}
+
+impl Holder {
+    /// Why the list `list` revokes this stream's peer, if it does.
+    fn listed(&self, list: &RevocationList) -> Option<String> {
+        let p = &self.peer;
+        list.check(&p.issuer, &p.serial, p.identity.as_ref().ok())
+    }
 }
 
 /// The revocation list in force, the enrollment gate, and the sessions open under them.
@@ -134,9 +139,6 @@ impl Revocations {
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let holder = Holder {
-            issuer: peer.issuer.clone(),
-            serial: peer.serial.clone(),
-            identity: peer.identity.clone().ok(),
             peer: peer.clone(),
             what,
         };
@@ -165,7 +167,7 @@ impl Revocations {
                 |live| {
                     live.values()
                         .filter_map(|h| {
-                            list.check(&h.issuer, &h.serial, h.identity.as_ref())
+                            h.listed(&list)
                                 .map(|reason| format!("{} stream of {} ({reason})", h.what, who(h)))
                         })
                         .collect()
@@ -192,9 +194,9 @@ fn refusal(reason: &str) -> String {
 }
 
 fn who(h: &Holder) -> String {
-    match &h.identity {
-        Some(identity) => format!("{identity} (serial {})", serial_hex(&h.serial)),
-        None => format!("serial {}", serial_hex(&h.serial)),
+    match &h.peer.identity {
+        Ok(identity) => format!("{identity} (serial {})", serial_hex(&h.peer.serial)),
+        Err(_) => format!("serial {}", serial_hex(&h.peer.serial)),
     }
 }
 
@@ -222,11 +224,7 @@ impl LiveSession {
         let mut keys = self.gate.as_ref().map(Gate::subscribe);
         let mut list_open = true;
         loop {
-            let listed = self.list.borrow_and_update().check(
-                &self.holder.issuer,
-                &self.holder.serial,
-                self.holder.identity.as_ref(),
-            );
+            let listed = self.holder.listed(&self.list.borrow_and_update());
             if let Some(keys) = keys.as_mut() {
                 keys.borrow_and_update();
             }
