@@ -153,8 +153,15 @@ async fn play_chart(identity: AgentIdentity) -> Result<()> {
     let is_agent = |d: &Value| {
         d["kind"] == "Pod" || (d["kind"] == "ConfigMap" && name_of(d).ends_with("-agent"))
     };
+    // The agents are played later, once the collector runs (their token Secret, when they
+    // enrol, is created against it).
+    let without_agents: Vec<Value> = manifests
+        .iter()
+        .filter(|m| m["kind"] != "DaemonSet")
+        .cloned()
+        .collect();
     let workload_docs: Vec<Value> = conversion
-        .convert(&manifests)?
+        .convert(&without_agents)?
         .into_iter()
         .filter(|d| !is_agent(d))
         .collect();
@@ -188,7 +195,15 @@ async fn play_chart(identity: AgentIdentity) -> Result<()> {
     if identity == AgentIdentity::Enrolled {
         // The admin creates a token against the running collector and stores it in the
         // Secret the agents mount.
-        let token = create_token(&state, &ca, collector_ip, &service_port, &service_host)?;
+        // (Once the collector pod listens: it was just started.)
+        let token = eventually_async!(
+            timeout = Duration::from_secs(90),
+            interval = Duration::from_millis(500),
+            {
+                create_token(&state, &ca, collector_ip, &service_port, &service_host)
+                    .map_err(|e| format!("{e:#}"))
+            }
+        );
         manifests.push(json!({
             "apiVersion": "v1",
             "kind": "Secret",

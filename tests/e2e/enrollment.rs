@@ -482,6 +482,19 @@ async fn refusals_are_clear_and_store_nothing_and_a_held_key_streams_once_approv
         Ending::Status(Code::PermissionDenied, m) if m.contains("superseded") => {}
         other => bail!("the superseded key must be refused, got {other:?}"),
     }
+    // A third key is held, denied by the admin, and refused from then on.
+    let (held, third_key) = enrol(&cluster, &web, "web-1", None).await?;
+    ensure!(
+        held.as_ref().is_ok_and(|a| a.status == "pending"),
+        "{held:?}"
+    );
+    let (code, _, err) = portolan(&cluster, &admin, &["deny", "web-1"])?;
+    ensure!(code == 0, "deny: {err}");
+    refused(
+        &enrol(&cluster, &web, "web-1", Some(&third_key)).await?.0,
+        Code::PermissionDenied,
+        "denied",
+    )?;
     Ok(())
 }
 
