@@ -335,6 +335,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use portolan_tls::Identity;
     use std::time::Duration;
     use tokio_stream::StreamExt;
 
