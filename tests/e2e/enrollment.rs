@@ -717,6 +717,20 @@ async fn a_retired_host_stops_its_current_state_leaves_its_findings_resolve_its_
         cluster.store.socket_events(id).await?.len() == history,
         "history stays"
     );
+    // `portolan hosts` no longer lists it unless asked, and then says when.
+    let (code, listed, err) = portolan(&cluster, &admin, &["hosts", "-o", "json"])?;
+    ensure!(code == 0, "{err}");
+    ensure!(
+        !listed.contains(id),
+        "a retired host is not listed: {listed}"
+    );
+    let (code, listed, err) = portolan(&cluster, &admin, &["hosts", "--retired", "-o", "json"])?;
+    ensure!(code == 0, "{err}");
+    let listed: serde_json::Value = serde_json::from_str(&listed)?;
+    ensure!(
+        listed[0]["host_id"] == id && listed[0]["retired_unix"].as_i64().is_some_and(|t| t > 0),
+        "{listed}"
+    );
     println!(
         "retired {id}: current rows {current} → 0, finding resolved, {history} history events kept"
     );

@@ -88,6 +88,9 @@ impl HostArgs {
 pub struct HostsArgs {
     #[command(flatten)]
     hosts: HostArgs,
+    /// Also list retired hosts (`portolan retire`), with when they were retired.
+    #[arg(long)]
+    retired: bool,
     /// Most rows.
     #[arg(long, default_value_t = 10_000, value_parser = parse_limit)]
     limit: u32,
@@ -420,6 +423,7 @@ async fn hosts(
     let client = connect(settings).await?;
     let request = pb::ListHostsRequest {
         hosts: Some(args.hosts.selector()),
+        include_retired: args.retired,
         ..Default::default()
     };
     let found = pages(settings, request, args.limit, |r| {

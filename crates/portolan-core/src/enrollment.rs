@@ -338,6 +338,17 @@ pub fn retired_at(keys: &[KeyRecord]) -> Option<i64> {
         .max()
 }
 
+/// Whether a host whose last retirement was at `retired_at` and that last reported at
+/// `last_seen` (Unix seconds, `None`: never) is retired now: retired, and silent since.
+/// A host that reports again after its retirement (it enrolled again) is not.
+pub fn retired_since(retired_at: Option<i64>, last_seen: Option<i64>) -> Option<i64> {
+    let at = retired_at?;
+    match last_seen {
+        Some(seen) if seen > at => None,
+        _ => Some(at),
+    }
+}
+
 /// Whether a certificate of `host_id` with `key`, valid from `not_before` (Unix seconds),
 /// may speak for the host, given the host's known `keys`.
 ///
@@ -561,6 +572,15 @@ mod tests {
 
     fn state() -> impl Strategy<Value = KeyState> {
         prop::sample::select(KeyState::ALL.to_vec())
+    }
+
+    #[test]
+    fn a_host_is_retired_until_it_reports_again() {
+        assert_eq!(retired_since(None, Some(5)), None);
+        assert_eq!(retired_since(Some(10), Some(5)), Some(10));
+        assert_eq!(retired_since(Some(10), Some(10)), Some(10));
+        assert_eq!(retired_since(Some(10), None), Some(10));
+        assert_eq!(retired_since(Some(10), Some(11)), None);
     }
 
     #[test]

@@ -98,6 +98,8 @@ pub struct HostSummary {
     pub listeners: u32,
     /// Current flows.
     pub flows: u32,
+    /// When it was retired, if it is retired now (and silent since).
+    pub retired_at: Option<SystemTime>,
 }
 
 /// A current socket of some host.
@@ -408,11 +410,27 @@ impl Store {
             .collect();
         let listeners = self.counts(table::SOCKETS_CURRENT, LISTENER_COUNTS).await?;
         let flows = self.counts(table::FLOWS_CURRENT, FLOW_COUNTS).await?;
+        let mut retirements: HashMap<String, i64> = HashMap::new();
+        for key in self.host_keys().await? {
+            if key.record.state == portolan_core::enrollment::KeyState::Retired {
+                let at = retirements.entry(key.record.host_id).or_insert(i64::MIN);
+                *at = (*at).max(key.record.decided_at);
+            }
+        }
         Ok(hosts
             .into_iter()
             .map(|host| {
                 let report = reports.get(&host.host_id);
+                let last_seen = report
+                    .filter(|r| r.last_seen > 0)
+                    .map(|r| i64::from(r.last_seen));
+                let retired_at = portolan_core::enrollment::retired_since(
+                    retirements.get(&host.host_id).copied(),
+                    last_seen,
+                );
                 HostSummary {
+                    retired_at: retired_at
+                        .map(|at| from_datetime(u32::try_from(at.max(0)).unwrap_or(u32::MAX))),
                     last_seen: report
                         .filter(|r| r.last_seen > 0)
                         .map(|r| from_datetime(r.last_seen)),

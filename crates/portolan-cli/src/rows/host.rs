@@ -38,6 +38,9 @@ pub struct HostRow {
     pub listeners: u32,
     /// Current flows.
     pub flows: u32,
+    /// Unix seconds of its retirement when it is retired (`portolan hosts --retired`); 0:
+    /// it is not.
+    pub retired_unix: i64,
 }
 
 impl From<&pb::HostSummary> for HostRow {
@@ -56,6 +59,7 @@ impl From<&pb::HostSummary> for HostRow {
             stale: h.stale,
             listeners: h.listeners,
             flows: h.flows,
+            retired_unix: h.retired_unix,
         }
     }
 }
@@ -95,6 +99,14 @@ impl Record for HostRow {
         Column::<Self>::key("SCAN", "scan_interval", |r, _| r.scan_interval()).wide(),
         Column::<Self>::key("SEQ", "last_seq", |r, _| r.last_seq.to_string()).wide(),
         Column::<Self>::key("STALE", "stale", |r, _| r.stale.to_string()).wide(),
+        Column::<Self>::key("RETIRED", "retired", |r, ctx| {
+            if r.retired_unix > 0 {
+                ctx.instant(r.retired_unix)
+            } else {
+                String::new()
+            }
+        })
+        .wide(),
     ];
 }
 

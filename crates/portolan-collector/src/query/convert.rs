@@ -33,6 +33,7 @@ pub(super) fn summary(h: &HostSummary, now: SystemTime) -> pb::HostSummary {
         stale,
         listeners: h.listeners,
         flows: h.flows,
+        retired_unix: h.retired_at.map_or(0, unix),
     }
 }
 

@@ -44,7 +44,8 @@ impl Query {
         r: pb::ListHostsRequest,
     ) -> Result<pb::ListHostsResponse, QueryError> {
         let filter = host_filter(r.hosts);
-        let hash = query_hash(&format!("hosts:{filter:?}"));
+        let include_retired = r.include_retired;
+        let hash = query_hash(&format!("hosts:{filter:?}:{include_retired}"));
         let after = match token(&r.page_token, hash)? {
             Some(key) if key.len() == 1 => Some(text_part(key.first())?),
             Some(_) => return Err(malformed()),
@@ -56,6 +57,7 @@ impl Query {
         // Ordered by host id.
         let mut page: Vec<pb::HostSummary> = hosts
             .iter()
+            .filter(|h| include_retired || h.retired_at.is_none())
             .filter(|h| after.as_ref().is_none_or(|a| h.host.host_id > *a))
             .take(size + 1)
             .map(|h| summary(h, now))

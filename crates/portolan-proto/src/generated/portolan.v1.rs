@@ -950,6 +950,9 @@ pub struct ListHostsRequest {
     /// `next_page_token` of the previous answer; empty: the first page.
     #[prost(string, tag = "3")]
     pub page_token: ::prost::alloc::string::String,
+    /// Also list retired hosts (retired, and silent since; `retired_unix` says when).
+    #[prost(bool, tag = "4")]
+    pub include_retired: bool,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -997,6 +1000,9 @@ pub struct HostSummary {
     pub listeners: u32,
     #[prost(uint32, tag = "13")]
     pub flows: u32,
+    /// Unix seconds of its retirement when it is retired (and silent since); 0: it is not.
+    #[prost(int64, tag = "14")]
+    pub retired_unix: i64,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
