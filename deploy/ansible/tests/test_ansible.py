@@ -8,7 +8,11 @@
    binaries of the cargo build and certificates from `portolan pki`: the installed agent,
    started with the rendered configuration, reaches the installed collector (managed
    ClickHouse) and its inventory lands in ClickHouse. A second run changes nothing, and
-   neither does `--check`.
+   neither does `--check`. The same playbook then installs an agent with only the CA and a
+   bootstrap token (created by an admin on that collector): the agent makes its key, enrols,
+   its key is bound in ClickHouse and its inventory stored; a second run and `--check`
+   leave its key and certificate alone, and a token with a certificate to install fails
+   the play.
 4. `--check` on a fresh root, system users included, writes nothing anywhere.
 5. `systemd-analyze security --offline=yes` scores both units under a threshold, every
    protection left off is explained in a comment, and `systemd-analyze verify` accepts
@@ -538,6 +542,24 @@ def test_enrolled_agent_second_run_and_check_change_nothing(enrolled, workdir, s
         assert recap["changed"] == 0, f"{extra or 'second run'}: changed:\n" + "\n".join(changed_tasks(output))
         assert enrolled["token"] not in output, "the bootstrap token is in the playbook's output"
         summary.append(f"enrolled agent, {' '.join(extra) or 'second run'}: ok={recap['ok']} changed={recap['changed']}")
+
+
+def test_a_token_with_a_certificate_to_install_fails_the_play(enrolled, workdir):
+    """A token and a hand-issued certificate at once: the play stops before it installs
+    anything and says what to do."""
+    variables = json.loads(enrolled["inventory"].read_text())
+    fresh = workdir / "both-root"
+    variables["all"]["vars"].update(
+        {"portolan_agent_root": str(fresh), "portolan_agent_tls_cert_src": str(enrolled["pki"] / "agent-revoked-host.pem"), "portolan_agent_tls_key_src": str(enrolled["pki"] / "agent-revoked-host.key")}
+    )
+    inventory = workdir / "both-inventory.json"
+    inventory.write_text(json.dumps(variables))
+    result = run([tool("ansible-playbook"), "-i", inventory, "playbook.yml"], env=ansible_env(workdir / "ansible-home"), cwd=ANSIBLE)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "leave portolan_agent_tls_cert_src and portolan_agent_tls_key_src empty" in output, output
+    assert enrolled["token"] not in output, "the bootstrap token is in the playbook's output"
+    assert not fresh.exists(), f"the failed play installed files into {fresh}"
 
 
 # --- 4. check mode on a fresh host ----------------------------------------------------------
