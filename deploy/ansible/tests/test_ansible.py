@@ -565,16 +565,19 @@ def test_a_token_with_a_certificate_to_install_fails_the_play(enrolled, workdir)
 # --- 4. check mode on a fresh host ----------------------------------------------------------
 
 
-def test_check_mode_on_a_fresh_root_writes_nothing(installed, workdir):
-    """As on a new host: nothing installed, system users still to create."""
-    variables = json.loads(installed["inventory"].read_text())
-    fresh = workdir / "fresh-root"
+@pytest.mark.parametrize("case", ["certificates", "token"])
+def test_check_mode_on_a_fresh_root_writes_nothing(request, workdir, case):
+    """As on a new host: nothing installed, system users still to create; for the
+    collector and an agent with its certificate, and for an agent with a token."""
+    source = request.getfixturevalue("installed" if case == "certificates" else "enrolled")
+    variables = json.loads(source["inventory"].read_text())
+    fresh = workdir / f"fresh-root-{case}"
     for key in list(variables["all"]["vars"]):
         if key.endswith(("_manage_user", "_user", "_group")):
             del variables["all"]["vars"][key]  # the roles' defaults: create portolan-agent, portolan-collector
         elif key.endswith("_root"):
             variables["all"]["vars"][key] = str(fresh)
-    inventory = workdir / "fresh-inventory.json"
+    inventory = workdir / f"fresh-inventory-{case}.json"
     inventory.write_text(json.dumps(variables))
 
     def digest() -> str:
