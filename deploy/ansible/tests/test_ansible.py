@@ -8,7 +8,11 @@
    binaries of the cargo build and certificates from `portolan pki`: the installed agent,
    started with the rendered configuration, reaches the installed collector (managed
    ClickHouse) and its inventory lands in ClickHouse. A second run changes nothing, and
-   neither does `--check`.
+   neither does `--check`. The same playbook then installs an agent with only the CA and a
+   bootstrap token (created by an admin on that collector): the agent makes its key, enrols,
+   its key is bound in ClickHouse and its inventory stored; a second run and `--check`
+   leave its key and certificate alone, and a token with a certificate to install fails
+   the play.
 4. `--check` on a fresh root, system users included, writes nothing anywhere.
 5. `systemd-analyze security --offline=yes` scores both units under a threshold, every
    protection left off is explained in a comment, and `systemd-analyze verify` accepts
@@ -39,6 +43,7 @@ import tomllib
 import urllib.parse
 import urllib.request
 import uuid
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -197,6 +202,9 @@ def installed(workdir):
         ["issue-collector", "--name", "ansible-e2e", "--ip", "127.0.0.1", "--dns", "localhost"],
         ["issue-agent", "--host-id", host_id],
         ["issue-agent", "--host-id", "revoked-host"],
+        # The collectors' enrollment signer, and an admin who creates bootstrap tokens.
+        ["issue-signer", "--name", "ansible-e2e"],
+        ["issue-operator", "--name", "ansible-admin", "--role", "admin"],
     ):
         result = run([portolan, "pki", *args, "--dir", pki])
         assert result.returncode == 0, result.stderr
@@ -230,6 +238,12 @@ def installed(workdir):
         # Named by the role, written by the operator (the test, before the collector starts).
         "portolan_collector_tls_revoked": "/etc/portolan/revoked.txt",
         "portolan_collector_tls_crls": ["/etc/portolan/ca.crl.pem"],
+        # Agents may also join with a bootstrap token (the `enrolled` fixture's agent).
+        "portolan_collector_enrollment_enabled": True,
+        "portolan_collector_enrollment_signer_cert_src": str(pki / "signer-ansible-e2e.pem"),
+        "portolan_collector_enrollment_signer_key_src": str(pki / "signer-ansible-e2e.key"),
+        "portolan_collector_enrollment_certificate_lifetime": "2h",
+        "portolan_collector_enrollment_second_key": "hold",
     }
     inventory = workdir / "inventory.json"
     inventory.write_text(
@@ -294,82 +308,111 @@ def test_checked_in_units_are_the_roles_units(rendered, unit):
 # --- 3. the playbook for real ------------------------------------------------------------------
 
 
-def test_playbook_installs_an_agent_that_reaches_the_collector(installed, workdir, summary):
-    root, host_id, port = installed["root"], installed["host_id"], installed["port"]
-    agent_bin = root / "usr/local/bin/portolan-agent"
-    collector_bin = root / "usr/local/bin/portolan-collector"
-    agent_toml = root / "etc/portolan/agent.toml"
-    collector_toml = root / "etc/portolan/collector.toml"
-    for path in (agent_bin, collector_bin):
-        assert path.read_bytes() == built(path.name).read_bytes(), f"{path} is not the built binary"
-    for path in (root / "etc/portolan/agent.key", root / "etc/portolan/collector.key", agent_toml, collector_toml):
-        assert path.stat().st_mode & 0o777 == 0o640, f"{path} is readable by others"
-
-    # The rendered files point into the root, and the installed binaries accept them.
-    agent = tomllib.loads(agent_toml.read_text())
-    collector = tomllib.loads(collector_toml.read_text())
-    revoked = Path(collector["tls"]["revoked"])
+@pytest.fixture(scope="module")
+def collector(installed, workdir):
+    """The installed collector (managed ClickHouse) started with its rendered
+    configuration, once the files the role names but the operator writes (the revocation
+    list and the CA's CRL) are there: what it answers with, and `query` for its ClickHouse."""
+    root, port, pki = installed["root"], installed["port"], installed["pki"]
+    binary = root / "usr/local/bin/portolan-collector"
+    toml = root / "etc/portolan/collector.toml"
+    config = tomllib.loads(toml.read_text())
+    revoked = Path(config["tls"]["revoked"])
     assert revoked == root / "etc/portolan/revoked.txt"
     # Another host's agent is revoked: this one still gets through.
     revoked.write_text("# revoked by the test\nhost:another-host\n")
     # And the CA's CRL, written by `portolan pki crl`, revokes another agent's certificate.
-    (crl,) = (Path(p) for p in collector["tls"]["crls"])
+    (crl,) = (Path(p) for p in config["tls"]["crls"])
     assert crl == root / "etc/portolan/ca.crl.pem"
-    pki = installed["pki"]
     result = run([built("portolan"), "pki", "crl", "--revoke-cert", pki / "agent-revoked-host.pem", "--out", crl, "--dir", pki])
     assert result.returncode == 0, result.stderr
-    collector_tls = [v for k, v in collector["tls"].items() if k != "crls"] + collector["tls"]["crls"]
-    for path in [*agent["tls"].values(), *collector_tls, agent["spool"]["dir"], collector["state_dir"], *collector["rules"]["files"]]:
-        assert Path(path).is_relative_to(root) and Path(path).exists(), path
-    assert agent["labels"]["note"] == 'quote " backslash \\ é'
-    for command in ([agent_bin, "run", "--print-config", "--config", agent_toml], [collector_bin, "--print-config", "--config", collector_toml]):
-        result = run(command)
-        assert result.returncode == 0, result.stderr
 
-    state = Path(collector["state_dir"])
-    logs = [workdir / "collector.log", workdir / "agent.log"]
+    state = Path(config["state_dir"])
+    log_path = workdir / "collector.log"
     env = {**os.environ, "PORTOLAN_LOG": "info"}
     env.pop("PORTOLAN_CLICKHOUSE_URL", None)  # the rendered configuration says: managed
-    with open(logs[0], "w") as log:
-        collector_process = subprocess.Popen([collector_bin, "--config", collector_toml], stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env)
-    agent_process = None
+    with open(log_path, "w") as log:
+        process = subprocess.Popen([binary, "--config", toml], stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env)
     try:
 
-        def collector_ready():
-            assert collector_process.poll() is None, f"the collector exited:\n{logs[0].read_text()}"
+        def ready():
+            assert process.poll() is None, f"the collector exited:\n{log_path.read_text()}"
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=1).close()
             except OSError:
                 return None
             return (state / "clickhouse.url").exists()
 
-        wait_for("the collector did not listen", collector_ready, 120, logs)
+        wait_for("the collector did not listen", ready, 120, [log_path])
         url = (state / "clickhouse.url").read_text().strip()
-        database = collector["clickhouse"]["database"]
-        with open(logs[1], "w") as log:
-            agent_process = subprocess.Popen([agent_bin, "run", "--config", agent_toml], stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env)
 
         def query(sql: str) -> str:
             request = urllib.request.Request(url, data=sql.encode(), method="POST")
             with urllib.request.urlopen(request, timeout=10) as response:
                 return response.read().decode().strip()
 
-        def stored() -> int:
-            assert agent_process.poll() is None, f"the agent exited:\n{logs[1].read_text()}"
-            return int(query(f"SELECT count() FROM {database}.sockets_current WHERE host_id = '{host_id}'") or 0)
+        yield {"config": config, "database": config["clickhouse"]["database"], "query": query, "log": log_path, "binary": binary}
+    finally:
+        stop(process)
 
-        count = wait_for("the agent's inventory did not land in ClickHouse", stored, 90, logs)
-        summary.append(f"installed agent -> installed collector: {count} sockets of host `{host_id}` in {database}.sockets_current")
+
+def start_agent(binary: Path, config: Path, log_path: Path) -> subprocess.Popen:
+    env = {**os.environ, "PORTOLAN_LOG": "info"}
+    with open(log_path, "w") as log:
+        return subprocess.Popen([binary, "run", "--config", config], stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env)
+
+
+def wait_stored(collector: dict, agent: subprocess.Popen, host_id: str, logs: list[Path]) -> int:
+    """How many current sockets of `host_id` ClickHouse holds, once there are some."""
+
+    def stored() -> int:
+        assert agent.poll() is None, f"the agent exited:\n{logs[-1].read_text()}"
+        return int(collector["query"](f"SELECT count() FROM {collector['database']}.sockets_current WHERE host_id = '{host_id}'") or 0)
+
+    return wait_for(f"the inventory of `{host_id}` did not land in ClickHouse", stored, 90, logs)
+
+
+def test_playbook_installs_an_agent_that_reaches_the_collector(installed, collector, workdir, summary):
+    root, host_id, port = installed["root"], installed["host_id"], installed["port"]
+    agent_bin = root / "usr/local/bin/portolan-agent"
+    collector_bin = collector["binary"]
+    agent_toml = root / "etc/portolan/agent.toml"
+    collector_toml = root / "etc/portolan/collector.toml"
+    for path in (agent_bin, collector_bin):
+        assert path.read_bytes() == built(path.name).read_bytes(), f"{path} is not the built binary"
+    for path in (root / "etc/portolan/agent.key", root / "etc/portolan/collector.key", agent_toml, collector_toml):
+        assert path.stat().st_mode & 0o777 == 0o640, f"{path} is readable by others"
+    # The signer's key makes agent identities: its owner alone (the collector's user) reads it.
+    signer_key = root / "etc/portolan/signer.key"
+    assert signer_key.stat().st_mode & 0o777 == 0o600 and signer_key.stat().st_uid == os.getuid(), f"{signer_key} is readable by others"
+
+    # The rendered files point into the root, and the installed binaries accept them.
+    agent = tomllib.loads(agent_toml.read_text())
+    config = collector["config"]
+    assert agent["enrollment"] == {"token": "", "token_file": ""}, "no token given, yet agent.toml enrols"
+    assert config["enrollment"]["enabled"] is True and config["enrollment"]["certificate_lifetime"] == "2h"
+    collector_tls = [v for k, v in config["tls"].items() if k != "crls"] + config["tls"]["crls"]
+    signer = [config["enrollment"]["signer_cert"], config["enrollment"]["signer_key"]]
+    for path in [*agent["tls"].values(), *collector_tls, *signer, agent["spool"]["dir"], config["state_dir"], *config["rules"]["files"]]:
+        assert Path(path).is_relative_to(root) and Path(path).exists(), path
+    assert agent["labels"]["note"] == 'quote " backslash \\ é'
+    for command in ([agent_bin, "run", "--print-config", "--config", agent_toml], [collector_bin, "--print-config", "--config", collector_toml]):
+        result = run(command)
+        assert result.returncode == 0, result.stderr
+
+    logs = [collector["log"], workdir / "agent.log"]
+    agent_process = start_agent(agent_bin, agent_toml, logs[1])
+    try:
+        count = wait_stored(collector, agent_process, host_id, logs)
+        summary.append(f"installed agent -> installed collector: {count} sockets of host `{host_id}` in {collector['database']}.sockets_current")
         # The agent saw the installed collector listening, owned by the installed binary.
-        listeners = query(
-            f"SELECT executable FROM {database}.sockets_current FINAL "
+        listeners = collector["query"](
+            f"SELECT executable FROM {collector['database']}.sockets_current FINAL "
             f"WHERE host_id = '{host_id}' AND listener = 1 AND local_port = {port} FORMAT TSV"
         ).splitlines()
         assert str(collector_bin) in listeners, f"the collector's listener on port {port} is not attributed to {collector_bin}: {listeners}"
     finally:
-        if agent_process:
-            stop(agent_process)
-        stop(collector_process)
+        stop(agent_process)
 
 
 def test_second_run_changes_nothing(installed, workdir, summary):
@@ -384,19 +427,157 @@ def test_check_mode_reports_no_changes(installed, workdir, summary):
     summary.append(f"--check after a run: ok={recap['ok']} changed={recap['changed']} failed={recap['failed']}")
 
 
+# --- 3b. an agent that joins with a bootstrap token -------------------------------------------
+
+
+def openssl(*args, stdin: bytes | None = None) -> bytes:
+    result = subprocess.run(["openssl", *map(str, args)], input=stdin, capture_output=True)
+    assert result.returncode == 0, result.stderr.decode()
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def enrolled(installed, collector, workdir):
+    """The example playbook run for the agents only, into <workdir>/enrol-root, with a
+    bootstrap token that an admin created on the running collector, the CA and nothing
+    else: no certificate, no key."""
+    pki, port = installed["pki"], installed["port"]
+    host_id = f"ansible-enrol-{uuid.uuid4().hex[:8]}"
+    result = run(
+        [
+            *(built("portolan"), "--collector", f"https://127.0.0.1:{port}", "--ca", pki / "ca.pem"),
+            *("--cert", pki / "operator-ansible-admin.pem", "--key", pki / "operator-ansible-admin.key"),
+            *("token", "create", "--host", "ansible-enrol-*", "--uses", "1", "--ttl", "1h", "--label", "enrolled=ansible"),
+        ],
+        env={k: v for k, v in os.environ.items() if k != "PORTOLAN_CONFIG"},
+    )
+    assert result.returncode == 0, f"portolan token create failed:\n{result.stderr}"
+    token = result.stdout.strip()
+    assert token, result.stderr
+    root = workdir / "enrol-root"
+    base = installed["variables"]
+    variables = {
+        **{k: v for k, v in base.items() if k.startswith("portolan_agent_") and not k.startswith("portolan_agent_tls_")},
+        "portolan_agent_root": str(root),
+        "portolan_agent_host_id": host_id,
+        "portolan_agent_tls_ca_src": str(pki / "ca.pem"),
+        "portolan_agent_enrollment_token": token,
+    }
+    inventory = workdir / "enrol-inventory.json"
+    inventory.write_text(
+        json.dumps(
+            {
+                "all": {
+                    "hosts": {"localhost": {"ansible_connection": "local", "ansible_python_interpreter": sys.executable, "ansible_become": False}},
+                    "children": {"portolan_agents": {"hosts": {"localhost": {}}}},
+                    "vars": variables,
+                }
+            },
+            indent=2,
+        )
+    )
+    recap, output = playbook(workdir / "ansible-home", "-i", inventory, "playbook.yml", "--diff")
+    assert recap["failed"] == 0 and recap["changed"] > 0, output
+    assert token not in output, "the bootstrap token is in the playbook's output"
+    return {"root": root, "inventory": inventory, "host_id": host_id, "token": token, "pki": pki}
+
+
+def test_agent_with_only_a_token_and_the_ca_enrols_with_the_installed_collector(enrolled, collector, workdir, summary):
+    root, host_id, token = enrolled["root"], enrolled["host_id"], enrolled["token"]
+    agent_toml = root / "etc/portolan/agent.toml"
+    agent = tomllib.loads(agent_toml.read_text())
+    spool = root / "var/lib/portolan-agent"
+    token_file = root / "etc/portolan/agent.token"
+    cert, key = spool / "agent.pem", spool / "agent.key"
+    # The token is in its file, readable by the agent's user only, never in agent.toml.
+    assert agent["enrollment"] == {"token": "", "token_file": str(token_file)}
+    assert token not in agent_toml.read_text()
+    assert token_file.read_text().strip() == token
+    assert token_file.stat().st_mode & 0o777 == 0o600 and token_file.stat().st_uid == os.getuid(), f"{token_file} is readable by others"
+    # The agent writes its key and certificate into its spool directory, the only one its unit may write.
+    assert agent["tls"] == {"ca": str(root / "etc/portolan/ca.pem"), "cert": str(cert), "key": str(key)}
+    unit = (root / "etc/systemd/system/portolan-agent.service").read_text()
+    assert f"\nReadWritePaths={spool}\n" in unit, "the unit does not let the agent write its certificate"
+    assert not cert.exists() and not key.exists(), "the role installed a certificate or key for an enrolling agent"
+    assert not (root / "etc/portolan/agent.pem").exists() and not (root / "etc/portolan/agent.key").exists()
+
+    logs = [collector["log"], workdir / "enrol-agent.log"]
+    agent_process = start_agent(root / "usr/local/bin/portolan-agent", agent_toml, logs[1])
+    try:
+        count = wait_stored(collector, agent_process, host_id, logs)
+    finally:
+        stop(agent_process)
+    assert "enrolled: certificate obtained with the bootstrap token" in logs[1].read_text(), logs[1].read_text()
+
+    # The key was made on the host (0600) and the certificate is for it, its host_id, signed
+    # by the signer, for the collector's certificate_lifetime (2h).
+    assert key.stat().st_mode & 0o777 == 0o600, f"{key} is readable by others"
+    public = openssl("pkey", "-in", key, "-pubout")
+    assert openssl("x509", "-in", cert, "-noout", "-pubkey") == public, "the certificate is not for the host's key"
+    text = openssl("x509", "-in", cert, "-noout", "-text").decode()
+    assert f"URI:spiffe://portolan/host/{host_id}" in text, text
+    pki = enrolled["pki"]
+    issuer = openssl("x509", "-in", cert, "-noout", "-issuer", "-nameopt", "RFC2253").decode().split("=", 1)[1]
+    signer = openssl("x509", "-in", pki / "signer-ansible-e2e.pem", "-noout", "-subject", "-nameopt", "RFC2253").decode().split("=", 1)[1]
+    assert issuer == signer, f"issued by {issuer}, not by the signer {signer}"
+    openssl("verify", "-CAfile", pki / "ca.pem", "-untrusted", pki / "signer-ansible-e2e.pem", cert)
+    dates = dict(line.split("=", 1) for line in openssl("x509", "-in", cert, "-noout", "-startdate", "-enddate").decode().split("\n") if "=" in line)
+    lifetime = datetime.strptime(dates["notAfter"], "%b %d %H:%M:%S %Y %Z") - datetime.strptime(dates["notBefore"], "%b %d %H:%M:%S %Y %Z")
+    assert timedelta(hours=1, minutes=55) <= lifetime <= timedelta(hours=2, minutes=5), f"certificate lifetime {lifetime}, configured 2h"
+
+    # ClickHouse binds the host_id to that key, with the token's label.
+    spki_sha256 = hashlib.sha256(openssl("pkey", "-in", key, "-pubout", "-outform", "DER")).hexdigest()
+    rows = collector["query"](
+        f"SELECT key_sha256, state, label_keys, label_values FROM {collector['database']}.host_keys FINAL WHERE host_id = '{host_id}' FORMAT JSONCompact"
+    )
+    data = json.loads(rows)["data"]
+    assert data == [[spki_sha256, "bound", ["enrolled"], ["ansible"]]], data
+    summary.append(f"agent with only the CA and a token: enrolled as `{host_id}` (key {spki_sha256[:12]}… bound, {lifetime} certificate), {count} sockets stored")
+
+
+def test_enrolled_agent_second_run_and_check_change_nothing(enrolled, workdir, summary):
+    """After the agent wrote its key and certificate, the role leaves them alone."""
+    for extra in ([], ["--check", "--diff"]):
+        recap, output = playbook(workdir / "ansible-home", "-i", enrolled["inventory"], "playbook.yml", *extra)
+        assert recap["changed"] == 0, f"{extra or 'second run'}: changed:\n" + "\n".join(changed_tasks(output))
+        assert enrolled["token"] not in output, "the bootstrap token is in the playbook's output"
+        summary.append(f"enrolled agent, {' '.join(extra) or 'second run'}: ok={recap['ok']} changed={recap['changed']}")
+
+
+def test_a_token_with_a_certificate_to_install_fails_the_play(enrolled, workdir):
+    """A token and a hand-issued certificate at once: the play stops before it installs
+    anything and says what to do."""
+    variables = json.loads(enrolled["inventory"].read_text())
+    fresh = workdir / "both-root"
+    variables["all"]["vars"].update(
+        {"portolan_agent_root": str(fresh), "portolan_agent_tls_cert_src": str(enrolled["pki"] / "agent-revoked-host.pem"), "portolan_agent_tls_key_src": str(enrolled["pki"] / "agent-revoked-host.key")}
+    )
+    inventory = workdir / "both-inventory.json"
+    inventory.write_text(json.dumps(variables))
+    result = run([tool("ansible-playbook"), "-i", inventory, "playbook.yml"], env=ansible_env(workdir / "ansible-home"), cwd=ANSIBLE)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "leave portolan_agent_tls_cert_src and portolan_agent_tls_key_src empty" in output, output
+    assert enrolled["token"] not in output, "the bootstrap token is in the playbook's output"
+    assert not fresh.exists(), f"the failed play installed files into {fresh}"
+
+
 # --- 4. check mode on a fresh host ----------------------------------------------------------
 
 
-def test_check_mode_on_a_fresh_root_writes_nothing(installed, workdir):
-    """As on a new host: nothing installed, system users still to create."""
-    variables = json.loads(installed["inventory"].read_text())
-    fresh = workdir / "fresh-root"
+@pytest.mark.parametrize("case", ["certificates", "token"])
+def test_check_mode_on_a_fresh_root_writes_nothing(request, workdir, case):
+    """As on a new host: nothing installed, system users still to create; for the
+    collector and an agent with its certificate, and for an agent with a token."""
+    source = request.getfixturevalue("installed" if case == "certificates" else "enrolled")
+    variables = json.loads(source["inventory"].read_text())
+    fresh = workdir / f"fresh-root-{case}"
     for key in list(variables["all"]["vars"]):
         if key.endswith(("_manage_user", "_user", "_group")):
             del variables["all"]["vars"][key]  # the roles' defaults: create portolan-agent, portolan-collector
         elif key.endswith("_root"):
             variables["all"]["vars"][key] = str(fresh)
-    inventory = workdir / "fresh-inventory.json"
+    inventory = workdir / f"fresh-inventory-{case}.json"
     inventory.write_text(json.dumps(variables))
 
     def digest() -> str:
