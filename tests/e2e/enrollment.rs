@@ -736,3 +736,61 @@ async fn a_retired_host_stops_its_current_state_leaves_its_findings_resolve_its_
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_silent_past_the_policy_retires_by_itself() -> Result<()> {
+    let lab = Lab::new("enrsil")?;
+    let host = lab.add_host("h0")?;
+    let bridge = IpAddr::V4(lab.bridge_ipv4());
+    let cluster = enrolling_cluster(
+        "enrollsilent",
+        &[bridge],
+        "1h",
+        "retire_after_silence = \"5s\"\n",
+        None,
+    )
+    .await?;
+    let collector = SocketAddr::new(bridge, cluster.collector_port);
+    let id = "sil-1";
+    // A hand-issued agent: retirement applies to every host, enrolled or not.
+    let (_fixture, agent) = cluster
+        .streaming_agent(&host, id, collector, 24_500)
+        .await?;
+    let rows = cluster.store.current_rows(id).await?;
+    let history = cluster.store.socket_events(id).await?.len();
+    drop(agent);
+    let started = std::time::Instant::now();
+    eventually_async!(
+        timeout = Duration::from_secs(40),
+        interval = Duration::from_millis(500),
+        {
+            let keys = cluster
+                .store
+                .host_keys_of(id)
+                .await
+                .map_err(|e| e.to_string())?;
+            let retired = keys
+                .iter()
+                .any(|k| k.decided_by.starts_with("policy: silent for"));
+            let left = cluster
+                .store
+                .current_rows(id)
+                .await
+                .map_err(|e| e.to_string())?;
+            if retired && left == 0 {
+                Ok(())
+            } else {
+                Err(format!("retired {retired}, {left} current rows"))
+            }
+        }
+    );
+    ensure!(
+        cluster.store.socket_events(id).await?.len() == history,
+        "history stays"
+    );
+    println!(
+        "{id} silent: retired by the policy {:.1}s after its agent stopped ({rows} current rows → 0, {history} history events kept)",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}

@@ -94,16 +94,26 @@ pub async fn serve(
         None
     };
     let revocations = Revocations::new(tls.revocations()).with_gate(gate.clone());
+    let enrollment_service = Enrollment::new(
+        store.clone(),
+        gate,
+        signer,
+        enrollment.policy(),
+        enrollment.certificate_lifetime,
+    );
+    let _retiring = (!enrollment.retire_after_silence.is_zero()).then(|| {
+        AbortOnDrop(
+            tokio::spawn(retire_silent_hosts(
+                enrollment_service.clone(),
+                enrollment.retire_after_silence,
+            ))
+            .abort_handle(),
+        )
+    });
     let services = Services {
         limits: config.limits.clone(),
         collector_name: collector_name.to_owned(),
-        enrollment: Enrollment::new(
-            store.clone(),
-            gate,
-            signer,
-            enrollment.policy(),
-            enrollment.certificate_lifetime,
-        ),
+        enrollment: enrollment_service,
         store,
         revocations,
         health: crate::health::global().health(),
@@ -229,6 +239,29 @@ where
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())
+}
+
+/// Retires the hosts silent for `silence`, checking a tenth as often (at most every
+/// minute); a failure is logged and tried again at the next check.
+async fn retire_silent_hosts(enrollment: Enrollment, silence: std::time::Duration) {
+    let every = (silence / 10).clamp(
+        std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(60),
+    );
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        match enrollment.retire_silent(silence).await {
+            Ok(retired) if !retired.is_empty() => {
+                tracing::info!(hosts = ?retired, "retired hosts silent for {}", humantime::format_duration(silence));
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e.message(), "cannot retire silent hosts now; trying again at the next check")
+            }
+        }
+    }
 }
 
 /// Aborts a task when dropped.

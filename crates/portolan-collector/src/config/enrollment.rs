@@ -32,6 +32,11 @@ pub struct EnrollmentSection {
     /// approval on another replica takes effect here.
     #[serde(with = "portolan_config::duration")]
     pub refresh_interval: Duration,
+    /// Retire a host by itself once it has not reported for this long (its current
+    /// state leaves, its findings resolve, its history stays; it may enrol again).
+    /// `0s`: never.
+    #[serde(with = "portolan_config::duration")]
+    pub retire_after_silence: Duration,
 }
 
 impl Default for EnrollmentSection {
@@ -44,6 +49,7 @@ impl Default for EnrollmentSection {
             strict: false,
             second_key: SecondKey::Refuse.as_str().to_owned(),
             refresh_interval: Duration::from_secs(5),
+            retire_after_silence: Duration::ZERO,
         }
     }
 }
@@ -75,6 +81,12 @@ impl EnrollmentSection {
                 "`enrollment.refresh_interval` must be 100ms to 5m (it bounds how long a host retired on another replica may still stream here)"
                     .into(),
             );
+        }
+        if !self.retire_after_silence.is_zero()
+            && self.retire_after_silence < Duration::from_secs(1)
+        {
+            problems
+                .push("`enrollment.retire_after_silence` must be 0s (never) or at least 1s".into());
         }
         if self.enabled
             && (self.signer_cert.as_os_str().is_empty() || self.signer_key.as_os_str().is_empty())

@@ -342,6 +342,103 @@ impl Enrollment {
         info!(host = %host_id, key = %&chosen.record.key_sha256[..16.min(chosen.record.key_sha256.len())], %to, by = %admin, "host key decided");
         Ok(writes.swap_remove(0))
     }
+    /// Retires `host_id` (`by`: who decided, an admin's identity URI or the silence
+    /// policy): every key of it retired (and a retirement record for certificates issued by
+    /// hand), its current state deleted. Returns the keys written and the current rows
+    /// removed.
+    pub async fn retire(
+        &self,
+        host_id: &str,
+        by: &str,
+    ) -> Result<(Vec<StoredHostKey>, u64), Status> {
+        portolan_tls::identity::validate_name("host_id", host_id)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let _deciding = self.deciding.lock().await;
+        let keys = self
+            .store
+            .host_keys_of(host_id)
+            .await
+            .map_err(Self::store_error)?;
+        let known = !keys.is_empty()
+            || self
+                .store
+                .host(host_id)
+                .await
+                .map_err(Self::store_error)?
+                .is_some();
+        if !known {
+            return Err(Status::not_found(format!(
+                "no host `{host_id}` (`portolan hosts` lists the fleet's hosts)"
+            )));
+        }
+        let now = now_secs();
+        let retire = |k: &StoredHostKey| StoredHostKey {
+            record: KeyRecord {
+                state: KeyState::Retired,
+                decided_at: now,
+                ..k.record.clone()
+            },
+            decided_by: by.to_owned(),
+            version: next_version(k.version),
+            ..k.clone()
+        };
+        // Every key not retired yet; then the retirement itself (the record without a key),
+        // for certificates issued by hand: every one issued before now is refused.
+        let mut writes: Vec<StoredHostKey> = keys
+            .iter()
+            .filter(|k| k.record.state != KeyState::Retired && !k.record.key_sha256.is_empty())
+            .map(retire)
+            .collect();
+        let record = keys
+            .iter()
+            .find(|k| k.record.key_sha256.is_empty())
+            .cloned()
+            .unwrap_or_else(|| StoredHostKey {
+                record: KeyRecord {
+                    host_id: host_id.to_owned(),
+                    key_sha256: String::new(),
+                    state: KeyState::Retired,
+                    decided_at: now,
+                },
+                token_id: String::new(),
+                labels: BTreeMap::new(),
+                requested_at: now,
+                decided_by: by.to_owned(),
+                version: 0,
+            });
+        writes.push(retire(&record));
+        self.write_keys(&writes).await?;
+        let removed = self
+            .store
+            .delete_current_state(host_id)
+            .await
+            .map_err(Self::store_error)?;
+        info!(host = %host_id, %by, keys = writes.len(), current_rows = removed, "host retired: its certificates are refused, its current state removed, its history kept");
+        Ok((writes, removed))
+    }
+
+    /// Retires, once, every host that has not reported for `silence` (and is not retired
+    /// already): what `[enrollment] retire_after_silence` runs.
+    pub async fn retire_silent(&self, silence: std::time::Duration) -> Result<Vec<String>, Status> {
+        let hosts = self
+            .store
+            .list_hosts(&Default::default())
+            .await
+            .map_err(Self::store_error)?;
+        let now = std::time::SystemTime::now();
+        let by = format!("policy: silent for {}", humantime::format_duration(silence));
+        let mut retired = Vec::new();
+        for h in hosts.iter().filter(|h| h.retired_at.is_none()) {
+            let silent = h
+                .last_seen
+                .is_some_and(|seen| now.duration_since(seen).is_ok_and(|age| age >= silence));
+            if silent {
+                self.retire(&h.host.host_id, &by).await?;
+                retired.push(h.host.host_id.clone());
+            }
+        }
+        Ok(retired)
+    }
 }
 
 fn key_to_pb(k: &StoredHostKey) -> pb::HostKey {
@@ -586,72 +683,9 @@ impl EnrollmentService for Enrollment {
     ) -> Result<Response<pb::RetireHostResponse>, Status> {
         let admin = admin_of(&request)?;
         let host_id = request.into_inner().host_id;
-        portolan_tls::identity::validate_name("host_id", &host_id)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let _deciding = self.deciding.lock().await;
-        let keys = self
-            .store
-            .host_keys_of(&host_id)
-            .await
-            .map_err(Self::store_error)?;
-        let known = !keys.is_empty()
-            || self
-                .store
-                .host(&host_id)
-                .await
-                .map_err(Self::store_error)?
-                .is_some();
-        if !known {
-            return Err(Status::not_found(format!(
-                "no host `{host_id}` (`portolan hosts` lists the fleet's hosts)"
-            )));
-        }
-        let now = now_secs();
-        let retire = |k: &StoredHostKey| StoredHostKey {
-            record: KeyRecord {
-                state: KeyState::Retired,
-                decided_at: now,
-                ..k.record.clone()
-            },
-            decided_by: admin.clone(),
-            version: next_version(k.version),
-            ..k.clone()
-        };
-        let mut writes: Vec<StoredHostKey> = keys
-            .iter()
-            .filter(|k| k.record.state != KeyState::Retired)
-            .map(retire)
-            .collect();
-        // The retirement itself, for certificates issued by hand (no key recorded): every
-        // one issued before now is refused.
-        let record = keys
-            .iter()
-            .find(|k| k.record.key_sha256.is_empty())
-            .cloned()
-            .unwrap_or_else(|| StoredHostKey {
-                record: KeyRecord {
-                    host_id: host_id.clone(),
-                    key_sha256: String::new(),
-                    state: KeyState::Retired,
-                    decided_at: now,
-                },
-                token_id: String::new(),
-                labels: BTreeMap::new(),
-                requested_at: now,
-                decided_by: admin.clone(),
-                version: 0,
-            });
-        writes.retain(|k| !k.record.key_sha256.is_empty());
-        writes.push(retire(&record));
-        self.write_keys(&writes).await?;
-        let removed = self
-            .store
-            .delete_current_state(&host_id)
-            .await
-            .map_err(Self::store_error)?;
-        info!(host = %host_id, by = %admin, keys = writes.len(), current_rows = removed, "host retired: its certificates are refused, its current state removed, its history kept");
+        let (keys, removed) = self.retire(&host_id, &admin).await?;
         Ok(Response::new(pb::RetireHostResponse {
-            keys: writes.iter().map(key_to_pb).collect(),
+            keys: keys.iter().map(key_to_pb).collect(),
             current_rows_removed: removed,
         }))
     }
