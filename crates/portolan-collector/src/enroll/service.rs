@@ -27,6 +27,11 @@ pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 /// The longest lifetime a token may have.
 pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(366 * 24 * 3600);
 
+/// Enrollment attempts one source address may make per second on average, and at once:
+/// enough for a node pool behind one NAT address to join together, while a client that
+/// guesses tokens cannot make the collector read ClickHouse at will.
+const ENROLL_RATE: (u32, u32) = (10, 100);
+
 /// What `decided_by` says when a token's rules bound a key.
 const BY_TOKEN: &str = "token";
 /// What `decided_by` says when a hand-issued certificate's key was adopted at renewal.
@@ -43,6 +48,8 @@ pub struct Enrollment {
     /// One decision at a time in this replica: a token's uses and a host's keys are read
     /// and written without another enrollment in between.
     deciding: Arc<tokio::sync::Mutex<()>>,
+    /// Enrollment attempts per source address.
+    attempts: crate::rate::RateLimiter,
 }
 
 impl Enrollment {
@@ -62,6 +69,7 @@ impl Enrollment {
             policy,
             lifetime,
             deciding: Arc::new(tokio::sync::Mutex::new(())),
+            attempts: crate::rate::RateLimiter::new(ENROLL_RATE.0, ENROLL_RATE.1),
         }
     }
 
@@ -493,6 +501,15 @@ impl EnrollmentService for Enrollment {
     ) -> Result<Response<pb::EnrollResponse>, Status> {
         let remote = peer_info(&request).map(|p| p.remote_addr.to_string());
         let host = request.get_ref().host_id.clone();
+        if let Some(ip) = peer_info(&request).map(|p| p.remote_addr.ip().to_string())
+            && self.attempts.check(&ip, std::time::Instant::now()).is_err()
+        {
+            metrics::global().enrollments.inc(&[("result", "refused")]);
+            return Err(Status::resource_exhausted(format!(
+                "too many enrollment attempts from {ip} (over {} per second): retry later (agents back off by themselves)",
+                ENROLL_RATE.0
+            )));
+        }
         let result = refused(self.enroll_inner(request.into_inner()).await);
         if let Err(status) = &result {
             warn!(remote = remote.as_deref().unwrap_or("?"), %host, code = ?status.code(), reason = %status.message(), "refused enrollment");
