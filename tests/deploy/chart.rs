@@ -540,6 +540,7 @@ impl Played {
             documents: documents.to_vec(),
         };
         let _ = played.kube(&["down"]);
+        played.remove_leftovers();
         let mut args = vec!["play"];
         args.extend(flags);
         let output = played.kube(&args)?;
@@ -551,6 +552,28 @@ impl Played {
             );
         }
         Ok(played)
+    }
+
+    /// Removes pods of these documents' names that an interrupted earlier run left (a
+    /// play that failed half-way leaves a pod `kube down` does not know).
+    fn remove_leftovers(&self) {
+        let prefixes: Vec<String> = self
+            .documents
+            .iter()
+            .filter_map(|d| match d["kind"].as_str() {
+                Some("Deployment") => Some(format!("{}-pod-", name_of(d))),
+                Some("Pod") => Some(name_of(d).to_string()),
+                _ => None,
+            })
+            .collect();
+        let Ok(listed) = podman::run(&["pod", "ls", "--format", "{{.Name}}"]) else {
+            return;
+        };
+        for pod in listed.lines().map(str::trim) {
+            if prefixes.iter().any(|p| pod.starts_with(p.as_str())) {
+                let _ = podman::run(&["pod", "rm", "-f", pod]);
+            }
+        }
     }
 
     fn kube(&self, args: &[&str]) -> Result<std::process::Output> {
