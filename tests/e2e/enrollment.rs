@@ -155,22 +155,7 @@ fn spawn_enrolling_agent(
             token_file = token_file.display().to_string(),
         ),
     )?;
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(cluster.state.path().join(format!("agent-{host_id}.log")))?;
-    let mut command = match host {
-        Some(host) => host.command(binary("portolan-agent")?),
-        None => Command::new(binary("portolan-agent")?),
-    };
-    command
-        .args(["run", "--config"])
-        .arg(&config)
-        .env("PORTOLAN_LOG", "info,portolan_agent=debug")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log);
-    Ok(ChildGuard::spawn(&mut command)?)
+    cluster.run_agent(host, host_id, &config, &[])
 }
 
 fn agent_identity(cluster: &Cluster, host_id: &str) -> (PathBuf, PathBuf) {

@@ -492,6 +492,18 @@ impl Cluster {
                 key = key.display().to_string(),
             ) + extra_toml,
         )?;
+        self.run_agent(host, host_id, &config, env)
+    }
+
+    /// Runs `portolan-agent run --config <config>` as `host_id` inside `host` (`None`: the
+    /// root namespace), logging to `agent-<host_id>.log` ([`Cluster::agent_log`]).
+    pub fn run_agent(
+        &self,
+        host: Option<&NetnsHost>,
+        host_id: &str,
+        config: &Path,
+        env: &[(&str, &str)],
+    ) -> Result<ChildGuard> {
         // Appended to: an agent restarted under the same host_id keeps one log.
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -503,7 +515,7 @@ impl Cluster {
         };
         command
             .args(["run", "--config"])
-            .arg(&config)
+            .arg(config)
             .env("PORTOLAN_LOG", "info,portolan_agent=debug")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
