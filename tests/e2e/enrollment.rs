@@ -397,6 +397,14 @@ async fn refusals_are_clear_and_store_nothing_and_a_held_key_streams_once_approv
             "{args:?} by a reader: {code} {err}"
         );
     }
+    // Whoever holds the signer's key cannot make an operator: the collector refuses an
+    // operator identity that a CA of its `tls.ca` did not issue directly.
+    let forged = forge_admin_with_signer(&cluster)?;
+    let (code, _, err) = portolan(&cluster, &forged, &["token", "list"])?;
+    ensure!(
+        code == 77 && err.contains("not issued directly by a CA"),
+        "an admin certificate made with the signer: {code} {err}"
+    );
     // Nothing was stored for any refusal: only r-first has a key, no refused host exists.
     let keys = store.host_keys().await?;
     ensure!(
@@ -464,7 +472,8 @@ async fn refusals_are_clear_and_store_nothing_and_a_held_key_streams_once_approv
     );
     // The superseded key is refused now.
     match first_stream(&cluster, &first_agent, "web-1").await? {
-        Ending::Status(Code::PermissionDenied, m) if m.contains("superseded") => {}
+        Ending::Status(Code::PermissionDenied, m)
+            if m.contains("approved in place of this one") => {}
         other => bail!("the superseded key must be refused, got {other:?}"),
     }
     // A third key is held, denied by the admin, and refused from then on.
@@ -481,6 +490,26 @@ async fn refusals_are_clear_and_store_nothing_and_a_held_key_streams_once_approv
         "denied",
     )?;
     Ok(())
+}
+
+/// An admin operator certificate made with the enrollment signer's key (and its chain),
+/// as a thief of a collector replica could make one; (cert, key) paths.
+fn forge_admin_with_signer(cluster: &Cluster) -> Result<(PathBuf, PathBuf)> {
+    let dir = &cluster.pki.dir;
+    let signer_pem = std::fs::read_to_string(dir.join("signer.pem"))?;
+    let signer_key = rcgen::KeyPair::from_pem(&std::fs::read_to_string(dir.join("signer.key"))?)?;
+    let issuer = rcgen::Issuer::from_ca_cert_pem(&signer_pem, signer_key)?;
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let mut params = rcgen::CertificateParams::default();
+    params.subject_alt_names = vec![rcgen::SanType::URI(
+        "spiffe://portolan/operator/admin/mallory".try_into()?,
+    )];
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = params.signed_by(&key, &issuer)?;
+    let (cert_path, key_path) = (dir.join("forged.pem"), dir.join("forged.key"));
+    std::fs::write(&cert_path, format!("{}{signer_pem}", cert.pem()))?;
+    std::fs::write(&key_path, key.serialize_pem())?;
+    Ok((cert_path, key_path))
 }
 
 fn write_identity(dir: &Path, chain: &str, key: &str) -> Result<portolan_tls::TlsFiles> {

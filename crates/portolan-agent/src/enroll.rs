@@ -135,6 +135,10 @@ impl Enroller {
             .map_err(|s| format!("the collector refused: {:?}: {}", s.code(), s.message()))?
             .into_inner();
         match answer.status.as_str() {
+            "issued" if answer.not_after <= now() => Err(format!(
+                "the collector issued a certificate that expired at {} (Unix seconds): its enrollment signer may be expiring; ask an admin",
+                answer.not_after
+            )),
             "issued" => {
                 write_atomically(
                     &self.files.cert,
@@ -166,6 +170,12 @@ impl Enroller {
             .await
             .map_err(|s| format!("the collector refused: {:?}: {}", s.code(), s.message()))?
             .into_inner();
+        if answer.not_after <= now() {
+            return Err(format!(
+                "the collector renewed the certificate only until {} (Unix seconds), already past: its enrollment signer may be expiring; ask an admin",
+                answer.not_after
+            ));
+        }
         write_atomically(
             &self.files.cert,
             answer.certificate_chain_pem.as_bytes(),
@@ -257,7 +267,7 @@ impl Enroller {
                         let cap =
                             Duration::from_secs(renewal_retry_cap(now, not_after).unsigned_abs());
                         let wait = ENROL_BACKOFF.wait(failures, fastrand::f64()).min(cap);
-                        warn!(host_id = %self.host_id, error = %e, expires_at = not_after, retry_in = ?wait, "cannot renew the certificate; retrying (check that the collector is reachable)");
+                        warn!(host_id = %self.host_id, error = %e, expires_at = not_after, retry_in = ?wait, "cannot renew the certificate; retrying (the error says why: an unreachable collector, or a host retired or whose key was replaced, see `portolan keys`)");
                         if sleep_or_stop(wait, &mut stop).await {
                             return;
                         }
@@ -321,5 +331,10 @@ fn write_atomically(path: &Path, contents: &[u8], mode: u32) -> Result<(), Strin
     let mut file = options.open(&tmp).map_err(err)?;
     file.write_all(contents).map_err(err)?;
     file.sync_all().map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)
+    std::fs::rename(&tmp, path).map_err(err)?;
+    // The rename itself must survive a power cut: a key the collector bound must not
+    // vanish with the directory entry that named it.
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(err)
 }

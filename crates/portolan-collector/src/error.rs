@@ -37,8 +37,9 @@ pub enum IngestError {
     /// A message is over a limit.
     #[error("{0}")]
     TooLarge(String),
-    /// The client's certificate is on the revocation list (`tls.revoked`).
-    #[error("{0}: the stream is closed (issue a new certificate, or remove the entry)")]
+    /// The client's certificate is revoked (the deny list, a CRL, or the enrollment gate);
+    /// the reason says what to do.
+    #[error("{0}: the stream is closed")]
     Revoked(String),
     /// The agent sends messages faster than `limits.max_messages_per_second` allows.
     #[error("{0}")]

@@ -32,6 +32,7 @@ impl Holder {
     fn listed(&self, list: &RevocationList) -> Option<String> {
         let p = &self.peer;
         list.check(&p.issuer, &p.serial, p.identity.as_ref().ok())
+            .map(|reason| refusal(&reason))
     }
 }
 
@@ -96,12 +97,13 @@ impl Revocations {
             .unwrap_or_default()
     }
 
-    /// Why `peer` is revoked now, if it is.
+    /// Why `peer` is revoked now, if it is, and what to do about it.
     pub fn check(&self, peer: &PeerInfo) -> Option<String> {
-        let listed =
-            self.list
-                .borrow()
-                .check(&peer.issuer, &peer.serial, peer.identity.as_ref().ok());
+        let listed = self
+            .list
+            .borrow()
+            .check(&peer.issuer, &peer.serial, peer.identity.as_ref().ok())
+            .map(|reason| refusal(&reason));
         listed.or_else(|| self.gate.as_ref().and_then(|gate| gate.check(peer)))
     }
 
@@ -125,7 +127,7 @@ impl Revocations {
                 crate::metrics::global()
                     .refusals
                     .inc(&[("reason", "revoked")]);
-                return Err(Status::permission_denied(refusal(&reason)));
+                return Err(Status::permission_denied(reason));
             }
             Ok(request)
         }
@@ -135,7 +137,7 @@ impl Revocations {
     /// with PERMISSION_DENIED if the peer is revoked already.
     pub fn open(&self, peer: &PeerInfo, what: &'static str) -> Result<LiveSession, Status> {
         if let Some(reason) = self.check(peer) {
-            return Err(Status::permission_denied(refusal(&reason)));
+            return Err(Status::permission_denied(reason));
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let holder = Holder {
@@ -188,7 +190,8 @@ impl Revocations {
     }
 }
 
-/// The status message of a refusal: the reason and what to do.
+/// A refusal by the deny list or a CRL: the reason and what to do. (The enrollment gate's
+/// reasons say what to do themselves.)
 fn refusal(reason: &str) -> String {
     format!("{reason} (issue a new certificate, or remove the entry)")
 }
@@ -265,9 +268,7 @@ impl LiveSession {
 
     /// The PERMISSION_DENIED status ending a revoked stream.
     pub fn status(reason: &str) -> Status {
-        Status::permission_denied(format!(
-            "{reason}: the stream is closed (issue a new certificate, or remove the entry)"
-        ))
+        Status::permission_denied(format!("{reason}: the stream is closed"))
     }
 
     /// Wraps a response stream so that it ends with PERMISSION_DENIED as soon as the peer

@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use portolan_proto::v1::enrollment_service_server::EnrollmentServiceServer;
 use portolan_proto::v1::ingest_service_server::IngestServiceServer;
@@ -83,13 +84,18 @@ pub async fn serve(
         client_auth,
     )?;
     let incoming = TlsIncoming::reloading(listener, tls.config(), AcceptOptions::default());
-    let gate = Gate::start(store.clone(), enrollment.refresh_interval).await;
+    let gate = Gate::start(
+        store.clone(),
+        enrollment.refresh_interval,
+        Some(config.tls_files()),
+    )
+    .await;
     let signer = if enrollment.enabled {
         let files = SignerFiles {
             cert: enrollment.signer_cert.clone(),
             key: enrollment.signer_key.clone(),
         };
-        Some(SignerHandle::load(files, gate.clone())?)
+        Some(SignerHandle::load(files)?)
     } else {
         None
     };
@@ -100,6 +106,9 @@ pub async fn serve(
         signer,
         enrollment.policy(),
         enrollment.certificate_lifetime,
+    )
+    .with_settle(
+        enrollment.refresh_interval + config.clickhouse.batch_window + Duration::from_secs(2),
     );
     let _retiring = (!enrollment.retire_after_silence.is_zero()).then(|| {
         AbortOnDrop(
@@ -248,18 +257,17 @@ async fn retire_silent_hosts(enrollment: Enrollment, silence: std::time::Duratio
         std::time::Duration::from_secs(1),
         std::time::Duration::from_secs(60),
     );
-    let mut ticker = tokio::time::interval(every);
+    // Silence counts from this replica's start too: after an outage of the collectors (or
+    // of ClickHouse) longer than `silence`, hosts get that long to reconnect before any
+    // is retired, instead of the whole fleet at the first check.
+    let started = std::time::SystemTime::now();
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        match enrollment.retire_silent(silence).await {
-            Ok(retired) if !retired.is_empty() => {
-                tracing::info!(hosts = ?retired, "retired hosts silent for {}", humantime::format_duration(silence));
-            }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(error = %e.message(), "cannot retire silent hosts now; trying again at the next check")
-            }
+        let retired = enrollment.retire_silent(silence, started).await;
+        if !retired.is_empty() {
+            tracing::info!(hosts = ?retired, "retired hosts silent for {}", humantime::format_duration(silence));
         }
     }
 }

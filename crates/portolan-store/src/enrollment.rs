@@ -59,6 +59,9 @@ pub(crate) const ALL_TOKENS: &str =
 pub(crate) const TOKEN_BY_ID: &str = "SELECT ?fields FROM enroll_tokens FINAL WHERE id = ?";
 /// How many keys each token recorded.
 pub(crate) const TOKEN_USES: &str = "SELECT token_id, toUInt64(count()) FROM host_keys FINAL WHERE token_id != '' GROUP BY token_id ORDER BY token_id";
+/// How many keys one token recorded.
+pub(crate) const USES_OF_TOKEN: &str =
+    "SELECT toUInt64(count()) FROM host_keys FINAL WHERE token_id = ?";
 /// Every key of one host.
 pub(crate) const KEYS_OF_HOST: &str =
     "SELECT ?fields FROM host_keys FINAL WHERE host_id = ? ORDER BY key_sha256";
@@ -249,6 +252,19 @@ impl Store {
             .into_iter()
             .map(|(id, n)| (id, u32::try_from(n).unwrap_or(u32::MAX)))
             .collect())
+    }
+
+    /// How many keys the token `id` recorded.
+    pub async fn enroll_token_uses_of(&self, id: &str) -> Result<u32, StoreError> {
+        let _turn = self.turn().await;
+        let n: u64 = self
+            .client
+            .query(USES_OF_TOKEN)
+            .bind(id)
+            .fetch_one()
+            .await
+            .map_err(self.map_err("read", table::HOST_KEYS))?;
+        Ok(u32::try_from(n).unwrap_or(u32::MAX))
     }
 
     /// Every key of `host_id`.

@@ -10,8 +10,9 @@
 //! - its extended key usage is clientAuth only: a certificate it signs can never
 //!   authenticate a server (webpki checks every certificate of the path), so it cannot
 //!   impersonate a collector to agents or operators;
-//! - the collector accepts only agent identities from it ([`SignerPolicy`]): an operator
-//!   or collector SAN in a certificate it signed is refused.
+//! - the collector accepts operator and collector identities only from certificates a CA
+//!   of its `tls.ca` issued directly: an operator or collector SAN in a certificate the
+//!   signer made is refused.
 //!
 //! [`Signer::sign_agent`] never copies anything from the CSR but its public key: the
 //! certificate's identity is the host_id the token admitted, its usages are fixed.
@@ -173,7 +174,6 @@ pub fn check_csr(der: &[u8], host_id: &str) -> Result<CheckedCsr, EnrollError> {
 pub struct Signer {
     issuer: Issuer<'static, KeyPair>,
     cert_pem: String,
-    subject: Vec<u8>,
     not_after: i64,
 }
 
@@ -213,6 +213,16 @@ impl Signer {
                 "it is not a CA certificate".to_owned(),
             ));
         }
+        let path_len_zero = matches!(
+            x509.basic_constraints(),
+            Ok(Some(bc)) if bc.value.path_len_constraint == Some(0)
+        );
+        if !path_len_zero {
+            return Err(load(
+                "its certificate",
+                "its path length must be 0, so that it can never make another CA".to_owned(),
+            ));
+        }
         let client_only = matches!(
             x509.extended_key_usage(),
             Ok(Some(eku)) if eku.value.client_auth && !eku.value.server_auth && !eku.value.any
@@ -230,13 +240,11 @@ impl Signer {
             ));
         }
         let not_after = x509.validity().not_after.timestamp();
-        let subject = x509.subject().as_raw().to_vec();
         let issuer = Issuer::from_ca_cert_der(&der, key)
             .map_err(|e| load("its certificate", e.to_string()))?;
         Ok(Signer {
             issuer,
             cert_pem: cert_pem.to_owned(),
-            subject,
             not_after,
         })
     }
@@ -244,11 +252,6 @@ impl Signer {
     /// The signer's certificate, PEM.
     pub fn cert_pem(&self) -> &str {
         &self.cert_pem
-    }
-
-    /// The signer's subject (DER): the issuer of every certificate it signs.
-    pub fn subject(&self) -> &[u8] {
-        &self.subject
     }
 
     /// When the signer's own certificate expires, Unix seconds: no certificate it signs

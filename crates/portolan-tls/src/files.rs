@@ -77,6 +77,18 @@ impl TlsFiles {
         validity("tls.cert", &self.cert, 1, &certs[0])
     }
 
+    /// The subject names (DER) of the `ca` file's certificates: the issuers a certificate
+    /// issued directly by a trusted CA names. Unparsable certificates are left out (the
+    /// trust store refuses them anyway).
+    pub fn ca_subjects(&self) -> Result<Vec<Vec<u8>>, TlsError> {
+        let certs = load_certs("tls.ca", &self.ca)?;
+        Ok(certs
+            .iter()
+            .filter_map(|c| x509_parser::parse_x509_certificate(c).ok())
+            .map(|(_, c)| c.subject().as_raw().to_vec())
+            .collect())
+    }
+
     /// The validity of the `ca` file's certificate that expires first: when it expires,
     /// peers whose chains end there are refused.
     pub fn ca_validity(&self) -> Result<Validity, TlsError> {

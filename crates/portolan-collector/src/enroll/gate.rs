@@ -15,7 +15,7 @@ use std::time::Duration;
 use portolan_core::enrollment::{KeyRecord, admit};
 use portolan_store::Store;
 use portolan_store::enrollment::StoredHostKey;
-use portolan_tls::{Identity, PeerInfo};
+use portolan_tls::{Identity, PeerInfo, TlsFiles};
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
@@ -66,12 +66,15 @@ impl KeyBook {
     }
 }
 
-/// The shared view of host keys, and the subjects of the signers this replica loaded.
+/// The shared view of host keys, and the subjects of the trusted CAs.
 #[derive(Debug, Clone)]
 pub struct Gate {
     book: watch::Receiver<Arc<KeyBook>>,
     update: Arc<watch::Sender<Arc<KeyBook>>>,
-    signer_subjects: Arc<Mutex<Vec<Vec<u8>>>>,
+    /// The subjects of the CAs of `tls.ca` (empty: not checked). Operator and collector
+    /// certificates must be issued by one of them directly: an intermediate (such as the
+    /// enrollment signer) signs agents only.
+    anchors: Arc<Mutex<Vec<Vec<u8>>>>,
 }
 
 impl Gate {
@@ -81,14 +84,15 @@ impl Gate {
         Gate {
             book: rx,
             update: Arc::new(tx),
-            signer_subjects: Arc::new(Mutex::new(Vec::new())),
+            anchors: Arc::new(Mutex::new(Vec::new())),
         }
     }
 
     /// Loads every host key from `store` (an unreachable store leaves the book empty
-    /// until the first refresh succeeds), then re-reads them every `refresh` in a task
-    /// that ends when the last clone of the gate is dropped.
-    pub async fn start(store: Arc<Store>, refresh: Duration) -> Gate {
+    /// until the first refresh succeeds) and the CA subjects of `ca` (the collector's
+    /// `tls.ca`), then re-reads both every `refresh` in a task that ends when the last
+    /// clone of the gate is dropped.
+    pub async fn start(store: Arc<Store>, refresh: Duration, ca: Option<TlsFiles>) -> Gate {
         let initial = match store.host_keys().await {
             Ok(keys) => KeyBook::new(keys),
             Err(e) => {
@@ -97,6 +101,23 @@ impl Gate {
             }
         };
         let gate = Gate::fixed(initial);
+        let anchors = Arc::downgrade(&gate.anchors);
+        let read_anchors = move || {
+            let (Some(files), Some(anchors)) = (&ca, anchors.upgrade()) else {
+                return;
+            };
+            match files.ca_subjects() {
+                Ok(subjects) => {
+                    if let Ok(mut a) = anchors.lock() {
+                        *a = subjects;
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %e, "cannot read the CA subjects; keeping the last ones read")
+                }
+            }
+        };
+        read_anchors();
         let update = Arc::downgrade(&gate.update);
         tokio::spawn(async move {
             let mut ticker = tokio::time::interval(refresh.max(Duration::from_millis(100)));
@@ -107,6 +128,7 @@ impl Gate {
                 let Some(update) = update.upgrade() else {
                     return;
                 };
+                read_anchors();
                 match store.host_keys().await {
                     Ok(keys) => {
                         let book = KeyBook::new(keys);
@@ -143,13 +165,11 @@ impl Gate {
         self.book.borrow().keys_of(host_id).to_vec()
     }
 
-    /// Remembers the subject of a signer this replica signs with: certificates it issued
-    /// may only be agent identities.
-    pub fn add_signer_subject(&self, subject: Vec<u8>) {
-        if let Ok(mut subjects) = self.signer_subjects.lock()
-            && !subjects.contains(&subject)
-        {
-            subjects.push(subject);
+    /// Sets the subjects of the trusted CAs (tests; [`Gate::start`] reads them from the
+    /// CA file).
+    pub fn set_anchors(&self, subjects: Vec<Vec<u8>>) {
+        if let Ok(mut a) = self.anchors.lock() {
+            *a = subjects;
         }
     }
 
@@ -166,12 +186,12 @@ impl Gate {
                     .map(|refusal| refusal.to_string())
             }
             Identity::Operator { .. } | Identity::Collector { .. } => {
-                let from_signer = self
-                    .signer_subjects
+                let by_intermediate = self
+                    .anchors
                     .lock()
-                    .is_ok_and(|subjects| subjects.contains(&peer.issuer));
-                from_signer.then(|| {
-                    format!("`{identity}` was issued by the enrollment signer, which may sign agent identities only (issue operator and collector certificates with the fleet CA)")
+                    .is_ok_and(|a| !a.is_empty() && !a.contains(&peer.issuer));
+                by_intermediate.then(|| {
+                    format!("`{identity}` was not issued directly by a CA of `tls.ca`: operator and collector certificates must be (an intermediate such as the enrollment signer signs agents only); issue it with the fleet CA")
                 })
             }
         }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use portolan_core::enrollment::{
-    Decision, KeyRecord, KeyState, Policy, TokenRule, check_token, decide,
+    Decision, KeyRecord, KeyState, Policy, TokenRule, admit, check_token, decide,
 };
 use portolan_proto::v1 as pb;
 use portolan_proto::v1::enrollment_service_server::EnrollmentService;
@@ -50,6 +50,10 @@ pub struct Enrollment {
     deciding: Arc<tokio::sync::Mutex<()>>,
     /// Enrollment attempts per source address.
     attempts: crate::rate::RateLimiter,
+    /// How long after a retirement its current state is deleted once more: rows that a
+    /// stream on another replica (which learns of the retirement within its refresh
+    /// interval) or a write in flight stored after the first deletion.
+    settle: Duration,
 }
 
 impl Enrollment {
@@ -70,7 +74,15 @@ impl Enrollment {
             lifetime,
             deciding: Arc::new(tokio::sync::Mutex::new(())),
             attempts: crate::rate::RateLimiter::new(ENROLL_RATE.0, ENROLL_RATE.1),
+            settle: Duration::from_secs(10),
         }
+    }
+
+    /// The same, deleting a retired host's current state once more `settle` after its
+    /// retirement (the replicas' refresh interval, plus a write in flight).
+    pub fn with_settle(mut self, settle: Duration) -> Enrollment {
+        self.settle = settle;
+        self
     }
 
     fn signer(&self) -> Result<Arc<portolan_tls::enroll::Signer>, Status> {
@@ -92,7 +104,25 @@ impl Enrollment {
     }
 
     fn sign(&self, csr: CheckedCsr, host_id: &str) -> Result<portolan_tls::enroll::Issued, Status> {
-        self.signer()?
+        let signer = self.signer()?;
+        // No certificate outlives the signer: one that would live under a tenth of its
+        // lifetime (or a minute) is refused rather than issued, so that agents do not renew
+        // in a loop while the signer runs out.
+        let left = signer.not_after().saturating_sub(now_secs());
+        let least = i64::try_from(self.lifetime.as_secs() / 10)
+            .unwrap_or(i64::MAX)
+            .max(60);
+        if left < least {
+            warn!(
+                signer_not_after = signer.not_after(),
+                "the enrollment signer expires too soon to sign: issue a new one"
+            );
+            return Err(Status::failed_precondition(format!(
+                "the enrollment signer expires at {} (Unix seconds): an admin must issue a new one with `portolan pki issue-signer` and replace `enrollment.signer_cert` and `signer_key` (collectors reload them)",
+                signer.not_after()
+            )));
+        }
+        signer
             .sign_agent(csr, host_id, self.lifetime)
             .map_err(|e| Status::internal(e.to_string()))
     }
@@ -100,14 +130,14 @@ impl Enrollment {
     async fn token_rule(&self, token: &StoredToken) -> Result<TokenRule, Status> {
         let uses = self
             .store
-            .enroll_token_uses()
+            .enroll_token_uses_of(&token.id)
             .await
             .map_err(Self::store_error)?;
         Ok(TokenRule {
             host_patterns: token.host_patterns.clone(),
             expires_at: token.expires_at,
             max_uses: token.max_uses,
-            uses: uses.get(&token.id).copied().unwrap_or(0),
+            uses,
             revoked: token.revoked,
         })
     }
@@ -125,7 +155,8 @@ impl Enrollment {
         host_id: &str,
         key_sha256: &str,
         state: KeyState,
-        token: &StoredToken,
+        token: Option<&StoredToken>,
+        decided_by: &str,
         previous: Option<&StoredHostKey>,
     ) -> StoredHostKey {
         let now = now_secs();
@@ -136,12 +167,42 @@ impl Enrollment {
                 state,
                 decided_at: now,
             },
-            token_id: token.id.clone(),
-            labels: token.labels.clone(),
-            requested_at: now,
-            decided_by: BY_TOKEN.to_owned(),
+            token_id: token.map(|t| t.id.clone()).unwrap_or_default(),
+            labels: token.map(|t| t.labels.clone()).unwrap_or_default(),
+            requested_at: previous.map_or(now, |p| p.requested_at),
+            decided_by: decided_by.to_owned(),
             version: next_version(previous.map_or(0, |p| p.version)),
         }
+    }
+
+    async fn keys_of(&self, host_id: &str) -> Result<Vec<StoredHostKey>, Status> {
+        self.store
+            .host_keys_of(host_id)
+            .await
+            .map_err(Self::store_error)
+    }
+
+    /// Writes `bound` as the host's key, then reads the host's keys back: if another
+    /// replica bound another key at the same time, the first bound one wins
+    /// ([`admit`]) and this one is recorded as superseded and refused.
+    async fn bind(&self, host_id: &str, bound: StoredHostKey) -> Result<(), Status> {
+        let key = bound.record.key_sha256.clone();
+        self.write_keys(std::slice::from_ref(&bound)).await?;
+        let keys = self.keys_of(host_id).await?;
+        if let Err(refusal) = admit(host_id, &records(&keys), &key, i64::MAX) {
+            let lost = StoredHostKey {
+                record: KeyRecord {
+                    state: KeyState::Superseded,
+                    ..bound.record.clone()
+                },
+                decided_by: "race: another key was bound first".to_owned(),
+                version: next_version(bound.version),
+                ..bound
+            };
+            self.write_keys(&[lost]).await?;
+            return Err(Status::permission_denied(refusal.to_string()));
+        }
+        Ok(())
     }
 
     async fn enroll_inner(&self, req: pb::EnrollRequest) -> Result<pb::EnrollResponse, Status> {
@@ -154,7 +215,8 @@ impl Enrollment {
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         // Refuse before taking the lock when this replica cannot sign at all.
         self.signer()?;
-        let _deciding = self.deciding.lock().await;
+        // The token's secret is checked before the decision lock: guessed tokens never
+        // hold up real enrollments, renewals or admin verbs.
         let token = self
             .store
             .enroll_token(id)
@@ -166,6 +228,7 @@ impl Enrollment {
                     "the enrollment token `{id}` is unknown or its secret is wrong: check the token given to the agent (`portolan token list` shows the tokens)"
                 ))
             })?;
+        let _deciding = self.deciding.lock().await;
         let rule = self.token_rule(&token).await?;
         let now = now_secs();
         let refuse = |e: &dyn std::fmt::Display| Status::permission_denied(e.to_string());
@@ -181,9 +244,15 @@ impl Enrollment {
             Decision::Issue { new_binding } => {
                 if new_binding {
                     check_token(&rule, &host_id, now, true).map_err(|e| refuse(&e))?;
-                    let bound =
-                        Self::new_key(&host_id, &csr.key_sha256, KeyState::Bound, &token, previous);
-                    self.write_keys(&[bound]).await?;
+                    let bound = Self::new_key(
+                        &host_id,
+                        &csr.key_sha256,
+                        KeyState::Bound,
+                        Some(&token),
+                        BY_TOKEN,
+                        previous,
+                    );
+                    self.bind(&host_id, bound).await?;
                 }
                 let key = csr.key_sha256.clone();
                 let issued = self.sign(csr, &host_id)?;
@@ -203,7 +272,8 @@ impl Enrollment {
                         &host_id,
                         &csr.key_sha256,
                         KeyState::Pending,
-                        &token,
+                        Some(&token),
+                        BY_TOKEN,
                         previous,
                     );
                     self.write_keys(&[pending]).await?;
@@ -244,40 +314,24 @@ impl Enrollment {
                 "the renewal request is signed with another key than the calling certificate's: renew with the host's key (a new key enrols with a token)",
             ));
         }
-        // The call passed the gate already (its key is bound, or it is a hand-issued
-        // certificate of a host with no bound key): a key without a record is adopted.
+        // The gate admitted the call, from keys read up to `refresh_interval` ago: decide
+        // again on the keys as stored now. A key without a record (a certificate issued by
+        // hand) is adopted as the host's.
         {
             let _deciding = self.deciding.lock().await;
-            let keys = self
-                .store
-                .host_keys_of(&host_id)
-                .await
-                .map_err(Self::store_error)?;
-            let known = keys.iter().find(|k| k.record.key_sha256 == cert.key_sha256);
-            match known.map(|k| k.record.state) {
-                Some(KeyState::Bound) => {}
-                Some(state) => {
-                    return Err(Status::permission_denied(format!(
-                        "this key of host `{host_id}` is {state}: enrol the host again with a token"
-                    )));
-                }
-                None => {
-                    let now = now_secs();
-                    let adopted = StoredHostKey {
-                        record: KeyRecord {
-                            host_id: host_id.clone(),
-                            key_sha256: cert.key_sha256.clone(),
-                            state: KeyState::Bound,
-                            decided_at: now,
-                        },
-                        token_id: String::new(),
-                        labels: BTreeMap::new(),
-                        requested_at: now,
-                        decided_by: BY_RENEWAL.to_owned(),
-                        version: next_version(0),
-                    };
-                    self.write_keys(&[adopted]).await?;
-                }
+            let keys = self.keys_of(&host_id).await?;
+            admit(&host_id, &records(&keys), &cert.key_sha256, cert.not_before)
+                .map_err(|refusal| Status::permission_denied(refusal.to_string()))?;
+            if !keys.iter().any(|k| k.record.key_sha256 == cert.key_sha256) {
+                let adopted = Self::new_key(
+                    &host_id,
+                    &cert.key_sha256,
+                    KeyState::Bound,
+                    None,
+                    BY_RENEWAL,
+                    None,
+                );
+                self.bind(&host_id, adopted).await?;
             }
         }
         let issued = self.sign(csr, &host_id)?;
@@ -421,32 +475,54 @@ impl Enrollment {
             .delete_current_state(host_id)
             .await
             .map_err(Self::store_error)?;
+        let (store, host, settle) = (self.store.clone(), host_id.to_owned(), self.settle);
+        tokio::spawn(async move {
+            tokio::time::sleep(settle).await;
+            if let Err(e) = store.delete_current_state(&host).await {
+                warn!(%host, error = %e, "cannot delete the retired host's late current rows; retire it again to retry");
+            }
+        });
         info!(host = %host_id, %by, keys = writes.len(), current_rows = removed, "host retired: its certificates are refused, its current state removed, its history kept");
         Ok((writes, removed))
     }
 
-    /// Retires, once, every host that has not reported for `silence` (and is not retired
-    /// already): what `[enrollment] retire_after_silence` runs.
-    pub async fn retire_silent(&self, silence: std::time::Duration) -> Result<Vec<String>, Status> {
-        let hosts = self
-            .store
-            .list_hosts(&Default::default())
-            .await
-            .map_err(Self::store_error)?;
+    /// Retires, once, every host that has not reported for `silence`, counted from its
+    /// last report or from `since` (this replica's start), whichever is later, and is not
+    /// retired already: what `[enrollment] retire_after_silence` runs. A host that cannot
+    /// be retired now is logged and tried again at the next check; the others go on.
+    pub async fn retire_silent(
+        &self,
+        silence: std::time::Duration,
+        since: std::time::SystemTime,
+    ) -> Vec<String> {
+        let hosts = match self.store.list_hosts(&Default::default()).await {
+            Ok(hosts) => hosts,
+            Err(e) => {
+                warn!(error = %e, "cannot list hosts to retire silent ones; trying again at the next check");
+                return Vec::new();
+            }
+        };
         let now = std::time::SystemTime::now();
         let by = format!("policy: silent for {}", humantime::format_duration(silence));
         let mut retired = Vec::new();
         for h in hosts.iter().filter(|h| h.retired_at.is_none()) {
-            let silent = h
-                .last_seen
-                .is_some_and(|seen| now.duration_since(seen).is_ok_and(|age| age >= silence));
-            if silent {
-                self.retire(&h.host.host_id, &by).await?;
-                retired.push(h.host.host_id.clone());
+            let heard = h.last_seen.map_or(since, |seen| seen.max(since));
+            if now.duration_since(heard).is_ok_and(|age| age >= silence) {
+                match self.retire(&h.host.host_id, &by).await {
+                    Ok(_) => retired.push(h.host.host_id.clone()),
+                    Err(e) => {
+                        warn!(host = %h.host.host_id, error = %e.message(), "cannot retire a silent host now; trying again at the next check")
+                    }
+                }
             }
         }
-        Ok(retired)
+        retired
     }
+}
+
+/// The decision-relevant part of each key.
+fn records(keys: &[StoredHostKey]) -> Vec<KeyRecord> {
+    keys.iter().map(|k| k.record.clone()).collect()
 }
 
 fn key_to_pb(k: &StoredHostKey) -> pb::HostKey {

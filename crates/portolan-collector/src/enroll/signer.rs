@@ -9,8 +9,6 @@ use std::sync::{Arc, Mutex};
 use portolan_tls::enroll::{EnrollError, Signer};
 use tracing::{info, warn};
 
-use super::Gate;
-
 type Stamp = Option<(u64, u64, i64, i64)>;
 
 fn stamp(path: &Path) -> Stamp {
@@ -52,20 +50,16 @@ impl SignerFiles {
 pub struct SignerHandle {
     files: SignerFiles,
     state: Arc<Mutex<(Arc<Signer>, [Stamp; 2])>>,
-    gate: Gate,
 }
 
 impl SignerHandle {
-    /// Loads the signer; its subject is registered with `gate` (certificates it issues
-    /// may only be agent identities).
-    pub fn load(files: SignerFiles, gate: Gate) -> Result<SignerHandle, EnrollError> {
+    /// Loads the signer.
+    pub fn load(files: SignerFiles) -> Result<SignerHandle, EnrollError> {
         let stamps = files.stamps();
         let signer = files.load()?;
-        gate.add_signer_subject(signer.subject().to_vec());
         Ok(SignerHandle {
             files,
             state: Arc::new(Mutex::new((Arc::new(signer), stamps))),
-            gate,
         })
     }
 
@@ -78,7 +72,6 @@ impl SignerHandle {
             state.1 = now;
             match self.files.load() {
                 Ok(signer) => {
-                    self.gate.add_signer_subject(signer.subject().to_vec());
                     info!(cert = %self.files.cert.display(), not_after = signer.not_after(), "reloaded the enrollment signer: new certificates are signed with it");
                     state.0 = Arc::new(signer);
                 }

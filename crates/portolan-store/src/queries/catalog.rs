@@ -11,6 +11,7 @@ use portolan_core::{
 };
 
 use crate::acks::{ACK_BY_FINGERPRINT, ALL_ACKS, FindingAckRow};
+use crate::enrollment::USES_OF_TOKEN;
 use crate::enrollment::{
     ALL_KEYS, ALL_TOKENS, COUNT_CURRENT, DELETE_CURRENT_FLOWS, DELETE_CURRENT_SOCKETS, HostKeyRow,
     KEYS_OF_HOST, TOKEN_BY_ID, TOKEN_USES, TokenRow,
@@ -582,6 +583,10 @@ fn enrollment(push: &mut impl FnMut(&str, String), h: &str) {
         ),
     );
     push("enroll_token_uses", TOKEN_USES.to_string());
+    push(
+        "enroll_token_uses_of",
+        fill(USES_OF_TOKEN, &[], |q| q.bind("t0k3n1d")),
+    );
     push(
         "host_keys_of",
         fill(KEYS_OF_HOST, HostKeyRow::COLUMN_NAMES, |q| q.bind(h)),
