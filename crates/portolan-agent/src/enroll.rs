@@ -116,39 +116,49 @@ impl Enroller {
         self.files.cert_validity().ok().map(|v| v.not_after)
     }
 
-    async fn enrol_once(&self) -> Result<Enrolled, String> {
-        let token = self.token()?;
+    /// The host's CSR and a client of the collector's enrollment service over `tls`.
+    async fn request(
+        &self,
+        tls: std::sync::Arc<rustls::ClientConfig>,
+    ) -> Result<(Vec<u8>, EnrollmentServiceClient<tonic::transport::Channel>), String> {
         let key = self.key()?;
         let csr = csr_der(&key, &self.host_id).map_err(|e| e.to_string())?;
-        let tls =
-            portolan_tls::server_only_client_config(&self.files.ca).map_err(|e| e.to_string())?;
         let channel = portolan_tls::connect(&self.endpoint, tls, self.connect_options())
             .await
             .map_err(|e| e.to_string())?;
-        let answer = EnrollmentServiceClient::new(channel)
+        Ok((csr, EnrollmentServiceClient::new(channel)))
+    }
+
+    /// Writes a certificate the collector issued, unless it is already expired (its
+    /// signer running out).
+    fn store(&self, chain_pem: &str, not_after: i64) -> Result<i64, String> {
+        if not_after <= now() {
+            return Err(format!(
+                "the collector issued a certificate valid only until {not_after} (Unix seconds), already past: its enrollment signer may be expiring; ask an admin"
+            ));
+        }
+        write_atomically(&self.files.cert, chain_pem.as_bytes(), 0o644)?;
+        Ok(not_after)
+    }
+
+    async fn enrol_once(&self) -> Result<Enrolled, String> {
+        let token = self.token()?;
+        let tls =
+            portolan_tls::server_only_client_config(&self.files.ca).map_err(|e| e.to_string())?;
+        let (csr_der, mut client) = self.request(tls).await?;
+        let answer = client
             .enroll(pb::EnrollRequest {
                 token,
                 host_id: self.host_id.clone(),
-                csr_der: csr,
+                csr_der,
             })
             .await
-            .map_err(|s| format!("the collector refused: {:?}: {}", s.code(), s.message()))?
+            .map_err(refused)?
             .into_inner();
         match answer.status.as_str() {
-            "issued" if answer.not_after <= now() => Err(format!(
-                "the collector issued a certificate that expired at {} (Unix seconds): its enrollment signer may be expiring; ask an admin",
-                answer.not_after
-            )),
-            "issued" => {
-                write_atomically(
-                    &self.files.cert,
-                    answer.certificate_chain_pem.as_bytes(),
-                    0o644,
-                )?;
-                Ok(Enrolled::Issued {
-                    not_after: answer.not_after,
-                })
-            }
+            "issued" => Ok(Enrolled::Issued {
+                not_after: self.store(&answer.certificate_chain_pem, answer.not_after)?,
+            }),
             "pending" => Ok(Enrolled::Pending {
                 message: answer.message,
             }),
@@ -159,29 +169,14 @@ impl Enroller {
     }
 
     async fn renew_once(&self) -> Result<i64, String> {
-        let key = self.key()?;
-        let csr = csr_der(&key, &self.host_id).map_err(|e| e.to_string())?;
         let tls = portolan_tls::client_config(&self.files).map_err(|e| e.to_string())?;
-        let channel = portolan_tls::connect(&self.endpoint, tls, self.connect_options())
+        let (csr_der, mut client) = self.request(tls).await?;
+        let answer = client
+            .renew(pb::RenewRequest { csr_der })
             .await
-            .map_err(|e| e.to_string())?;
-        let answer = EnrollmentServiceClient::new(channel)
-            .renew(pb::RenewRequest { csr_der: csr })
-            .await
-            .map_err(|s| format!("the collector refused: {:?}: {}", s.code(), s.message()))?
+            .map_err(refused)?
             .into_inner();
-        if answer.not_after <= now() {
-            return Err(format!(
-                "the collector renewed the certificate only until {} (Unix seconds), already past: its enrollment signer may be expiring; ask an admin",
-                answer.not_after
-            ));
-        }
-        write_atomically(
-            &self.files.cert,
-            answer.certificate_chain_pem.as_bytes(),
-            0o644,
-        )?;
-        Ok(answer.not_after)
+        self.store(&answer.certificate_chain_pem, answer.not_after)
     }
 
     /// Returns once the host has a usable certificate: the one on disk, or one obtained
@@ -276,6 +271,10 @@ impl Enroller {
             }
         }
     }
+}
+
+fn refused(s: tonic::Status) -> String {
+    format!("the collector refused: {:?}: {}", s.code(), s.message())
 }
 
 fn now() -> i64 {

@@ -410,13 +410,18 @@ impl Store {
             .collect();
         let listeners = self.counts(table::SOCKETS_CURRENT, LISTENER_COUNTS).await?;
         let flows = self.counts(table::FLOWS_CURRENT, FLOW_COUNTS).await?;
-        let mut retirements: HashMap<String, i64> = HashMap::new();
+        let mut keys: HashMap<String, Vec<portolan_core::enrollment::KeyRecord>> = HashMap::new();
         for key in self.host_keys().await? {
-            if key.record.state == portolan_core::enrollment::KeyState::Retired {
-                let at = retirements.entry(key.record.host_id).or_insert(i64::MIN);
-                *at = (*at).max(key.record.decided_at);
-            }
+            keys.entry(key.record.host_id.clone())
+                .or_default()
+                .push(key.record);
         }
+        let retirements: HashMap<String, i64> = keys
+            .iter()
+            .filter_map(|(host, records)| {
+                portolan_core::enrollment::retired_at(records).map(|at| (host.clone(), at))
+            })
+            .collect();
         Ok(hosts
             .into_iter()
             .map(|host| {
